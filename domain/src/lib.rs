@@ -1,0 +1,20 @@
+//! The pure domain of the Cohort360 back-end.
+//!
+//! Aggregates decide (`handle`) and assign (`apply`); nothing here performs I/O, reads a clock or
+//! draws a random id: time, ids and the acting user arrive inside the commands. Events are a
+//! persisted contract (see `README.md`, "Event contract"): variants and fields are never renamed or
+//! repurposed; a change adds a new version.
+//!
+//! May depend on: cqrs-es traits, serde, chrono and uuid types, thiserror. Nothing else.
+
+pub mod folder;
+pub mod query;
+pub mod request;
+pub mod validation;
+
+/// The version written in `event_version` for every event of this crate's first contract.
+pub const EVENT_VERSION_1: &str = "1";
+
+/// Name of the folder that receives the requests other users share with someone (upstream
+/// constant, shown as-is by the front-end).
+pub const SHARED_INBOX_FOLDER_NAME: &str = "Mes requêtes reçues";

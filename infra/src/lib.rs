@@ -1,1 +1,21 @@
-//! placeholder
+//! Adapters of the Cohort360 back-end to the outside world.
+//!
+//! * [`db`]: the Postgres pool, database creation and the embedded migrations;
+//! * [`stores`]: the cqrs-es event stores (postgres-es) behind the command bus;
+//! * [`log`]: gap-safe reads of the committed event log;
+//! * [`nats`]: the JetStream stream, subjects and the published envelope;
+//! * [`relay`]: publishes committed events to JetStream, exactly in log order;
+//! * [`projector`]: the runtime that folds events into read models, checkpointed and rebuildable;
+//! * [`workspace`]: the workspace projection (SQL fold) and its readers;
+//! * [`consistency`]: read-your-writes for the command side.
+//!
+//! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
+
+pub mod consistency;
+pub mod db;
+pub mod log;
+pub mod nats;
+pub mod projector;
+pub mod relay;
+pub mod stores;
+pub mod workspace;

@@ -1,0 +1,124 @@
+//! The command bus: load an aggregate, let it decide, append its events, retry on conflict.
+//!
+//! We drive cqrs-es's [`EventStore`] directly instead of `CqrsFramework::execute` because the
+//! caller needs what was committed (aggregate id and last sequence) to wait for the read models,
+//! and because read models are fed by the relay and projectors, not by inline `Query` dispatch.
+
+use async_trait::async_trait;
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventStore};
+
+use crate::context::CommandContext;
+use crate::error::CommandError;
+
+/// What a successful command appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed {
+    /// `Aggregate::TYPE` of the aggregate.
+    pub aggregate_type: &'static str,
+    /// The aggregate's id.
+    pub aggregate_id: String,
+    /// Sequence number of the last event appended, or `None` if the command changed nothing.
+    pub last_sequence: Option<usize>,
+}
+
+/// Runs commands against one aggregate type. Object-safe so that services can hold
+/// `Arc<dyn Execute<A>>` whatever the store behind it.
+#[async_trait]
+pub trait Execute<A: Aggregate>: Send + Sync {
+    /// Decides and appends `command` on aggregate `id`.
+    async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>>;
+
+    /// The current state of aggregate `id` (the default state if it has no event).
+    async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>>;
+}
+
+/// [`Execute`] over any cqrs-es event store, with a bounded optimistic-concurrency retry.
+pub struct CommandBus<ES> {
+    store: ES,
+    max_attempts: usize,
+}
+
+impl<ES> CommandBus<ES> {
+    /// A bus that tries a conflicting command at most `max_attempts` times (at least once).
+    pub fn new(store: ES, max_attempts: usize) -> Self {
+        Self {
+            store,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+}
+
+fn from_aggregate_error<E: std::error::Error>(err: AggregateError<E>) -> CommandError<E> {
+    match err {
+        AggregateError::UserError(e) => CommandError::Rejected(e),
+        AggregateError::AggregateConflict => CommandError::Conflict,
+        AggregateError::DatabaseConnectionError(e) => CommandError::Unavailable(e.to_string()),
+        AggregateError::DeserializationError(e) => {
+            CommandError::Internal(format!("stored data does not deserialize: {e}"))
+        }
+        AggregateError::UnexpectedError(e) => CommandError::Internal(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl<A, ES> Execute<A> for CommandBus<ES>
+where
+    // Every aggregate of this service decides purely, so it takes no services.
+    A: Aggregate<Services = ()> + 'static,
+    A::Command: Clone + Send + Sync,
+    ES: EventStore<A> + 'static,
+    ES::AC: Send,
+{
+    async fn execute(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut context = self.store.load_aggregate(id).await.map_err(from_aggregate_error)?;
+            let sink = EventSink::<A>::default();
+            context
+                .aggregate()
+                .handle(command.clone(), &(), &sink)
+                .await
+                .map_err(CommandError::Rejected)?;
+            let events = sink.collect().await;
+            if events.is_empty() {
+                return Ok(Committed {
+                    aggregate_type: A::TYPE,
+                    aggregate_id: id.to_string(),
+                    last_sequence: None,
+                });
+            }
+            match self.store.commit(events, context, ctx.metadata()).await {
+                Ok(envelopes) => {
+                    return Ok(Committed {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_string(),
+                        last_sequence: envelopes.last().map(|e| e.sequence),
+                    });
+                }
+                Err(AggregateError::AggregateConflict) if attempt < self.max_attempts => {
+                    tracing::debug!(aggregate.id = id, attempt, "optimistic lock conflict, retrying");
+                }
+                Err(e) => return Err(from_aggregate_error(e)),
+            }
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
+        let mut context = self.store.load_aggregate(id).await.map_err(from_aggregate_error)?;
+        // The context owns the aggregate; take it out, leaving a default in its place.
+        Ok(std::mem::take(context.aggregate()))
+    }
+}
+

@@ -1,0 +1,59 @@
+//! Read-your-writes: a command answers once the projectors have applied its events.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commands::Committed;
+use commands::ports::{Consistency, PortError};
+use projections::Cursor;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+use crate::log::cursor_of;
+
+/// Waits on the progress of this process's projectors, for at most `timeout`.
+pub struct ProjectorConsistency {
+    pool: PgPool,
+    projectors: Vec<watch::Receiver<Cursor>>,
+    timeout: Duration,
+}
+
+impl ProjectorConsistency {
+    pub fn new(pool: PgPool, projectors: Vec<watch::Receiver<Cursor>>, timeout: Duration) -> Self {
+        Self {
+            pool,
+            projectors,
+            timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl Consistency for ProjectorConsistency {
+    async fn wait_for(&self, committed: &[Committed]) -> Result<bool, PortError> {
+        let mut target: Option<Cursor> = None;
+        for c in committed {
+            let Some(sequence) = c.last_sequence else { continue };
+            let sequence = i64::try_from(sequence).map_err(|e| PortError(e.to_string()))?;
+            let cursor = cursor_of(&self.pool, c.aggregate_type, &c.aggregate_id, sequence)
+                .await
+                .map_err(|e| PortError(e.to_string()))?;
+            target = target.max(cursor);
+        }
+        let Some(target) = target else { return Ok(true) };
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        for progress in &self.projectors {
+            let mut progress = progress.clone();
+            let reached = tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= target)).await;
+            match reached {
+                Ok(Ok(_)) => {}
+                // Timed out, or the projector stopped: the write stands, the read model lags.
+                Ok(Err(_)) | Err(_) => {
+                    tracing::warn!(target = %target, "read models did not catch up in time");
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}

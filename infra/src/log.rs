@@ -1,0 +1,86 @@
+//! Gap-safe reads of the committed event log, shared by the relay and the projectors.
+
+use chrono::{DateTime, Utc};
+use projections::Cursor;
+use sqlx::{PgExecutor, PgPool};
+
+/// One committed event as stored, with its place in the log.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CommittedEvent {
+    pub txid: i64,
+    pub position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl CommittedEvent {
+    /// This event's place in the log.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            txid: self.txid,
+            position: self.position,
+        }
+    }
+
+    /// The stable id of this event: what JetStream de-duplicates on.
+    pub fn message_id(&self) -> String {
+        format!("{}:{}:{}", self.aggregate_type, self.aggregate_id, self.sequence)
+    }
+}
+
+/// Reads up to `limit` events after `after`, in log order, that no running transaction can
+/// still precede.
+///
+/// An event is returned only if its transaction id is below the oldest transaction still running
+/// (`pg_snapshot_xmin`): every such transaction has ended, so no event can later be committed
+/// with a smaller `(txid, position)`. Events of transactions still running, and of every later
+/// transaction, wait for the next call.
+pub async fn read_committed_after<'e>(
+    executor: impl PgExecutor<'e>,
+    after: Cursor,
+    limit: i64,
+) -> sqlx::Result<Vec<CommittedEvent>> {
+    sqlx::query_as(
+        "SELECT (txid::text)::bigint AS txid, position, aggregate_type, aggregate_id, sequence,
+                event_type, event_version, payload, metadata, recorded_at
+           FROM events
+          WHERE (txid, position) > (($1::bigint)::text::xid8, $2)
+            AND txid < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY txid, position
+          LIMIT $3",
+    )
+    .bind(after.txid)
+    .bind(after.position)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Where the event `sequence` of an aggregate sits in the log, if it exists.
+pub async fn cursor_of(pool: &PgPool, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> sqlx::Result<Option<Cursor>> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT (txid::text)::bigint, position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+    )
+    .bind(aggregate_type)
+    .bind(aggregate_id)
+    .bind(sequence)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|(txid, position)| Cursor { txid, position }))
+}
+
+/// How many stored events lie after `after` (committed or not yet visible), for lag reports.
+pub async fn count_after(pool: &PgPool, after: Cursor) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)")
+        .bind(after.txid)
+        .bind(after.position)
+        .fetch_one(pool)
+        .await
+}

@@ -1,0 +1,157 @@
+//! JetStream: the stream, the subjects and the published envelope (a versioned contract, see
+//! the README's "Event contract").
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use chrono::{DateTime, Utc};
+use projections::Cursor;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::log::CommittedEvent;
+
+/// Schema name and version of [`Envelope`].
+pub const ENVELOPE_SCHEMA: &str = "cohort360.event.v1";
+
+/// Where events are published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    /// `nats://host:port`.
+    pub url: String,
+    /// First token of every subject (`cohort360` by default; unique per test).
+    pub subject_prefix: String,
+    /// Name of the JetStream stream that keeps the events.
+    pub stream: String,
+}
+
+impl NatsSettings {
+    /// Subject of an event: `<prefix>.events.<aggregate>.<EventType>`, the aggregate in lower case.
+    pub fn subject(&self, aggregate_type: &str, event_type: &str) -> String {
+        format!(
+            "{}.events.{}.{}",
+            self.subject_prefix,
+            aggregate_type.to_ascii_lowercase(),
+            event_type
+        )
+    }
+
+    /// The wildcard that the stream captures.
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.subject_prefix)
+    }
+}
+
+/// Why NATS could not be used.
+#[derive(Debug, Error)]
+pub enum NatsError {
+    #[error(
+        "cannot reach NATS at {url}: {reason}. Start nats-server with JetStream (on this project's \
+         machines: `start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+         -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server`) or set NATS_URL."
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("JetStream error: {0}")]
+    JetStream(String),
+}
+
+/// Connects to NATS, failing fast if the server cannot be reached at start. Later outages are
+/// survived: the client reconnects forever in the background.
+pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, NatsError> {
+    async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(3))
+        .name("cohort360")
+        .connect(settings.url.as_str())
+        .await
+        .map_err(|e| NatsError::Unreachable {
+            url: settings.url.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// Creates the stream if it does not exist, and returns the JetStream context.
+pub async fn ensure_stream(client: async_nats::Client, settings: &NatsSettings) -> Result<jetstream::Context, NatsError> {
+    let mut js = jetstream::new(client);
+    js.set_timeout(Duration::from_secs(5));
+    js.get_or_create_stream(stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![settings.all_events()],
+        storage: stream::StorageType::File,
+        description: Some("Cohort360 domain events, in event-log order".into()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| NatsError::JetStream(e.to_string()))?;
+    Ok(js)
+}
+
+/// The JSON body of every published event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Always [`ENVELOPE_SCHEMA`] for this shape.
+    pub schema: String,
+    /// `type:id:sequence`, also sent as `Nats-Msg-Id`.
+    pub message_id: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    /// Global position in the event store.
+    pub position: i64,
+    /// Committing transaction id.
+    pub txid: i64,
+    /// The event published just before this one (`txid:position`; `0:0` for the first): a
+    /// consumer that has not seen it knows it missed something.
+    pub previous: Cursor,
+    pub recorded_at: DateTime<Utc>,
+    /// The domain event, as stored (`{"EventType": {…fields}}`).
+    pub payload: serde_json::Value,
+    /// `user`, `impersonator`, `correlation_id`, `causation_id`.
+    pub metadata: serde_json::Value,
+}
+
+impl Envelope {
+    /// The envelope of `event`, published right after `previous`.
+    pub fn new(event: &CommittedEvent, previous: Cursor) -> Self {
+        Self {
+            schema: ENVELOPE_SCHEMA.to_string(),
+            message_id: event.message_id(),
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            position: event.position,
+            txid: event.txid,
+            previous,
+            recorded_at: event.recorded_at,
+            payload: event.payload.clone(),
+            metadata: event.metadata.clone(),
+        }
+    }
+
+    /// This event's place in the log.
+    pub fn cursor(&self) -> Cursor {
+        Cursor {
+            txid: self.txid,
+            position: self.position,
+        }
+    }
+
+    /// Back to the stored form.
+    pub fn into_event(self) -> CommittedEvent {
+        CommittedEvent {
+            txid: self.txid,
+            position: self.position,
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: self.payload,
+            metadata: self.metadata,
+            recorded_at: self.recorded_at,
+        }
+    }
+}

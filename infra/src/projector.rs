@@ -1,0 +1,400 @@
+//! The projector runtime: folds the event log into read models, exactly once per event.
+//!
+//! Each projection owns one Postgres schema holding its tables and its checkpoint row. An event
+//! and the checkpoint move forward in one transaction, after locking the checkpoint row, so a
+//! redelivered event (NATS redelivery, a second instance, a replay) is recognised by its cursor
+//! and ignored.
+//!
+//! NATS is the live feed, the event table the source of truth: the projector catches up from the
+//! table when it starts, when a NATS message shows a gap (its `previous` cursor is not the
+//! checkpoint), and on a timer when NATS is silent or away. A rebuild folds the whole log into a
+//! copy of the schema, then swaps it in under the checkpoint lock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_trait::async_trait;
+use futures::StreamExt;
+use projections::Cursor;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{CommittedEvent, read_committed_after};
+use crate::nats::{Envelope, NatsSettings};
+
+/// Events folded per catch-up transaction.
+const CATCH_UP_BATCH: i64 = 500;
+
+/// Why an event could not be folded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The stored event does not decode: a contract break, the projector stops on it.
+    #[error("event {message_id} ({event_type} v{event_version}) does not decode: {reason}")]
+    Undecodable {
+        message_id: String,
+        event_type: String,
+        event_version: String,
+        reason: String,
+    },
+}
+
+/// A read model fed by events.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// The projection's name, which is also the name of its schema.
+    fn name(&self) -> &'static str;
+
+    /// Folds one event into the tables. Runs inside the projector's transaction, with
+    /// `search_path` set to the schema being written (live or rebuild): use unqualified names.
+    async fn apply(&self, conn: &mut PgConnection, event: &CommittedEvent) -> Result<(), ProjectionError>;
+}
+
+/// What happened to one event offered to the projector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// At or before the checkpoint: already applied.
+    Duplicate,
+    /// The event's predecessor was not applied yet: catch up from the table first.
+    Gap,
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
+    sqlx::query(&format!("SET LOCAL search_path TO {}", quote_ident(schema)))
+        .execute(&mut *conn)
+        .await?;
+    let (txid, position): (i64, i64) =
+        sqlx::query_as("SELECT (txid::text)::bigint, position FROM checkpoint FOR UPDATE")
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(Cursor { txid, position })
+}
+
+async fn save_checkpoint(conn: &mut PgConnection, to: Cursor, applied: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE checkpoint SET txid = ($1::bigint)::text::xid8, position = $2,
+                events_applied = events_applied + $3, updated_at = now()",
+    )
+    .bind(to.txid)
+    .bind(to.position)
+    .bind(applied)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Folds `events` (in log order) into `schema` on `conn`, inside the caller's transaction.
+/// Events at or before the checkpoint are skipped. Returns the new checkpoint.
+async fn fold(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    schema: &str,
+    events: &[CommittedEvent],
+) -> Result<Cursor, ProjectionError> {
+    let start = lock_checkpoint(conn, schema).await?;
+    let mut checkpoint = start;
+    let mut applied = 0;
+    for event in events.iter().filter(|e| e.cursor() > start) {
+        projection.apply(conn, event).await?;
+        checkpoint = event.cursor();
+        applied += 1;
+    }
+    if applied > 0 {
+        save_checkpoint(conn, checkpoint, applied).await?;
+    }
+    Ok(checkpoint)
+}
+
+/// Reads the checkpoint of a projection schema.
+pub async fn checkpoint(pool: &PgPool, schema: &str) -> sqlx::Result<Cursor> {
+    let (txid, position): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT (txid::text)::bigint, position FROM {}.checkpoint",
+        quote_ident(schema)
+    ))
+    .fetch_one(pool)
+    .await?;
+    Ok(Cursor { txid, position })
+}
+
+/// Tuning of a projector.
+#[derive(Debug, Clone)]
+pub struct ProjectorSettings {
+    /// How often to check the event table when NATS brings nothing.
+    pub poll_interval: Duration,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Runs one projection.
+pub struct Projector {
+    pool: PgPool,
+    projection: Arc<dyn Projection>,
+    progress: watch::Sender<Cursor>,
+    settings: ProjectorSettings,
+}
+
+impl Projector {
+    pub fn new(pool: PgPool, projection: Arc<dyn Projection>, settings: ProjectorSettings) -> Self {
+        let (progress, _) = watch::channel(Cursor::START);
+        Self {
+            pool,
+            projection,
+            progress,
+            settings,
+        }
+    }
+
+    /// The projection's name.
+    pub fn name(&self) -> &'static str {
+        self.projection.name()
+    }
+
+    /// Follows the checkpoint as this process sees it advance (read-your-writes waits on it).
+    pub fn progress(&self) -> watch::Receiver<Cursor> {
+        self.progress.subscribe()
+    }
+
+    fn observe(&self, cursor: Cursor) {
+        self.progress.send_if_modified(|current| {
+            if cursor > *current {
+                *current = cursor;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Folds everything committed after the checkpoint. Returns how many events it read.
+    pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
+        let schema = self.projection.name();
+        let mut total = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let from = lock_checkpoint(&mut tx, schema).await?;
+            let events = read_committed_after(&mut *tx, from, CATCH_UP_BATCH).await?;
+            let reached = fold(&mut tx, self.projection.as_ref(), schema, &events).await?;
+            tx.commit().await?;
+            self.observe(reached);
+            total += events.len();
+            if (events.len() as i64) < CATCH_UP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Offers one live event whose predecessor in the log is `previous`.
+    pub async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, ProjectionError> {
+        let schema = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        let checkpoint = lock_checkpoint(&mut tx, schema).await?;
+        if event.cursor() <= checkpoint {
+            tx.rollback().await?;
+            self.observe(checkpoint);
+            return Ok(Outcome::Duplicate);
+        }
+        if previous != checkpoint {
+            tx.rollback().await?;
+            return Ok(Outcome::Gap);
+        }
+        self.projection.apply(&mut tx, event).await?;
+        save_checkpoint(&mut tx, event.cursor(), 1).await?;
+        tx.commit().await?;
+        self.observe(event.cursor());
+        Ok(Outcome::Applied)
+    }
+
+    /// Runs until `shutdown`: catches up, then follows JetStream (durable consumer
+    /// `<stream>_<projection>`), falling back to the table on gaps, silence and outages.
+    pub async fn run(self, js: Option<jetstream::Context>, nats: NatsSettings, shutdown: CancellationToken) {
+        loop {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::error!(projection = self.name(), error = %e, "catch-up failed");
+                if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
+                    return;
+                }
+                continue;
+            }
+            let followed = match &js {
+                Some(js) => self.follow(js, &nats, &shutdown).await,
+                None => self.poll(&shutdown).await,
+            };
+            match followed {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(projection = self.name(), error = %e, "live feed interrupted; polling the event table meanwhile");
+                    // Keep the read model fresh from Postgres while NATS is away.
+                    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                    while tokio::time::Instant::now() < until {
+                        if let Err(e) = self.catch_up().await {
+                            tracing::warn!(projection = self.name(), error = %e, "catch-up failed");
+                        }
+                        if sleep_or_stop(&shutdown, self.settings.poll_interval).await {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn poll(&self, shutdown: &CancellationToken) -> Result<(), String> {
+        loop {
+            if sleep_or_stop(shutdown, self.settings.poll_interval).await {
+                return Ok(());
+            }
+            self.catch_up().await.map_err(|e| e.to_string())?;
+        }
+    }
+
+    async fn follow(&self, js: &jetstream::Context, nats: &NatsSettings, shutdown: &CancellationToken) -> Result<(), String> {
+        let stream = js.get_stream(&nats.stream).await.map_err(|e| e.to_string())?;
+        let durable = format!("{}_{}", nats.stream, self.name());
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    deliver_policy: consumer::DeliverPolicy::New,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer
+            .stream()
+            .heartbeat(Duration::from_secs(2))
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = tokio::time::timeout(self.settings.poll_interval, messages.next()) => next,
+            };
+            let message = match next {
+                // Silence: make sure nothing was missed while NATS was quiet.
+                Err(_) => {
+                    self.catch_up().await.map_err(|e| e.to_string())?;
+                    continue;
+                }
+                Ok(None) => return Err("the consumer stream ended".into()),
+                Ok(Some(Err(e))) => return Err(e.to_string()),
+                Ok(Some(Ok(m))) => m,
+            };
+            match serde_json::from_slice::<Envelope>(&message.payload) {
+                Ok(envelope) => {
+                    let previous = envelope.previous;
+                    let event = envelope.into_event();
+                    let outcome = self.offer(&event, previous).await.map_err(|e| e.to_string())?;
+                    if outcome == Outcome::Gap {
+                        self.catch_up().await.map_err(|e| e.to_string())?;
+                    }
+                }
+                Err(e) => tracing::error!(projection = self.name(), error = %e, "undecodable message ignored"),
+            }
+            message.ack().await.map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub events: usize,
+    pub checkpoint: Cursor,
+}
+
+/// Rebuilds a projection from position 0 into a fresh copy of its schema, then swaps the copy in.
+///
+/// The live projector keeps running during the fold. For the swap, the live checkpoint is locked
+/// (which waits for the live projector's transaction and holds back the next one), the copy
+/// catches up to the end of the log, and the schemas are renamed in the same transaction: readers
+/// see either the old tables or the new ones, never a mix.
+pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<RebuildReport, ProjectionError> {
+    let live = projection.name();
+    let copy = format!("{live}_rebuild");
+    let old = format!("{live}_old");
+    let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(&copy), quote_ident(&old));
+
+    let mut conn = pool.acquire().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE")).execute(&mut *conn).await?;
+    sqlx::query(&format!("CREATE SCHEMA {q_copy}")).execute(&mut *conn).await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    .bind(live)
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in &tables {
+        let t = quote_ident(table);
+        sqlx::query(&format!("CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL)"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
+        .execute(&mut *conn)
+        .await?;
+    drop(conn);
+
+    // Fold the log into the copy, batch by batch, outside any lock.
+    let mut events = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let from = lock_checkpoint(&mut tx, &copy).await?;
+        let batch = read_committed_after(&mut *tx, from, 5_000).await?;
+        fold(&mut tx, projection, &copy, &batch).await?;
+        tx.commit().await?;
+        events += batch.len();
+        if batch.len() < 5_000 {
+            break;
+        }
+    }
+
+    // Swap under the live checkpoint's lock.
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *tx)
+        .await?;
+    let checkpoint = loop {
+        let from = lock_checkpoint(&mut tx, &copy).await?;
+        let batch = read_committed_after(&mut *tx, from, 5_000).await?;
+        events += batch.len();
+        let reached = fold(&mut tx, projection, &copy, &batch).await?;
+        if batch.is_empty() {
+            break reached;
+        }
+    };
+    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}")).execute(&mut *tx).await?;
+    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}")).execute(&mut *tx).await?;
+    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE")).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(RebuildReport { events, checkpoint })
+}

@@ -1,0 +1,378 @@
+//! Owner-scoped queries of the `workspace` read model, and the lookups the command side needs.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use commands::ports::{PortError, WorkspaceDirectory};
+use projections::workspace::{
+    FolderFilter, FolderRef, FolderView, RequestFilter, RequestView, SnapshotFilter, SnapshotSummary, SnapshotView,
+    WorkspaceReader,
+};
+use projections::{Page, ReadError, SortKey, Window};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// Reads the workspace schema.
+#[derive(Debug, Clone)]
+pub struct PgWorkspace {
+    pool: PgPool,
+}
+
+impl PgWorkspace {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn read_error(e: sqlx::Error) -> ReadError {
+    match &e {
+        // 2201B invalid_regular_expression: the user's `search=` pattern.
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("2201B") => {
+            ReadError::InvalidSearch(db.message().to_string())
+        }
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ReadError::Unavailable(e.to_string()),
+        _ => ReadError::Internal(e.to_string()),
+    }
+}
+
+/// Escapes `%`, `_` and `\` for a LIKE pattern, and wraps it for "contains".
+fn contains_pattern(s: &str) -> String {
+    let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+fn push_order(qb: &mut QueryBuilder<'_, Postgres>, prefix: &str, ordering: &[SortKey], default: &str) {
+    qb.push(" ORDER BY ");
+    if ordering.is_empty() {
+        qb.push(default);
+    } else {
+        for (i, key) in ordering.iter().enumerate() {
+            if i > 0 {
+                qb.push(", ");
+            }
+            // Column names come from the fixed allow-lists in `projections`, never from the client.
+            qb.push(format!("{prefix}{} {}", key.column, if key.descending { "DESC" } else { "ASC" }));
+        }
+    }
+    qb.push(format!(", {prefix}uuid ASC"));
+}
+
+fn push_window(qb: &mut QueryBuilder<'_, Postgres>, window: Window) {
+    qb.push(" LIMIT ").push_bind(window.limit).push(" OFFSET ").push_bind(window.offset);
+}
+
+#[derive(sqlx::FromRow)]
+struct FolderRow {
+    uuid: Uuid,
+    owner: String,
+    name: String,
+    description: Option<String>,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+    requests_count: i64,
+}
+
+impl From<FolderRow> for FolderView {
+    fn from(r: FolderRow) -> Self {
+        FolderView {
+            uuid: r.uuid,
+            owner: r.owner,
+            name: r.name,
+            description: r.description,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+            deleted: None,
+            requests_count: r.requests_count,
+        }
+    }
+}
+
+const FOLDER_SELECT: &str = "SELECT f.uuid, f.owner, f.name, f.description, f.created_at, f.modified_at,
+        (SELECT count(*) FROM workspace.requests r WHERE r.parent_folder = f.uuid AND r.deleted_at IS NULL) AS requests_count
+   FROM workspace.folders f";
+
+fn push_folder_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a FolderFilter) {
+    qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ").push_bind(owner);
+    if let Some(name) = &filter.name {
+        qb.push(" AND f.name ILIKE ").push_bind(contains_pattern(name));
+    }
+    if let Some(min) = filter.min_created_at {
+        qb.push(" AND f.created_at >= ").push_bind(min);
+    }
+    if let Some(max) = filter.max_created_at {
+        qb.push(" AND f.created_at <= ").push_bind(max);
+    }
+    if let Some(search) = &filter.search {
+        qb.push(" AND f.name ~* ").push_bind(search.as_str());
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct RequestRow {
+    uuid: Uuid,
+    owner: String,
+    name: String,
+    description: Option<String>,
+    favorite: bool,
+    parent_folder: Uuid,
+    folder_name: Option<String>,
+    folder_description: Option<String>,
+    shared_by: Option<String>,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const REQUEST_SELECT: &str = "SELECT r.uuid, r.owner, r.name, r.description, r.favorite, r.parent_folder,
+        f.name AS folder_name, f.description AS folder_description, r.shared_by,
+        r.created_at, r.modified_at, r.updated_at
+   FROM workspace.requests r LEFT JOIN workspace.folders f ON f.uuid = r.parent_folder";
+
+fn push_request_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a RequestFilter) {
+    qb.push(" WHERE r.deleted_at IS NULL AND r.owner = ").push_bind(owner);
+    if let Some(favorite) = filter.favorite {
+        qb.push(" AND r.favorite = ").push_bind(favorite);
+    }
+    if let Some(shared_by) = &filter.shared_by {
+        qb.push(" AND r.shared_by = ").push_bind(shared_by.as_str());
+    }
+    if let Some(folder) = filter.parent_folder {
+        qb.push(" AND r.parent_folder = ").push_bind(folder);
+    }
+    if let Some(min) = filter.min_updated_at {
+        qb.push(" AND r.updated_at >= ").push_bind(min);
+    }
+    if let Some(max) = filter.max_updated_at {
+        qb.push(" AND r.updated_at <= ").push_bind(max);
+    }
+    if let Some(search) = &filter.search {
+        qb.push(" AND (r.name ~* ")
+            .push_bind(search.as_str())
+            .push(" OR coalesce(r.description, '') ~* ")
+            .push_bind(search.as_str())
+            .push(")");
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    request: Uuid,
+    uuid: Uuid,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+    version: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct SnapshotRow {
+    uuid: Uuid,
+    owner: String,
+    name: Option<String>,
+    version: i32,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+    request: Uuid,
+    previous_snapshot: Option<Uuid>,
+    serialized_query: String,
+    perimeters_ids: Vec<String>,
+    shared_by: Option<String>,
+}
+
+impl From<SnapshotRow> for SnapshotView {
+    fn from(r: SnapshotRow) -> Self {
+        SnapshotView {
+            uuid: r.uuid,
+            owner: r.owner,
+            name: r.name,
+            version: r.version,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+            request: r.request,
+            previous_snapshot: r.previous_snapshot,
+            serialized_query: r.serialized_query,
+            perimeters_ids: r.perimeters_ids,
+            shared_by: r.shared_by,
+            dated_measures: Vec::new(),
+            cohort_results: Vec::new(),
+        }
+    }
+}
+
+const SNAPSHOT_SELECT: &str = "SELECT s.uuid, s.owner, s.name, s.version, s.created_at, s.modified_at, s.request,
+        s.previous_snapshot, s.serialized_query, s.perimeters_ids, s.shared_by
+   FROM workspace.query_snapshots s";
+
+fn push_snapshot_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a SnapshotFilter) {
+    qb.push(" WHERE s.deleted_at IS NULL AND s.owner = ").push_bind(owner);
+    if let Some(request) = filter.request {
+        qb.push(" AND s.request = ").push_bind(request);
+    }
+    if let Some(name) = &filter.name {
+        qb.push(" AND s.name ILIKE ").push_bind(contains_pattern(name));
+    }
+    if let Some(shared_by) = &filter.shared_by {
+        qb.push(" AND s.shared_by = ").push_bind(shared_by.as_str());
+    }
+    if let Some(previous) = filter.previous_snapshot {
+        qb.push(" AND s.previous_snapshot = ").push_bind(previous);
+    }
+    if let Some(folder) = filter.request_parent_folder {
+        qb.push(" AND s.request IN (SELECT uuid FROM workspace.requests WHERE parent_folder = ")
+            .push_bind(folder)
+            .push(")");
+    }
+}
+
+impl PgWorkspace {
+    async fn count(&self, mut qb: QueryBuilder<'_, Postgres>) -> Result<i64, ReadError> {
+        qb.build_query_scalar().fetch_one(&self.pool).await.map_err(read_error)
+    }
+
+    async fn with_snapshots(&self, rows: Vec<RequestRow>) -> Result<Vec<RequestView>, ReadError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
+        let summaries: Vec<SummaryRow> = sqlx::query_as(
+            "SELECT request, uuid, name, created_at, version FROM workspace.query_snapshots
+              WHERE request = ANY($1) AND deleted_at IS NULL ORDER BY created_at DESC, version DESC",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        let mut by_request: HashMap<Uuid, Vec<SnapshotSummary>> = HashMap::new();
+        for s in summaries {
+            by_request.entry(s.request).or_default().push(SnapshotSummary {
+                uuid: s.uuid,
+                name: s.name,
+                created_at: s.created_at,
+                version: s.version,
+                cohorts_count: 0,
+                patients_count: None,
+            });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| RequestView {
+                query_snapshots: by_request.remove(&r.uuid).unwrap_or_default(),
+                uuid: r.uuid,
+                owner: r.owner,
+                name: r.name,
+                description: r.description,
+                favorite: r.favorite,
+                parent_folder: FolderRef {
+                    uuid: r.parent_folder,
+                    name: r.folder_name.unwrap_or_default(),
+                    description: r.folder_description,
+                },
+                shared_by: r.shared_by,
+                created_at: r.created_at,
+                modified_at: r.modified_at,
+                updated_at: r.updated_at,
+                deleted: None,
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl WorkspaceReader for PgWorkspace {
+    async fn list_folders(&self, owner: &str, filter: &FolderFilter, window: Window) -> Result<Page<FolderView>, ReadError> {
+        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.folders f");
+        push_folder_where(&mut count_qb, owner, filter);
+        let count = self.count(count_qb).await?;
+        let mut qb = QueryBuilder::new(FOLDER_SELECT);
+        push_folder_where(&mut qb, owner, filter);
+        push_order(&mut qb, "f.", &filter.ordering, "f.created_at DESC");
+        push_window(&mut qb, window);
+        let rows: Vec<FolderRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: rows.into_iter().map(FolderView::from).collect(),
+        })
+    }
+
+    async fn folder(&self, owner: &str, id: Uuid) -> Result<Option<FolderView>, ReadError> {
+        let row: Option<FolderRow> = sqlx::query_as(&format!(
+            "{FOLDER_SELECT} WHERE f.uuid = $1 AND f.owner = $2 AND f.deleted_at IS NULL"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok(row.map(FolderView::from))
+    }
+
+    async fn list_requests(&self, owner: &str, filter: &RequestFilter, window: Window) -> Result<Page<RequestView>, ReadError> {
+        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.requests r");
+        push_request_where(&mut count_qb, owner, filter);
+        let count = self.count(count_qb).await?;
+        let mut qb = QueryBuilder::new(REQUEST_SELECT);
+        push_request_where(&mut qb, owner, filter);
+        push_order(&mut qb, "r.", &filter.ordering, "r.updated_at DESC");
+        push_window(&mut qb, window);
+        let rows: Vec<RequestRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: self.with_snapshots(rows).await?,
+        })
+    }
+
+    async fn request(&self, owner: &str, id: Uuid) -> Result<Option<RequestView>, ReadError> {
+        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
+            "{REQUEST_SELECT} WHERE r.uuid = $1 AND r.owner = $2 AND r.deleted_at IS NULL"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok(self.with_snapshots(rows).await?.pop())
+    }
+
+    async fn list_snapshots(&self, owner: &str, filter: &SnapshotFilter, window: Window) -> Result<Page<SnapshotView>, ReadError> {
+        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.query_snapshots s");
+        push_snapshot_where(&mut count_qb, owner, filter);
+        let count = self.count(count_qb).await?;
+        let mut qb = QueryBuilder::new(SNAPSHOT_SELECT);
+        push_snapshot_where(&mut qb, owner, filter);
+        push_order(&mut qb, "s.", &filter.ordering, "s.created_at DESC");
+        push_window(&mut qb, window);
+        let rows: Vec<SnapshotRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: rows.into_iter().map(SnapshotView::from).collect(),
+        })
+    }
+
+    async fn snapshot(&self, owner: &str, id: Uuid) -> Result<Option<SnapshotView>, ReadError> {
+        let row: Option<SnapshotRow> = sqlx::query_as(&format!(
+            "{SNAPSHOT_SELECT} WHERE s.uuid = $1 AND s.owner = $2 AND s.deleted_at IS NULL"
+        ))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(read_error)?;
+        Ok(row.map(SnapshotView::from))
+    }
+}
+
+#[async_trait]
+impl WorkspaceDirectory for PgWorkspace {
+    async fn request_of_snapshot(&self, snapshot: Uuid) -> Result<Option<Uuid>, PortError> {
+        sqlx::query_scalar("SELECT request FROM workspace.query_snapshots WHERE uuid = $1")
+            .bind(snapshot)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| PortError(e.to_string()))
+    }
+
+    async fn requests_in_folder(&self, folder: Uuid) -> Result<Vec<Uuid>, PortError> {
+        sqlx::query_scalar("SELECT uuid FROM workspace.requests WHERE parent_folder = $1 AND deleted_at IS NULL")
+            .bind(folder)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| PortError(e.to_string()))
+    }
+}

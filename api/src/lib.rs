@@ -1,1 +1,14 @@
-//! placeholder
+//! The HTTP face of the Cohort360 back-end (axum), and its startup wiring.
+//!
+//! Handlers depend on `commands` (writes), `projections` (reads) and `domain`; only
+//! [`startup`] (and the binary) know `infra`. HTTP status codes are decided in [`error`] only.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod pagination;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

@@ -84,7 +84,11 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut context = self.store.load_aggregate(id).await.map_err(from_aggregate_error)?;
+            let mut context = self
+                .store
+                .load_aggregate(id)
+                .await
+                .map_err(from_aggregate_error)?;
             let sink = EventSink::<A>::default();
             context
                 .aggregate()
@@ -108,7 +112,11 @@ where
                     });
                 }
                 Err(AggregateError::AggregateConflict) if attempt < self.max_attempts => {
-                    tracing::debug!(aggregate.id = id, attempt, "optimistic lock conflict, retrying");
+                    tracing::debug!(
+                        aggregate.id = id,
+                        attempt,
+                        "optimistic lock conflict, retrying"
+                    );
                 }
                 Err(e) => return Err(from_aggregate_error(e)),
             }
@@ -116,9 +124,12 @@ where
     }
 
     async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
-        let mut context = self.store.load_aggregate(id).await.map_err(from_aggregate_error)?;
+        let mut context = self
+            .store
+            .load_aggregate(id)
+            .await
+            .map_err(from_aggregate_error)?;
         // The context owns the aggregate; take it out, leaving a default in its place.
         Ok(std::mem::take(context.aggregate()))
     }
 }
-

@@ -127,12 +127,20 @@ impl Workspace {
         }
     }
 
-    async fn settle<T>(&self, value: T, committed: &[Committed]) -> Result<Written<T>, WorkspaceError> {
+    async fn settle<T>(
+        &self,
+        value: T,
+        committed: &[Committed],
+    ) -> Result<Written<T>, WorkspaceError> {
         let caught_up = self.consistency.wait_for(committed).await?;
         Ok(Written { value, caught_up })
     }
 
-    async fn require_own_folder(&self, ctx: &CommandContext, folder: Uuid) -> Result<(), WorkspaceError> {
+    async fn require_own_folder(
+        &self,
+        ctx: &CommandContext,
+        folder: Uuid,
+    ) -> Result<(), WorkspaceError> {
         let state = self.folders.load(&folder.to_string()).await?;
         state
             .owned_by(&ctx.user)
@@ -155,7 +163,10 @@ impl Workspace {
             description,
             at: ctx.at,
         };
-        let c = self.folders.execute(&folder_id.to_string(), command, ctx).await?;
+        let c = self
+            .folders
+            .execute(&folder_id.to_string(), command, ctx)
+            .await?;
         self.settle(folder_id, &[c]).await
     }
 
@@ -173,13 +184,20 @@ impl Workspace {
             description,
             at: ctx.at,
         };
-        let c = self.folders.execute(&folder.to_string(), command, ctx).await?;
+        let c = self
+            .folders
+            .execute(&folder.to_string(), command, ctx)
+            .await?;
         self.settle((), &[c]).await
     }
 
     /// Deletes the caller's folders and, by cascade, their requests. Every folder is checked
     /// before anything is deleted: one foreign or unknown id and nothing changes.
-    pub async fn delete_folders(&self, ctx: &CommandContext, folders: &[Uuid]) -> Result<Written<()>, WorkspaceError> {
+    pub async fn delete_folders(
+        &self,
+        ctx: &CommandContext,
+        folders: &[Uuid],
+    ) -> Result<Written<()>, WorkspaceError> {
         for folder in folders {
             self.require_own_folder(ctx, *folder).await?;
         }
@@ -193,7 +211,11 @@ impl Workspace {
                     by_cascade: true,
                     at: ctx.at,
                 };
-                match self.requests.execute(&request.to_string(), command, &cascade_ctx).await {
+                match self
+                    .requests
+                    .execute(&request.to_string(), command, &cascade_ctx)
+                    .await
+                {
                     Ok(c) => committed.push(c),
                     // Deleted meanwhile, or moved to another user's folder: nothing to cascade.
                     Err(CommandError::Rejected(RequestError::NotFound)) => {}
@@ -204,13 +226,21 @@ impl Workspace {
                 by: ctx.user.clone(),
                 at: ctx.at,
             };
-            committed.push(self.folders.execute(&folder.to_string(), command, ctx).await?);
+            committed.push(
+                self.folders
+                    .execute(&folder.to_string(), command, ctx)
+                    .await?,
+            );
         }
         self.settle((), &committed).await
     }
 
     /// Creates a request in one of the caller's folders.
-    pub async fn create_request(&self, ctx: &CommandContext, new: NewRequest) -> Result<Written<Uuid>, WorkspaceError> {
+    pub async fn create_request(
+        &self,
+        ctx: &CommandContext,
+        new: NewRequest,
+    ) -> Result<Written<Uuid>, WorkspaceError> {
         self.require_own_folder(ctx, new.parent_folder).await?;
         let request_id = Uuid::new_v4();
         let command = RequestCommand::Create {
@@ -223,7 +253,10 @@ impl Workspace {
             shared_by: None,
             at: ctx.at,
         };
-        let c = self.requests.execute(&request_id.to_string(), command, ctx).await?;
+        let c = self
+            .requests
+            .execute(&request_id.to_string(), command, ctx)
+            .await?;
         self.settle(request_id, &[c]).await
     }
 
@@ -245,12 +278,19 @@ impl Workspace {
             parent_folder: changes.parent_folder,
             at: ctx.at,
         };
-        let c = self.requests.execute(&request.to_string(), command, ctx).await?;
+        let c = self
+            .requests
+            .execute(&request.to_string(), command, ctx)
+            .await?;
         self.settle((), &[c]).await
     }
 
     /// Deletes the caller's requests (and their snapshots). All-or-nothing on ownership.
-    pub async fn delete_requests(&self, ctx: &CommandContext, requests: &[Uuid]) -> Result<Written<()>, WorkspaceError> {
+    pub async fn delete_requests(
+        &self,
+        ctx: &CommandContext,
+        requests: &[Uuid],
+    ) -> Result<Written<()>, WorkspaceError> {
         for request in requests {
             let state = self.requests.load(&request.to_string()).await?;
             if state.owned_by(&ctx.user).is_none() {
@@ -264,9 +304,23 @@ impl Workspace {
                 by_cascade: false,
                 at: ctx.at,
             };
-            committed.push(self.requests.execute(&request.to_string(), command, ctx).await?);
+            committed.push(
+                self.requests
+                    .execute(&request.to_string(), command, ctx)
+                    .await?,
+            );
         }
         self.settle((), &committed).await
+    }
+
+    /// For commands addressed to a snapshot, a hidden request means a hidden snapshot.
+    fn as_snapshot_error(e: WorkspaceError) -> WorkspaceError {
+        match e {
+            WorkspaceError::Request(RequestError::NotFound) => {
+                WorkspaceError::Request(RequestError::SnapshotNotFound)
+            }
+            other => other,
+        }
     }
 
     async fn request_of_snapshot(&self, snapshot: Uuid) -> Result<Uuid, WorkspaceError> {
@@ -277,7 +331,11 @@ impl Workspace {
     }
 
     /// Saves a new version of a request's query. Returns the new snapshot's id.
-    pub async fn save_snapshot(&self, ctx: &CommandContext, new: NewSnapshot) -> Result<Written<Uuid>, WorkspaceError> {
+    pub async fn save_snapshot(
+        &self,
+        ctx: &CommandContext,
+        new: NewSnapshot,
+    ) -> Result<Written<Uuid>, WorkspaceError> {
         let request = match (new.request, new.previous_snapshot) {
             (None, None) => {
                 return Err(InvalidField {
@@ -300,16 +358,24 @@ impl Workspace {
             }
         };
         let snapshot_id = Uuid::new_v4();
+        let previous_snapshot = new.previous_snapshot;
         let command = RequestCommand::SaveSnapshot {
             by: ctx.user.clone(),
             snapshot_id,
-            previous_snapshot: new.previous_snapshot,
+            previous_snapshot,
             serialized_query: new.serialized_query,
             name: new.name,
             shared_by: None,
             at: ctx.at,
         };
-        let c = self.requests.execute(&request.to_string(), command, ctx).await?;
+        let c = self
+            .requests
+            .execute(&request.to_string(), command, ctx)
+            .await
+            .map_err(|e| match previous_snapshot {
+                Some(_) => Self::as_snapshot_error(e.into()),
+                None => e.into(),
+            })?;
         self.settle(snapshot_id, &[c]).await
     }
 
@@ -329,7 +395,11 @@ impl Workspace {
             serialized_query,
             at: ctx.at,
         };
-        let c = self.requests.execute(&request.to_string(), command, ctx).await?;
+        let c = self
+            .requests
+            .execute(&request.to_string(), command, ctx)
+            .await
+            .map_err(|e| Self::as_snapshot_error(e.into()))?;
         self.settle((), &[c]).await
     }
 
@@ -347,9 +417,13 @@ impl Workspace {
         let source = self.requests.load(&request_id.to_string()).await?;
         let source_snapshot = source
             .check_can_share(&ctx.user, &snapshot)
-            .map_err(WorkspaceError::Request)?
+            .map_err(|e| Self::as_snapshot_error(WorkspaceError::Request(e)))?
             .clone();
-        let source_name = source.state.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+        let source_name = source
+            .state
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         let name = name.filter(|n| !n.trim().is_empty()).unwrap_or(source_name);
 
         let share_ctx = ctx.caused_by(format!("QuerySnapshot:{snapshot}:share"));
@@ -363,7 +437,11 @@ impl Workspace {
                 owner: recipient.clone(),
                 at: ctx.at,
             };
-            committed.push(self.folders.execute(&inbox.to_string(), ensure, &share_ctx).await?);
+            committed.push(
+                self.folders
+                    .execute(&inbox.to_string(), ensure, &share_ctx)
+                    .await?,
+            );
             let new_request = Uuid::new_v4();
             let create = RequestCommand::Create {
                 request_id: new_request,
@@ -375,7 +453,9 @@ impl Workspace {
                 shared_by: Some(ctx.user.clone()),
                 at: ctx.at,
             };
-            self.requests.execute(&new_request.to_string(), create, &share_ctx).await?;
+            self.requests
+                .execute(&new_request.to_string(), create, &share_ctx)
+                .await?;
             let copy = RequestCommand::SaveSnapshot {
                 by: recipient.clone(),
                 snapshot_id: Uuid::new_v4(),
@@ -385,7 +465,11 @@ impl Workspace {
                 shared_by: Some(ctx.user.clone()),
                 at: ctx.at,
             };
-            committed.push(self.requests.execute(&new_request.to_string(), copy, &share_ctx).await?);
+            committed.push(
+                self.requests
+                    .execute(&new_request.to_string(), copy, &share_ctx)
+                    .await?,
+            );
             shared_requests.push(new_request);
         }
         let record = RequestCommand::RecordShare {
@@ -395,7 +479,11 @@ impl Workspace {
             shared_requests: shared_requests.clone(),
             at: ctx.at,
         };
-        committed.push(self.requests.execute(&request_id.to_string(), record, ctx).await?);
+        committed.push(
+            self.requests
+                .execute(&request_id.to_string(), record, ctx)
+                .await?,
+        );
         self.settle(shared_requests, &committed).await
     }
 }
@@ -403,7 +491,10 @@ impl Workspace {
 /// The deterministic id of `user`'s shared-inbox folder, so that concurrent shares to the same
 /// user meet on one aggregate instead of creating two folders.
 pub fn shared_inbox_id(user: &str) -> Uuid {
-    Uuid::new_v5(&SHARED_INBOX_NAMESPACE, format!("shared-inbox:{user}").as_bytes())
+    Uuid::new_v5(
+        &SHARED_INBOX_NAMESPACE,
+        format!("shared-inbox:{user}").as_bytes(),
+    )
 }
 
 /// Parses upstream's comma-joined recipient list: trimmed, de-duplicated, in order.
@@ -431,7 +522,10 @@ mod tests {
 
     #[test]
     fn recipients_are_trimmed_deduplicated_and_validated() {
-        assert_eq!(parse_recipients(" bob, carol ,bob,").unwrap(), vec!["bob", "carol"]);
+        assert_eq!(
+            parse_recipients(" bob, carol ,bob,").unwrap(),
+            vec!["bob", "carol"]
+        );
         assert!(parse_recipients(" , ").is_err());
         assert!(parse_recipients("bob,not valid").is_err());
     }

@@ -160,7 +160,9 @@ impl Folder {
                     required_text("name", &name, FOLDER_NAME_MAX)?;
                     events.push(FolderEvent::FolderRenamed { name, at });
                 }
-                if let Some(description) = description.filter(|d| Some(d) != current.description.as_ref()) {
+                if let Some(description) =
+                    description.filter(|d| Some(d) != current.description.as_ref())
+                {
                     events.push(FolderEvent::FolderDescriptionChanged {
                         description: Some(description),
                         at,
@@ -287,7 +289,10 @@ mod tests {
             Folder::default().decide(cmd(&"x".repeat(51))),
             Err(FolderError::Invalid(_))
         ));
-        assert_eq!(created("alice").decide(cmd("Projet")), Err(FolderError::AlreadyExists));
+        assert_eq!(
+            created("alice").decide(cmd("Projet")),
+            Err(FolderError::AlreadyExists)
+        );
     }
 
     #[test]
@@ -303,7 +308,10 @@ mod tests {
         assert!(f.decide(update("alice", "Diabète")).unwrap().is_empty());
         assert_eq!(
             f.decide(update("alice", "HbA1c")).unwrap(),
-            vec![FolderEvent::FolderRenamed { name: "HbA1c".into(), at: at() }]
+            vec![FolderEvent::FolderRenamed {
+                name: "HbA1c".into(),
+                at: at()
+            }]
         );
     }
 
@@ -311,7 +319,10 @@ mod tests {
     fn a_deleted_folder_is_gone_but_a_shared_inbox_comes_back() {
         let mut f = created("alice");
         f.apply(FolderEvent::FolderDeleted { at: at() });
-        let delete = FolderCommand::Delete { by: "alice".into(), at: at() };
+        let delete = FolderCommand::Delete {
+            by: "alice".into(),
+            at: at(),
+        };
         assert_eq!(f.decide(delete), Err(FolderError::NotFound));
         let ensure = FolderCommand::EnsureSharedInbox {
             folder_id: Uuid::nil(),

@@ -60,13 +60,19 @@ mod tests {
             perimeters_ids(r#"{"request":{}}"#),
             Err(QueryError::MissingSourcePopulation)
         );
-        assert!(matches!(perimeters_ids("not json"), Err(QueryError::NotJson(_))));
+        assert!(matches!(
+            perimeters_ids("not json"),
+            Err(QueryError::NotJson(_))
+        ));
         assert!(matches!(perimeters_ids("[]"), Err(QueryError::NotJson(_))));
     }
 
     #[test]
     fn refuses_non_numeric_perimeter_ids() {
         let q = r#"{"sourcePopulation":{"caresiteCohortList":["12","abc"]}}"#;
-        assert!(matches!(perimeters_ids(q), Err(QueryError::NonNumericPerimeter(_))));
+        assert!(matches!(
+            perimeters_ids(q),
+            Err(QueryError::NonNumericPerimeter(_))
+        ));
     }
 }

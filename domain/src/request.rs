@@ -220,7 +220,11 @@ pub struct SnapshotState {
     pub patches: u32,
 }
 
-fn optional_text(field: &'static str, value: Option<&String>, max: usize) -> Result<(), InvalidField> {
+fn optional_text(
+    field: &'static str,
+    value: Option<&String>,
+    max: usize,
+) -> Result<(), InvalidField> {
     match value {
         Some(v) if v.chars().count() > max => Err(InvalidField {
             field,
@@ -404,7 +408,11 @@ impl Request {
     }
 
     /// Checks a share before the application creates anything for the recipients.
-    pub fn check_can_share(&self, by: &str, snapshot_id: &Uuid) -> Result<&SnapshotState, RequestError> {
+    pub fn check_can_share(
+        &self,
+        by: &str,
+        snapshot_id: &Uuid,
+    ) -> Result<&SnapshotState, RequestError> {
         let current = self.require_owned(by)?;
         Self::require_snapshot(current, snapshot_id)
     }
@@ -458,7 +466,9 @@ impl Aggregate for Request {
         match event {
             RequestEvent::RequestCreated { .. } | RequestEvent::RequestShared { .. } => {}
             RequestEvent::RequestRenamed { name, .. } => s.name = name,
-            RequestEvent::RequestDescriptionChanged { description, .. } => s.description = description,
+            RequestEvent::RequestDescriptionChanged { description, .. } => {
+                s.description = description
+            }
             RequestEvent::RequestFavoriteChanged { favorite, .. } => s.favorite = favorite,
             RequestEvent::RequestMoved { parent_folder, .. } => s.parent_folder = parent_folder,
             RequestEvent::RequestDeleted { .. } => s.deleted = true,
@@ -481,7 +491,9 @@ impl Aggregate for Request {
                     },
                 );
             }
-            RequestEvent::QuerySnapshotRenamed { snapshot_id, name, .. } => {
+            RequestEvent::QuerySnapshotRenamed {
+                snapshot_id, name, ..
+            } => {
                 if let Some(snap) = s.snapshots.get_mut(&snapshot_id) {
                     snap.name = name;
                 }
@@ -560,10 +572,12 @@ mod tests {
         let mut r = new_request();
         let versions: Vec<u32> = [(None, 10), (Some(10), 11), (Some(11), 12), (Some(10), 13)]
             .into_iter()
-            .map(|(prev, snap)| match run(&mut r, save(prev, snap)).unwrap().as_slice() {
-                [RequestEvent::QuerySnapshotSaved { version, .. }] => *version,
-                other => panic!("unexpected events {other:?}"),
-            })
+            .map(
+                |(prev, snap)| match run(&mut r, save(prev, snap)).unwrap().as_slice() {
+                    [RequestEvent::QuerySnapshotSaved { version, .. }] => *version,
+                    other => panic!("unexpected events {other:?}"),
+                },
+            )
             .collect();
         assert_eq!(versions, vec![1, 2, 3, 4]);
         let state = r.state.unwrap();
@@ -574,9 +588,18 @@ mod tests {
     fn a_second_snapshot_needs_a_previous_one_of_the_same_request() {
         let mut r = new_request();
         run(&mut r, save(None, 10)).unwrap();
-        assert_eq!(run(&mut r, save(None, 11)), Err(RequestError::PreviousSnapshotRequired));
-        assert_eq!(run(&mut r, save(Some(999), 11)), Err(RequestError::SnapshotNotFound));
-        assert_eq!(run(&mut r, save(Some(10), 10)), Err(RequestError::SnapshotAlreadyExists));
+        assert_eq!(
+            run(&mut r, save(None, 11)),
+            Err(RequestError::PreviousSnapshotRequired)
+        );
+        assert_eq!(
+            run(&mut r, save(Some(999), 11)),
+            Err(RequestError::SnapshotNotFound)
+        );
+        assert_eq!(
+            run(&mut r, save(Some(10), 10)),
+            Err(RequestError::SnapshotAlreadyExists)
+        );
     }
 
     #[test]
@@ -604,16 +627,34 @@ mod tests {
         let q3 = r#"{"sourcePopulation":{"caresiteCohortList":["3"]}}"#;
         let first = run(&mut r, patch(q2)).unwrap();
         let second = run(&mut r, patch(q3)).unwrap();
-        assert!(matches!(&first[..], [RequestEvent::QuerySnapshotPatched { patch_version: 1, previous_query, .. }] if previous_query == Q));
-        assert!(matches!(&second[..], [RequestEvent::QuerySnapshotPatched { patch_version: 2, previous_query, perimeters_ids, .. }] if previous_query == q2 && perimeters_ids == &vec!["3".to_string()]));
-        assert!(run(&mut r, patch(q3)).unwrap().is_empty(), "same query: no patch");
-        assert!(matches!(run(&mut r, patch("{}")), Err(RequestError::InvalidQuery(_))));
+        assert!(
+            matches!(&first[..], [RequestEvent::QuerySnapshotPatched { patch_version: 1, previous_query, .. }] if previous_query == Q)
+        );
+        assert!(
+            matches!(&second[..], [RequestEvent::QuerySnapshotPatched { patch_version: 2, previous_query, perimeters_ids, .. }] if previous_query == q2 && perimeters_ids == &vec!["3".to_string()])
+        );
+        assert!(
+            run(&mut r, patch(q3)).unwrap().is_empty(),
+            "same query: no patch"
+        );
+        assert!(matches!(
+            run(&mut r, patch("{}")),
+            Err(RequestError::InvalidQuery(_))
+        ));
     }
 
     #[test]
     fn a_deleted_request_refuses_everything() {
         let mut r = new_request();
-        run(&mut r, RequestCommand::Delete { by: "alice".into(), by_cascade: false, at: at() }).unwrap();
+        run(
+            &mut r,
+            RequestCommand::Delete {
+                by: "alice".into(),
+                by_cascade: false,
+                at: at(),
+            },
+        )
+        .unwrap();
         assert_eq!(run(&mut r, save(None, 10)), Err(RequestError::NotFound));
     }
 

@@ -33,18 +33,23 @@ impl Consistency for ProjectorConsistency {
     async fn wait_for(&self, committed: &[Committed]) -> Result<bool, PortError> {
         let mut target: Option<Cursor> = None;
         for c in committed {
-            let Some(sequence) = c.last_sequence else { continue };
+            let Some(sequence) = c.last_sequence else {
+                continue;
+            };
             let sequence = i64::try_from(sequence).map_err(|e| PortError(e.to_string()))?;
             let cursor = cursor_of(&self.pool, c.aggregate_type, &c.aggregate_id, sequence)
                 .await
                 .map_err(|e| PortError(e.to_string()))?;
             target = target.max(cursor);
         }
-        let Some(target) = target else { return Ok(true) };
+        let Some(target) = target else {
+            return Ok(true);
+        };
         let deadline = tokio::time::Instant::now() + self.timeout;
         for progress in &self.projectors {
             let mut progress = progress.clone();
-            let reached = tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= target)).await;
+            let reached =
+                tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= target)).await;
             match reached {
                 Ok(Ok(_)) => {}
                 // Timed out, or the projector stopped: the write stands, the read model lags.

@@ -46,17 +46,24 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         return Ok(());
     };
     let admin = opts.clone().database("postgres");
-    let mut conn = admin.connect().await.map_err(|source| DbError::Unreachable {
-        target: describe(&opts),
-        source,
-    })?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let mut conn = admin
+        .connect()
+        .await
+        .map_err(|source| DbError::Unreachable {
+            target: describe(&opts),
+            source,
+        })?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
-        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\"")).execute(&mut conn).await {
+        match sqlx::query(&format!("CREATE DATABASE \"{quoted}\""))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created the database"),
             // Someone else created it meanwhile (42P04 duplicate_database): fine.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

@@ -30,7 +30,10 @@ impl CommittedEvent {
 
     /// The stable id of this event: what JetStream de-duplicates on.
     pub fn message_id(&self) -> String {
-        format!("{}:{}:{}", self.aggregate_type, self.aggregate_id, self.sequence)
+        format!(
+            "{}:{}:{}",
+            self.aggregate_type, self.aggregate_id, self.sequence
+        )
     }
 }
 
@@ -63,7 +66,12 @@ pub async fn read_committed_after<'e>(
 }
 
 /// Where the event `sequence` of an aggregate sits in the log, if it exists.
-pub async fn cursor_of(pool: &PgPool, aggregate_type: &str, aggregate_id: &str, sequence: i64) -> sqlx::Result<Option<Cursor>> {
+pub async fn cursor_of(
+    pool: &PgPool,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    sequence: i64,
+) -> sqlx::Result<Option<Cursor>> {
     let row: Option<(i64, i64)> = sqlx::query_as(
         "SELECT (txid::text)::bigint, position FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
@@ -78,9 +86,11 @@ pub async fn cursor_of(pool: &PgPool, aggregate_type: &str, aggregate_id: &str, 
 
 /// How many stored events lie after `after` (committed or not yet visible), for lag reports.
 pub async fn count_after(pool: &PgPool, after: Cursor) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)")
-        .bind(after.txid)
-        .bind(after.position)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)",
+    )
+    .bind(after.txid)
+    .bind(after.position)
+    .fetch_one(pool)
+    .await
 }

@@ -70,7 +70,10 @@ pub async fn connect(settings: &NatsSettings) -> Result<async_nats::Client, Nats
 }
 
 /// Creates the stream if it does not exist, and returns the JetStream context.
-pub async fn ensure_stream(client: async_nats::Client, settings: &NatsSettings) -> Result<jetstream::Context, NatsError> {
+pub async fn ensure_stream(
+    client: async_nats::Client,
+    settings: &NatsSettings,
+) -> Result<jetstream::Context, NatsError> {
     let mut js = jetstream::new(client);
     js.set_timeout(Duration::from_secs(5));
     js.get_or_create_stream(stream::Config {

@@ -50,7 +50,11 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Folds one event into the tables. Runs inside the projector's transaction, with
     /// `search_path` set to the schema being written (live or rebuild): use unqualified names.
-    async fn apply(&self, conn: &mut PgConnection, event: &CommittedEvent) -> Result<(), ProjectionError>;
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &CommittedEvent,
+    ) -> Result<(), ProjectionError>;
 }
 
 /// What happened to one event offered to the projector.
@@ -68,9 +72,13 @@ fn quote_ident(name: &str) -> String {
 }
 
 async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
-    sqlx::query(&format!("SET LOCAL search_path TO {}", quote_ident(schema)))
-        .execute(&mut *conn)
-        .await?;
+    // The projection's schema first (its tables, unqualified), then `public` (the events).
+    sqlx::query(&format!(
+        "SET LOCAL search_path TO {}, public",
+        quote_ident(schema)
+    ))
+    .execute(&mut *conn)
+    .await?;
     let (txid, position): (i64, i64) =
         sqlx::query_as("SELECT (txid::text)::bigint, position FROM checkpoint FOR UPDATE")
             .fetch_one(&mut *conn)
@@ -198,7 +206,11 @@ impl Projector {
     }
 
     /// Offers one live event whose predecessor in the log is `previous`.
-    pub async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, ProjectionError> {
+    pub async fn offer(
+        &self,
+        event: &CommittedEvent,
+        previous: Cursor,
+    ) -> Result<Outcome, ProjectionError> {
         let schema = self.projection.name();
         let mut tx = self.pool.begin().await?;
         let checkpoint = lock_checkpoint(&mut tx, schema).await?;
@@ -220,7 +232,12 @@ impl Projector {
 
     /// Runs until `shutdown`: catches up, then follows JetStream (durable consumer
     /// `<stream>_<projection>`), falling back to the table on gaps, silence and outages.
-    pub async fn run(self, js: Option<jetstream::Context>, nats: NatsSettings, shutdown: CancellationToken) {
+    pub async fn run(
+        self,
+        js: Option<jetstream::Context>,
+        nats: NatsSettings,
+        shutdown: CancellationToken,
+    ) {
         loop {
             if shutdown.is_cancelled() {
                 return;
@@ -264,8 +281,16 @@ impl Projector {
         }
     }
 
-    async fn follow(&self, js: &jetstream::Context, nats: &NatsSettings, shutdown: &CancellationToken) -> Result<(), String> {
-        let stream = js.get_stream(&nats.stream).await.map_err(|e| e.to_string())?;
+    async fn follow(
+        &self,
+        js: &jetstream::Context,
+        nats: &NatsSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        let stream = js
+            .get_stream(&nats.stream)
+            .await
+            .map_err(|e| e.to_string())?;
         let durable = format!("{}_{}", nats.stream, self.name());
         let consumer: consumer::PullConsumer = stream
             .get_or_create_consumer(
@@ -305,12 +330,17 @@ impl Projector {
                 Ok(envelope) => {
                     let previous = envelope.previous;
                     let event = envelope.into_event();
-                    let outcome = self.offer(&event, previous).await.map_err(|e| e.to_string())?;
+                    let outcome = self
+                        .offer(&event, previous)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     if outcome == Outcome::Gap {
                         self.catch_up().await.map_err(|e| e.to_string())?;
                     }
                 }
-                Err(e) => tracing::error!(projection = self.name(), error = %e, "undecodable message ignored"),
+                Err(e) => {
+                    tracing::error!(projection = self.name(), error = %e, "undecodable message ignored")
+                }
             }
             message.ack().await.map_err(|e| e.to_string())?;
         }
@@ -337,15 +367,22 @@ pub struct RebuildReport {
 /// (which waits for the live projector's transaction and holds back the next one), the copy
 /// catches up to the end of the log, and the schemas are renamed in the same transaction: readers
 /// see either the old tables or the new ones, never a mix.
-pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<RebuildReport, ProjectionError> {
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<RebuildReport, ProjectionError> {
     let live = projection.name();
     let copy = format!("{live}_rebuild");
     let old = format!("{live}_old");
     let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(&copy), quote_ident(&old));
 
     let mut conn = pool.acquire().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE")).execute(&mut *conn).await?;
-    sqlx::query(&format!("CREATE SCHEMA {q_copy}")).execute(&mut *conn).await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {q_copy}"))
+        .execute(&mut *conn)
+        .await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables
           WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
@@ -355,9 +392,11 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
     .await?;
     for table in &tables {
         let t = quote_ident(table);
-        sqlx::query(&format!("CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL)"))
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(&format!(
+            "CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL)"
+        ))
+        .execute(&mut *conn)
+        .await?;
     }
     sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
         .execute(&mut *conn)
@@ -380,9 +419,11 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
 
     // Swap under the live checkpoint's lock.
     let mut tx = pool.begin().await?;
-    sqlx::query(&format!("LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(&format!(
+        "LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *tx)
+    .await?;
     let checkpoint = loop {
         let from = lock_checkpoint(&mut tx, &copy).await?;
         let batch = read_committed_after(&mut *tx, from, 5_000).await?;
@@ -392,9 +433,15 @@ pub async fn rebuild(pool: &PgPool, projection: &dyn Projection) -> Result<Rebui
             break reached;
         }
     };
-    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}")).execute(&mut *tx).await?;
-    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}")).execute(&mut *tx).await?;
-    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE")).execute(&mut *tx).await?;
+    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(RebuildReport { events, checkpoint })
 }

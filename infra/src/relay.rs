@@ -65,7 +65,12 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, js: jetstream::Context, nats: NatsSettings, settings: RelaySettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        js: jetstream::Context,
+        nats: NatsSettings,
+        settings: RelaySettings,
+    ) -> Self {
         Self {
             pool,
             js,
@@ -92,7 +97,8 @@ impl Relay {
         for event in &events {
             let envelope = Envelope::new(event, previous);
             previous = event.cursor();
-            let body = serde_json::to_vec(&envelope).map_err(|e| RelayError::Publish(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&envelope).map_err(|e| RelayError::Publish(e.to_string()))?;
             let mut headers = HeaderMap::new();
             headers.insert("Cohort360-Schema", crate::nats::ENVELOPE_SCHEMA);
             let message = PublishMessage::build()

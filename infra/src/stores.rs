@@ -21,7 +21,10 @@ where
     A: cqrs_es::Aggregate,
 {
     let repo = PostgresEventRepository::new(pool.clone());
-    CommandBus::new(PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY), COMMAND_ATTEMPTS)
+    CommandBus::new(
+        PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY),
+        COMMAND_ATTEMPTS,
+    )
 }
 
 /// The command bus of folders.

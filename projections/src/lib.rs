@@ -75,8 +75,14 @@ mod tests {
         assert_eq!(
             parse_ordering(Some("-updated_at, bogus,name"), &allowed),
             vec![
-                SortKey { column: "updated_at", descending: true },
-                SortKey { column: "name", descending: false }
+                SortKey {
+                    column: "updated_at",
+                    descending: true
+                },
+                SortKey {
+                    column: "name",
+                    descending: false
+                }
             ]
         );
         assert!(parse_ordering(None, &allowed).is_empty());

@@ -11,8 +11,11 @@ use crate::{Page, ReadError, SortKey, Window};
 pub const PROJECTION: &str = "workspace";
 
 /// Public `ordering` names of each list, and the column behind each.
-pub const FOLDER_ORDERING: &[(&str, &str)] =
-    &[("name", "name"), ("created_at", "created_at"), ("modified_at", "modified_at")];
+pub const FOLDER_ORDERING: &[(&str, &str)] = &[
+    ("name", "name"),
+    ("created_at", "created_at"),
+    ("modified_at", "modified_at"),
+];
 pub const REQUEST_ORDERING: &[(&str, &str)] = &[
     ("name", "name"),
     ("updated_at", "updated_at"),
@@ -138,10 +141,25 @@ pub struct SnapshotFilter {
 /// objects do not exist for them.
 #[async_trait]
 pub trait WorkspaceReader: Send + Sync {
-    async fn list_folders(&self, owner: &str, filter: &FolderFilter, window: Window) -> Result<Page<FolderView>, ReadError>;
+    async fn list_folders(
+        &self,
+        owner: &str,
+        filter: &FolderFilter,
+        window: Window,
+    ) -> Result<Page<FolderView>, ReadError>;
     async fn folder(&self, owner: &str, id: Uuid) -> Result<Option<FolderView>, ReadError>;
-    async fn list_requests(&self, owner: &str, filter: &RequestFilter, window: Window) -> Result<Page<RequestView>, ReadError>;
+    async fn list_requests(
+        &self,
+        owner: &str,
+        filter: &RequestFilter,
+        window: Window,
+    ) -> Result<Page<RequestView>, ReadError>;
     async fn request(&self, owner: &str, id: Uuid) -> Result<Option<RequestView>, ReadError>;
-    async fn list_snapshots(&self, owner: &str, filter: &SnapshotFilter, window: Window) -> Result<Page<SnapshotView>, ReadError>;
+    async fn list_snapshots(
+        &self,
+        owner: &str,
+        filter: &SnapshotFilter,
+        window: Window,
+    ) -> Result<Page<SnapshotView>, ReadError>;
     async fn snapshot(&self, owner: &str, id: Uuid) -> Result<Option<SnapshotView>, ReadError>;
 }

@@ -1,1 +1,261 @@
-//! placeholder
+//! Test harness: a whole application per test, on a fresh database and a unique NATS stream.
+//!
+//! Services: `TEST_DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`, any
+//! database on a server where the role may `CREATE DATABASE`) and `NATS_URL` (default
+//! `nats://127.0.0.1:4222`). Each [`TestApp`] gets its own database `c360_test_<id>` and its own
+//! subject prefix and stream, so tests run in parallel without seeing each other.
+
+use std::time::Duration;
+
+use api::auth::{Claims, JwtKeys};
+use api::config::{LogFormat, Settings};
+use api::startup::Application;
+use infra::nats::NatsSettings;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use std::str::FromStr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The Postgres server tests create their databases on.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The NATS server tests publish to.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh, unique name for this test's resources.
+pub fn unique_id() -> String {
+    Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Settings of a test application on database `db` and NATS prefix `id`.
+pub fn settings(id: &str, nats_url: &str) -> Settings {
+    let opts =
+        PgConnectOptions::from_str(&server_url()).expect("TEST_DATABASE_URL is a Postgres URL");
+    let database_url = format!(
+        "postgres://{}@{}:{}/c360_test_{id}",
+        opts.get_username(),
+        opts.get_host(),
+        opts.get_port()
+    );
+    Settings {
+        database_url,
+        database_max_connections: 16,
+        nats_url: nats_url.to_string(),
+        nats_subject_prefix: format!("t{id}"),
+        nats_stream: format!("T{id}_EVENTS"),
+        listen_addr: "127.0.0.1:0".parse().expect("valid address"),
+        jwt_signing_key: Some(format!("test-key-{id}")),
+        read_your_writes_timeout_ms: 10_000,
+        projector_poll_ms: 200,
+        log_format: LogFormat::Text,
+    }
+}
+
+/// NATS settings matching [`settings`].
+pub fn nats_settings(s: &Settings) -> NatsSettings {
+    api::startup::nats_settings(s)
+}
+
+/// A running application and an HTTP client for it.
+pub struct TestApp {
+    pub id: String,
+    pub base: String,
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub http: reqwest::Client,
+    jwt: Arc<JwtKeys>,
+    shutdown: CancellationToken,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// An HTTP answer: status and JSON body (`Null` if empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+    pub headers: reqwest::header::HeaderMap,
+}
+
+impl TestApp {
+    /// Starts an application on a fresh database and stream.
+    pub async fn spawn() -> Self {
+        let id = unique_id();
+        Self::spawn_with(settings(&id, &nats_url()), id).await
+    }
+
+    /// Starts an application with explicit settings.
+    pub async fn spawn_with(settings: Settings, id: String) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            api::telemetry::init(LogFormat::Text);
+        }
+        let shutdown = CancellationToken::new();
+        let app = Application::build(&settings, shutdown.clone())
+            .await
+            .expect("application builds");
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let pool = app.pool();
+        let jwt = app.jwt();
+        let stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            app.run_until_stopped(stop).await.expect("server runs");
+        });
+        Self {
+            id,
+            base,
+            settings,
+            pool,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("http client"),
+            jwt,
+            shutdown,
+            server: Some(server),
+        }
+    }
+
+    /// An access token for `username`.
+    pub fn token(&self, username: &str) -> String {
+        let claims = Claims {
+            username: username.into(),
+            exp: chrono::Utc::now().timestamp() + 3600,
+            iat: None,
+            token_type: Some("access".into()),
+            jti: None,
+        };
+        self.jwt.mint(&claims).expect("token mints")
+    }
+
+    /// Sends `body` (JSON unless `None`) as `user` (anonymous if `None`).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(user) = user {
+            req = req.bearer_auth(self.token(user));
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        Self::answer(req.send().await.expect("request sent")).await
+    }
+
+    /// Sends a raw body with a JSON content type.
+    pub async fn call_raw(&self, method: Method, path: &str, user: &str, raw: &str) -> Answer {
+        let req = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token(user))
+            .header("content-type", "application/json")
+            .body(raw.to_string());
+        Self::answer(req.send().await.expect("request sent")).await
+    }
+
+    async fn answer(res: reqwest::Response) -> Answer {
+        let status = res.status();
+        let headers = res.headers().clone();
+        let text = res.text().await.expect("body read");
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Answer {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    pub async fn get(&self, path: &str, user: &str) -> Answer {
+        self.call(Method::GET, path, Some(user), None).await
+    }
+
+    pub async fn post(&self, path: &str, user: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(user), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, user: &str, body: Value) -> Answer {
+        self.call(Method::PATCH, path, Some(user), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, user: &str) -> Answer {
+        self.call(Method::DELETE, path, Some(user), None).await
+    }
+
+    /// Number of events in the store.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+
+    /// Stops the application, then drops its database and stream.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+        }
+        self.pool.close().await;
+        cleanup(&self.id, &self.settings).await;
+    }
+}
+
+/// Drops a test's database and stream (best effort).
+pub async fn cleanup(id: &str, settings: &Settings) {
+    if let Ok(pool) = PgPool::connect(&server_url()).await {
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS c360_test_{id} WITH (FORCE)"
+        ))
+        .execute(&pool)
+        .await;
+        pool.close().await;
+    }
+    if let Ok(client) = async_nats::connect(&settings.nats_url).await {
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(&settings.nats_stream).await;
+    }
+}
+
+/// A serialized query over the given perimeter cohort ids.
+pub fn query(perimeters: &[&str]) -> String {
+    serde_json::json!({
+        "_type": "request",
+        "version": "v1.6.1",
+        "sourcePopulation": {"caresiteCohortList": perimeters},
+        "request": {"_type": "andGroup", "_id": 0, "isInclusive": true, "criteria": []}
+    })
+    .to_string()
+}
+
+/// Waits until `check` holds, polling every 50 ms, for at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,9 +1,9 @@
 //! Folds folder and request events into the `workspace` schema.
 
 use async_trait::async_trait;
+use cqrs_es::Aggregate;
 use domain::folder::{Folder, FolderEvent};
 use domain::request::{Request, RequestEvent};
-use cqrs_es::Aggregate;
 use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -29,12 +29,15 @@ fn decode<T: DeserializeOwned>(event: &CommittedEvent) -> Result<T, ProjectionEr
 }
 
 fn aggregate_uuid(event: &CommittedEvent) -> Result<Uuid, ProjectionError> {
-    event.aggregate_id.parse().map_err(|e: uuid::Error| ProjectionError::Undecodable {
-        message_id: event.message_id(),
-        event_type: event.event_type.clone(),
-        event_version: event.event_version.clone(),
-        reason: format!("aggregate id is not a uuid: {e}"),
-    })
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e: uuid::Error| ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: format!("aggregate id is not a uuid: {e}"),
+        })
 }
 
 #[async_trait]
@@ -43,7 +46,11 @@ impl Projection for WorkspaceProjection {
         projections::workspace::PROJECTION
     }
 
-    async fn apply(&self, conn: &mut PgConnection, event: &CommittedEvent) -> Result<(), ProjectionError> {
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &CommittedEvent,
+    ) -> Result<(), ProjectionError> {
         match event.aggregate_type.as_str() {
             Folder::TYPE => apply_folder(conn, aggregate_uuid(event)?, decode(event)?).await,
             Request::TYPE => apply_request(conn, aggregate_uuid(event)?, decode(event)?).await,
@@ -52,7 +59,11 @@ impl Projection for WorkspaceProjection {
     }
 }
 
-async fn apply_folder(conn: &mut PgConnection, id: Uuid, event: FolderEvent) -> Result<(), ProjectionError> {
+async fn apply_folder(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: FolderEvent,
+) -> Result<(), ProjectionError> {
     match event {
         FolderEvent::FolderCreated {
             owner,
@@ -107,7 +118,11 @@ async fn apply_folder(conn: &mut PgConnection, id: Uuid, event: FolderEvent) -> 
     Ok(())
 }
 
-async fn apply_request(conn: &mut PgConnection, id: Uuid, event: RequestEvent) -> Result<(), ProjectionError> {
+async fn apply_request(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: RequestEvent,
+) -> Result<(), ProjectionError> {
     match event {
         RequestEvent::RequestCreated {
             owner,
@@ -211,13 +226,19 @@ async fn apply_request(conn: &mut PgConnection, id: Uuid, event: RequestEvent) -
             .bind(at)
             .execute(&mut *conn)
             .await?;
-            sqlx::query("UPDATE requests SET updated_at = GREATEST(updated_at, $2) WHERE uuid = $1")
-                .bind(id)
-                .bind(at)
-                .execute(conn)
-                .await?;
+            sqlx::query(
+                "UPDATE requests SET updated_at = GREATEST(updated_at, $2) WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(conn)
+            .await?;
         }
-        RequestEvent::QuerySnapshotRenamed { snapshot_id, name, at } => {
+        RequestEvent::QuerySnapshotRenamed {
+            snapshot_id,
+            name,
+            at,
+        } => {
             sqlx::query("UPDATE query_snapshots SET name = $2, modified_at = $3 WHERE uuid = $1")
                 .bind(snapshot_id)
                 .bind(name)

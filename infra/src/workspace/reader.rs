@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use commands::ports::{PortError, WorkspaceDirectory};
 use projections::workspace::{
-    FolderFilter, FolderRef, FolderView, RequestFilter, RequestView, SnapshotFilter, SnapshotSummary, SnapshotView,
-    WorkspaceReader,
+    FolderFilter, FolderRef, FolderView, RequestFilter, RequestView, SnapshotFilter,
+    SnapshotSummary, SnapshotView, WorkspaceReader,
 };
 use projections::{Page, ReadError, SortKey, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -31,18 +31,28 @@ fn read_error(e: sqlx::Error) -> ReadError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("2201B") => {
             ReadError::InvalidSearch(db.message().to_string())
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => ReadError::Unavailable(e.to_string()),
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+            ReadError::Unavailable(e.to_string())
+        }
         _ => ReadError::Internal(e.to_string()),
     }
 }
 
 /// Escapes `%`, `_` and `\` for a LIKE pattern, and wraps it for "contains".
 fn contains_pattern(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    let escaped = s
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
     format!("%{escaped}%")
 }
 
-fn push_order(qb: &mut QueryBuilder<'_, Postgres>, prefix: &str, ordering: &[SortKey], default: &str) {
+fn push_order(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    prefix: &str,
+    ordering: &[SortKey],
+    default: &str,
+) {
     qb.push(" ORDER BY ");
     if ordering.is_empty() {
         qb.push(default);
@@ -52,14 +62,21 @@ fn push_order(qb: &mut QueryBuilder<'_, Postgres>, prefix: &str, ordering: &[Sor
                 qb.push(", ");
             }
             // Column names come from the fixed allow-lists in `projections`, never from the client.
-            qb.push(format!("{prefix}{} {}", key.column, if key.descending { "DESC" } else { "ASC" }));
+            qb.push(format!(
+                "{prefix}{} {}",
+                key.column,
+                if key.descending { "DESC" } else { "ASC" }
+            ));
         }
     }
     qb.push(format!(", {prefix}uuid ASC"));
 }
 
 fn push_window(qb: &mut QueryBuilder<'_, Postgres>, window: Window) {
-    qb.push(" LIMIT ").push_bind(window.limit).push(" OFFSET ").push_bind(window.offset);
+    qb.push(" LIMIT ")
+        .push_bind(window.limit)
+        .push(" OFFSET ")
+        .push_bind(window.offset);
 }
 
 #[derive(sqlx::FromRow)]
@@ -92,10 +109,16 @@ const FOLDER_SELECT: &str = "SELECT f.uuid, f.owner, f.name, f.description, f.cr
         (SELECT count(*) FROM workspace.requests r WHERE r.parent_folder = f.uuid AND r.deleted_at IS NULL) AS requests_count
    FROM workspace.folders f";
 
-fn push_folder_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a FolderFilter) {
-    qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ").push_bind(owner);
+fn push_folder_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    owner: &'a str,
+    filter: &'a FolderFilter,
+) {
+    qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ")
+        .push_bind(owner);
     if let Some(name) = &filter.name {
-        qb.push(" AND f.name ILIKE ").push_bind(contains_pattern(name));
+        qb.push(" AND f.name ILIKE ")
+            .push_bind(contains_pattern(name));
     }
     if let Some(min) = filter.min_created_at {
         qb.push(" AND f.created_at >= ").push_bind(min);
@@ -124,13 +147,19 @@ struct RequestRow {
     updated_at: DateTime<Utc>,
 }
 
-const REQUEST_SELECT: &str = "SELECT r.uuid, r.owner, r.name, r.description, r.favorite, r.parent_folder,
+const REQUEST_SELECT: &str =
+    "SELECT r.uuid, r.owner, r.name, r.description, r.favorite, r.parent_folder,
         f.name AS folder_name, f.description AS folder_description, r.shared_by,
         r.created_at, r.modified_at, r.updated_at
    FROM workspace.requests r LEFT JOIN workspace.folders f ON f.uuid = r.parent_folder";
 
-fn push_request_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a RequestFilter) {
-    qb.push(" WHERE r.deleted_at IS NULL AND r.owner = ").push_bind(owner);
+fn push_request_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    owner: &'a str,
+    filter: &'a RequestFilter,
+) {
+    qb.push(" WHERE r.deleted_at IS NULL AND r.owner = ")
+        .push_bind(owner);
     if let Some(favorite) = filter.favorite {
         qb.push(" AND r.favorite = ").push_bind(favorite);
     }
@@ -199,17 +228,24 @@ impl From<SnapshotRow> for SnapshotView {
     }
 }
 
-const SNAPSHOT_SELECT: &str = "SELECT s.uuid, s.owner, s.name, s.version, s.created_at, s.modified_at, s.request,
+const SNAPSHOT_SELECT: &str =
+    "SELECT s.uuid, s.owner, s.name, s.version, s.created_at, s.modified_at, s.request,
         s.previous_snapshot, s.serialized_query, s.perimeters_ids, s.shared_by
    FROM workspace.query_snapshots s";
 
-fn push_snapshot_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, filter: &'a SnapshotFilter) {
-    qb.push(" WHERE s.deleted_at IS NULL AND s.owner = ").push_bind(owner);
+fn push_snapshot_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    owner: &'a str,
+    filter: &'a SnapshotFilter,
+) {
+    qb.push(" WHERE s.deleted_at IS NULL AND s.owner = ")
+        .push_bind(owner);
     if let Some(request) = filter.request {
         qb.push(" AND s.request = ").push_bind(request);
     }
     if let Some(name) = &filter.name {
-        qb.push(" AND s.name ILIKE ").push_bind(contains_pattern(name));
+        qb.push(" AND s.name ILIKE ")
+            .push_bind(contains_pattern(name));
     }
     if let Some(shared_by) = &filter.shared_by {
         qb.push(" AND s.shared_by = ").push_bind(shared_by.as_str());
@@ -226,7 +262,10 @@ fn push_snapshot_where<'a>(qb: &mut QueryBuilder<'a, Postgres>, owner: &'a str, 
 
 impl PgWorkspace {
     async fn count(&self, mut qb: QueryBuilder<'_, Postgres>) -> Result<i64, ReadError> {
-        qb.build_query_scalar().fetch_one(&self.pool).await.map_err(read_error)
+        qb.build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)
     }
 
     async fn with_snapshots(&self, rows: Vec<RequestRow>) -> Result<Vec<RequestView>, ReadError> {
@@ -241,14 +280,17 @@ impl PgWorkspace {
         .map_err(read_error)?;
         let mut by_request: HashMap<Uuid, Vec<SnapshotSummary>> = HashMap::new();
         for s in summaries {
-            by_request.entry(s.request).or_default().push(SnapshotSummary {
-                uuid: s.uuid,
-                name: s.name,
-                created_at: s.created_at,
-                version: s.version,
-                cohorts_count: 0,
-                patients_count: None,
-            });
+            by_request
+                .entry(s.request)
+                .or_default()
+                .push(SnapshotSummary {
+                    uuid: s.uuid,
+                    name: s.name,
+                    created_at: s.created_at,
+                    version: s.version,
+                    cohorts_count: 0,
+                    patients_count: None,
+                });
         }
         Ok(rows
             .into_iter()
@@ -276,7 +318,12 @@ impl PgWorkspace {
 
 #[async_trait]
 impl WorkspaceReader for PgWorkspace {
-    async fn list_folders(&self, owner: &str, filter: &FolderFilter, window: Window) -> Result<Page<FolderView>, ReadError> {
+    async fn list_folders(
+        &self,
+        owner: &str,
+        filter: &FolderFilter,
+        window: Window,
+    ) -> Result<Page<FolderView>, ReadError> {
         let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.folders f");
         push_folder_where(&mut count_qb, owner, filter);
         let count = self.count(count_qb).await?;
@@ -284,7 +331,11 @@ impl WorkspaceReader for PgWorkspace {
         push_folder_where(&mut qb, owner, filter);
         push_order(&mut qb, "f.", &filter.ordering, "f.created_at DESC");
         push_window(&mut qb, window);
-        let rows: Vec<FolderRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        let rows: Vec<FolderRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(Page {
             count,
             results: rows.into_iter().map(FolderView::from).collect(),
@@ -303,7 +354,12 @@ impl WorkspaceReader for PgWorkspace {
         Ok(row.map(FolderView::from))
     }
 
-    async fn list_requests(&self, owner: &str, filter: &RequestFilter, window: Window) -> Result<Page<RequestView>, ReadError> {
+    async fn list_requests(
+        &self,
+        owner: &str,
+        filter: &RequestFilter,
+        window: Window,
+    ) -> Result<Page<RequestView>, ReadError> {
         let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.requests r");
         push_request_where(&mut count_qb, owner, filter);
         let count = self.count(count_qb).await?;
@@ -311,7 +367,11 @@ impl WorkspaceReader for PgWorkspace {
         push_request_where(&mut qb, owner, filter);
         push_order(&mut qb, "r.", &filter.ordering, "r.updated_at DESC");
         push_window(&mut qb, window);
-        let rows: Vec<RequestRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        let rows: Vec<RequestRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(Page {
             count,
             results: self.with_snapshots(rows).await?,
@@ -330,7 +390,12 @@ impl WorkspaceReader for PgWorkspace {
         Ok(self.with_snapshots(rows).await?.pop())
     }
 
-    async fn list_snapshots(&self, owner: &str, filter: &SnapshotFilter, window: Window) -> Result<Page<SnapshotView>, ReadError> {
+    async fn list_snapshots(
+        &self,
+        owner: &str,
+        filter: &SnapshotFilter,
+        window: Window,
+    ) -> Result<Page<SnapshotView>, ReadError> {
         let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.query_snapshots s");
         push_snapshot_where(&mut count_qb, owner, filter);
         let count = self.count(count_qb).await?;
@@ -338,7 +403,11 @@ impl WorkspaceReader for PgWorkspace {
         push_snapshot_where(&mut qb, owner, filter);
         push_order(&mut qb, "s.", &filter.ordering, "s.created_at DESC");
         push_window(&mut qb, window);
-        let rows: Vec<SnapshotRow> = qb.build_query_as().fetch_all(&self.pool).await.map_err(read_error)?;
+        let rows: Vec<SnapshotRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(Page {
             count,
             results: rows.into_iter().map(SnapshotView::from).collect(),
@@ -369,10 +438,12 @@ impl WorkspaceDirectory for PgWorkspace {
     }
 
     async fn requests_in_folder(&self, folder: Uuid) -> Result<Vec<Uuid>, PortError> {
-        sqlx::query_scalar("SELECT uuid FROM workspace.requests WHERE parent_folder = $1 AND deleted_at IS NULL")
-            .bind(folder)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| PortError(e.to_string()))
+        sqlx::query_scalar(
+            "SELECT uuid FROM workspace.requests WHERE parent_folder = $1 AND deleted_at IS NULL",
+        )
+        .bind(folder)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PortError(e.to_string()))
     }
 }

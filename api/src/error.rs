@@ -1,0 +1,173 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error body is `{"code": <stable snake_case>, "message": <human text>}` plus `field` when
+//! one input field is at fault. Codes are part of the API contract (README, "Error codes").
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use commands::workspace::WorkspaceError;
+use domain::folder::FolderError;
+use domain::request::RequestError;
+use projections::ReadError;
+use serde::Serialize;
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn invalid_field(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            ..Self::bad_request("invalid_field", message)
+        }
+    }
+
+    pub fn not_found(code: &'static str, what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "not_authenticated", message)
+    }
+
+    fn internal(detail: &str) -> Self {
+        // The detail goes to the log, never to the client.
+        tracing::error!(error = detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    }
+
+    fn unavailable(detail: &str) -> Self {
+        tracing::warn!(error = detail, "dependency unavailable");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "a required service is unavailable; retry shortly",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            code: self.code,
+            message: &self.message,
+            field: self.field,
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<FolderError> for ApiError {
+    fn from(e: FolderError) -> Self {
+        match e {
+            FolderError::AlreadyExists => {
+                Self::new(StatusCode::CONFLICT, "folder_already_exists", e.to_string())
+            }
+            FolderError::NotFound => Self::not_found("folder_not_found", "folder"),
+            FolderError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::AlreadyExists => Self::new(
+                StatusCode::CONFLICT,
+                "request_already_exists",
+                e.to_string(),
+            ),
+            RequestError::NotFound => Self::not_found("request_not_found", "request"),
+            RequestError::SnapshotNotFound => {
+                Self::not_found("snapshot_not_found", "query snapshot")
+            }
+            RequestError::SnapshotAlreadyExists => Self::new(
+                StatusCode::CONFLICT,
+                "snapshot_already_exists",
+                e.to_string(),
+            ),
+            RequestError::PreviousSnapshotRequired => Self {
+                field: Some("previous_snapshot"),
+                ..Self::bad_request("previous_snapshot_required", e.to_string())
+            },
+            RequestError::InvalidQuery(_) => Self {
+                field: Some("serialized_query"),
+                ..Self::bad_request("invalid_serialized_query", e.to_string())
+            },
+            RequestError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            RequestError::NoRecipients => Self::invalid_field("recipients", e.to_string()),
+        }
+    }
+}
+
+impl From<WorkspaceError> for ApiError {
+    fn from(e: WorkspaceError) -> Self {
+        match e {
+            WorkspaceError::Folder(e) => e.into(),
+            WorkspaceError::Request(e) => e.into(),
+            WorkspaceError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            WorkspaceError::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            WorkspaceError::Unavailable(detail) => Self::unavailable(&detail),
+            WorkspaceError::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::InvalidSearch(m) => Self {
+                field: Some("search"),
+                ..Self::bad_request("invalid_search", format!("invalid search pattern: {m}"))
+            },
+            ReadError::Unavailable(detail) => Self::unavailable(&detail),
+            ReadError::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! `/cohort/requests/` and `/cohort/folders/{id}/requests/`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use commands::workspace::{NewRequest, RequestChanges};
+use projections::parse_ordering;
+use projections::workspace::{REQUEST_ORDERING, RequestFilter, RequestView};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::pagination::{
+    Envelope, Params, bool_param, datetime_param, envelope, text_param, uuid_param, window,
+};
+use crate::routes::folders::check_owner;
+use crate::routes::written;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub(super) struct CreateRequest {
+    name: String,
+    description: Option<String>,
+    favorite: Option<bool>,
+    parent_folder: Option<Uuid>,
+    parent_folder_id: Option<Uuid>,
+    owner: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateRequest {
+    name: Option<String>,
+    description: Option<String>,
+    favorite: Option<bool>,
+    parent_folder: Option<Uuid>,
+    parent_folder_id: Option<Uuid>,
+    owner: Option<String>,
+}
+
+fn filter(params: &Params, forced_folder: Option<Uuid>) -> Result<RequestFilter, ApiError> {
+    Ok(RequestFilter {
+        favorite: bool_param(params, "favorite")?,
+        shared_by: text_param(params, "shared_by"),
+        parent_folder: match forced_folder {
+            Some(f) => Some(f),
+            None => uuid_param(params, "parent_folder")?,
+        },
+        min_updated_at: datetime_param(params, "min_updated_at")?,
+        max_updated_at: datetime_param(params, "max_updated_at")?,
+        search: text_param(params, "search"),
+        ordering: parse_ordering(params.get("ordering").map(String::as_str), REQUEST_ORDERING),
+    })
+}
+
+async fn list_filtered(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    folder: Option<Uuid>,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Json<Envelope<RequestView>>, ApiError> {
+    let window = window(params)?;
+    let page = state
+        .reader
+        .list_requests(&caller.username, &filter(params, folder)?, window)
+        .await?;
+    Ok(Json(envelope(page, window, uri, headers, params)))
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<Params>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Envelope<RequestView>>, ApiError> {
+    list_filtered(&state, &caller, &params, None, &uri, &headers).await
+}
+
+pub(super) async fn list_in_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(folder): Path<String>,
+    Query(params): Query<Params>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Envelope<RequestView>>, ApiError> {
+    let folder = path_uuid(&folder, "folder", "folder_not_found")?;
+    if state
+        .reader
+        .folder(&caller.username, folder)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("folder_not_found", "folder"));
+    }
+    list_filtered(&state, &caller, &params, Some(folder), &uri, &headers).await
+}
+
+pub(super) async fn retrieve(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let id = path_uuid(&id, "request", "request_not_found")?;
+    state
+        .reader
+        .request(&caller.username, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("request_not_found", "request"))
+}
+
+async fn create_with(
+    state: &AppState,
+    caller: &Caller,
+    trace: &TraceId,
+    body: CreateRequest,
+    forced_folder: Option<Uuid>,
+) -> Result<Response, ApiError> {
+    check_owner(body.owner.as_ref(), caller)?;
+    let parent_folder = forced_folder
+        .or(body.parent_folder)
+        .or(body.parent_folder_id)
+        .ok_or_else(|| {
+            ApiError::invalid_field("parent_folder", "parent_folder: this field is required")
+        })?;
+    let ctx = command_context(caller, trace);
+    let new = NewRequest {
+        name: body.name,
+        description: body.description,
+        favorite: body.favorite.unwrap_or(false),
+        parent_folder,
+    };
+    let w = state.workspace.create_request(&ctx, new).await?;
+    let view = state.reader.request(&caller.username, w.value).await?;
+    Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    JsonBody(body): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    create_with(&state, &caller, &trace, body, None).await
+}
+
+pub(super) async fn create_in_folder(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    Path(folder): Path<String>,
+    JsonBody(body): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    let folder = path_uuid(&folder, "folder", "folder_not_found")?;
+    create_with(&state, &caller, &trace, body, Some(folder)).await
+}
+
+pub(super) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateRequest>,
+) -> Result<Response, ApiError> {
+    let id = path_uuid(&id, "request", "request_not_found")?;
+    check_owner(body.owner.as_ref(), &caller)?;
+    let ctx = command_context(&caller, &trace);
+    let changes = RequestChanges {
+        name: body.name,
+        description: body.description,
+        favorite: body.favorite,
+        parent_folder: body.parent_folder.or(body.parent_folder_id),
+    };
+    let w = state.workspace.update_request(&ctx, id, changes).await?;
+    let view = state.reader.request(&caller.username, id).await?;
+    Ok(written(StatusCode::OK, w.caught_up, view, id))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    Path(ids): Path<String>,
+) -> Result<Response, ApiError> {
+    let ids = path_uuid_list(&ids)?;
+    let ctx = command_context(&caller, &trace);
+    state.workspace.delete_requests(&ctx, &ids).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,6 @@
+//! End-to-end tests against the real Postgres and NATS (see `tests/src/lib.rs` for isolation).
+
+mod bad_input;
+mod pipeline;
+mod versioning;
+mod workspace;

@@ -281,12 +281,12 @@ impl Projector {
         }
     }
 
-    async fn follow(
+    /// Subscribes the durable consumer of this projection.
+    async fn subscribe(
         &self,
         js: &jetstream::Context,
         nats: &NatsSettings,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<consumer::pull::Stream, String> {
         let stream = js
             .get_stream(&nats.stream)
             .await
@@ -304,13 +304,26 @@ impl Projector {
             )
             .await
             .map_err(|e| e.to_string())?;
-        let mut messages = consumer
+        consumer
             .stream()
             .heartbeat(Duration::from_secs(2))
             .expires(Duration::from_secs(10))
             .messages()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    async fn follow(
+        &self,
+        js: &jetstream::Context,
+        nats: &NatsSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<(), String> {
+        // Subscribing waits on NATS; keep the read model fresh from Postgres meanwhile.
+        let mut messages = tokio::select! {
+            subscribed = self.subscribe(js, nats) => subscribed?,
+            polled = self.poll(shutdown) => return polled,
+        };
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

@@ -259,3 +259,92 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One message of the test's stream.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub stream_sequence: u64,
+    pub subject: String,
+    pub msg_id: String,
+    pub envelope: infra::nats::Envelope,
+}
+
+/// Every message of `stream`, in stream order.
+pub async fn published(nats_url: &str, stream: &str) -> Vec<Published> {
+    let client = async_nats::connect(nats_url).await.expect("nats connects");
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let info = stream.get_info().await.expect("stream info");
+    let mut out = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        if info.state.messages == 0 {
+            break;
+        }
+        let m = stream.get_raw_message(seq).await.expect("message readable");
+        let msg_id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default();
+        out.push(Published {
+            stream_sequence: m.sequence,
+            subject: m.subject.to_string(),
+            msg_id,
+            envelope: serde_json::from_slice(&m.payload).expect("envelope decodes"),
+        });
+    }
+    out
+}
+
+/// Number of messages in `stream`.
+pub async fn stream_len(nats_url: &str, stream: &str) -> u64 {
+    let client = async_nats::connect(nats_url).await.expect("nats connects");
+    let js = async_nats::jetstream::new(client);
+    match js.get_stream(stream).await {
+        Ok(s) => s.get_info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Every row of every table of a read-model schema, as JSON, in a stable order: two schemas
+/// hold the same data exactly when their dumps are equal.
+pub async fn dump_schema(pool: &PgPool, schema: &str) -> Vec<(String, Vec<Value>)> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = $1 AND table_type = 'BASE TABLE' AND table_name <> 'checkpoint' ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .expect("list tables");
+    let mut out = Vec::new();
+    for t in tables {
+        let rows: Vec<Value> = sqlx::query_scalar(&format!(
+            "SELECT to_jsonb(t) FROM \"{schema}\".\"{t}\" t ORDER BY to_jsonb(t)::text"
+        ))
+        .fetch_all(pool)
+        .await
+        .expect("dump table");
+        out.push((t, rows));
+    }
+    out
+}
+
+/// The checkpoint of a projection schema: (cursor text, events applied).
+pub async fn projection_checkpoint(pool: &PgPool, schema: &str) -> (String, i64) {
+    sqlx::query_as(&format!(
+        "SELECT txid::text || ':' || position, events_applied FROM \"{schema}\".checkpoint"
+    ))
+    .fetch_one(pool)
+    .await
+    .expect("checkpoint row")
+}
+
+/// The cursor of the newest event, as `txid:position` text.
+pub async fn last_event_cursor(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT txid::text || ':' || position FROM events ORDER BY txid DESC, position DESC LIMIT 1")
+        .fetch_optional(pool)
+        .await
+        .expect("last event")
+        .unwrap_or_else(|| "0:0".into())
+}

@@ -1,1 +1,549 @@
+//! The event pipeline's guarantees: gap-safe relay, exactly-once projection, crash recovery,
+//! NATS outages, rebuilds, optimistic concurrency.
 
+use std::collections::HashSet;
+use std::time::Duration;
+
+use infra::projector::{Projector, ProjectorSettings};
+use infra::relay::{Relay, RelaySettings};
+use infra::workspace::WorkspaceProjection;
+use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::PgPool;
+use std::sync::Arc;
+use tests::{
+    TestApp, cleanup, dump_schema, eventually, last_event_cursor, nats_url, projection_checkpoint,
+    published, query, settings, stream_len, unique_id,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Appends `batches` transactions of `per_batch` FolderCreated events each, by SQL.
+async fn append_folders(pool: &PgPool, batches: usize, per_batch: i64) {
+    for b in 0..batches {
+        sqlx::query(
+            "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+             SELECT 'Folder', id::text, 1, 'FolderCreated', '1',
+                    json_build_object('FolderCreated', json_build_object(
+                        'folder_id', id, 'owner', 'loader', 'name', 'f' || $1 || '-' || i,
+                        'description', null, 'at', '2026-01-01T00:00:00Z')),
+                    '{\"user\":\"loader\"}'::json
+               FROM (SELECT gen_random_uuid() AS id, i FROM generate_series(1, $2) AS i) g",
+        )
+        .bind(b as i64)
+        .bind(per_batch)
+        .execute(pool)
+        .await
+        .expect("events appended");
+    }
+}
+
+async fn event_ids(pool: &PgPool) -> HashSet<String> {
+    sqlx::query_scalar::<_, String>(
+        "SELECT aggregate_type || ':' || aggregate_id || ':' || sequence FROM events",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("event ids")
+    .into_iter()
+    .collect()
+}
+
+/// Asserts that the stream holds every event exactly once, in strictly increasing log order,
+/// each message chained to the one before it.
+async fn assert_published_exactly_once(pool: &PgPool, nats: &str, stream: &str) {
+    let messages = published(nats, stream).await;
+    let expected = event_ids(pool).await;
+    let ids: Vec<&str> = messages.iter().map(|m| m.msg_id.as_str()).collect();
+    let unique: HashSet<String> = ids.iter().map(|s| s.to_string()).collect();
+    assert_eq!(ids.len(), unique.len(), "a message id was published twice");
+    assert_eq!(
+        unique, expected,
+        "the stream holds exactly the stored events"
+    );
+    let mut previous = projections::Cursor::START;
+    for m in &messages {
+        assert_eq!(
+            m.envelope.previous, previous,
+            "message {} is chained to its predecessor",
+            m.msg_id
+        );
+        assert!(m.envelope.cursor() > previous, "log order is kept");
+        assert_eq!(m.msg_id, m.envelope.message_id);
+        previous = m.envelope.cursor();
+    }
+}
+
+#[tokio::test]
+async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish_every_event_once()
+{
+    let app = Arc::new(TestApp::spawn().await);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let app = app.clone();
+        writers.push(tokio::spawn(async move {
+            let user = format!("writer{w}");
+            let folder = app.post("/cohort/folders/", &user, json!({"name": format!("F{w}")})).await;
+            assert_eq!(folder.status, StatusCode::CREATED);
+            let mut requests = Vec::new();
+            for r in 0..9 {
+                let req = app
+                    .post("/cohort/requests/", &user, json!({"name": format!("R{r}"), "parent_folder": folder.body["uuid"]}))
+                    .await;
+                assert_eq!(req.status, StatusCode::CREATED);
+                requests.push((req.body["uuid"].as_str().unwrap().to_string(), None::<String>));
+            }
+            // 1 folder + 9 requests + 490 snapshot commands = 500 commands per writer.
+            for i in 0..490 {
+                let (request, last) = &mut requests[i % 9];
+                let body = match last {
+                    None => json!({"request": request, "serialized_query": query(&[&i.to_string()])}),
+                    Some(prev) => json!({"previous_snapshot": prev, "serialized_query": query(&[&i.to_string()])}),
+                };
+                let s = app.post("/cohort/request-query-snapshots/", &user, body).await;
+                assert_eq!(s.status, StatusCode::CREATED, "{:?}", s.body);
+                *last = Some(s.body["uuid"].as_str().unwrap().to_string());
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer finished");
+    }
+    let events = app.event_count().await;
+    assert_eq!(events, 8 * 500);
+
+    // Every command waited for the projector, so the read model is complete now.
+    let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM workspace.query_snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(snapshots, 8 * 490);
+    let max_version: i32 = sqlx::query_scalar("SELECT max(version) FROM workspace.query_snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        max_version, 55,
+        "490 snapshots over 9 requests: 55 versions for the first ones"
+    );
+    let (cursor, applied) = projection_checkpoint(&app.pool, "workspace").await;
+    assert_eq!(
+        applied, events,
+        "the projector applied every event exactly once"
+    );
+    assert_eq!(cursor, last_event_cursor(&app.pool).await);
+
+    // Every event reached JetStream once per message id, in log order.
+    let stream = app.settings.nats_stream.clone();
+    let nats = app.settings.nats_url.clone();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            stream_len(&nats, &stream).await == events as u64
+        })
+        .await,
+        "the relay published everything"
+    );
+    assert_published_exactly_once(&app.pool, &nats, &stream).await;
+
+    // The read model equals the fold of the event store.
+    let live = dump_schema(&app.pool, "workspace").await;
+    infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+
+    Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
+}
+
+#[tokio::test]
+async fn an_event_committed_late_is_published_and_projected_in_order_once_its_transaction_commits()
+{
+    let id = unique_id();
+    let mut s = settings(&id, &nats_url());
+    s.read_your_writes_timeout_ms = 300;
+    let app = TestApp::spawn_with(s, id).await;
+
+    // A writer draws its position, then stays open.
+    let mut held = app.pool.begin().await.unwrap();
+    let held_folder = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         VALUES ('Folder', $1::text, 1, 'FolderCreated', '1',
+                 json_build_object('FolderCreated', json_build_object('folder_id', $1, 'owner', 'alice',
+                     'name', 'held', 'description', null, 'at', '2026-01-01T00:00:00Z')), '{}')",
+    )
+    .bind(held_folder)
+    .execute(&mut *held)
+    .await
+    .unwrap();
+
+    // Later writers commit meanwhile.
+    for n in 0..3 {
+        let later = app
+            .post(
+                "/cohort/folders/",
+                "alice",
+                json!({"name": format!("later{n}")}),
+            )
+            .await;
+        assert_eq!(later.status, StatusCode::CREATED);
+        assert_eq!(
+            later
+                .headers
+                .get("x-cohort360-consistency")
+                .map(|v| v.to_str().unwrap()),
+            Some("pending"),
+            "the read model must wait for the open transaction"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let nats = app.settings.nats_url.clone();
+    let stream = app.settings.nats_stream.clone();
+    assert_eq!(
+        stream_len(&nats, &stream).await,
+        0,
+        "nothing after the open transaction is published"
+    );
+    let (_, applied) = projection_checkpoint(&app.pool, "workspace").await;
+    assert_eq!(
+        applied, 0,
+        "nothing after the open transaction is projected"
+    );
+
+    held.commit().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            stream_len(&nats, &stream).await == 4
+        })
+        .await
+    );
+    let messages = published(&nats, &stream).await;
+    assert_eq!(
+        messages[0].envelope.aggregate_id,
+        held_folder.to_string(),
+        "the earlier event goes first"
+    );
+    assert_published_exactly_once(&app.pool, &nats, &stream).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            projection_checkpoint(&app.pool, "workspace").await.1 == 4
+        })
+        .await
+    );
+    let folders = app
+        .get("/cohort/folders/?ordering=created_at", "alice")
+        .await;
+    assert_eq!(folders.body["count"], 4);
+    app.stop().await;
+}
+
+/// A database and a stream without the HTTP application.
+async fn bare_pipeline() -> (
+    String,
+    api::config::Settings,
+    PgPool,
+    async_nats::jetstream::Context,
+) {
+    let id = unique_id();
+    let s = settings(&id, &nats_url());
+    let pool = api::startup::prepare_database(&s).await.expect("database");
+    let nats = api::startup::nats_settings(&s);
+    let client = infra::nats::connect(&nats).await.expect("nats");
+    let js = infra::nats::ensure_stream(client, &nats)
+        .await
+        .expect("stream");
+    (id, s, pool, js)
+}
+
+#[tokio::test]
+async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
+    let (id, s, pool, js) = bare_pipeline().await;
+    let nats = api::startup::nats_settings(&s);
+    append_folders(&pool, 40, 100).await;
+    let relay_settings = RelaySettings {
+        batch_size: 50,
+        ..RelaySettings::default()
+    };
+
+    // Kill the relay while it is publishing.
+    let relay = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        relay_settings.clone(),
+    );
+    let task = tokio::spawn(relay.run(CancellationToken::new()));
+    let checker = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        relay_settings.clone(),
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            checker
+                .checkpoint()
+                .await
+                .map(|c| c.position >= 500)
+                .unwrap_or(false)
+        })
+        .await
+    );
+    task.abort();
+    let _ = task.await;
+    let reached = checker.checkpoint().await.unwrap();
+    assert!(reached.position < 4000, "killed mid-stream (at {reached})");
+
+    // A crash between publishing and checkpointing: the checkpoint goes back, the batch is sent again.
+    sqlx::query("UPDATE relay_checkpoints SET txid = '0', position = 0")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let restarted = Relay::new(pool.clone(), js.clone(), nats.clone(), relay_settings);
+    let published_now = restarted.drain().await.expect("drains");
+    assert_eq!(
+        published_now, 4000,
+        "everything is (re)published from the checkpoint"
+    );
+    assert_eq!(
+        stream_len(&s.nats_url, &s.nats_stream).await,
+        4000,
+        "JetStream dropped the re-sent duplicates"
+    );
+    assert_published_exactly_once(&pool, &s.nats_url, &s.nats_stream).await;
+    pool.close().await;
+    cleanup(&id, &s).await;
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_stream_and_restarted_applies_every_event_once() {
+    let (id, s, pool, js) = bare_pipeline().await;
+    let nats = api::startup::nats_settings(&s);
+    let relay = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        RelaySettings::default(),
+    );
+    let settings = ProjectorSettings {
+        poll_interval: Duration::from_millis(50),
+    };
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(WorkspaceProjection),
+        settings.clone(),
+    );
+    let task =
+        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    // Live events through NATS, and a kill while they flow.
+    for _ in 0..30 {
+        append_folders(&pool, 1, 100).await;
+        relay.drain().await.unwrap();
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            projection_checkpoint(&pool, "workspace").await.1 > 300
+        })
+        .await
+    );
+    task.abort();
+    let _ = task.await;
+    let (_, at_kill) = projection_checkpoint(&pool, "workspace").await;
+
+    // More events while it is down, some only in Postgres (relay not run), some on NATS too.
+    append_folders(&pool, 5, 100).await;
+    relay.drain().await.unwrap();
+    append_folders(&pool, 5, 100).await;
+
+    let projector = Projector::new(pool.clone(), Arc::new(WorkspaceProjection), settings);
+    let task =
+        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    relay.drain().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            projection_checkpoint(&pool, "workspace").await.1 == 4000
+        })
+        .await,
+        "restarted projector caught up (was at {at_kill} when killed)"
+    );
+    // Redeliveries changed nothing: one row per event.
+    let folders: i64 = sqlx::query_scalar("SELECT count(*) FROM workspace.folders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(folders, 4000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        projection_checkpoint(&pool, "workspace").await.1,
+        4000,
+        "no event applied twice"
+    );
+    task.abort();
+    pool.close().await;
+    cleanup(&id, &s).await;
+}
+
+#[tokio::test]
+async fn a_rebuilt_projection_is_identical_row_for_row() {
+    let app = TestApp::spawn().await;
+    let f = app
+        .post(
+            "/cohort/folders/",
+            "carol",
+            json!({"name": "A", "description": "d"}),
+        )
+        .await;
+    let f2 = app
+        .post("/cohort/folders/", "carol", json!({"name": "B"}))
+        .await;
+    let r = app
+        .post(
+            "/cohort/requests/",
+            "carol",
+            json!({"name": "R", "parent_folder": f.body["uuid"]}),
+        )
+        .await;
+    let r2 = app
+        .post(
+            "/cohort/requests/",
+            "carol",
+            json!({"name": "R2", "parent_folder": f2.body["uuid"]}),
+        )
+        .await;
+    let v1 = app
+        .post(
+            "/cohort/request-query-snapshots/",
+            "carol",
+            json!({"request": r.body["uuid"], "serialized_query": query(&["1"])}),
+        )
+        .await;
+    let v1_id = v1.body["uuid"].as_str().unwrap();
+    app.post(
+        &format!("/cohort/request-query-snapshots/{v1_id}/next-snapshots/"),
+        "carol",
+        json!({"serialized_query": query(&["2"])}),
+    )
+    .await;
+    app.patch(
+        &format!("/cohort/request-query-snapshots/{v1_id}/"),
+        "carol",
+        json!({"name": "n", "serialized_query": query(&["9"])}),
+    )
+    .await;
+    app.patch(
+        &format!("/cohort/requests/{}/", r.body["uuid"].as_str().unwrap()),
+        "carol",
+        json!({"favorite": true, "parent_folder": f2.body["uuid"]}),
+    )
+    .await;
+    let shared = app
+        .post(
+            &format!("/cohort/request-query-snapshots/{v1_id}/share/"),
+            "carol",
+            json!({"recipients": "dave"}),
+        )
+        .await;
+    assert_eq!(shared.status, StatusCode::CREATED);
+    let deleted = app
+        .delete(
+            &format!("/cohort/requests/{}/", r2.body["uuid"].as_str().unwrap()),
+            "carol",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    let deleted = app
+        .delete(
+            &format!("/cohort/folders/{}/", f.body["uuid"].as_str().unwrap()),
+            "carol",
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+
+    let live = dump_schema(&app.pool, "workspace").await;
+    assert!(
+        live.iter().all(|(_, rows)| !rows.is_empty()),
+        "every table has rows to compare"
+    );
+    let report = infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(report.events as i64, app.event_count().await);
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    // The service keeps working on the swapped-in tables.
+    let after = app
+        .post(
+            "/cohort/folders/",
+            "carol",
+            json!({"name": "after rebuild"}),
+        )
+        .await;
+    assert_eq!(after.status, StatusCode::CREATED);
+    assert_eq!(after.body["name"], "after rebuild");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_commands_on_one_request_lose_no_update() {
+    let app = Arc::new(TestApp::spawn().await);
+    let f = app
+        .post("/cohort/folders/", "erin", json!({"name": "F"}))
+        .await;
+    let r = app
+        .post(
+            "/cohort/requests/",
+            "erin",
+            json!({"name": "R", "parent_folder": f.body["uuid"]}),
+        )
+        .await;
+    let v1 = app
+        .post(
+            "/cohort/request-query-snapshots/",
+            "erin",
+            json!({"request": r.body["uuid"], "serialized_query": query(&["1"])}),
+        )
+        .await;
+    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let app = app.clone();
+        let v1_id = v1_id.clone();
+        tasks.push(tokio::spawn(async move {
+            app.post(
+                &format!("/cohort/request-query-snapshots/{v1_id}/next-snapshots/"),
+                "erin",
+                json!({"serialized_query": query(&[&i.to_string()])}),
+            )
+            .await
+        }));
+    }
+    let mut versions = Vec::new();
+    for t in tasks {
+        let a = t.await.unwrap();
+        match a.status {
+            StatusCode::CREATED => versions.push(a.body["version"].as_i64().unwrap()),
+            StatusCode::CONFLICT => assert_eq!(a.body["code"], "concurrent_modification"),
+            other => panic!("unexpected {other}: {:?}", a.body),
+        }
+    }
+    versions.sort_unstable();
+    let expected: Vec<i64> = (2..2 + versions.len() as i64).collect();
+    assert_eq!(
+        versions, expected,
+        "every accepted write got its own version"
+    );
+    let listed = app
+        .get(
+            &format!(
+                "/cohort/requests/{}/query-snapshots/",
+                r.body["uuid"].as_str().unwrap()
+            ),
+            "erin",
+        )
+        .await;
+    assert_eq!(
+        listed.body["count"].as_i64().unwrap(),
+        1 + versions.len() as i64,
+        "no lost update"
+    );
+    Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
+}

@@ -1,0 +1,81 @@
+# Sourced by scripts/serve and scripts/test: makes sure PostgreSQL and NATS (JetStream) answer,
+# starts them if they are installed here but stopped, and otherwise says exactly what is missing.
+
+# host and port of a postgres:// or nats:// URL ($1), with defaults ($2 $3).
+url_host_port() {
+  local rest=${1#*://}
+  rest=${rest#*@}
+  rest=${rest%%/*}
+  rest=${rest%%\?*}
+  local host=${rest%%:*} port=${rest##*:}
+  [ "$host" = "$rest" ] && port=$3
+  [ -n "$host" ] || host=$2
+  echo "$host $port"
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_for_tcp() { # host port seconds
+  local i
+  for ((i = 0; i < $3 * 5; i++)); do
+    tcp_open "$1" "$2" && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+is_loopback() { [ "$1" = 127.0.0.1 ] || [ "$1" = localhost ] || [ "$1" = ::1 ]; }
+
+ensure_postgres() { # url
+  read -r host port < <(url_host_port "$1" 127.0.0.1 5432)
+  if tcp_open "$host" "$port"; then return 0; fi
+  if is_loopback "$host" && command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -n 1)
+    echo "PostgreSQL is stopped; starting cluster $version/main ..." >&2
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for_tcp "$host" "$port" 30 && return 0
+  fi
+  cat >&2 <<MSG
+PostgreSQL does not answer at $host:$port.
+  - Debian/Ubuntu: apt-get install postgresql, then
+    pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start
+  - With Docker: docker compose up -d postgres
+  - Or point DATABASE_URL (service) / TEST_DATABASE_URL (tests) at a reachable server.
+MSG
+  return 1
+}
+
+ensure_nats() { # url
+  read -r host port < <(url_host_port "$1" 127.0.0.1 4222)
+  if tcp_open "$host" "$port"; then return 0; fi
+  local bin
+  bin=$(command -v nats-server || ls /usr/sbin/nats-server /usr/local/bin/nats-server 2>/dev/null | head -n 1)
+  if is_loopback "$host" && [ -n "$bin" ]; then
+    echo "NATS is stopped; starting $bin with JetStream on port $port ..." >&2
+    mkdir -p /var/lib/nats-server 2>/dev/null || true
+    if command -v start-stop-daemon >/dev/null 2>&1; then
+      start-stop-daemon --start --oknodo --background --exec "$bin" -- \
+        -a 127.0.0.1 -p "$port" -js -sd /var/lib/nats-server -l /var/log/nats-server.log || true
+    else
+      nohup "$bin" -a 127.0.0.1 -p "$port" -js -sd /var/lib/nats-server >/tmp/nats-server.log 2>&1 &
+    fi
+    wait_for_tcp "$host" "$port" 15 && return 0
+  fi
+  cat >&2 <<MSG
+NATS does not answer at $host:$port.
+  - Debian/Ubuntu: apt-get install nats-server, then
+    start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
+    (JetStream, the -js flag, is required)
+  - With Docker: docker compose up -d nats
+  - Or point NATS_URL at a reachable server with JetStream enabled.
+MSG
+  return 1
+}
+
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install the Rust toolchain (https://rustup.rs) first." >&2
+    return 1
+  fi
+}

@@ -111,6 +111,7 @@ pub struct Application {
     pool: PgPool,
     tasks: JoinSet<()>,
     jwt: Arc<JwtKeys>,
+    progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
 }
 
 impl Application {
@@ -147,7 +148,7 @@ impl Application {
         let reader = Arc::new(PgWorkspace::new(pool.clone()));
         let consistency = Arc::new(ProjectorConsistency::new(
             pool.clone(),
-            progress,
+            progress.clone(),
             settings.read_your_writes_timeout(),
         ));
         let workspace = Workspace::new(
@@ -179,6 +180,7 @@ impl Application {
             pool,
             tasks,
             jwt,
+            progress,
         })
     }
 
@@ -190,6 +192,11 @@ impl Application {
     /// The keys that verify (and, for tests and benchmarks, mint) bearer tokens.
     pub fn jwt(&self) -> Arc<JwtKeys> {
         self.jwt.clone()
+    }
+
+    /// The progress of each projector of this process (benchmarks measure lag with it).
+    pub fn progress(&self) -> Vec<tokio::sync::watch::Receiver<projections::Cursor>> {
+        self.progress.clone()
     }
 
     /// The database pool.

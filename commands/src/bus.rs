@@ -133,3 +133,116 @@ where
         Ok(std::mem::take(context.aggregate()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use chrono::{TimeZone, Utc};
+    use cqrs_es::mem_store::MemStore;
+    use cqrs_es::{EventEnvelope, EventStore};
+    use domain::folder::{Folder, FolderCommand};
+    use uuid::Uuid;
+
+    use super::*;
+
+    /// An in-memory store whose first `conflicts` commits lose the optimistic-lock race.
+    struct Conflicting {
+        inner: MemStore<Folder>,
+        conflicts: AtomicUsize,
+        commits_tried: AtomicUsize,
+    }
+
+    impl EventStore<Folder> for Conflicting {
+        type AC = <MemStore<Folder> as EventStore<Folder>>::AC;
+
+        async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>> {
+            self.inner.load_events(id).await
+        }
+
+        async fn load_aggregate(&self, id: &str) -> Result<Self::AC, AggregateError<domain::folder::FolderError>> {
+            self.inner.load_aggregate(id).await
+        }
+
+        async fn commit(
+            &self,
+            events: Vec<domain::folder::FolderEvent>,
+            context: Self::AC,
+            metadata: HashMap<String, String>,
+        ) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>> {
+            self.commits_tried.fetch_add(1, Ordering::SeqCst);
+            let lost = self
+                .conflicts
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if lost {
+                return Err(AggregateError::AggregateConflict);
+            }
+            self.inner.commit(events, context, metadata).await
+        }
+    }
+
+    fn store(conflicts: usize) -> Conflicting {
+        Conflicting {
+            inner: MemStore::default(),
+            conflicts: AtomicUsize::new(conflicts),
+            commits_tried: AtomicUsize::new(0),
+        }
+    }
+
+    fn ctx() -> CommandContext {
+        CommandContext {
+            user: "alice".into(),
+            impersonator: Some("admin".into()),
+            correlation_id: "c".into(),
+            causation_id: "c".into(),
+            at: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        }
+    }
+
+    fn create() -> FolderCommand {
+        FolderCommand::Create {
+            folder_id: Uuid::nil(),
+            owner: "alice".into(),
+            name: "F".into(),
+            description: None,
+            at: ctx().at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_conflict_is_retried_by_reloading_the_aggregate() {
+        let bus = CommandBus::new(store(2), 5);
+        let committed = bus.execute("f", create(), &ctx()).await.unwrap();
+        assert_eq!(committed.last_sequence, Some(1));
+        assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 3);
+        let events = bus.store.inner.load_events("f").await.unwrap();
+        assert_eq!(events[0].metadata.get("impersonator").map(String::as_str), Some("admin"));
+    }
+
+    #[tokio::test]
+    async fn conflicts_beyond_the_bound_answer_conflict() {
+        let bus = CommandBus::new(store(usize::MAX), 5);
+        let err = bus.execute("f", create(), &ctx()).await.unwrap_err();
+        assert!(matches!(err, CommandError::Conflict));
+        assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_commits_nothing_and_a_no_op_appends_nothing() {
+        let bus = CommandBus::new(store(0), 5);
+        bus.execute("f", create(), &ctx()).await.unwrap();
+        let again = bus.execute("f", create(), &ctx()).await.unwrap_err();
+        assert!(matches!(again, CommandError::Rejected(domain::folder::FolderError::AlreadyExists)));
+        let same_name = FolderCommand::Update {
+            by: "alice".into(),
+            name: Some("F".into()),
+            description: None,
+            at: ctx().at,
+        };
+        let noop = bus.execute("f", same_name, &ctx()).await.unwrap();
+        assert_eq!(noop.last_sequence, None);
+        assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 1);
+    }
+}

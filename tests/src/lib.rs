@@ -73,6 +73,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub http: reqwest::Client,
     jwt: Arc<JwtKeys>,
+    progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -104,6 +105,7 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool();
         let jwt = app.jwt();
+        let progress = app.progress();
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
             app.run_until_stopped(stop).await.expect("server runs");
@@ -118,9 +120,15 @@ impl TestApp {
                 .build()
                 .expect("http client"),
             jwt,
+            progress,
             shutdown,
             server: Some(server),
         }
+    }
+
+    /// The progress of the application's projectors.
+    pub fn progress(&self) -> Vec<tokio::sync::watch::Receiver<projections::Cursor>> {
+        self.progress.clone()
     }
 
     /// An access token for `username`.

@@ -1,1 +1,229 @@
-fn main() {}
+//! `cargo run --release -p tests --bin bench`: throughput and lag of the pipeline, with the raw
+//! Postgres rates measured in the same run on the same database as the yardstick.
+//!
+//! Needs the same services as the tests (TEST_DATABASE_URL, NATS_URL). Prints a Markdown report;
+//! `BENCH_SECONDS` (default 5) sets each HTTP phase's duration.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use commands::ports::{Consistency, PortError};
+use commands::workspace::{NewSnapshot, Workspace};
+use commands::{CommandContext, Committed};
+use futures::TryStreamExt;
+use hdrhistogram::Histogram;
+use infra::workspace::{PgWorkspace, WorkspaceProjection};
+use serde_json::json;
+use tests::{TestApp, query, settings, unique_id};
+
+const CONCURRENCY: [usize; 3] = [1, 4, 16];
+
+/// A consistency port that does not wait: phase B measures the lag itself.
+struct NoWait;
+
+#[async_trait::async_trait]
+impl Consistency for NoWait {
+    async fn wait_for(&self, _: &[Committed]) -> Result<bool, PortError> {
+        Ok(true)
+    }
+}
+
+fn seconds() -> Duration {
+    let s = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5u64);
+    Duration::from_secs(s.max(1))
+}
+
+/// Phase A: HTTP create-snapshot commands per second with `clients` concurrent clients.
+async fn http_snapshots(app: &Arc<TestApp>, clients: usize, duration: Duration) -> (f64, Histogram<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let app = app.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let user = format!("bench{clients}x{c}");
+            let f = app.post("/cohort/folders/", &user, json!({"name": "bench"})).await;
+            let r = app.post("/cohort/requests/", &user, json!({"name": "bench", "parent_folder": f.body["uuid"]})).await;
+            let v1 = app
+                .post("/cohort/request-query-snapshots/", &user, json!({"request": r.body["uuid"], "serialized_query": query(&["1"])}))
+                .await;
+            let mut previous = v1.body["uuid"].as_str().expect("v1 created").to_string();
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut done = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let s = app
+                    .post(
+                        "/cohort/request-query-snapshots/",
+                        &user,
+                        json!({"previous_snapshot": previous, "serialized_query": query(&[&done.to_string()])}),
+                    )
+                    .await;
+                assert_eq!(s.status, reqwest::StatusCode::CREATED, "{:?}", s.body);
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                previous = s.body["uuid"].as_str().expect("uuid").to_string();
+                done += 1;
+            }
+            (done, hist)
+        }));
+    }
+    // Let clients set up, then measure a fixed window.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for t in tasks {
+        let (n, h) = t.await.expect("client ran");
+        total += n;
+        hist.add(h).ok();
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), hist)
+}
+
+/// Phase D1: raw single-row INSERT + COMMIT per second at `clients` concurrency.
+async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) -> f64 {
+    sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, payload json NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("scratch table");
+    let stop = Arc::new(AtomicBool::new(false));
+    let payload = json!({"QuerySnapshotSaved": {"serialized_query": query(&["1"])}});
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let pool = pool.clone();
+        let stop = stop.clone();
+        let payload = payload.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1)")
+                    .bind(&payload)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                tx.commit().await.expect("commit");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("writer ran");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let duration = seconds();
+    let id = unique_id();
+    let mut s = settings(&id, &tests::nats_url());
+    s.database_max_connections = 40;
+    s.read_your_writes_timeout_ms = 30_000;
+    s.projector_poll_ms = 500;
+    let app = Arc::new(TestApp::spawn_with(s, id).await);
+    let pool = app.pool.clone();
+    let mut report = String::new();
+    report.push_str(&format!(
+        "# Benchmark\n\nOne run of `cargo run --release -p tests --bin bench` ({}s per phase), on this machine's \
+         Postgres and NATS, in one fresh database.\n\n",
+        duration.as_secs()
+    ));
+
+    // A, then D1 at the same concurrency.
+    report.push_str("## HTTP create-snapshot commands (read-your-writes included)\n\n");
+    report.push_str("| clients | commands/s | p50 ms | p99 ms | raw INSERT+COMMIT/s | ratio |\n|---|---|---|---|---|---|\n");
+    for clients in CONCURRENCY {
+        let (rate, hist) = http_snapshots(&app, clients, duration).await;
+        let raw = raw_inserts(&pool, clients, duration).await;
+        report.push_str(&format!(
+            "| {clients} | {rate:.0} | {:.2} | {:.2} | {raw:.0} | {:.3} |\n",
+            ms(hist.value_at_quantile(0.5)),
+            ms(hist.value_at_quantile(0.99)),
+            rate / raw
+        ));
+    }
+
+    // B: commit -> read-model lag, commands through the bus without waiting.
+    let progress = app.progress();
+    let directory = Arc::new(PgWorkspace::new(pool.clone()));
+    let workspace = Workspace::new(infra::stores::folders(&pool), infra::stores::requests(&pool), directory, Arc::new(NoWait));
+    let ctx = |user: &str| CommandContext {
+        user: user.into(),
+        impersonator: None,
+        correlation_id: "bench".into(),
+        causation_id: "bench".into(),
+        at: chrono::Utc::now(),
+    };
+    let f = workspace.create_folder(&ctx("lag"), "lag".into(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let r = workspace
+        .create_request(&ctx("lag"), commands::workspace::NewRequest { name: "lag".into(), description: None, favorite: false, parent_folder: f.value })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut lag = Histogram::<u64>::new(3)?;
+    let mut previous: Option<uuid::Uuid> = None;
+    for i in 0..1000 {
+        let new = NewSnapshot {
+            request: Some(r.value),
+            previous_snapshot: previous,
+            serialized_query: query(&[&i.to_string()]),
+            name: None,
+        };
+        let w = workspace.save_snapshot(&ctx("lag"), new).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let committed_at = Instant::now();
+        let request_id = r.value.to_string();
+        let seq: i64 = sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = 'Request' AND aggregate_id = $1")
+            .bind(&request_id)
+            .fetch_one(&pool)
+            .await?;
+        let target = infra::log::cursor_of(&pool, "Request", &request_id, seq).await?.expect("event stored");
+        for p in &progress {
+            let mut p = p.clone();
+            tokio::time::timeout(Duration::from_secs(30), p.wait_for(|c| *c >= target)).await??;
+        }
+        lag.record(committed_at.elapsed().as_micros() as u64).ok();
+        previous = Some(w.value);
+    }
+    report.push_str(&format!(
+        "\n## Commit → read-model lag (relay → JetStream → projector), 1000 sequential commands\n\n\
+         | p50 ms | p99 ms | max ms |\n|---|---|---|\n| {:.2} | {:.2} | {:.2} |\n",
+        ms(lag.value_at_quantile(0.5)),
+        ms(lag.value_at_quantile(0.99)),
+        ms(lag.max())
+    ));
+
+    // C: rebuild, against D2: the raw ordered scan of the same table.
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
+    let started = Instant::now();
+    let rebuilt = infra::projector::rebuild(&pool, &WorkspaceProjection).await?;
+    let rebuild_rate = rebuilt.events as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let scanned = sqlx::query("SELECT * FROM events ORDER BY txid, position")
+        .fetch(&pool)
+        .try_fold(0u64, |n, _| async move { Ok(n + 1) })
+        .await?;
+    let scan_rate = scanned as f64 / started.elapsed().as_secs_f64();
+    report.push_str(&format!(
+        "\n## Rebuild of the workspace projection\n\n| events | rebuild events/s | raw ordered scan rows/s | ratio |\n|---|---|---|---|\n| {events} | {rebuild_rate:.0} | {scan_rate:.0} | {:.3} |\n",
+        rebuild_rate / scan_rate
+    ));
+
+    #[expect(clippy::print_stdout, reason = "the report is the output")]
+    {
+        println!("{report}");
+    }
+    Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
+    Ok(())
+}

@@ -157,11 +157,18 @@ mod tests {
     impl EventStore<Folder> for Conflicting {
         type AC = <MemStore<Folder> as EventStore<Folder>>::AC;
 
-        async fn load_events(&self, id: &str) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>> {
+        async fn load_events(
+            &self,
+            id: &str,
+        ) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>>
+        {
             self.inner.load_events(id).await
         }
 
-        async fn load_aggregate(&self, id: &str) -> Result<Self::AC, AggregateError<domain::folder::FolderError>> {
+        async fn load_aggregate(
+            &self,
+            id: &str,
+        ) -> Result<Self::AC, AggregateError<domain::folder::FolderError>> {
             self.inner.load_aggregate(id).await
         }
 
@@ -170,7 +177,8 @@ mod tests {
             events: Vec<domain::folder::FolderEvent>,
             context: Self::AC,
             metadata: HashMap<String, String>,
-        ) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>> {
+        ) -> Result<Vec<EventEnvelope<Folder>>, AggregateError<domain::folder::FolderError>>
+        {
             self.commits_tried.fetch_add(1, Ordering::SeqCst);
             let lost = self
                 .conflicts
@@ -218,7 +226,10 @@ mod tests {
         assert_eq!(committed.last_sequence, Some(1));
         assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 3);
         let events = bus.store.inner.load_events("f").await.unwrap();
-        assert_eq!(events[0].metadata.get("impersonator").map(String::as_str), Some("admin"));
+        assert_eq!(
+            events[0].metadata.get("impersonator").map(String::as_str),
+            Some("admin")
+        );
     }
 
     #[tokio::test]
@@ -234,7 +245,10 @@ mod tests {
         let bus = CommandBus::new(store(0), 5);
         bus.execute("f", create(), &ctx()).await.unwrap();
         let again = bus.execute("f", create(), &ctx()).await.unwrap_err();
-        assert!(matches!(again, CommandError::Rejected(domain::folder::FolderError::AlreadyExists)));
+        assert!(matches!(
+            again,
+            CommandError::Rejected(domain::folder::FolderError::AlreadyExists)
+        ));
         let same_name = FolderCommand::Update {
             by: "alice".into(),
             name: Some("F".into()),

@@ -30,12 +30,19 @@ impl Consistency for NoWait {
 }
 
 fn seconds() -> Duration {
-    let s = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5u64);
+    let s = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5u64);
     Duration::from_secs(s.max(1))
 }
 
 /// Phase A: HTTP create-snapshot commands per second with `clients` concurrent clients.
-async fn http_snapshots(app: &Arc<TestApp>, clients: usize, duration: Duration) -> (f64, Histogram<u64>) {
+async fn http_snapshots(
+    app: &Arc<TestApp>,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Histogram<u64>) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -85,10 +92,12 @@ async fn http_snapshots(app: &Arc<TestApp>, clients: usize, duration: Duration) 
 
 /// Phase D1: raw single-row INSERT + COMMIT per second at `clients` concurrency.
 async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) -> f64 {
-    sqlx::query("CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, payload json NOT NULL)")
-        .execute(pool)
-        .await
-        .expect("scratch table");
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, payload json NOT NULL)",
+    )
+    .execute(pool)
+    .await
+    .expect("scratch table");
     let stop = Arc::new(AtomicBool::new(false));
     let payload = json!({"QuerySnapshotSaved": {"serialized_query": query(&["1"])}});
     let mut tasks = Vec::new();
@@ -159,7 +168,12 @@ async fn main() -> anyhow::Result<()> {
     // B: commit -> read-model lag, commands through the bus without waiting.
     let progress = app.progress();
     let directory = Arc::new(PgWorkspace::new(pool.clone()));
-    let workspace = Workspace::new(infra::stores::folders(&pool), infra::stores::requests(&pool), directory, Arc::new(NoWait));
+    let workspace = Workspace::new(
+        infra::stores::folders(&pool),
+        infra::stores::requests(&pool),
+        directory,
+        Arc::new(NoWait),
+    );
     let ctx = |user: &str| CommandContext {
         user: user.into(),
         impersonator: None,
@@ -167,9 +181,20 @@ async fn main() -> anyhow::Result<()> {
         causation_id: "bench".into(),
         at: chrono::Utc::now(),
     };
-    let f = workspace.create_folder(&ctx("lag"), "lag".into(), None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let f = workspace
+        .create_folder(&ctx("lag"), "lag".into(), None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let r = workspace
-        .create_request(&ctx("lag"), commands::workspace::NewRequest { name: "lag".into(), description: None, favorite: false, parent_folder: f.value })
+        .create_request(
+            &ctx("lag"),
+            commands::workspace::NewRequest {
+                name: "lag".into(),
+                description: None,
+                favorite: false,
+                parent_folder: f.value,
+            },
+        )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut lag = Histogram::<u64>::new(3)?;
@@ -181,14 +206,19 @@ async fn main() -> anyhow::Result<()> {
             serialized_query: query(&[&i.to_string()]),
             name: None,
         };
-        let w = workspace.save_snapshot(&ctx("lag"), new).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let w = workspace
+            .save_snapshot(&ctx("lag"), new)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let committed_at = Instant::now();
         let request_id = r.value.to_string();
         let seq: i64 = sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = 'Request' AND aggregate_id = $1")
             .bind(&request_id)
             .fetch_one(&pool)
             .await?;
-        let target = infra::log::cursor_of(&pool, "Request", &request_id, seq).await?.expect("event stored");
+        let target = infra::log::cursor_of(&pool, "Request", &request_id, seq)
+            .await?
+            .expect("event stored");
         for p in &progress {
             let mut p = p.clone();
             tokio::time::timeout(Duration::from_secs(30), p.wait_for(|c| *c >= target)).await??;
@@ -205,7 +235,9 @@ async fn main() -> anyhow::Result<()> {
     ));
 
     // C: rebuild, against D2: the raw ordered scan of the same table.
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await?;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await?;
     let started = Instant::now();
     let rebuilt = infra::projector::rebuild(&pool, &WorkspaceProjection).await?;
     let rebuild_rate = rebuilt.events as f64 / started.elapsed().as_secs_f64();

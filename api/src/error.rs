@@ -171,3 +171,36 @@ impl From<ReadError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflicts_unavailability_and_bugs_map_to_their_statuses_without_leaking_details() {
+        let conflict = ApiError::from(WorkspaceError::Conflict);
+        assert_eq!(
+            (conflict.status, conflict.code),
+            (StatusCode::CONFLICT, "concurrent_modification")
+        );
+        let down = ApiError::from(WorkspaceError::Unavailable(
+            "pool timed out at 10.0.0.3".into(),
+        ));
+        assert_eq!(
+            (down.status, down.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        );
+        assert!(!down.message.contains("10.0.0.3"));
+        let bug = ApiError::from(WorkspaceError::Internal("column x does not exist".into()));
+        assert_eq!(
+            (bug.status, bug.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        assert!(!bug.message.contains("column"));
+        let hidden = ApiError::from(RequestError::NotFound);
+        assert_eq!(
+            (hidden.status, hidden.code),
+            (StatusCode::NOT_FOUND, "request_not_found")
+        );
+    }
+}

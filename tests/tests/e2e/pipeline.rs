@@ -278,16 +278,20 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() 
         nats.clone(),
         relay_settings.clone(),
     );
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            checker
-                .checkpoint()
-                .await
-                .map(|c| c.position >= 500)
-                .unwrap_or(false)
-        })
+    // Poll tightly so the kill lands while batches are still flowing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while checker
+        .checkpoint()
         .await
-    );
+        .map(|c| c.position < 500)
+        .unwrap_or(true)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay started publishing"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     task.abort();
     let _ = task.await;
     let reached = checker.checkpoint().await.unwrap();

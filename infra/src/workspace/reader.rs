@@ -260,12 +260,47 @@ fn push_snapshot_where<'a>(
     }
 }
 
+/// What distinguishes one list query from another.
+struct List<'a> {
+    /// `FROM` target with its alias, for the count.
+    table: &'static str,
+    /// The row query up to its WHERE clause.
+    select: &'static str,
+    /// Alias prefix of the ordering columns (`f.`).
+    prefix: &'static str,
+    ordering: &'a [SortKey],
+    default_order: &'static str,
+    window: Window,
+}
+
 impl PgWorkspace {
-    async fn count(&self, mut qb: QueryBuilder<'_, Postgres>) -> Result<i64, ReadError> {
-        qb.build_query_scalar()
+    /// One page of a list: the count of matches, then the window of rows in order. `filter`
+    /// pushes the WHERE clause onto both queries, so they always agree.
+    async fn page<'a, R>(
+        &self,
+        list: List<'a>,
+        filter: impl Fn(&mut QueryBuilder<'a, Postgres>),
+    ) -> Result<(i64, Vec<R>), ReadError>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let mut count_qb = QueryBuilder::new(format!("SELECT count(*) FROM {}", list.table));
+        filter(&mut count_qb);
+        let count = count_qb
+            .build_query_scalar()
             .fetch_one(&self.pool)
             .await
-            .map_err(read_error)
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(list.select);
+        filter(&mut qb);
+        push_order(&mut qb, list.prefix, list.ordering, list.default_order);
+        push_window(&mut qb, list.window);
+        let rows = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok((count, rows))
     }
 
     async fn with_snapshots(&self, rows: Vec<RequestRow>) -> Result<Vec<RequestView>, ReadError> {
@@ -324,18 +359,17 @@ impl WorkspaceReader for PgWorkspace {
         filter: &FolderFilter,
         window: Window,
     ) -> Result<Page<FolderView>, ReadError> {
-        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.folders f");
-        push_folder_where(&mut count_qb, owner, filter);
-        let count = self.count(count_qb).await?;
-        let mut qb = QueryBuilder::new(FOLDER_SELECT);
-        push_folder_where(&mut qb, owner, filter);
-        push_order(&mut qb, "f.", &filter.ordering, "f.created_at DESC");
-        push_window(&mut qb, window);
-        let rows: Vec<FolderRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let list = List {
+            table: "workspace.folders f",
+            select: FOLDER_SELECT,
+            prefix: "f.",
+            ordering: &filter.ordering,
+            default_order: "f.created_at DESC",
+            window,
+        };
+        let (count, rows): (i64, Vec<FolderRow>) = self
+            .page(list, |qb| push_folder_where(qb, owner, filter))
+            .await?;
         Ok(Page {
             count,
             results: rows.into_iter().map(FolderView::from).collect(),
@@ -360,18 +394,17 @@ impl WorkspaceReader for PgWorkspace {
         filter: &RequestFilter,
         window: Window,
     ) -> Result<Page<RequestView>, ReadError> {
-        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.requests r");
-        push_request_where(&mut count_qb, owner, filter);
-        let count = self.count(count_qb).await?;
-        let mut qb = QueryBuilder::new(REQUEST_SELECT);
-        push_request_where(&mut qb, owner, filter);
-        push_order(&mut qb, "r.", &filter.ordering, "r.updated_at DESC");
-        push_window(&mut qb, window);
-        let rows: Vec<RequestRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let list = List {
+            table: "workspace.requests r",
+            select: REQUEST_SELECT,
+            prefix: "r.",
+            ordering: &filter.ordering,
+            default_order: "r.updated_at DESC",
+            window,
+        };
+        let (count, rows): (i64, Vec<RequestRow>) = self
+            .page(list, |qb| push_request_where(qb, owner, filter))
+            .await?;
         Ok(Page {
             count,
             results: self.with_snapshots(rows).await?,
@@ -396,18 +429,17 @@ impl WorkspaceReader for PgWorkspace {
         filter: &SnapshotFilter,
         window: Window,
     ) -> Result<Page<SnapshotView>, ReadError> {
-        let mut count_qb = QueryBuilder::new("SELECT count(*) FROM workspace.query_snapshots s");
-        push_snapshot_where(&mut count_qb, owner, filter);
-        let count = self.count(count_qb).await?;
-        let mut qb = QueryBuilder::new(SNAPSHOT_SELECT);
-        push_snapshot_where(&mut qb, owner, filter);
-        push_order(&mut qb, "s.", &filter.ordering, "s.created_at DESC");
-        push_window(&mut qb, window);
-        let rows: Vec<SnapshotRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let list = List {
+            table: "workspace.query_snapshots s",
+            select: SNAPSHOT_SELECT,
+            prefix: "s.",
+            ordering: &filter.ordering,
+            default_order: "s.created_at DESC",
+            window,
+        };
+        let (count, rows): (i64, Vec<SnapshotRow>) = self
+            .page(list, |qb| push_snapshot_where(qb, owner, filter))
+            .await?;
         Ok(Page {
             count,
             results: rows.into_iter().map(SnapshotView::from).collect(),

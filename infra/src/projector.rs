@@ -99,15 +99,15 @@ async fn save_checkpoint(conn: &mut PgConnection, to: Cursor, applied: i64) -> s
     Ok(())
 }
 
-/// Folds `events` (in log order) into `schema` on `conn`, inside the caller's transaction.
-/// Events at or before the checkpoint are skipped. Returns the new checkpoint.
+/// Folds `events` (in log order) into the schema whose checkpoint the caller locked at `start`,
+/// inside the caller's transaction. Events at or before `start` are skipped. Returns the new
+/// checkpoint.
 async fn fold(
     conn: &mut PgConnection,
     projection: &dyn Projection,
-    schema: &str,
+    start: Cursor,
     events: &[CommittedEvent],
 ) -> Result<Cursor, ProjectionError> {
-    let start = lock_checkpoint(conn, schema).await?;
     let mut checkpoint = start;
     let mut applied = 0;
     for event in events.iter().filter(|e| e.cursor() > start) {
@@ -195,7 +195,7 @@ impl Projector {
             let mut tx = self.pool.begin().await?;
             let from = lock_checkpoint(&mut tx, schema).await?;
             let events = read_committed_after(&mut *tx, from, CATCH_UP_BATCH).await?;
-            let reached = fold(&mut tx, self.projection.as_ref(), schema, &events).await?;
+            let reached = fold(&mut tx, self.projection.as_ref(), from, &events).await?;
             tx.commit().await?;
             self.observe(reached);
             total += events.len();
@@ -422,7 +422,7 @@ pub async fn rebuild(
         let mut tx = pool.begin().await?;
         let from = lock_checkpoint(&mut tx, &copy).await?;
         let batch = read_committed_after(&mut *tx, from, 5_000).await?;
-        fold(&mut tx, projection, &copy, &batch).await?;
+        fold(&mut tx, projection, from, &batch).await?;
         tx.commit().await?;
         events += batch.len();
         if batch.len() < 5_000 {
@@ -441,7 +441,7 @@ pub async fn rebuild(
         let from = lock_checkpoint(&mut tx, &copy).await?;
         let batch = read_committed_after(&mut *tx, from, 5_000).await?;
         events += batch.len();
-        let reached = fold(&mut tx, projection, &copy, &batch).await?;
+        let reached = fold(&mut tx, projection, from, &batch).await?;
         if batch.is_empty() {
             break reached;
         }

@@ -44,7 +44,7 @@ pub(super) struct Share {
     recipients: String,
     name: Option<String>,
     /// Accepted for compatibility; e-mail notification arrives with the notifications issue.
-    #[allow(dead_code)]
+    #[expect(dead_code, reason = "read once notifications land")]
     notify_by_email: Option<bool>,
 }
 

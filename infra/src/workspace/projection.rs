@@ -183,19 +183,16 @@ async fn apply_request(
                 .await?;
         }
         RequestEvent::RequestDeleted { by_cascade, at } => {
+            // One statement per event (data-modifying CTE): fewer round trips, faster rebuilds.
             sqlx::query(
-                "UPDATE requests SET deleted_at = $2, modified_at = $2, deleted_by_cascade = $3 WHERE uuid = $1",
+                "WITH snapshots AS (
+                     UPDATE query_snapshots SET deleted_at = $2, modified_at = $2
+                      WHERE request = $1 AND deleted_at IS NULL)
+                 UPDATE requests SET deleted_at = $2, modified_at = $2, deleted_by_cascade = $3 WHERE uuid = $1",
             )
             .bind(id)
             .bind(at)
             .bind(by_cascade)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE query_snapshots SET deleted_at = $2, modified_at = $2 WHERE request = $1 AND deleted_at IS NULL",
-            )
-            .bind(id)
-            .bind(at)
             .execute(conn)
             .await?;
         }
@@ -210,10 +207,12 @@ async fn apply_request(
             at,
         } => {
             sqlx::query(
-                "INSERT INTO query_snapshots (uuid, request, owner, name, version, previous_snapshot,
-                                              serialized_query, perimeters_ids, shared_by, created_at, modified_at)
-                 SELECT $1, r.uuid, r.owner, $3, $4, $5, $6, $7, $8, $9, $9 FROM requests r WHERE r.uuid = $2
-                 ON CONFLICT (uuid) DO NOTHING",
+                "WITH saved AS (
+                     INSERT INTO query_snapshots (uuid, request, owner, name, version, previous_snapshot,
+                                                  serialized_query, perimeters_ids, shared_by, created_at, modified_at)
+                     SELECT $1, r.uuid, r.owner, $3, $4, $5, $6, $7, $8, $9, $9 FROM requests r WHERE r.uuid = $2
+                     ON CONFLICT (uuid) DO NOTHING)
+                 UPDATE requests SET updated_at = GREATEST(updated_at, $9) WHERE uuid = $2",
             )
             .bind(snapshot_id)
             .bind(id)
@@ -223,13 +222,6 @@ async fn apply_request(
             .bind(serialized_query)
             .bind(perimeters_ids)
             .bind(shared_by)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE requests SET updated_at = GREATEST(updated_at, $2) WHERE uuid = $1",
-            )
-            .bind(id)
             .bind(at)
             .execute(conn)
             .await?;
@@ -255,22 +247,17 @@ async fn apply_request(
             at,
         } => {
             sqlx::query(
-                "INSERT INTO query_snapshot_patches (snapshot, patch_version, serialized_query, created_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(snapshot_id)
-            .bind(i32::try_from(patch_version).unwrap_or(i32::MAX))
-            .bind(previous_query)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query(
-                "UPDATE query_snapshots SET serialized_query = $2, perimeters_ids = $3, modified_at = $4 WHERE uuid = $1",
+                "WITH patch AS (
+                     INSERT INTO query_snapshot_patches (snapshot, patch_version, serialized_query, created_at)
+                     VALUES ($1, $5, $6, $4) ON CONFLICT DO NOTHING)
+                 UPDATE query_snapshots SET serialized_query = $2, perimeters_ids = $3, modified_at = $4 WHERE uuid = $1",
             )
             .bind(snapshot_id)
             .bind(serialized_query)
             .bind(perimeters_ids)
             .bind(at)
+            .bind(i32::try_from(patch_version).unwrap_or(i32::MAX))
+            .bind(previous_query)
             .execute(conn)
             .await?;
         }

@@ -165,12 +165,13 @@ impl Relay {
     }
 
     async fn lead(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
-        // The lock lives as long as this connection: if the process dies, Postgres frees it.
-        let mut lock_conn = self.pool.acquire().await?;
+        // The lock lives as long as this connection, which is detached from the pool so that
+        // dropping it (crash, abort) closes it and Postgres frees the lock.
+        let mut lock_conn = self.pool.acquire().await?.detach();
         loop {
             let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(RELAY_LOCK_KEY)
-                .fetch_one(&mut *lock_conn)
+                .fetch_one(&mut lock_conn)
                 .await?;
             if won {
                 break;
@@ -184,7 +185,7 @@ impl Relay {
         let result = self.publish_loop(shutdown).await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(RELAY_LOCK_KEY)
-            .execute(&mut *lock_conn)
+            .execute(&mut lock_conn)
             .await;
         result
     }

@@ -1,9 +1,11 @@
 //! The cqrs-es event stores behind the command bus.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use commands::{CommandBus, Execute};
 use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use domain::folder::Folder;
 use domain::request::Request;
 use postgres_es::PostgresEventRepository;
@@ -16,13 +18,73 @@ pub const SNAPSHOT_EVERY: usize = 20;
 /// Attempts of a command that keeps meeting concurrent writers before it answers "conflict".
 pub const COMMAND_ATTEMPTS: usize = 5;
 
-fn bus<A>(pool: &PgPool) -> CommandBus<PersistedEventStore<PostgresEventRepository, A>>
+/// postgres-es reports a pool timeout or a closed pool as an "unexpected" error; this store
+/// reclassifies those as connection errors, so clients get a 503 to retry, not a 500.
+pub struct ClassifiedStore<ES>(ES);
+
+fn is_unavailability(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+    matches!(
+        e.downcast_ref::<sqlx::Error>(),
+        Some(
+            sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::WorkerCrashed
+        )
+    )
+}
+
+fn classify<E: std::error::Error>(err: AggregateError<E>) -> AggregateError<E> {
+    match err {
+        AggregateError::UnexpectedError(e) if is_unavailability(e.as_ref()) => {
+            AggregateError::DatabaseConnectionError(e)
+        }
+        other => other,
+    }
+}
+
+impl<A: Aggregate, ES: EventStore<A>> EventStore<A> for ClassifiedStore<ES>
 where
-    A: cqrs_es::Aggregate,
+    ES::AC: Send,
+{
+    type AC = ES::AC;
+
+    async fn load_events(
+        &self,
+        id: &str,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.0.load_events(id).await.map_err(classify)
+    }
+
+    async fn load_aggregate(&self, id: &str) -> Result<Self::AC, AggregateError<A::Error>> {
+        self.0.load_aggregate(id).await.map_err(classify)
+    }
+
+    async fn commit(
+        &self,
+        events: Vec<A::Event>,
+        context: Self::AC,
+        metadata: HashMap<String, String>,
+    ) -> Result<Vec<EventEnvelope<A>>, AggregateError<A::Error>> {
+        self.0
+            .commit(events, context, metadata)
+            .await
+            .map_err(classify)
+    }
+}
+
+fn bus<A>(
+    pool: &PgPool,
+) -> CommandBus<ClassifiedStore<PersistedEventStore<PostgresEventRepository, A>>>
+where
+    A: Aggregate,
 {
     let repo = PostgresEventRepository::new(pool.clone());
     CommandBus::new(
-        PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY),
+        ClassifiedStore(PersistedEventStore::new_snapshot_store(
+            repo,
+            SNAPSHOT_EVERY,
+        )),
         COMMAND_ATTEMPTS,
     )
 }
@@ -35,4 +97,26 @@ pub fn folders(pool: &PgPool) -> Arc<dyn Execute<Folder>> {
 /// The command bus of requests.
 pub fn requests(pool: &PgPool) -> Arc<dyn Execute<Request>> {
     Arc::new(bus::<Request>(pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_exhaustion_becomes_a_connection_error_and_bugs_stay_unexpected() {
+        let timed_out: AggregateError<std::fmt::Error> =
+            AggregateError::UnexpectedError(Box::new(sqlx::Error::PoolTimedOut));
+        assert!(matches!(
+            classify(timed_out),
+            AggregateError::DatabaseConnectionError(_)
+        ));
+        let bug: AggregateError<std::fmt::Error> =
+            AggregateError::UnexpectedError(Box::new(sqlx::Error::RowNotFound));
+        assert!(matches!(classify(bug), AggregateError::UnexpectedError(_)));
+        assert!(matches!(
+            classify::<std::fmt::Error>(AggregateError::AggregateConflict),
+            AggregateError::AggregateConflict
+        ));
+    }
 }

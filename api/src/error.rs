@@ -53,6 +53,20 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, code, format!("{what} not found"))
     }
 
+    /// No route matches the path.
+    pub fn route_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "page not found")
+    }
+
+    /// The path exists, the method does not.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this path",
+        )
+    }
+
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "not_authenticated", message)
     }

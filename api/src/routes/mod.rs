@@ -33,15 +33,11 @@ pub(crate) fn written<T: serde::Serialize>(
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "page not found")
+    ApiError::route_not_found()
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this path",
-    )
+    ApiError::method_not_allowed()
 }
 
 /// The application's router.

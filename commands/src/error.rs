@@ -18,15 +18,3 @@ pub enum CommandError<E: std::error::Error> {
     #[error("internal error: {0}")]
     Internal(String),
 }
-
-impl<E: std::error::Error> CommandError<E> {
-    /// Re-types the domain error of a command error.
-    pub fn map_rejected<F: std::error::Error>(self, f: impl FnOnce(E) -> F) -> CommandError<F> {
-        match self {
-            Self::Rejected(e) => CommandError::Rejected(f(e)),
-            Self::Conflict => CommandError::Conflict,
-            Self::Unavailable(m) => CommandError::Unavailable(m),
-            Self::Internal(m) => CommandError::Internal(m),
-        }
-    }
-}

@@ -7,9 +7,17 @@
 //!
 //! May depend on: cqrs-es traits, serde, chrono and uuid types, thiserror. Nothing else.
 
+pub mod access;
+pub mod authz;
 pub mod folder;
+pub mod maintenance;
+pub mod perimeter;
 pub mod query;
 pub mod request;
+pub mod rights;
+pub mod role;
+pub mod session;
+pub mod user;
 pub mod validation;
 
 /// The version written in `event_version` for every event of this crate's first contract.

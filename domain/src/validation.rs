@@ -47,9 +47,78 @@ pub fn username(field: &'static str, value: &str) -> Result<(), InvalidField> {
     }
 }
 
+/// Checks an e-mail address with upstream's default `EMAIL_REGEX` shape: word characters, dots,
+/// `+` and `-`, then `@`, a domain of word characters and hyphens (dots allowed between labels),
+/// a dot and a word top-level domain.
+pub fn email(field: &'static str, value: &str) -> Result<(), InvalidField> {
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let valid = value.split_once('@').is_some_and(|(local, domain)| {
+        let local_ok = !local.is_empty()
+            && local
+                .chars()
+                .all(|c| word(c) || matches!(c, '.' | '+' | '-'));
+        let labels: Vec<&str> = domain.split('.').collect();
+        let domain_ok = labels.len() >= 2
+            && labels
+                .iter()
+                .all(|l| !l.is_empty() && l.chars().all(|c| word(c) || c == '-'))
+            && labels.last().is_some_and(|tld| tld.chars().all(word));
+        local_ok && domain_ok
+    });
+    if valid && value.chars().count() <= 254 {
+        Ok(())
+    } else {
+        Err(InvalidField {
+            field,
+            reason: "enter a valid e-mail address".into(),
+        })
+    }
+}
+
+/// Checks first and last names: required, letters (accented ones included), apostrophes,
+/// spaces and hyphens only, at most 50 characters each.
+pub fn person_names(firstname: &str, lastname: &str) -> Result<(), InvalidField> {
+    for (field, value) in [("firstname", firstname), ("lastname", lastname)] {
+        required_text(field, value, 50)?;
+        if !value
+            .chars()
+            .all(|c| c.is_alphabetic() || matches!(c, '\'' | ' ' | '-'))
+        {
+            return Err(InvalidField {
+                field,
+                reason: "only letters, apostrophes, spaces and hyphens are allowed".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emails_follow_the_upstream_default_shape() {
+        assert!(email("email", "jean.dupont+x@aphp.fr").is_ok());
+        assert!(email("email", "a@b-c.example.org").is_ok());
+        for bad in [
+            "",
+            "a@b",
+            "@aphp.fr",
+            "a b@aphp.fr",
+            "a@aphp..fr",
+            "a@@aphp.fr",
+        ] {
+            assert!(email("email", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_allow_accents_apostrophes_and_hyphens() {
+        assert!(person_names("Hélène", "D'Arc-Müller").is_ok());
+        assert!(person_names("Jean2", "Dupont").is_err());
+        assert!(person_names("Jean", " ").is_err());
+    }
 
     #[test]
     fn required_text_refuses_blank_and_too_long_values() {

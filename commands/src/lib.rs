@@ -10,6 +10,8 @@
 pub mod bus;
 pub mod context;
 pub mod error;
+pub mod identity;
+pub mod passwords;
 pub mod ports;
 pub mod workspace;
 

@@ -1,0 +1,924 @@
+//! The identity service: users and their credentials, login sessions, roles, accesses,
+//! perimeters (import) and maintenance phases.
+//!
+//! Every method authorizes its requester first (who may manage users, roles, which accesses),
+//! then runs aggregate commands and waits for the read models.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use domain::access::{Access, AccessCommand, AccessError};
+use domain::authz::{Authority, PerimeterRef};
+use domain::maintenance::{
+    MaintenanceCommand, MaintenanceError, MaintenanceFields, MaintenancePatch, MaintenancePhase,
+};
+use domain::perimeter::{Perimeter, PerimeterCommand, PerimeterError, PerimeterFields};
+use domain::rights::Rights;
+use domain::role::{Role, RoleCommand, RoleError};
+use domain::session::{Session, SessionCommand, SessionError};
+use domain::user::{User, UserCommand, UserError};
+use domain::validation::InvalidField;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::bus::{Committed, Execute};
+use crate::context::CommandContext;
+use crate::error::CommandError;
+use crate::passwords::{self, Verification};
+use crate::ports::{Consistency, PortError};
+use crate::workspace::Written;
+
+/// Integer-numbered aggregates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdKind {
+    Role,
+    Access,
+    Profile,
+    Maintenance,
+}
+
+/// Lookups in the identity read model that decisions need.
+#[async_trait]
+pub trait IdentityDirectory: Send + Sync {
+    /// A fresh id for a new aggregate of `kind`.
+    async fn next_id(&self, kind: IdKind) -> Result<i64, PortError>;
+    /// Ancestors (root first) of a live perimeter; `None` if it does not exist or was removed.
+    async fn perimeter_ancestors(&self, id: i64) -> Result<Option<Vec<i64>>, PortError>;
+    /// The username of an active profile.
+    async fn profile_owner(&self, profile_id: i64) -> Result<Option<String>, PortError>;
+    /// The Manual profile of a user.
+    async fn manual_profile(&self, username: &str) -> Result<Option<i64>, PortError>;
+    /// Whether a live role other than `except` already has this name (case-insensitive).
+    async fn role_name_taken(&self, name: &str, except: Option<i64>) -> Result<bool, PortError>;
+    /// Whether any access, even ended, uses the role.
+    async fn role_in_use(&self, id: i64) -> Result<bool, PortError>;
+    /// Ids of every live perimeter.
+    async fn live_perimeter_ids(&self) -> Result<Vec<i64>, PortError>;
+    /// Accesses on these perimeters that have not ended at `now`.
+    async fn open_accesses_on(
+        &self,
+        perimeter_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<i64>, PortError>;
+}
+
+/// Who asks.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// A person, with what their valid accesses allow.
+    User(Authority),
+    /// An applicative token (QueryExecutor, Solr ETL, rollout pipeline).
+    Applicative,
+    /// The operator, through the command line.
+    System,
+}
+
+impl Requester {
+    fn full_admin(&self) -> bool {
+        match self {
+            Requester::User(a) => a.is_full_admin(),
+            Requester::Applicative => false,
+            Requester::System => true,
+        }
+    }
+
+    fn authority(&self) -> Option<&Authority> {
+        match self {
+            Requester::User(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// Why an identity operation failed.
+#[derive(Debug, Error)]
+pub enum IdentityError {
+    #[error("you are not allowed to {0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("this session has ended; log in again")]
+    SessionEnded,
+    #[error("a role named '{0}' already exists")]
+    RoleNameTaken(String),
+    #[error(transparent)]
+    User(UserError),
+    #[error(transparent)]
+    Role(RoleError),
+    #[error(transparent)]
+    Access(AccessError),
+    #[error(transparent)]
+    Maintenance(MaintenanceError),
+    #[error(transparent)]
+    Perimeter(PerimeterError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("the object was modified concurrently; retry")]
+    Conflict,
+    #[error("a required service is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<PortError> for IdentityError {
+    fn from(e: PortError) -> Self {
+        IdentityError::Unavailable(e.0)
+    }
+}
+
+fn command_error<E: std::error::Error>(
+    e: CommandError<E>,
+    rejected: impl FnOnce(E) -> IdentityError,
+) -> IdentityError {
+    match e {
+        CommandError::Rejected(e) => rejected(e),
+        CommandError::Conflict => IdentityError::Conflict,
+        CommandError::Unavailable(m) => IdentityError::Unavailable(m),
+        CommandError::Internal(m) => IdentityError::Internal(m),
+    }
+}
+
+macro_rules! from_command_error {
+    ($error:ty, $variant:expr) => {
+        impl From<CommandError<$error>> for IdentityError {
+            fn from(e: CommandError<$error>) -> Self {
+                command_error(e, $variant)
+            }
+        }
+    };
+}
+from_command_error!(UserError, IdentityError::User);
+from_command_error!(RoleError, IdentityError::Role);
+from_command_error!(AccessError, IdentityError::Access);
+from_command_error!(MaintenanceError, IdentityError::Maintenance);
+from_command_error!(PerimeterError, IdentityError::Perimeter);
+from_command_error!(SessionError, |_| IdentityError::SessionEnded);
+
+/// A new user.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub firstname: String,
+    pub lastname: String,
+    pub email: Option<String>,
+    pub password: Option<String>,
+}
+
+/// A user's fields to change.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A new access.
+#[derive(Debug, Clone)]
+pub struct NewAccess {
+    pub profile_id: i64,
+    pub role_id: i64,
+    pub perimeter_id: i64,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+/// What a perimeter import did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub written: usize,
+    pub unchanged: usize,
+    pub removed: usize,
+    pub accesses_closed: usize,
+}
+
+/// An open login session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTicket {
+    pub session_id: Uuid,
+    pub generation: u32,
+    pub username: String,
+}
+
+/// The aggregate buses the service drives.
+pub struct IdentityBuses {
+    pub users: Arc<dyn Execute<User>>,
+    pub sessions: Arc<dyn Execute<Session>>,
+    pub roles: Arc<dyn Execute<Role>>,
+    pub accesses: Arc<dyn Execute<Access>>,
+    pub perimeters: Arc<dyn Execute<Perimeter>>,
+    pub maintenances: Arc<dyn Execute<MaintenancePhase>>,
+}
+
+/// The identity application service.
+pub struct Identity {
+    buses: IdentityBuses,
+    directory: Arc<dyn IdentityDirectory>,
+    consistency: Arc<dyn Consistency>,
+    default_access_validity_days: i64,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, IdentityError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| IdentityError::Internal(format!("hashing task failed: {e}")))
+}
+
+impl Identity {
+    pub fn new(
+        buses: IdentityBuses,
+        directory: Arc<dyn IdentityDirectory>,
+        consistency: Arc<dyn Consistency>,
+        default_access_validity_days: i64,
+    ) -> Self {
+        Self {
+            buses,
+            directory,
+            consistency,
+            default_access_validity_days,
+        }
+    }
+
+    async fn settle<T>(
+        &self,
+        value: T,
+        committed: &[Committed],
+    ) -> Result<Written<T>, IdentityError> {
+        let caught_up = self.consistency.wait_for(committed).await?;
+        Ok(Written { value, caught_up })
+    }
+
+    // ---- users -------------------------------------------------------------------------
+
+    /// Creates a user and their Manual profile (requires `right_manage_users`).
+    pub async fn create_user(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        new: NewUser,
+    ) -> Result<Written<String>, IdentityError> {
+        let allowed = match by {
+            Requester::User(a) => a.global().right_manage_users,
+            Requester::System => true,
+            Requester::Applicative => false,
+        };
+        if !allowed {
+            return Err(IdentityError::Forbidden("create users"));
+        }
+        let password_hash = match new.password {
+            Some(p) if !p.is_empty() => Some(blocking(move || passwords::hash(&p)).await?),
+            _ => None,
+        };
+        let profile_id = self.directory.next_id(IdKind::Profile).await?;
+        let committed = self
+            .buses
+            .users
+            .execute(
+                &new.username,
+                UserCommand::Create {
+                    username: new.username.clone(),
+                    firstname: new.firstname,
+                    lastname: new.lastname,
+                    email: new.email,
+                    password_hash,
+                    profile_id,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle(new.username, &[committed]).await
+    }
+
+    /// Changes a user's names or e-mail (requires `right_manage_users`).
+    pub async fn update_user(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        username: &str,
+        patch: UserPatch,
+    ) -> Result<Written<()>, IdentityError> {
+        let allowed = by.full_admin()
+            || by
+                .authority()
+                .is_some_and(|a| a.global().right_manage_users);
+        if !allowed {
+            return Err(IdentityError::Forbidden("change users"));
+        }
+        let committed = self
+            .buses
+            .users
+            .execute(
+                username,
+                UserCommand::Update {
+                    firstname: patch.firstname,
+                    lastname: patch.lastname,
+                    email: patch.email,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle((), &[committed]).await
+    }
+
+    /// Sets a user's password (operator command line).
+    pub async fn set_password(
+        &self,
+        ctx: &CommandContext,
+        username: &str,
+        password: String,
+    ) -> Result<(), IdentityError> {
+        let hash = blocking(move || passwords::hash(&password)).await?;
+        self.buses
+            .users
+            .execute(
+                username,
+                UserCommand::SetPasswordHash { hash, at: ctx.at },
+                ctx,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Checks a username and password; on success records the login (re-hashing a legacy hash)
+    /// and opens a session. Unknown users and wrong passwords are refused alike.
+    pub async fn login_with_password(
+        &self,
+        ctx: &CommandContext,
+        username: &str,
+        password: String,
+    ) -> Result<SessionTicket, IdentityError> {
+        let user = self.buses.users.load(username).await?;
+        let Some(stored) = user.state.and_then(|s| s.password_hash) else {
+            blocking(move || passwords::verify_nothing(&password)).await?;
+            return Err(IdentityError::BadCredentials);
+        };
+        let (verdict, password) = blocking(move || {
+            let verdict = passwords::verify(&stored, &password);
+            (verdict, password)
+        })
+        .await?;
+        match verdict {
+            Verification::Invalid => return Err(IdentityError::BadCredentials),
+            Verification::ValidLegacy => {
+                let hash = blocking(move || passwords::hash(&password)).await?;
+                self.buses
+                    .users
+                    .execute(
+                        username,
+                        UserCommand::SetPasswordHash { hash, at: ctx.at },
+                        ctx,
+                    )
+                    .await?;
+            }
+            Verification::Valid => {}
+        }
+        self.open_session(ctx, username, "JWT").await
+    }
+
+    /// Opens a session for an already authenticated user (password, OIDC or identity hook).
+    pub async fn open_session(
+        &self,
+        ctx: &CommandContext,
+        username: &str,
+        method: &str,
+    ) -> Result<SessionTicket, IdentityError> {
+        let mut committed = vec![
+            self.buses
+                .users
+                .execute(
+                    username,
+                    UserCommand::RecordLogin {
+                        method: method.to_string(),
+                        at: ctx.at,
+                    },
+                    ctx,
+                )
+                .await?,
+        ];
+        let session_id = Uuid::new_v4();
+        committed.push(
+            self.buses
+                .sessions
+                .execute(
+                    &session_id.to_string(),
+                    SessionCommand::Open {
+                        username: username.to_string(),
+                        method: method.to_string(),
+                        at: ctx.at,
+                    },
+                    ctx,
+                )
+                .await?,
+        );
+        // The login answer carries `last_login`, read back from the read model.
+        self.settle((), &committed).await?;
+        Ok(SessionTicket {
+            session_id,
+            generation: 0,
+            username: username.to_string(),
+        })
+    }
+
+    /// Trades the refresh token of `generation` for the next one; a replayed token ends the
+    /// session.
+    pub async fn refresh(
+        &self,
+        ctx: &CommandContext,
+        session_id: Uuid,
+        generation: u32,
+    ) -> Result<SessionTicket, IdentityError> {
+        let id = session_id.to_string();
+        self.buses
+            .sessions
+            .execute(
+                &id,
+                SessionCommand::Rotate {
+                    generation,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        // Read back what the rotation led to: a replayed token (or a concurrent replay) has
+        // revoked the family by now.
+        let state = self
+            .buses
+            .sessions
+            .load(&id)
+            .await?
+            .state
+            .ok_or(IdentityError::SessionEnded)?;
+        if state.revoked || state.generation != generation + 1 {
+            tracing::warn!(session = %session_id, "refresh token reused: session revoked");
+            return Err(IdentityError::SessionEnded);
+        }
+        Ok(SessionTicket {
+            session_id,
+            generation: state.generation,
+            username: state.username,
+        })
+    }
+
+    /// Ends a session (logout). Ending an ended session is not an error.
+    pub async fn logout(
+        &self,
+        ctx: &CommandContext,
+        session_id: Uuid,
+    ) -> Result<(), IdentityError> {
+        self.buses
+            .sessions
+            .execute(
+                &session_id.to_string(),
+                SessionCommand::Revoke { at: ctx.at },
+                ctx,
+            )
+            .await?;
+        Ok(())
+    }
+
+    // ---- roles -------------------------------------------------------------------------
+
+    fn require_full_admin(by: &Requester, what: &'static str) -> Result<(), IdentityError> {
+        if by.full_admin() {
+            Ok(())
+        } else {
+            Err(IdentityError::Forbidden(what))
+        }
+    }
+
+    /// Creates a role (full admins only).
+    pub async fn create_role(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        name: String,
+        rights: Rights,
+    ) -> Result<Written<i64>, IdentityError> {
+        Self::require_full_admin(by, "create roles")?;
+        if self.directory.role_name_taken(&name, None).await? {
+            return Err(IdentityError::RoleNameTaken(name));
+        }
+        let id = self.directory.next_id(IdKind::Role).await?;
+        let committed = self
+            .buses
+            .roles
+            .execute(
+                &id.to_string(),
+                RoleCommand::Create {
+                    role_id: id,
+                    name,
+                    rights,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle(id, &[committed]).await
+    }
+
+    /// Changes a role: `changes` are merged into the stored rights (full admins only).
+    pub async fn update_role(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        id: i64,
+        name: Option<String>,
+        changes: &[(&'static str, bool)],
+    ) -> Result<Written<()>, IdentityError> {
+        Self::require_full_admin(by, "change roles")?;
+        let role = self.buses.roles.load(&id.to_string()).await?;
+        let current = role
+            .state
+            .filter(|s| !s.deleted)
+            .ok_or(IdentityError::Role(RoleError::NotFound))?;
+        if let Some(name) = &name
+            && self.directory.role_name_taken(name, Some(id)).await?
+        {
+            return Err(IdentityError::RoleNameTaken(name.clone()));
+        }
+        let mut rights = current.rights;
+        for (right, value) in changes {
+            rights.set(right, *value);
+        }
+        let committed = self
+            .buses
+            .roles
+            .execute(
+                &id.to_string(),
+                RoleCommand::Update {
+                    name,
+                    rights,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle((), &[committed]).await
+    }
+
+    /// Deletes a role no access uses (full admins only).
+    pub async fn delete_role(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        id: i64,
+    ) -> Result<Written<()>, IdentityError> {
+        Self::require_full_admin(by, "delete roles")?;
+        let has_accesses = self.directory.role_in_use(id).await?;
+        let committed = self
+            .buses
+            .roles
+            .execute(
+                &id.to_string(),
+                RoleCommand::Delete {
+                    has_accesses,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle((), &[committed]).await
+    }
+
+    // ---- accesses ----------------------------------------------------------------------
+
+    async fn live_role_rights(&self, role_id: i64) -> Result<Rights, IdentityError> {
+        self.buses
+            .roles
+            .load(&role_id.to_string())
+            .await?
+            .state
+            .filter(|s| !s.deleted)
+            .map(|s| s.rights)
+            .ok_or(IdentityError::NotFound("role"))
+    }
+
+    /// Whether `by` may manage an access of `role_id` on `perimeter_id` (the managing rule).
+    async fn may_manage(
+        &self,
+        by: &Requester,
+        perimeter_id: i64,
+        rights: &Rights,
+    ) -> Result<bool, IdentityError> {
+        match by {
+            Requester::System => Ok(true),
+            Requester::Applicative => Ok(false),
+            Requester::User(authority) => {
+                if authority.is_full_admin() {
+                    return Ok(true);
+                }
+                let Some(ancestors) = self.directory.perimeter_ancestors(perimeter_id).await?
+                else {
+                    return Ok(false);
+                };
+                Ok(authority.can_manage(
+                    PerimeterRef {
+                        id: perimeter_id,
+                        ancestors: &ancestors,
+                    },
+                    rights,
+                ))
+            }
+        }
+    }
+
+    /// Grants a role on a perimeter to a profile. The managing rule applies (upstream skips it).
+    pub async fn grant_access(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        new: NewAccess,
+    ) -> Result<Written<i64>, IdentityError> {
+        if let Requester::User(a) = by
+            && !a.may_list_accesses()
+        {
+            return Err(IdentityError::Forbidden("manage accesses"));
+        }
+        let username = self
+            .directory
+            .profile_owner(new.profile_id)
+            .await?
+            .ok_or(IdentityError::NotFound("profile"))?;
+        let rights = self.live_role_rights(new.role_id).await?;
+        if self
+            .directory
+            .perimeter_ancestors(new.perimeter_id)
+            .await?
+            .is_none()
+        {
+            return Err(IdentityError::NotFound("perimeter"));
+        }
+        if !self.may_manage(by, new.perimeter_id, &rights).await? {
+            return Err(IdentityError::Forbidden(
+                "grant this role on this perimeter",
+            ));
+        }
+        let id = self.directory.next_id(IdKind::Access).await?;
+        let committed = self
+            .buses
+            .accesses
+            .execute(
+                &id.to_string(),
+                AccessCommand::Grant {
+                    access_id: id,
+                    profile_id: new.profile_id,
+                    username,
+                    role_id: new.role_id,
+                    perimeter_id: new.perimeter_id,
+                    source: domain::user::MANUAL_SOURCE.to_string(),
+                    start: new.start,
+                    end: new.end,
+                    default_validity_days: self.default_access_validity_days,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle(id, &[committed]).await
+    }
+
+    /// Runs a command on an access the requester may manage.
+    pub async fn change_access(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        id: i64,
+        command: AccessCommand,
+    ) -> Result<Written<()>, IdentityError> {
+        let access = self.buses.accesses.load(&id.to_string()).await?;
+        let state = access
+            .state
+            .filter(|s| !s.deleted)
+            .ok_or(IdentityError::Access(AccessError::NotFound))?;
+        let rights = self
+            .buses
+            .roles
+            .load(&state.role_id.to_string())
+            .await?
+            .state
+            .map(|s| s.rights)
+            .unwrap_or_default();
+        if !self.may_manage(by, state.perimeter_id, &rights).await? {
+            return Err(IdentityError::Forbidden("manage this access"));
+        }
+        let committed = self
+            .buses
+            .accesses
+            .execute(&id.to_string(), command, ctx)
+            .await?;
+        self.settle((), &[committed]).await
+    }
+
+    // ---- perimeters --------------------------------------------------------------------
+
+    /// Imports a perimeter tree: writes what is new or changed, removes the perimeters missing
+    /// from `rows` and closes the accesses on them.
+    pub async fn import_perimeters(
+        &self,
+        ctx: &CommandContext,
+        rows: Vec<PerimeterFields>,
+    ) -> Result<ImportReport, IdentityError> {
+        let ordered = parents_first(rows)?;
+        let mut report = ImportReport::default();
+        let mut committed = Vec::new();
+        let in_file: BTreeSet<i64> = ordered.iter().map(|f| f.id).collect();
+        for fields in ordered {
+            let c = self
+                .buses
+                .perimeters
+                .execute(
+                    &fields.id.to_string(),
+                    PerimeterCommand::Import { fields, at: ctx.at },
+                    ctx,
+                )
+                .await?;
+            if c.last_sequence.is_some() {
+                report.written += 1;
+                committed.push(c);
+            } else {
+                report.unchanged += 1;
+            }
+        }
+        // Removals must see the writes above in the read model.
+        self.consistency.wait_for(&committed).await?;
+        let gone: Vec<i64> = self
+            .directory
+            .live_perimeter_ids()
+            .await?
+            .into_iter()
+            .filter(|id| !in_file.contains(id))
+            .collect();
+        for access in self.directory.open_accesses_on(&gone, ctx.at).await? {
+            let c = self
+                .buses
+                .accesses
+                .execute(
+                    &access.to_string(),
+                    AccessCommand::CloseForRemovedPerimeter { at: ctx.at },
+                    ctx,
+                )
+                .await?;
+            if c.last_sequence.is_some() {
+                report.accesses_closed += 1;
+                committed.push(c);
+            }
+        }
+        for id in gone {
+            committed.push(
+                self.buses
+                    .perimeters
+                    .execute(
+                        &id.to_string(),
+                        PerimeterCommand::Remove { at: ctx.at },
+                        ctx,
+                    )
+                    .await?,
+            );
+            report.removed += 1;
+        }
+        self.consistency.wait_for(&committed).await?;
+        Ok(report)
+    }
+
+    // ---- maintenance -------------------------------------------------------------------
+
+    fn require_maintenance_writer(by: &Requester) -> Result<(), IdentityError> {
+        if matches!(by, Requester::Applicative) || by.full_admin() {
+            Ok(())
+        } else {
+            Err(IdentityError::Forbidden("manage maintenance phases"))
+        }
+    }
+
+    /// Schedules a maintenance phase (full admins and applicative users).
+    pub async fn schedule_maintenance(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        fields: MaintenanceFields,
+    ) -> Result<Written<i64>, IdentityError> {
+        Self::require_maintenance_writer(by)?;
+        let id = self.directory.next_id(IdKind::Maintenance).await?;
+        let committed = self
+            .buses
+            .maintenances
+            .execute(
+                &id.to_string(),
+                MaintenanceCommand::Schedule {
+                    id,
+                    fields,
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
+        self.settle(id, &[committed]).await
+    }
+
+    /// Changes or deletes a maintenance phase.
+    pub async fn change_maintenance(
+        &self,
+        ctx: &CommandContext,
+        by: &Requester,
+        id: i64,
+        patch: Option<MaintenancePatch>,
+    ) -> Result<Written<()>, IdentityError> {
+        Self::require_maintenance_writer(by)?;
+        let command = match patch {
+            Some(patch) => MaintenanceCommand::Change { patch, at: ctx.at },
+            None => MaintenanceCommand::Delete { at: ctx.at },
+        };
+        let committed = self
+            .buses
+            .maintenances
+            .execute(&id.to_string(), command, ctx)
+            .await?;
+        self.settle((), &[committed]).await
+    }
+}
+
+/// Orders rows so that every parent comes before its children; refuses cycles and duplicates.
+fn parents_first(rows: Vec<PerimeterFields>) -> Result<Vec<PerimeterFields>, IdentityError> {
+    let invalid = |reason: String| {
+        IdentityError::Invalid(InvalidField {
+            field: "perimeters",
+            reason,
+        })
+    };
+    let mut by_id: HashMap<i64, PerimeterFields> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id = row.id;
+        if by_id.insert(id, row).is_some() {
+            return Err(invalid(format!("perimeter {id} appears twice")));
+        }
+    }
+    let mut children: HashMap<Option<i64>, Vec<i64>> = HashMap::new();
+    for row in by_id.values() {
+        // A parent outside the file is treated as absent: the row becomes a root.
+        let parent = row.parent_id.filter(|p| by_id.contains_key(p));
+        children.entry(parent).or_default().push(row.id);
+    }
+    let mut ordered = Vec::with_capacity(by_id.len());
+    let mut queue: Vec<i64> = children.remove(&None).unwrap_or_default();
+    queue.sort_unstable();
+    while let Some(id) = queue.pop() {
+        if let Some(mut kids) = children.remove(&Some(id)) {
+            kids.sort_unstable();
+            queue.extend(kids);
+        }
+        if let Some(row) = by_id.remove(&id) {
+            ordered.push(row);
+        }
+    }
+    if !by_id.is_empty() {
+        return Err(invalid(format!(
+            "{} perimeters are in a parent cycle",
+            by_id.len()
+        )));
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, parent: Option<i64>) -> PerimeterFields {
+        PerimeterFields {
+            id,
+            local_id: id.to_string(),
+            name: format!("P{id}"),
+            short_name: format!("P{id}"),
+            source_value: id.to_string(),
+            type_source_value: "T".into(),
+            parent_id: parent,
+            cohort_id: None,
+            cohort_size: None,
+        }
+    }
+
+    #[test]
+    fn parents_come_first_and_cycles_are_refused() {
+        let ordered = parents_first(vec![
+            row(3, Some(2)),
+            row(2, Some(1)),
+            row(1, None),
+            row(4, Some(1)),
+        ])
+        .unwrap();
+        let pos = |id| ordered.iter().position(|r| r.id == id).unwrap();
+        assert!(pos(1) < pos(2) && pos(2) < pos(3) && pos(1) < pos(4));
+        assert!(parents_first(vec![row(1, Some(2)), row(2, Some(1))]).is_err());
+        assert!(parents_first(vec![row(1, None), row(1, None)]).is_err());
+        // An unknown parent makes a root.
+        assert_eq!(parents_first(vec![row(5, Some(77))]).unwrap().len(), 1);
+    }
+}

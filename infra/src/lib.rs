@@ -7,15 +7,19 @@
 //! * [`relay`]: publishes committed events to JetStream, exactly in log order;
 //! * [`projector`]: the runtime that folds events into read models, checkpointed and rebuildable;
 //! * [`workspace`]: the workspace projection (SQL fold) and its readers;
+//! * [`identity`]: users, roles, perimeters, accesses and maintenance: fold, readers, passwords;
 //! * [`consistency`]: read-your-writes for the command side.
 //!
 //! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
 
+pub mod audit;
 pub mod consistency;
 pub mod db;
+pub mod identity;
 pub mod log;
 pub mod nats;
 pub mod projector;
 pub mod relay;
+mod sql;
 pub mod stores;
 pub mod workspace;

@@ -88,6 +88,31 @@ pub async fn ensure_stream(
     Ok(js)
 }
 
+/// Payload fields that never leave the database: subscribers learn that a password changed,
+/// not its hash.
+pub const SECRET_FIELDS: &[&str] = &["password_hash"];
+
+/// Replaces the value of every [`SECRET_FIELDS`] key, at any depth, with `"<redacted>"`.
+pub fn redact(mut payload: serde_json::Value) -> serde_json::Value {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map.iter_mut() {
+                    if SECRET_FIELDS.contains(&key.as_str()) {
+                        *value = serde_json::Value::String("<redacted>".into());
+                    } else {
+                        walk(value);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    walk(&mut payload);
+    payload
+}
+
 /// The JSON body of every published event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -129,7 +154,7 @@ impl Envelope {
             txid: event.txid,
             previous,
             recorded_at: event.recorded_at,
-            payload: event.payload.clone(),
+            payload: redact(event.payload.clone()),
             metadata: event.metadata.clone(),
         }
     }
@@ -156,5 +181,24 @@ impl Envelope {
             metadata: self.metadata,
             recorded_at: self.recorded_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_hashes_are_redacted_at_any_depth() {
+        let payload = serde_json::json!({
+            "UserPasswordHashSet": {"password_hash": "$argon2id$secret", "at": "2026-01-01T00:00:00Z"},
+            "list": [{"password_hash": "x"}]
+        });
+        let text = redact(payload).to_string();
+        assert!(
+            !text.contains("secret") && !text.contains("\"x\""),
+            "{text}"
+        );
+        assert!(text.contains("2026-01-01"));
     }
 }

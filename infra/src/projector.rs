@@ -67,6 +67,31 @@ pub enum Outcome {
     Gap,
 }
 
+/// Decodes a version-1 event payload for a fold; anything else is reported as undecodable.
+pub fn decode<T: serde::de::DeserializeOwned>(
+    event: &CommittedEvent,
+) -> Result<T, ProjectionError> {
+    let undecodable = |reason: String| ProjectionError::Undecodable {
+        message_id: event.message_id(),
+        event_type: event.event_type.clone(),
+        event_version: event.event_version.clone(),
+        reason,
+    };
+    if event.event_version != domain::EVENT_VERSION_1 {
+        return Err(undecodable("unknown event version".into()));
+    }
+    serde_json::from_value(event.payload.clone()).map_err(|e| undecodable(e.to_string()))
+}
+
+/// The acting user recorded in an event's metadata, if any.
+pub fn actor(event: &CommittedEvent) -> Option<String> {
+    event
+        .metadata
+        .get("user")
+        .and_then(|u| u.as_str())
+        .map(str::to_string)
+}
+
 fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -6,8 +6,14 @@ use std::sync::Arc;
 use commands::{CommandBus, Execute};
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
+use domain::access::Access;
 use domain::folder::Folder;
+use domain::maintenance::MaintenancePhase;
+use domain::perimeter::Perimeter;
 use domain::request::Request;
+use domain::role::Role;
+use domain::session::Session;
+use domain::user::User;
 use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
@@ -97,6 +103,18 @@ pub fn folders(pool: &PgPool) -> Arc<dyn Execute<Folder>> {
 /// The command bus of requests.
 pub fn requests(pool: &PgPool) -> Arc<dyn Execute<Request>> {
     Arc::new(bus::<Request>(pool))
+}
+
+/// The command buses of the identity aggregates.
+pub fn identity(pool: &PgPool) -> commands::identity::IdentityBuses {
+    commands::identity::IdentityBuses {
+        users: Arc::new(bus::<User>(pool)),
+        sessions: Arc::new(bus::<Session>(pool)),
+        roles: Arc::new(bus::<Role>(pool)),
+        accesses: Arc::new(bus::<Access>(pool)),
+        perimeters: Arc::new(bus::<Perimeter>(pool)),
+        maintenances: Arc::new(bus::<MaintenancePhase>(pool)),
+    }
 }
 
 #[cfg(test)]

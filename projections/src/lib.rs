@@ -4,7 +4,9 @@
 //! The SQL that folds events into these rows and reads them back lives in `infra`; this crate is
 //! the contract between it and the API. May depend on: `domain`, serde, chrono, uuid.
 
+pub mod audit;
 pub mod cursor;
+pub mod identity;
 pub mod workspace;
 
 pub use cursor::Cursor;

@@ -4,29 +4,15 @@ use async_trait::async_trait;
 use cqrs_es::Aggregate;
 use domain::folder::{Folder, FolderEvent};
 use domain::request::{Request, RequestEvent};
-use serde::de::DeserializeOwned;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError};
+use crate::projector::{Projection, ProjectionError, decode};
 
 /// The workspace projection (folders, requests, snapshots, snapshot patches).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WorkspaceProjection;
-
-fn decode<T: DeserializeOwned>(event: &CommittedEvent) -> Result<T, ProjectionError> {
-    let undecodable = |reason: String| ProjectionError::Undecodable {
-        message_id: event.message_id(),
-        event_type: event.event_type.clone(),
-        event_version: event.event_version.clone(),
-        reason,
-    };
-    if event.event_version != domain::EVENT_VERSION_1 {
-        return Err(undecodable("unknown event version".into()));
-    }
-    serde_json::from_value(event.payload.clone()).map_err(|e| undecodable(e.to_string()))
-}
 
 fn aggregate_uuid(event: &CommittedEvent) -> Result<Uuid, ProjectionError> {
     event

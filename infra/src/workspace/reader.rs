@@ -13,6 +13,8 @@ use projections::{Page, ReadError, SortKey, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::sql::{contains_pattern, push_window, read_error};
+
 /// Reads the workspace schema.
 #[derive(Debug, Clone)]
 pub struct PgWorkspace {
@@ -23,28 +25,6 @@ impl PgWorkspace {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
-}
-
-fn read_error(e: sqlx::Error) -> ReadError {
-    match &e {
-        // 2201B invalid_regular_expression: the user's `search=` pattern.
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("2201B") => {
-            ReadError::InvalidSearch(db.message().to_string())
-        }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            ReadError::Unavailable(e.to_string())
-        }
-        _ => ReadError::Internal(e.to_string()),
-    }
-}
-
-/// Escapes `%`, `_` and `\` for a LIKE pattern, and wraps it for "contains".
-fn contains_pattern(s: &str) -> String {
-    let escaped = s
-        .replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_");
-    format!("%{escaped}%")
 }
 
 fn push_order(
@@ -70,13 +50,6 @@ fn push_order(
         }
     }
     qb.push(format!(", {prefix}uuid ASC"));
-}
-
-fn push_window(qb: &mut QueryBuilder<'_, Postgres>, window: Window) {
-    qb.push(" LIMIT ")
-        .push_bind(window.limit)
-        .push(" OFFSET ")
-        .push_bind(window.offset);
 }
 
 #[derive(sqlx::FromRow)]

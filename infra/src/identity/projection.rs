@@ -1,0 +1,386 @@
+//! Folds user, role, perimeter, access and maintenance events into the `identity` schema.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::access::{Access, AccessEvent};
+use domain::maintenance::{MaintenanceEvent, MaintenanceFields, MaintenancePhase};
+use domain::perimeter::{Perimeter, PerimeterEvent, PerimeterFields};
+use domain::role::{Role, RoleEvent};
+use domain::user::{User, UserEvent};
+use sqlx::PgConnection;
+
+use crate::log::CommittedEvent;
+use crate::projector::{Projection, ProjectionError, actor, decode};
+
+/// Name of the identity projection (and of its schema).
+pub const PROJECTION: &str = "identity";
+
+/// The identity projection.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdentityProjection;
+
+fn integer_id(event: &CommittedEvent) -> Result<i64, ProjectionError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e: std::num::ParseIntError| ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: format!("aggregate id is not an integer: {e}"),
+        })
+}
+
+#[async_trait]
+impl Projection for IdentityProjection {
+    fn name(&self) -> &'static str {
+        PROJECTION
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &CommittedEvent,
+    ) -> Result<(), ProjectionError> {
+        let by = actor(event);
+        match event.aggregate_type.as_str() {
+            User::TYPE => apply_user(conn, &event.aggregate_id, by, decode(event)?).await,
+            Role::TYPE => apply_role(conn, integer_id(event)?, decode(event)?).await,
+            Perimeter::TYPE => apply_perimeter(conn, integer_id(event)?, decode(event)?).await,
+            Access::TYPE => apply_access(conn, integer_id(event)?, by, decode(event)?).await,
+            MaintenancePhase::TYPE => {
+                apply_maintenance(conn, integer_id(event)?, decode(event)?).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn apply_user(
+    conn: &mut PgConnection,
+    username: &str,
+    by: Option<String>,
+    event: UserEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        UserEvent::UserCreated {
+            firstname,
+            lastname,
+            email,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO users (username, firstname, lastname, email, created_by, updated_by,
+                                    created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5, $6, $6) ON CONFLICT (username) DO NOTHING",
+            )
+            .bind(username)
+            .bind(firstname)
+            .bind(lastname)
+            .bind(email)
+            .bind(by)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        UserEvent::UserProfileAdded {
+            profile_id,
+            source,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO profiles (id, username, source, is_active, created_at)
+                 VALUES ($1, $2, $3, true, $4) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(profile_id)
+            .bind(username)
+            .bind(source)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        UserEvent::UserDetailsChanged {
+            firstname,
+            lastname,
+            email,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE users SET firstname = $2, lastname = $3, email = $4, updated_by = $5,
+                                  updated_at = $6
+                  WHERE username = $1",
+            )
+            .bind(username)
+            .bind(firstname)
+            .bind(lastname)
+            .bind(email)
+            .bind(by)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        // The hash stays in the event store: no read model holds credentials.
+        UserEvent::UserPasswordHashSet { .. } => {}
+        UserEvent::UserLoggedIn { at, .. } => {
+            sqlx::query("UPDATE users SET last_login = $2 WHERE username = $1")
+                .bind(username)
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_role(
+    conn: &mut PgConnection,
+    id: i64,
+    event: RoleEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        RoleEvent::RoleCreated {
+            name, rights, at, ..
+        } => {
+            sqlx::query(
+                "INSERT INTO roles (id, name, rights, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(name)
+            .bind(sqlx::types::Json(rights))
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        RoleEvent::RoleChanged { name, rights, at } => {
+            sqlx::query("UPDATE roles SET name = $2, rights = $3, updated_at = $4 WHERE id = $1")
+                .bind(id)
+                .bind(name)
+                .bind(sqlx::types::Json(rights))
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+        RoleEvent::RoleDeleted { at } => {
+            sqlx::query("UPDATE roles SET deleted_at = $2, updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a created or changed perimeter, deriving level, ancestors and path from its parent,
+/// then re-derives those of its descendants (a move or a rename changes them).
+async fn upsert_perimeter(
+    conn: &mut PgConnection,
+    f: PerimeterFields,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    // One statement: the parent's derived fields, the row, then its subtree.
+    sqlx::query(
+        "WITH parent AS (
+             SELECT ancestors || id AS ancestors, full_path || '/' AS prefix
+               FROM perimeters WHERE id = $7),
+         node AS (
+             SELECT COALESCE((SELECT ancestors FROM parent), '{}'::bigint[]) AS ancestors,
+                    COALESCE((SELECT prefix FROM parent), '') || $5 || '-' || $3 AS full_path),
+         old AS (SELECT full_path, ancestors FROM perimeters WHERE id = $1),
+         written AS (
+             INSERT INTO perimeters (id, local_id, name, short_name, source_value, type_source_value,
+                                     parent_id, level, ancestors, full_path, cohort_id, cohort_size,
+                                     created_at, updated_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, cardinality(node.ancestors) + 1, node.ancestors,
+                    node.full_path, $8, $9, $10, $10
+               FROM node
+             ON CONFLICT (id) DO UPDATE SET
+                 local_id = EXCLUDED.local_id, name = EXCLUDED.name,
+                 short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
+                 type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
+                 level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
+                 full_path = EXCLUDED.full_path, cohort_id = EXCLUDED.cohort_id,
+                 cohort_size = EXCLUDED.cohort_size, updated_at = EXCLUDED.updated_at,
+                 removed_at = NULL
+             RETURNING ancestors, full_path)
+         UPDATE perimeters d
+            SET ancestors = w.ancestors || $1::bigint
+                            || d.ancestors[array_position(d.ancestors, $1::bigint) + 1:],
+                level = cardinality(w.ancestors) + 2
+                        + cardinality(d.ancestors) - array_position(d.ancestors, $1::bigint),
+                full_path = w.full_path || substr(d.full_path, length(o.full_path) + 1)
+           FROM written w, old o
+          WHERE $1::bigint = ANY(d.ancestors)
+            AND (o.full_path <> w.full_path OR o.ancestors <> w.ancestors)",
+    )
+    .bind(f.id)
+    .bind(f.local_id)
+    .bind(f.name)
+    .bind(f.short_name)
+    .bind(f.source_value)
+    .bind(f.type_source_value)
+    .bind(f.parent_id)
+    .bind(f.cohort_id)
+    .bind(f.cohort_size)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_perimeter(
+    conn: &mut PgConnection,
+    id: i64,
+    event: PerimeterEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        PerimeterEvent::PerimeterCreated { fields, at }
+        | PerimeterEvent::PerimeterChanged { fields, at } => {
+            upsert_perimeter(conn, fields, at).await?;
+        }
+        PerimeterEvent::PerimeterRemoved { at } => {
+            sqlx::query("UPDATE perimeters SET removed_at = $2, updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_access(
+    conn: &mut PgConnection,
+    id: i64,
+    by: Option<String>,
+    event: AccessEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        AccessEvent::AccessGranted {
+            profile_id,
+            username,
+            role_id,
+            perimeter_id,
+            source,
+            start_datetime,
+            end_datetime,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO accesses (id, profile_id, username, role_id, perimeter_id, source,
+                                       start_datetime, end_datetime, created_by, updated_by,
+                                       created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $10)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(profile_id)
+            .bind(username)
+            .bind(role_id)
+            .bind(perimeter_id)
+            .bind(source)
+            .bind(start_datetime)
+            .bind(end_datetime)
+            .bind(by)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        AccessEvent::AccessDatesChanged {
+            start_datetime,
+            end_datetime,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE accesses SET start_datetime = $2, end_datetime = $3, updated_by = $4,
+                                     updated_at = $5
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .bind(start_datetime)
+            .bind(end_datetime)
+            .bind(by)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        AccessEvent::AccessClosed { at, .. } => {
+            sqlx::query(
+                "UPDATE accesses SET end_datetime = $2, updated_by = $3, updated_at = $2
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(by)
+            .execute(conn)
+            .await?;
+        }
+        AccessEvent::AccessRevokedBeforeStart { at } => {
+            sqlx::query(
+                "UPDATE accesses SET deleted_at = $2, updated_by = $3, updated_at = $2
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .bind(by)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn write_maintenance(
+    conn: &mut PgConnection,
+    id: i64,
+    f: MaintenanceFields,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    let kind = serde_json::to_value(f.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO maintenances (id, subject, message, type, start_datetime, end_datetime,
+                                   created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (id) DO UPDATE SET subject = EXCLUDED.subject, message = EXCLUDED.message,
+             type = EXCLUDED.type, start_datetime = EXCLUDED.start_datetime,
+             end_datetime = EXCLUDED.end_datetime, updated_at = EXCLUDED.updated_at",
+    )
+    .bind(id)
+    .bind(f.subject)
+    .bind(f.message)
+    .bind(kind)
+    .bind(f.start_datetime)
+    .bind(f.end_datetime)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_maintenance(
+    conn: &mut PgConnection,
+    id: i64,
+    event: MaintenanceEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        MaintenanceEvent::MaintenanceScheduled { fields, at, .. }
+        | MaintenanceEvent::MaintenanceChanged { fields, at } => {
+            write_maintenance(conn, id, fields, at).await
+        }
+        MaintenanceEvent::MaintenanceDeleted { at } => {
+            sqlx::query("UPDATE maintenances SET deleted_at = $2, updated_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(at)
+                .execute(conn)
+                .await?;
+            Ok(())
+        }
+    }
+}

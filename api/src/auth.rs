@@ -1,18 +1,26 @@
-//! Bearer-JWT authentication (interim: the identity issue adds login, refresh and OIDC).
+//! Bearer authentication: our JWTs, externally minted RS256 tokens, applicative tokens, and
+//! impersonation.
 //!
-//! A request is authenticated by `Authorization: Bearer <jwt>`, an HS256 token signed with
-//! `JWT_SIGNING_KEY` whose `username` claim names the caller. Refresh tokens are refused here.
+//! * `Authorization: Bearer <token>`; a token equal to a configured applicative token
+//!   (QueryExecutor, Solr ETL, rollout) authenticates as that user without anything else.
+//! * Otherwise the token is a JWT. Its header's `alg` picks the key: HS256 ↔ `JWT_SIGNING_KEY`,
+//!   RS256 ↔ `JWT_RS256_PUBLIC_KEY`, each only if listed in `JWT_ALGORITHMS`. A key is never
+//!   used with another algorithm, which rules out algorithm confusion; `alg: none` never parses.
+//! * `X-Impersonate: <username>` lets a full admin act as someone else; events record both.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Claims of our tokens (SimpleJWT-compatible names).
+/// Claims of our tokens (SimpleJWT-compatible names, plus the session of refresh tokens).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub username: String,
@@ -23,14 +31,20 @@ pub struct Claims {
     pub token_type: Option<String>,
     #[serde(default)]
     pub jti: Option<String>,
+    /// Login session of a refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
+    /// Rotation generation of a refresh token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
 }
 
-/// Verifies bearer tokens.
+/// Signs our tokens and verifies incoming ones.
 #[derive(Clone)]
 pub struct JwtKeys {
-    decoding: DecodingKey,
+    hs256: Option<DecodingKey>,
+    rs256: Option<DecodingKey>,
     encoding: EncodingKey,
-    validation: Validation,
 }
 
 impl std::fmt::Debug for JwtKeys {
@@ -39,46 +53,203 @@ impl std::fmt::Debug for JwtKeys {
     }
 }
 
+/// A JWT that failed verification, with the stable code clients see.
+fn rejected(code: &'static str, message: &str) -> ApiError {
+    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, code, message)
+}
+
 impl JwtKeys {
-    /// Keys for HS256 with `secret`.
+    /// HS256 only, with `secret`.
     pub fn hs256(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp"]);
         Self {
-            decoding: DecodingKey::from_secret(secret),
+            hs256: Some(DecodingKey::from_secret(secret)),
+            rs256: None,
             encoding: EncodingKey::from_secret(secret),
-            validation,
         }
     }
 
-    /// Verifies a token and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| ApiError::unauthenticated(format!("invalid token: {e}")))?;
-        if data
-            .claims
-            .token_type
-            .as_deref()
-            .is_some_and(|t| t != "access")
-        {
-            return Err(ApiError::unauthenticated("an access token is required"));
+    /// Keys for the configured algorithms. `secret` always signs our own (HS256) tokens.
+    pub fn configured(
+        secret: &[u8],
+        algorithms: &str,
+        rs256_public_pem: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let mut keys = Self::hs256(secret);
+        let allowed: Vec<&str> = algorithms
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        for alg in &allowed {
+            if !matches!(*alg, "HS256" | "RS256") {
+                anyhow::bail!("JWT_ALGORITHMS: unsupported algorithm '{alg}' (use HS256, RS256)");
+            }
         }
+        if !allowed.contains(&"HS256") {
+            keys.hs256 = None;
+        }
+        if allowed.contains(&"RS256") {
+            let pem = rs256_public_pem.ok_or_else(|| {
+                anyhow::anyhow!("JWT_ALGORITHMS lists RS256 but JWT_RS256_PUBLIC_KEY is not set")
+            })?;
+            keys.rs256 = Some(
+                DecodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("JWT_RS256_PUBLIC_KEY: {e}"))?,
+            );
+        }
+        Ok(keys)
+    }
+
+    /// Verifies a token's signature and expiry and returns its claims.
+    pub fn decode(&self, token: &str) -> Result<Claims, ApiError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| rejected("token_invalid", "the token is malformed"))?;
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.as_ref(),
+            Algorithm::RS256 => self.rs256.as_ref(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            rejected(
+                "token_algorithm_not_allowed",
+                "the token's signing algorithm is not accepted",
+            )
+        })?;
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = 0;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => rejected("token_expired", "the token has expired"),
+            ErrorKind::InvalidSignature => {
+                rejected("token_invalid", "the token's signature is invalid")
+            }
+            _ => rejected("token_invalid", "the token is invalid"),
+        })?;
         if data.claims.username.is_empty() {
-            return Err(ApiError::unauthenticated("the token names no user"));
+            return Err(rejected("token_invalid", "the token names no user"));
         }
         Ok(data.claims)
     }
 
-    /// Mints an access token (used by tests and the benchmark; login arrives with identity).
+    /// Verifies an access token.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let claims = self.decode(token)?;
+        if claims.token_type.as_deref().is_some_and(|t| t != "access") {
+            return Err(rejected(
+                "token_invalid",
+                "an access token is required, not a refresh token",
+            ));
+        }
+        Ok(claims)
+    }
+
+    /// Mints a token (always HS256 with the signing key).
     pub fn mint(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+    }
+}
+
+/// An applicative user and its token.
+#[derive(Clone)]
+pub struct ApplicativeToken {
+    pub username: String,
+    token: String,
+}
+
+impl ApplicativeToken {
+    pub fn new(username: String, token: String) -> Self {
+        Self { username, token }
+    }
+
+    fn matches(&self, presented: &str) -> bool {
+        self.token.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for ApplicativeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApplicativeToken({}, <redacted>)", self.username)
     }
 }
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
+    /// The effective user: whom authorization is computed for.
     pub username: String,
+    /// The real user when a full admin impersonates `username`.
+    pub impersonator: Option<String>,
+    /// Authenticated by an applicative token.
+    pub applicative: bool,
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthenticated("authentication credentials were not provided"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && *t != "null")
+        .ok_or_else(|| ApiError::unauthenticated("expected 'Authorization: Bearer <token>'"))
+}
+
+/// Authenticates a bearer token (without impersonation).
+pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+    if let Some(app) = state.applicative.iter().find(|a| a.matches(token)) {
+        return Ok(Caller {
+            username: app.username.clone(),
+            impersonator: None,
+            applicative: true,
+        });
+    }
+    let claims = state.jwt.verify(token)?;
+    Ok(Caller {
+        username: claims.username,
+        impersonator: None,
+        applicative: false,
+    })
+}
+
+/// Applies `X-Impersonate`: only a full admin may, and only towards an existing user.
+pub async fn impersonate(
+    state: &AppState,
+    caller: Caller,
+    target: Option<&str>,
+) -> Result<Caller, ApiError> {
+    let Some(target) = target.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(caller);
+    };
+    if target == caller.username {
+        return Ok(caller);
+    }
+    let now = chrono::Utc::now();
+    let authority = state.identity.authority(&caller.username, now).await?;
+    if caller.applicative || !authority.is_full_admin() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "impersonation_forbidden",
+            "only full administrators may impersonate another user",
+        ));
+    }
+    if state.identity.user(target).await?.is_none() {
+        return Err(ApiError::bad_request(
+            "impersonation_target_unknown",
+            format!("cannot impersonate '{target}': no such user"),
+        ));
+    }
+    tracing::info!(real_user = %caller.username, impersonated = target, "impersonation");
+    Ok(Caller {
+        username: target.to_string(),
+        impersonator: Some(caller.username),
+        applicative: false,
+    })
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -88,19 +259,57 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
-            ApiError::unauthenticated("authentication credentials were not provided")
-        })?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty() && *t != "null")
-            .ok_or_else(|| ApiError::unauthenticated("expected 'Authorization: Bearer <token>'"))?;
-        let claims = state.jwt.verify(token)?;
-        Ok(Caller {
-            username: claims.username,
-        })
+        let caller = authenticate(state, bearer(parts)?)?;
+        let target = parts
+            .headers
+            .get("x-impersonate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        impersonate(state, caller, target.as_deref()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp: i64) -> Claims {
+        Claims {
+            username: "alice".into(),
+            exp,
+            iat: None,
+            token_type: Some("access".into()),
+            jti: None,
+            sid: None,
+            generation: None,
+        }
+    }
+
+    #[test]
+    fn tokens_verify_only_with_the_right_key_and_algorithm() {
+        let keys = JwtKeys::hs256(b"secret-one");
+        let far = chrono::Utc::now().timestamp() + 600;
+        let token = keys.mint(&claims(far)).unwrap();
+        assert_eq!(keys.verify(&token).unwrap().username, "alice");
+        let other = JwtKeys::hs256(b"secret-two");
+        assert_eq!(other.verify(&token).unwrap_err().code, "token_invalid");
+        let expired = keys.mint(&claims(far - 1200)).unwrap();
+        assert_eq!(keys.verify(&expired).unwrap_err().code, "token_expired");
+        // HS256 disabled: our own HS256 tokens are refused.
+        let rs_only = JwtKeys {
+            hs256: None,
+            ..keys.clone()
+        };
+        assert_eq!(
+            rs_only.verify(&token).unwrap_err().code,
+            "token_algorithm_not_allowed"
+        );
+    }
+
+    #[test]
+    fn unsupported_algorithm_lists_are_refused_at_startup() {
+        assert!(JwtKeys::configured(b"k", "HS256,none", None).is_err());
+        assert!(JwtKeys::configured(b"k", "RS256", None).is_err());
+        assert!(JwtKeys::configured(b"k", "HS256", None).is_ok());
     }
 }

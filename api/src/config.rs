@@ -58,6 +58,89 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub identity: IdentitySettings,
+}
+
+/// Tokens, applicative users, access defaults and validation patterns.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdentitySettings {
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "JWT_ACCESS_TTL_SECONDS", default_value_t = 300)]
+    pub access_ttl_seconds: i64,
+
+    /// Lifetime of refresh tokens, in seconds.
+    #[arg(long, env = "JWT_REFRESH_TTL_SECONDS", default_value_t = 86_400)]
+    pub refresh_ttl_seconds: i64,
+
+    /// Algorithms accepted on incoming bearer tokens (comma list of HS256, RS256). Each one is
+    /// bound to its own key, so an HS256 token signed with the RSA public key is refused.
+    #[arg(long, env = "JWT_ALGORITHMS", default_value = "HS256")]
+    pub algorithms: String,
+
+    /// PEM RSA public key verifying externally minted RS256 tokens (needs RS256 in
+    /// JWT_ALGORITHMS).
+    #[arg(long, env = "JWT_RS256_PUBLIC_KEY")]
+    pub rs256_public_key: Option<String>,
+
+    /// Token of the QueryExecutor's applicative user.
+    #[arg(long, env = "QUERY_EXECUTOR_TOKEN", hide_env_values = true)]
+    pub query_executor_token: Option<String>,
+    #[arg(
+        long,
+        env = "QUERY_EXECUTOR_USERNAME",
+        default_value = "QUERY_EXECUTOR"
+    )]
+    pub query_executor_username: String,
+
+    /// Token of the Solr ETL's applicative user.
+    #[arg(long, env = "SOLR_ETL_TOKEN", hide_env_values = true)]
+    pub solr_etl_token: Option<String>,
+    #[arg(long, env = "SOLR_ETL_USERNAME", default_value = "SOLR_ETL")]
+    pub solr_etl_username: String,
+
+    /// Token of the rollout pipeline's applicative user.
+    #[arg(long, env = "ROLLOUT_TOKEN", hide_env_values = true)]
+    pub rollout_token: Option<String>,
+    #[arg(long, env = "ROLLOUT_USERNAME", default_value = "ROLLOUT_PIPELINE")]
+    pub rollout_username: String,
+
+    /// Default validity of a new access, in days.
+    #[arg(long, env = "DEFAULT_ACCESS_VALIDITY_IN_DAYS", default_value_t = 365)]
+    pub default_access_validity_days: i64,
+
+    /// `my-accesses?expiring=true` lists accesses ending within this many days.
+    #[arg(long, env = "ACCESS_EXPIRY_FIRST_ALERT_IN_DAYS", default_value_t = 30)]
+    pub access_expiry_first_alert_days: i64,
+
+    /// Pattern a username must match in `/users/{username}/check/`.
+    #[arg(
+        long,
+        env = "USERNAME_REGEX",
+        default_value = r"^[A-Za-z0-9._@+-]{1,30}$"
+    )]
+    pub username_regex: String,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            access_ttl_seconds: 300,
+            refresh_ttl_seconds: 86_400,
+            algorithms: "HS256".into(),
+            rs256_public_key: None,
+            query_executor_token: None,
+            query_executor_username: "QUERY_EXECUTOR".into(),
+            solr_etl_token: None,
+            solr_etl_username: "SOLR_ETL".into(),
+            rollout_token: None,
+            rollout_username: "ROLLOUT_PIPELINE".into(),
+            default_access_validity_days: 365,
+            access_expiry_first_alert_days: 30,
+            username_regex: r"^[A-Za-z0-9._@+-]{1,30}$".into(),
+        }
+    }
 }
 
 impl Settings {

@@ -5,9 +5,14 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use commands::identity::IdentityError;
 use commands::workspace::WorkspaceError;
+use domain::access::AccessError;
 use domain::folder::FolderError;
+use domain::maintenance::MaintenanceError;
 use domain::request::RequestError;
+use domain::role::RoleError;
+use domain::user::UserError;
 use projections::ReadError;
 use serde::Serialize;
 
@@ -65,6 +70,11 @@ impl ApiError {
             "method_not_allowed",
             "method not allowed on this path",
         )
+    }
+
+    /// The caller is known but may not do this.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
     pub fn unauthenticated(message: impl Into<String>) -> Self {
@@ -169,6 +179,86 @@ impl From<WorkspaceError> for ApiError {
             ),
             WorkspaceError::Unavailable(detail) => Self::unavailable(&detail),
             WorkspaceError::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        let message = e.to_string();
+        match e {
+            IdentityError::Forbidden(_) => Self::forbidden("permission_denied", message),
+            IdentityError::NotFound(what) => Self::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("{what} not found"),
+            ),
+            IdentityError::BadCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", message)
+            }
+            IdentityError::SessionEnded => {
+                Self::new(StatusCode::UNAUTHORIZED, "session_ended", message)
+            }
+            IdentityError::RoleNameTaken(_) => Self {
+                field: Some("name"),
+                ..Self::bad_request("role_name_taken", message)
+            },
+            IdentityError::User(e) => match e {
+                UserError::AlreadyExists => {
+                    Self::new(StatusCode::CONFLICT, "user_already_exists", message)
+                }
+                UserError::NotFound => Self::not_found("user_not_found", "user"),
+                UserError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            },
+            IdentityError::Role(e) => match e {
+                RoleError::NotFound => Self::not_found("role_not_found", "role"),
+                RoleError::AlreadyExists => {
+                    Self::new(StatusCode::CONFLICT, "role_already_exists", message)
+                }
+                RoleError::Inconsistent(_) => Self::bad_request("inconsistent_rights", message),
+                RoleError::FullAdminRoleIsPermanent | RoleError::InUse => {
+                    Self::forbidden("role_not_deletable", message)
+                }
+                RoleError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            },
+            IdentityError::Access(e) => match e {
+                AccessError::NotFound => Self::not_found("access_not_found", "access"),
+                AccessError::AlreadyExists => {
+                    Self::new(StatusCode::CONFLICT, "access_already_exists", message)
+                }
+                AccessError::DateInPast { field } | AccessError::PastDateFrozen { field } => Self {
+                    field: Some(field),
+                    ..Self::bad_request("invalid_access_dates", message)
+                },
+                AccessError::EndBeforeStart | AccessError::NothingToChange => {
+                    Self::bad_request("invalid_access_dates", message)
+                }
+                AccessError::AlreadyEnded
+                | AccessError::NotStarted
+                | AccessError::AlreadyStarted => Self::bad_request("invalid_access_state", message),
+            },
+            IdentityError::Maintenance(e) => match e {
+                MaintenanceError::NotFound => {
+                    Self::not_found("maintenance_not_found", "maintenance phase")
+                }
+                MaintenanceError::AlreadyExists => {
+                    Self::new(StatusCode::CONFLICT, "maintenance_already_exists", message)
+                }
+                MaintenanceError::EndBeforeStart => Self {
+                    field: Some("end_datetime"),
+                    ..Self::bad_request("invalid_maintenance_dates", message)
+                },
+                MaintenanceError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            },
+            IdentityError::Perimeter(e) => Self::bad_request("invalid_perimeter", e.to_string()),
+            IdentityError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            IdentityError::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            IdentityError::Unavailable(detail) => Self::unavailable(&detail),
+            IdentityError::Internal(detail) => Self::internal(&detail),
         }
     }
 }

@@ -61,7 +61,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceId {
 pub fn command_context(caller: &Caller, trace: &TraceId) -> CommandContext {
     CommandContext {
         user: caller.username.clone(),
-        impersonator: None,
+        impersonator: caller.impersonator.clone(),
         correlation_id: trace.0.clone(),
         causation_id: trace.0.clone(),
         at: Utc::now(),

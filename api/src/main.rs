@@ -37,6 +37,48 @@ enum Command {
     },
     /// Print each projection's checkpoint and how many events it is behind, and the relay's.
     Projections,
+    /// Create a user (password from $COHORT360_NEW_USER_PASSWORD, else read from stdin).
+    CreateUser {
+        username: String,
+        #[arg(long)]
+        firstname: String,
+        #[arg(long)]
+        lastname: String,
+        #[arg(long)]
+        email: Option<String>,
+        /// Also grant the full-admin role on every root perimeter (import perimeters first).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Import the perimeter tree from a CSV file (columns: id, local_id, name, short_name,
+    /// source_value, type_source_value, parent_id, cohort_id, cohort_size). Perimeters missing
+    /// from the file are removed and their accesses closed.
+    ImportPerimeters { file: std::path::PathBuf },
+    /// Seed a demo: upstream's test tree (APHP, P0…P14) and typical roles. Replaces the tree.
+    SeedDemo,
+}
+
+/// The new user's password: from the environment, else the first line of stdin.
+fn new_user_password() -> anyhow::Result<Option<String>> {
+    if let Ok(p) = std::env::var("COHORT360_NEW_USER_PASSWORD") {
+        return Ok(Some(p).filter(|p| !p.is_empty()));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_string();
+    Ok(Some(password).filter(|p| !p.is_empty()))
+}
+
+/// Runs an operator command against a started core, then stops it.
+async fn with_core<T>(
+    settings: &Settings,
+    op: impl AsyncFnOnce(&api::state::AppState) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let shutdown = CancellationToken::new();
+    let core = api::startup::Core::start(settings, shutdown.clone()).await?;
+    let result = op(&core.state).await;
+    core.stop(shutdown).await;
+    result
 }
 
 async fn shutdown_signal(token: CancellationToken) {
@@ -115,6 +157,53 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             {
                 println!("{text}");
             }
+            Ok(())
+        }
+        Command::CreateUser {
+            username,
+            firstname,
+            lastname,
+            email,
+            admin,
+        } => {
+            let password = new_user_password()?;
+            let user = commands::identity::NewUser {
+                username: username.clone(),
+                firstname,
+                lastname,
+                email,
+                password,
+            };
+            with_core(&settings, async |state| {
+                api::operations::create_user(state, user, admin).await
+            })
+            .await?;
+            tracing::info!(user = %username, admin, "user created");
+            Ok(())
+        }
+        Command::ImportPerimeters { file } => {
+            let input = std::fs::File::open(&file)
+                .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
+            let rows = api::operations::parse_perimeters(input)?;
+            let report = with_core(&settings, async |state| {
+                Ok(api::operations::import_perimeters(state, rows).await?)
+            })
+            .await?;
+            tracing::info!(
+                written = report.written,
+                unchanged = report.unchanged,
+                removed = report.removed,
+                accesses_closed = report.accesses_closed,
+                "perimeters imported"
+            );
+            Ok(())
+        }
+        Command::SeedDemo => {
+            with_core(&settings, async |state| {
+                api::operations::seed_demo(state).await
+            })
+            .await?;
+            tracing::info!("demo tree and roles seeded");
             Ok(())
         }
     }

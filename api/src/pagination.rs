@@ -38,6 +38,47 @@ fn int_param(params: &Params, key: &'static str) -> Result<Option<i64>, ApiError
         .transpose()
 }
 
+/// Page size of page-number lists (`/users/`, `/maintenances/`, `/accesses/accesses/`, …).
+pub const PAGE_SIZE: i64 = 20;
+
+/// Resolves `page` (1-based, default 1) into a window of [`PAGE_SIZE`].
+pub fn page_window(params: &Params) -> Result<Window, ApiError> {
+    let page = int_param(params, "page")?.unwrap_or(1);
+    if page < 1 {
+        return Err(ApiError::invalid_field("page", "page must be 1 or more"));
+    }
+    Ok(Window {
+        limit: PAGE_SIZE,
+        offset: (page - 1) * PAGE_SIZE,
+    })
+}
+
+/// The envelope of a page-number list, with `?page=` links.
+pub fn page_envelope<T>(
+    page: Page<T>,
+    window: Window,
+    uri: &Uri,
+    headers: &HeaderMap,
+    params: &Params,
+) -> Envelope<T> {
+    let number = window.offset / PAGE_SIZE + 1;
+    let at = |n: i64| {
+        let mut p = params.clone();
+        p.remove("limit");
+        p.insert("page".into(), n.to_string());
+        // `link` appends limit/offset; page lists ignore those, so strip them back out.
+        let url = link(uri, headers, &p, PAGE_SIZE, 0);
+        url.replace(&format!("&limit={PAGE_SIZE}"), "")
+            .replace(&format!("?limit={PAGE_SIZE}"), "?")
+    };
+    Envelope {
+        count: page.count,
+        next: (window.offset + PAGE_SIZE < page.count).then(|| at(number + 1)),
+        previous: (number > 1).then(|| at(number - 1)),
+        results: page.results,
+    }
+}
+
 /// Resolves `limit` and `offset`: default 20, negative = all (capped at 30 000), 0 = count only.
 pub fn window(params: &Params) -> Result<Window, ApiError> {
     let limit = match int_param(params, "limit")? {

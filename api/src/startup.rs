@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use commands::workspace::Workspace;
 use infra::consistency::ProjectorConsistency;
+use infra::identity::{IdentityProjection, PgIdentity};
 use infra::nats::NatsSettings;
 use infra::projector::{Projection, Projector, ProjectorSettings};
 use infra::relay::{Relay, RelaySettings};
@@ -21,13 +22,13 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::JwtKeys;
-use crate::config::Settings;
+use crate::auth::{ApplicativeToken, JwtKeys};
+use crate::config::{IdentitySettings, Settings};
 use crate::state::{AppState, Check, Readiness};
 
 /// The projections this service maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(WorkspaceProjection)]
+    vec![Arc::new(WorkspaceProjection), Arc::new(IdentityProjection)]
 }
 
 /// NATS settings from the service settings.
@@ -48,19 +49,77 @@ pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
-/// The signing key: configured, or random with a loud warning.
-fn jwt_keys(settings: &Settings) -> JwtKeys {
-    match &settings.jwt_signing_key {
-        Some(key) if !key.is_empty() => JwtKeys::hs256(key.as_bytes()),
+/// The token keys: the configured signing key, or a random one with a loud warning.
+fn jwt_keys(settings: &Settings) -> anyhow::Result<JwtKeys> {
+    let secret: Vec<u8> = match &settings.jwt_signing_key {
+        Some(key) if !key.is_empty() => key.as_bytes().to_vec(),
         _ => {
             tracing::warn!(
                 "JWT_SIGNING_KEY is not set: using a random key. Tokens will not survive a restart \
                  and no other instance can verify them. Set JWT_SIGNING_KEY in any real deployment."
             );
-            let key: [u8; 32] = rand::random();
-            JwtKeys::hs256(&key)
+            rand::random::<[u8; 32]>().to_vec()
+        }
+    };
+    JwtKeys::configured(
+        &secret,
+        &settings.identity.algorithms,
+        settings.identity.rs256_public_key.as_deref(),
+    )
+}
+
+/// The configured applicative tokens.
+fn applicative_tokens(identity: &IdentitySettings) -> Vec<ApplicativeToken> {
+    [
+        (
+            &identity.query_executor_token,
+            &identity.query_executor_username,
+        ),
+        (&identity.solr_etl_token, &identity.solr_etl_username),
+        (&identity.rollout_token, &identity.rollout_username),
+    ]
+    .into_iter()
+    .filter_map(|(token, user)| {
+        token
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(|t| ApplicativeToken::new(user.clone(), t.clone()))
+    })
+    .collect()
+}
+
+/// Creates the applicative users that do not exist yet (they own callbacks and audit entries).
+async fn ensure_applicative_users(
+    identity: &commands::identity::Identity,
+    tokens: &[ApplicativeToken],
+) -> anyhow::Result<()> {
+    for app in tokens {
+        let ctx = commands::CommandContext {
+            user: "system".into(),
+            impersonator: None,
+            correlation_id: "startup".into(),
+            causation_id: "startup".into(),
+            at: chrono::Utc::now(),
+        };
+        let new = commands::identity::NewUser {
+            username: app.username.clone(),
+            firstname: "Application".into(),
+            lastname: "Cohort".into(),
+            email: None,
+            password: None,
+        };
+        match identity
+            .create_user(&ctx, &commands::identity::Requester::System, new)
+            .await
+        {
+            Ok(_)
+            | Err(commands::identity::IdentityError::User(
+                domain::user::UserError::AlreadyExists,
+            )) => {}
+            Err(e) => anyhow::bail!("cannot create applicative user {}: {e}", app.username),
         }
     }
+    Ok(())
 }
 
 struct Probes {
@@ -104,20 +163,18 @@ impl Readiness for Probes {
     }
 }
 
-/// A built, bound application.
-pub struct Application {
-    listener: TcpListener,
-    router: axum::Router,
-    pool: PgPool,
-    tasks: JoinSet<()>,
-    jwt: Arc<JwtKeys>,
-    progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
+/// Everything but the HTTP listener: database, NATS, relay, projectors, services.
+pub struct Core {
+    pub state: AppState,
+    pub pool: PgPool,
+    pub tasks: JoinSet<()>,
+    pub progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
 }
 
-impl Application {
+impl Core {
     /// Connects Postgres (creating and migrating the database) and NATS, starts the relay and
-    /// the projectors, and binds the listener.
-    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+    /// the projectors, and builds the services. Command-line operations use this directly.
+    pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = prepare_database(settings).await?;
         let nats = nats_settings(settings);
         let client = infra::nats::connect(&nats).await?;
@@ -155,19 +212,84 @@ impl Application {
             infra::stores::folders(&pool),
             infra::stores::requests(&pool),
             reader.clone(),
-            consistency,
+            consistency.clone(),
         );
-        let jwt = Arc::new(jwt_keys(settings));
+        let jwt = Arc::new(jwt_keys(settings)?);
+        let identity_reader = Arc::new(PgIdentity::new(pool.clone()));
+        let identity = Arc::new(commands::identity::Identity::new(
+            infra::stores::identity(&pool),
+            identity_reader.clone(),
+            consistency.clone(),
+            settings.identity.default_access_validity_days,
+        ));
+        let applicative = applicative_tokens(&settings.identity);
+        ensure_applicative_users(&identity, &applicative).await?;
+        let username_regex = regex::Regex::new(&settings.identity.username_regex)
+            .map_err(|e| anyhow::anyhow!("USERNAME_REGEX is not a valid pattern: {e}"))?;
+        let hub = crate::ws::Hub::over_nats(
+            client.clone(),
+            format!("{}.ws.push", settings.nats_subject_prefix),
+        );
+        tasks.spawn(hub.clone().forward_from_nats(shutdown.clone()));
         let state = AppState {
             workspace: Arc::new(workspace),
             reader,
-            jwt: jwt.clone(),
+            jwt,
             readiness: Arc::new(Probes {
                 pool: pool.clone(),
                 nats: client,
             }),
+            identity: identity_reader,
+            identity_service: identity,
+            applicative: Arc::new(applicative),
+            identity_settings: Arc::new(settings.identity.clone()),
+            username_regex: Arc::new(username_regex),
+            hub,
+            maintenance_gate: crate::routes::maintenances::MaintenanceGate::new(),
+            audit: Arc::new(infra::audit::PgAudit::new(pool.clone())),
         };
-        let router = crate::routes::router(state)
+        Ok(Self {
+            state,
+            pool,
+            tasks,
+            progress,
+        })
+    }
+
+    /// Stops the background tasks and closes the pool.
+    pub async fn stop(mut self, shutdown: CancellationToken) {
+        shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.pool.close().await;
+    }
+}
+
+/// A built, bound application.
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    pool: PgPool,
+    tasks: JoinSet<()>,
+    jwt: Arc<JwtKeys>,
+    progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
+    state: AppState,
+}
+
+impl Application {
+    /// Starts the [`Core`], the maintenance announcer, and binds the listener.
+    pub async fn build(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let Core {
+            state,
+            pool,
+            mut tasks,
+            progress,
+        } = Core::start(settings, shutdown.clone()).await?;
+        tasks.spawn(crate::routes::maintenances::announce_transitions(
+            state.clone(),
+            shutdown.clone(),
+        ));
+        let jwt = state.jwt.clone();
+        let router = crate::routes::router(state.clone())
             .layer(TimeoutLayer::with_status_code(
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
@@ -181,7 +303,13 @@ impl Application {
             tasks,
             jwt,
             progress,
+            state,
         })
+    }
+
+    /// The handlers' state (tests and operator commands drive services through it).
+    pub fn state(&self) -> AppState {
+        self.state.clone()
     }
 
     /// The bound port.

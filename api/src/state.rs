@@ -3,11 +3,17 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use commands::identity::Identity;
 use commands::workspace::Workspace;
+use projections::audit::AuditReader;
+use projections::identity::IdentityReader;
 use projections::workspace::WorkspaceReader;
 use serde::Serialize;
 
-use crate::auth::JwtKeys;
+use crate::auth::{ApplicativeToken, JwtKeys};
+use crate::config::IdentitySettings;
+use crate::routes::maintenances::MaintenanceGate;
+use crate::ws::Hub;
 
 /// One dependency's state in `/health/ready`.
 #[derive(Debug, Clone, Serialize)]
@@ -30,4 +36,12 @@ pub struct AppState {
     pub reader: Arc<dyn WorkspaceReader>,
     pub jwt: Arc<JwtKeys>,
     pub readiness: Arc<dyn Readiness>,
+    pub identity: Arc<dyn IdentityReader>,
+    pub identity_service: Arc<Identity>,
+    pub applicative: Arc<Vec<ApplicativeToken>>,
+    pub identity_settings: Arc<IdentitySettings>,
+    pub username_regex: Arc<regex::Regex>,
+    pub hub: Hub,
+    pub maintenance_gate: Arc<MaintenanceGate>,
+    pub audit: Arc<dyn AuditReader>,
 }

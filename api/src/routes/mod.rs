@@ -1,17 +1,63 @@
 //! The HTTP routes. Paths keep upstream's mandatory trailing slash.
 
+mod accesses;
+mod audit;
+mod auth;
 mod folders;
 mod health;
+pub mod maintenances;
+mod perimeters;
 mod requests;
+mod roles;
 mod snapshots;
+mod users;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
+use chrono::Utc;
+use commands::identity::Requester;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::AppState;
+
+/// What the caller may do, for the identity service.
+pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Requester, ApiError> {
+    if caller.applicative {
+        return Ok(Requester::Applicative);
+    }
+    Ok(Requester::User(
+        state
+            .identity
+            .authority(&caller.username, Utc::now())
+            .await?,
+    ))
+}
+
+/// Like [`written`], for objects identified by something other than a uuid.
+pub(crate) fn written_json<T: serde::Serialize>(
+    status: StatusCode,
+    caught_up: bool,
+    view: Option<T>,
+    id: serde_json::Value,
+) -> Response {
+    match view {
+        Some(view) if caught_up => (status, axum::Json(view)).into_response(),
+        _ => (
+            status,
+            [("x-cohort360-consistency", "pending")],
+            axum::Json(id),
+        )
+            .into_response(),
+    }
+}
+
+/// Parses an integer path id; anything else cannot name an object (404).
+pub(crate) fn path_int(raw: &str, what: &'static str, code: &'static str) -> Result<i64, ApiError> {
+    raw.parse().map_err(|_| ApiError::not_found(code, what))
+}
 
 /// Answer of a write: the object as the read model shows it, or, when the read models have not
 /// caught up in time, the bare id with `X-Cohort360-Consistency: pending` (the write is durable).
@@ -45,6 +91,82 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/auth/login/", post(auth::login))
+        .route("/auth/refresh/", post(auth::refresh))
+        .route("/auth/logout/", post(auth::logout))
+        .route("/ws/", get(crate::ws::upgrade))
+        .route("/users/", get(users::list).post(users::create))
+        .route(
+            "/users/{username}/",
+            get(users::retrieve).patch(users::update),
+        )
+        .route("/users/{username}/check/", get(users::check))
+        .route(
+            "/maintenances/",
+            get(maintenances::list).post(maintenances::create),
+        )
+        .route("/maintenances/next/", get(maintenances::next))
+        .route(
+            "/maintenances/{id}/",
+            get(maintenances::retrieve)
+                .patch(maintenances::update)
+                .delete(maintenances::delete),
+        )
+        .route("/accesses/rights/", get(roles::rights))
+        .route("/accesses/rights/{id}/", get(roles::right))
+        .route("/accesses/roles/", get(roles::list).post(roles::create))
+        .route("/accesses/roles/assignable/", get(roles::assignable))
+        .route(
+            "/accesses/roles/{id}/",
+            get(roles::retrieve)
+                .patch(roles::update)
+                .delete(roles::delete),
+        )
+        .route("/accesses/roles/{id}/users/", get(roles::holders))
+        .route("/accesses/profiles/", get(users::list_profiles))
+        .route("/accesses/profiles/{id}/", get(users::retrieve_profile))
+        .route("/accesses/perimeters/", get(perimeters::list))
+        .route(
+            "/accesses/perimeters/manageable/",
+            get(perimeters::manageable),
+        )
+        .route(
+            "/accesses/perimeters/patient-data/rights/",
+            get(perimeters::data_rights),
+        )
+        .route(
+            "/accesses/perimeters/patient-data/read/",
+            get(perimeters::read_check),
+        )
+        .route("/accesses/perimeters/{id}/", get(perimeters::retrieve))
+        .route(
+            "/accesses/perimeters/{id}/children/",
+            get(perimeters::children),
+        )
+        .route(
+            "/accesses/accesses/",
+            get(accesses::list).post(accesses::create),
+        )
+        .route("/accesses/accesses/my-accesses/", get(accesses::mine))
+        .route(
+            "/accesses/accesses/my-data-rights/",
+            get(accesses::my_data_rights),
+        )
+        .route(
+            "/accesses/accesses/{id}/",
+            get(accesses::retrieve)
+                .patch(accesses::update)
+                .delete(accesses::delete),
+        )
+        .route("/accesses/accesses/{id}/close/", patch(accesses::close))
+        .route(
+            "/audit/users/{username}/accesses/",
+            get(audit::user_accesses),
+        )
+        .route(
+            "/audit/{aggregate_type}/{id}/events/",
+            get(audit::aggregate_history),
+        )
         .route("/cohort/folders/", get(folders::list).post(folders::create))
         .route(
             "/cohort/folders/{id}/",
@@ -88,5 +210,9 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            maintenances::gate,
+        ))
         .with_state(state)
 }

@@ -1,0 +1,199 @@
+//! `/users/` and `/accesses/profiles/`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use commands::identity::{NewUser, UserPatch};
+use projections::identity::{ProfileView, USER_ORDERING, UserFilter, UserView};
+use projections::parse_ordering;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, TraceId, command_context};
+use crate::pagination::{
+    Envelope, Params, bool_param, envelope, page_envelope, page_window, text_param, window,
+};
+use crate::routes::{requester, written_json};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub(super) struct CreateUser {
+    username: String,
+    firstname: String,
+    lastname: String,
+    email: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct UpdateUser {
+    firstname: Option<String>,
+    lastname: Option<String>,
+    email: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(params): Query<Params>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Envelope<UserView>>, ApiError> {
+    let window = page_window(&params)?;
+    let filter = UserFilter {
+        username: text_param(&params, "username"),
+        firstname: text_param(&params, "firstname"),
+        lastname: text_param(&params, "lastname"),
+        email: text_param(&params, "email"),
+        manual_only: bool_param(&params, "manual_only")?.unwrap_or(false),
+        with_access: bool_param(&params, "with_access")?.unwrap_or(false),
+        search: text_param(&params, "search"),
+        ordering: parse_ordering(params.get("ordering").map(String::as_str), USER_ORDERING),
+    };
+    let page = state
+        .identity
+        .list_users(&filter, Utc::now(), window)
+        .await?;
+    Ok(Json(page_envelope(page, window, &uri, &headers, &params)))
+}
+
+pub(super) async fn retrieve(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Json<UserView>, ApiError> {
+    state
+        .identity
+        .user(&username)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("user_not_found", "user"))
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    JsonBody(body): JsonBody<CreateUser>,
+) -> Result<Response, ApiError> {
+    let by = requester(&state, &caller).await?;
+    let ctx = command_context(&caller, &trace);
+    let written = state
+        .identity_service
+        .create_user(
+            &ctx,
+            &by,
+            NewUser {
+                username: body.username,
+                firstname: body.firstname,
+                lastname: body.lastname,
+                email: body.email.filter(|e| !e.is_empty()),
+                password: body.password,
+            },
+        )
+        .await?;
+    let view = state.identity.user(&written.value).await?;
+    Ok(written_json(
+        StatusCode::CREATED,
+        written.caught_up,
+        view,
+        json!({"username": written.value}),
+    ))
+}
+
+pub(super) async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    trace: TraceId,
+    Path(username): Path<String>,
+    JsonBody(body): JsonBody<UpdateUser>,
+) -> Result<Response, ApiError> {
+    let by = requester(&state, &caller).await?;
+    let ctx = command_context(&caller, &trace);
+    let written = state
+        .identity_service
+        .update_user(
+            &ctx,
+            &by,
+            &username,
+            UserPatch {
+                firstname: body.firstname,
+                lastname: body.lastname,
+                email: body.email,
+            },
+        )
+        .await?;
+    let view = state.identity.user(&username).await?;
+    Ok(written_json(
+        StatusCode::OK,
+        written.caught_up,
+        view,
+        json!({"username": username}),
+    ))
+}
+
+/// `GET /users/{username}/check/`: does this user exist here (or, later, in the identity
+/// service)?
+pub(super) async fn check(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(username): Path<String>,
+) -> Result<Response, ApiError> {
+    if let Some(u) = state.identity.user(&username).await? {
+        return Ok(Json(json!({
+            "username": u.username,
+            "firstname": u.firstname,
+            "lastname": u.lastname,
+            "email": u.email,
+            "already_exists": true,
+            "found": false,
+        }))
+        .into_response());
+    }
+    if !state.username_regex.is_match(&username) {
+        return Err(ApiError::invalid_field(
+            "username",
+            format!("'{username}' does not match the username pattern"),
+        ));
+    }
+    Err(ApiError::not_found("user_not_found", "user"))
+}
+
+pub(super) async fn list_profiles(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Query(params): Query<Params>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<Envelope<ProfileView>>, ApiError> {
+    let window = window(&params)?;
+    let page = state
+        .identity
+        .list_profiles(
+            text_param(&params, "user_id").as_deref(),
+            text_param(&params, "search").as_deref(),
+            window,
+        )
+        .await?;
+    Ok(Json(envelope(page, window, &uri, &headers, &params)))
+}
+
+pub(super) async fn retrieve_profile(
+    State(state): State<AppState>,
+    _caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProfileView>, ApiError> {
+    let id = id
+        .parse()
+        .map_err(|_| ApiError::not_found("profile_not_found", "profile"))?;
+    state
+        .identity
+        .profile(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("profile_not_found", "profile"))
+}

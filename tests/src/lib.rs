@@ -5,6 +5,8 @@
 //! `nats://127.0.0.1:4222`). Each [`TestApp`] gets its own database `c360_test_<id>` and its own
 //! subject prefix and stream, so tests run in parallel without seeing each other.
 
+pub mod identity;
+
 use std::time::Duration;
 
 use api::auth::{Claims, JwtKeys};
@@ -57,6 +59,8 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         read_your_writes_timeout_ms: 10_000,
         projector_poll_ms: 200,
         log_format: LogFormat::Text,
+        // No applicative token by default: their users would add events at startup.
+        identity: api::config::IdentitySettings::default(),
     }
 }
 
@@ -74,6 +78,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     jwt: Arc<JwtKeys>,
     progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
+    /// The application's services (to seed fixtures as the operator would).
+    pub state: api::state::AppState,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -105,6 +111,7 @@ impl TestApp {
         let base = format!("http://127.0.0.1:{}", app.port());
         let pool = app.pool();
         let jwt = app.jwt();
+        let state = app.state();
         let progress = app.progress();
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -121,6 +128,7 @@ impl TestApp {
                 .expect("http client"),
             jwt,
             progress,
+            state,
             shutdown,
             server: Some(server),
         }
@@ -139,6 +147,8 @@ impl TestApp {
             iat: None,
             token_type: Some("access".into()),
             jti: None,
+            sid: None,
+            generation: None,
         };
         self.jwt.mint(&claims).expect("token mints")
     }
@@ -169,6 +179,16 @@ impl TestApp {
             .bearer_auth(self.token(user))
             .header("content-type", "application/json")
             .body(raw.to_string());
+        Self::answer(req.send().await.expect("request sent")).await
+    }
+
+    /// A request to `path`, to complete and [`TestApp::send`].
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends a request built with [`TestApp::request`].
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Answer {
         Self::answer(req.send().await.expect("request sent")).await
     }
 

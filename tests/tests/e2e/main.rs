@@ -1,7 +1,10 @@
 //! End-to-end tests against the real Postgres and NATS (see `tests/src/lib.rs` for isolation).
 
+mod auth;
 mod bad_input;
+mod maintenance;
 mod outage;
 mod pipeline;
+mod rights;
 mod versioning;
 mod workspace;

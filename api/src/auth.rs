@@ -163,7 +163,7 @@ impl ApplicativeToken {
         Self { username, token }
     }
 
-    fn matches(&self, presented: &str) -> bool {
+    pub(crate) fn matches(&self, presented: &str) -> bool {
         self.token.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 }
@@ -200,8 +200,45 @@ pub fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::unauthenticated("expected 'Authorization: Bearer <token>'"))
 }
 
-/// Authenticates a bearer token (without impersonation).
-pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
+/// How a bearer token is to be verified (`AuthorizationMethod` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Our JWTs (and externally minted RS256 ones).
+    Jwt,
+    /// An OIDC provider's access token.
+    Oidc,
+}
+
+impl Method {
+    /// From the `AuthorizationMethod` header (JWT when absent).
+    pub fn of(headers: &axum::http::HeaderMap) -> Result<Self, ApiError> {
+        Self::parse(
+            headers
+                .get("authorizationmethod")
+                .and_then(|v| v.to_str().ok()),
+        )
+    }
+
+    /// From a header or handshake value.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        match raw.map(str::trim) {
+            None | Some("") => Ok(Self::Jwt),
+            Some(m) if m.eq_ignore_ascii_case("JWT") => Ok(Self::Jwt),
+            Some(m) if m.eq_ignore_ascii_case("OIDC") => Ok(Self::Oidc),
+            Some(other) => Err(ApiError::bad_request(
+                "invalid_authorization_method",
+                format!("unknown AuthorizationMethod '{other}' (expected JWT or OIDC)"),
+            )),
+        }
+    }
+}
+
+/// Authenticates a bearer token (without impersonation). Applicative tokens need no method.
+pub async fn authenticate(
+    state: &AppState,
+    token: &str,
+    method: Method,
+) -> Result<Caller, ApiError> {
     if let Some(app) = state.applicative.iter().find(|a| a.matches(token)) {
         return Ok(Caller {
             username: app.username.clone(),
@@ -209,9 +246,12 @@ pub fn authenticate(state: &AppState, token: &str) -> Result<Caller, ApiError> {
             applicative: true,
         });
     }
-    let claims = state.jwt.verify(token)?;
+    let username = match method {
+        Method::Jwt => state.jwt.verify(token)?.username,
+        Method::Oidc => state.providers.oidc_verify(token).await?,
+    };
     Ok(Caller {
-        username: claims.username,
+        username,
         impersonator: None,
         applicative: false,
     })
@@ -259,7 +299,7 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let caller = authenticate(state, bearer(parts)?)?;
+        let caller = authenticate(state, bearer(parts)?, Method::of(&parts.headers)?).await?;
         let target = parts
             .headers
             .get("x-impersonate")

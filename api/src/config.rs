@@ -114,6 +114,27 @@ pub struct IdentitySettings {
     #[arg(long, env = "ACCESS_EXPIRY_FIRST_ALERT_IN_DAYS", default_value_t = 30)]
     pub access_expiry_first_alert_days: i64,
 
+    /// Accepted `aud` values of OIDC access tokens (comma list; empty: not checked).
+    #[arg(long, env = "OIDC_AUDIENCE", default_value = "")]
+    pub oidc_audience: String,
+
+    /// Issuers accepted on OIDC access tokens besides the providers' (comma list).
+    #[arg(long, env = "OIDC_EXTRA_SERVER_URLS", default_value = "")]
+    pub oidc_extra_server_urls: String,
+
+    /// OIDC providers, read from `OIDC_AUTH_SERVER_n`, `OIDC_CLIENT_ID_n`,
+    /// `OIDC_CLIENT_SECRET_n`, `OIDC_REDIRECT_URI_n` (n = 1, 2, …) by [`oidc_providers_from_env`].
+    #[arg(skip)]
+    pub oidc_providers: Vec<OidcProviderSettings>,
+
+    /// Base URL of the external identity service (`/user/authenticate`, `/user/info`).
+    #[arg(long, env = "IDENTITY_SERVER_URL")]
+    pub identity_server_url: Option<String>,
+
+    /// Value of the `Key-auth` header sent to the identity service.
+    #[arg(long, env = "IDENTITY_SERVER_AUTH_TOKEN", hide_env_values = true)]
+    pub identity_server_auth_token: Option<String>,
+
     /// Pattern a username must match in `/users/{username}/check/`.
     #[arg(
         long,
@@ -139,8 +160,58 @@ impl Default for IdentitySettings {
             default_access_validity_days: 365,
             access_expiry_first_alert_days: 30,
             username_regex: r"^[A-Za-z0-9._@+-]{1,30}$".into(),
+            oidc_audience: String::new(),
+            oidc_extra_server_urls: String::new(),
+            oidc_providers: Vec::new(),
+            identity_server_url: None,
+            identity_server_auth_token: None,
         }
     }
+}
+
+/// One OIDC provider's settings.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OidcProviderSettings {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+}
+
+impl std::fmt::Debug for OidcProviderSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "OidcProvider({}, {}, <redacted>)",
+            self.issuer, self.client_id
+        )
+    }
+}
+
+/// Reads `OIDC_AUTH_SERVER_n`, `OIDC_CLIENT_ID_n`, `OIDC_CLIENT_SECRET_n` and
+/// `OIDC_REDIRECT_URI_n` for n = 1, 2, … until `OIDC_AUTH_SERVER_n` is missing.
+pub fn oidc_providers_from_env() -> Vec<OidcProviderSettings> {
+    let var = |name: &str, n: usize| std::env::var(format!("{name}_{n}")).unwrap_or_default();
+    (1..)
+        .map_while(|n| {
+            let issuer = var("OIDC_AUTH_SERVER", n);
+            (!issuer.is_empty()).then(|| OidcProviderSettings {
+                issuer,
+                client_id: var("OIDC_CLIENT_ID", n),
+                client_secret: var("OIDC_CLIENT_SECRET", n),
+                redirect_uri: var("OIDC_REDIRECT_URI", n),
+            })
+        })
+        .collect()
+}
+
+/// Splits a comma list, dropping blanks.
+pub fn comma_list(raw: &str) -> Vec<String> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Settings {

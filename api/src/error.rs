@@ -6,6 +6,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use commands::identity::IdentityError;
+use commands::ports::ExternalAuthError;
 use commands::workspace::WorkspaceError;
 use domain::access::AccessError;
 use domain::folder::FolderError;
@@ -196,6 +197,7 @@ impl From<IdentityError> for ApiError {
             IdentityError::BadCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", message)
             }
+            IdentityError::External(e) => e.into(),
             IdentityError::SessionEnded => {
                 Self::new(StatusCode::UNAUTHORIZED, "session_ended", message)
             }
@@ -259,6 +261,29 @@ impl From<IdentityError> for ApiError {
             ),
             IdentityError::Unavailable(detail) => Self::unavailable(&detail),
             IdentityError::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}
+
+impl From<ExternalAuthError> for ApiError {
+    fn from(e: ExternalAuthError) -> Self {
+        match e {
+            ExternalAuthError::NotConfigured(what) => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "provider_not_configured",
+                format!("{what} is not configured on this server"),
+            ),
+            ExternalAuthError::Rejected(m) => {
+                Self::new(StatusCode::UNAUTHORIZED, "provider_rejected", m)
+            }
+            ExternalAuthError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "identity provider unavailable");
+                Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    "provider_unavailable",
+                    "the identity provider could not be reached; retry shortly",
+                )
+            }
         }
     }
 }

@@ -211,7 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.settings.identity.oidc_providers = api::config::oidc_providers_from_env();
     api::telemetry::init(cli.settings.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,6 +68,42 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<JwtKeys> {
     )
 }
 
+/// OIDC providers and the identity service, from the settings.
+fn identity_providers(
+    identity: &IdentitySettings,
+) -> anyhow::Result<infra::identity_providers::HttpIdentityProviders> {
+    use infra::identity_providers::{IdentityServer, OidcProvider, ProvidersSettings};
+    let settings = ProvidersSettings {
+        oidc: identity
+            .oidc_providers
+            .iter()
+            .map(|p| OidcProvider {
+                issuer: p.issuer.clone(),
+                client_id: p.client_id.clone(),
+                client_secret: p.client_secret.clone(),
+                redirect_uri: p.redirect_uri.clone(),
+            })
+            .collect(),
+        extra_issuers: crate::config::comma_list(&identity.oidc_extra_server_urls),
+        audiences: crate::config::comma_list(&identity.oidc_audience),
+        identity_server: identity
+            .identity_server_url
+            .as_ref()
+            .filter(|u| !u.is_empty())
+            .map(|url| IdentityServer {
+                url: url.clone(),
+                key: identity
+                    .identity_server_auth_token
+                    .clone()
+                    .unwrap_or_default(),
+            }),
+        timeout: Duration::from_secs(60),
+    };
+    Ok(infra::identity_providers::HttpIdentityProviders::new(
+        settings,
+    )?)
+}
+
 /// The configured applicative tokens.
 fn applicative_tokens(identity: &IdentitySettings) -> Vec<ApplicativeToken> {
     [
@@ -216,10 +252,12 @@ impl Core {
         );
         let jwt = Arc::new(jwt_keys(settings)?);
         let identity_reader = Arc::new(PgIdentity::new(pool.clone()));
+        let providers = Arc::new(identity_providers(&settings.identity)?);
         let identity = Arc::new(commands::identity::Identity::new(
             infra::stores::identity(&pool),
             identity_reader.clone(),
             consistency.clone(),
+            providers.clone(),
             settings.identity.default_access_validity_days,
         ));
         let applicative = applicative_tokens(&settings.identity);
@@ -247,6 +285,7 @@ impl Core {
             hub,
             maintenance_gate: crate::routes::maintenances::MaintenanceGate::new(),
             audit: Arc::new(infra::audit::PgAudit::new(pool.clone())),
+            providers,
         };
         Ok(Self {
             state,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use commands::identity::Identity;
+use commands::ports::IdentityProviders;
 use commands::workspace::Workspace;
 use projections::audit::AuditReader;
 use projections::identity::IdentityReader;
@@ -44,4 +45,12 @@ pub struct AppState {
     pub hub: Hub,
     pub maintenance_gate: Arc<MaintenanceGate>,
     pub audit: Arc<dyn AuditReader>,
+    pub providers: Arc<dyn IdentityProviders>,
+}
+
+impl AppState {
+    /// Whether `token` is one of the configured applicative tokens.
+    pub fn is_applicative_token(&self, token: &str) -> bool {
+        self.applicative.iter().any(|a| a.matches(token))
+    }
 }

@@ -110,6 +110,7 @@ impl Hub {
 #[derive(Deserialize)]
 struct Hello {
     token: Option<String>,
+    auth_method: Option<String>,
     #[serde(default)]
     headers: Option<serde_json::Map<String, Value>>,
 }
@@ -129,7 +130,8 @@ pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Res
 
 async fn authenticate_hello(state: &AppState, hello: &Hello) -> Option<String> {
     let token = hello.token.as_deref()?;
-    let caller = authenticate(state, token).ok()?;
+    let method = crate::auth::Method::parse(hello.auth_method.as_deref()).ok()?;
+    let caller = authenticate(state, token, method).await.ok()?;
     let target = hello
         .headers
         .as_ref()

@@ -27,7 +27,7 @@ use crate::bus::{Committed, Execute};
 use crate::context::CommandContext;
 use crate::error::CommandError;
 use crate::passwords::{self, Verification};
-use crate::ports::{Consistency, PortError};
+use crate::ports::{Consistency, ExternalAuthError, IdentityProviders, PortError};
 use crate::workspace::Written;
 
 /// Integer-numbered aggregates.
@@ -101,6 +101,8 @@ pub enum IdentityError {
     NotFound(&'static str),
     #[error("invalid username or password")]
     BadCredentials,
+    #[error(transparent)]
+    External(ExternalAuthError),
     #[error("this session has ended; log in again")]
     SessionEnded,
     #[error("a role named '{0}' already exists")]
@@ -219,6 +221,7 @@ pub struct Identity {
     buses: IdentityBuses,
     directory: Arc<dyn IdentityDirectory>,
     consistency: Arc<dyn Consistency>,
+    providers: Arc<dyn IdentityProviders>,
     default_access_validity_days: i64,
 }
 
@@ -235,12 +238,14 @@ impl Identity {
         buses: IdentityBuses,
         directory: Arc<dyn IdentityDirectory>,
         consistency: Arc<dyn Consistency>,
+        providers: Arc<dyn IdentityProviders>,
         default_access_validity_days: i64,
     ) -> Self {
         Self {
             buses,
             directory,
             consistency,
+            providers,
             default_access_validity_days,
         }
     }
@@ -347,8 +352,9 @@ impl Identity {
         Ok(())
     }
 
-    /// Checks a username and password; on success records the login (re-hashing a legacy hash)
-    /// and opens a session. Unknown users and wrong passwords are refused alike.
+    /// Checks a username and password, first with the identity service when one is
+    /// configured, then against the stored hash; on success records the login (re-hashing a
+    /// legacy hash) and opens a session. Unknown users and wrong passwords are refused alike.
     pub async fn login_with_password(
         &self,
         ctx: &CommandContext,
@@ -356,8 +362,17 @@ impl Identity {
         password: String,
     ) -> Result<SessionTicket, IdentityError> {
         let user = self.buses.users.load(username).await?;
-        let Some(stored) = user.state.and_then(|s| s.password_hash) else {
+        let Some(state) = user.state else {
             blocking(move || passwords::verify_nothing(&password)).await?;
+            return Err(IdentityError::BadCredentials);
+        };
+        match self.providers.authenticate(username, &password).await {
+            Ok(Some(true)) => return self.open_session(ctx, username, "JWT").await,
+            Ok(_) => {}
+            // The local hash may still let the user in; the outage is logged.
+            Err(e) => tracing::warn!(error = %e, "identity service unavailable at login"),
+        }
+        let Some(stored) = state.password_hash else {
             return Err(IdentityError::BadCredentials);
         };
         let (verdict, password) = blocking(move || {
@@ -381,6 +396,49 @@ impl Identity {
             Verification::Valid => {}
         }
         self.open_session(ctx, username, "JWT").await
+    }
+
+    /// Exchanges an OIDC authorization code; the provider's user must exist here. Records the
+    /// login and returns the provider's tokens.
+    pub async fn login_with_oidc(
+        &self,
+        ctx: &CommandContext,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<crate::ports::ProviderTokens, IdentityError> {
+        let tokens = self
+            .providers
+            .oidc_login(code, redirect_uri)
+            .await
+            .map_err(IdentityError::External)?;
+        if self
+            .buses
+            .users
+            .load(&tokens.username)
+            .await?
+            .state
+            .is_none()
+        {
+            return Err(IdentityError::BadCredentials);
+        }
+        let ctx = CommandContext {
+            user: tokens.username.clone(),
+            ..ctx.clone()
+        };
+        let committed = self
+            .buses
+            .users
+            .execute(
+                &tokens.username,
+                UserCommand::RecordLogin {
+                    method: "OIDC".into(),
+                    at: ctx.at,
+                },
+                &ctx,
+            )
+            .await?;
+        self.settle((), &[committed]).await?;
+        Ok(tokens)
     }
 
     /// Opens a session for an already authenticated user (password, OIDC or identity hook).

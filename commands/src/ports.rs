@@ -28,3 +28,60 @@ pub trait Consistency: Send + Sync {
     /// durable all the same; the read models will catch up).
     async fn wait_for(&self, committed: &[Committed]) -> Result<bool, PortError>;
 }
+
+/// Tokens issued by an OIDC provider, and whom they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderTokens {
+    pub username: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+}
+
+/// A user known to the external identity service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalUser {
+    pub username: String,
+    pub firstname: Option<String>,
+    pub lastname: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Why an external identity operation failed.
+#[derive(Debug, Clone, Error)]
+pub enum ExternalAuthError {
+    /// Nothing of the kind is configured.
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+    /// The provider or our checks refused the credentials or token.
+    #[error("{0}")]
+    Rejected(String),
+    /// The provider could not be reached or answered nonsense.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// OIDC providers and the external identity service (`/user/authenticate`, `/user/info`).
+#[async_trait]
+pub trait IdentityProviders: Send + Sync {
+    /// Exchanges an authorization code at the provider whose redirect URI this is.
+    async fn oidc_login(
+        &self,
+        code: &str,
+        redirect_uri: &str,
+    ) -> Result<ProviderTokens, ExternalAuthError>;
+    /// Refreshes at the provider that issued the refresh token.
+    async fn oidc_refresh(&self, refresh_token: &str) -> Result<ProviderTokens, ExternalAuthError>;
+    /// Ends the provider session of a refresh token.
+    async fn oidc_logout(&self, refresh_token: &str) -> Result<(), ExternalAuthError>;
+    /// Verifies a provider access token (signature by JWKS `kid`, issuer, audience, expiry)
+    /// and returns its `preferred_username`.
+    async fn oidc_verify(&self, access_token: &str) -> Result<String, ExternalAuthError>;
+    /// Asks the identity service whether the password is right (`None`: no service configured).
+    async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<Option<bool>, ExternalAuthError>;
+    /// Looks a user up in the identity service (`Ok(None)`: unknown there).
+    async fn user_info(&self, username: &str) -> Result<Option<ExternalUser>, ExternalAuthError>;
+}

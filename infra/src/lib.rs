@@ -16,6 +16,7 @@ pub mod audit;
 pub mod consistency;
 pub mod db;
 pub mod identity;
+pub mod identity_providers;
 pub mod log;
 pub mod nats;
 pub mod projector;

@@ -6,6 +6,7 @@
 //! subject prefix and stream, so tests run in parallel without seeing each other.
 
 pub mod identity;
+pub mod providers;
 
 use std::time::Duration;
 

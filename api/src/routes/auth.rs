@@ -8,7 +8,6 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::HeaderMap;
 use axum::http::header::CONTENT_TYPE;
 use chrono::Utc;
 use commands::CommandContext;
@@ -16,7 +15,7 @@ use commands::identity::SessionTicket;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::Claims;
+use crate::auth::{Claims, Method};
 use crate::error::ApiError;
 use crate::extract::TraceId;
 use crate::state::AppState;
@@ -88,23 +87,6 @@ fn required(fields: &HashMap<String, String>, name: &'static str) -> Result<Stri
         .ok_or_else(|| ApiError::invalid_field(name, format!("{name} is required")))
 }
 
-/// `AuthorizationMethod` header: JWT (default) or OIDC.
-fn method(headers: &HeaderMap) -> Result<&'static str, ApiError> {
-    match headers
-        .get("authorizationmethod")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-    {
-        None | Some("") => Ok("JWT"),
-        Some(m) if m.eq_ignore_ascii_case("JWT") => Ok("JWT"),
-        Some(m) if m.eq_ignore_ascii_case("OIDC") => Ok("OIDC"),
-        Some(other) => Err(ApiError::bad_request(
-            "invalid_authorization_method",
-            format!("unknown AuthorizationMethod '{other}' (expected JWT or OIDC)"),
-        )),
-    }
-}
-
 fn context(user: &str, trace: &TraceId) -> CommandContext {
     CommandContext {
         user: user.to_string(),
@@ -160,23 +142,33 @@ pub async fn login(
     trace: TraceId,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    let method = method(req.headers())?;
+    let method = Method::of(req.headers())?;
     let fields = body_fields(&state, req).await?;
-    if method == "OIDC" {
-        return Err(ApiError::bad_request(
-            "oidc_not_configured",
-            "OIDC login is not configured on this server",
-        ));
-    }
-    let username = required(&fields, "username")?;
-    let password = required(&fields, "password")?;
-    let ctx = context(&username, &trace);
-    let ticket = state
-        .identity_service
-        .login_with_password(&ctx, &username, password)
-        .await
-        .inspect_err(|_| tracing::info!(user = %username, "login refused"))?;
-    let (access_token, refresh_token) = token_pair(&state, &ticket)?;
+    let (username, access_token, refresh_token) = match method {
+        Method::Oidc => {
+            let code = required(&fields, "auth_code")?;
+            let redirect_uri = required(&fields, "redirect_uri")?;
+            let ctx = context("anonymous", &trace);
+            let tokens = state
+                .identity_service
+                .login_with_oidc(&ctx, &code, &redirect_uri)
+                .await
+                .inspect_err(|e| tracing::info!(error = %e, "OIDC login refused"))?;
+            (tokens.username, tokens.access_token, tokens.refresh_token)
+        }
+        Method::Jwt => {
+            let username = required(&fields, "username")?;
+            let password = required(&fields, "password")?;
+            let ctx = context(&username, &trace);
+            let ticket = state
+                .identity_service
+                .login_with_password(&ctx, &username, password)
+                .await
+                .inspect_err(|_| tracing::info!(user = %username, "login refused"))?;
+            let (access, refresh) = token_pair(&state, &ticket)?;
+            (username, access, Some(refresh))
+        }
+    };
     let user = state.identity.user(&username).await?;
     let last_login = user.as_ref().and_then(|u| u.last_login);
     Ok(Json(json!({
@@ -214,8 +206,16 @@ pub async fn refresh(
     trace: TraceId,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
+    let method = Method::of(req.headers())?;
     let fields = body_fields(&state, req).await?;
     let token = required(&fields, "refresh_token")?;
+    if method == Method::Oidc {
+        let tokens = state.providers.oidc_refresh(&token).await?;
+        return Ok(Json(json!({
+            "access_token": tokens.access_token,
+            "refresh_token": tokens.refresh_token,
+        })));
+    }
     let (session, generation) = refresh_claims(&state, &token)?;
     let claims_user = state.jwt.decode(&token)?.username;
     let ctx = context(&claims_user, &trace);
@@ -236,8 +236,13 @@ pub async fn logout(
     trace: TraceId,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
+    let method = Method::of(req.headers())?;
     let fields = body_fields(&state, req).await?;
     let token = required(&fields, "refresh_token")?;
+    if method == Method::Oidc {
+        state.providers.oidc_logout(&token).await?;
+        return Ok(Json(json!({})));
+    }
     // An expired refresh token's session is over anyway; only a valid one needs revoking.
     let claims = state.jwt.decode(&token)?;
     let (session, _) = refresh_claims(&state, &token)?;

@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use commands::identity::{NewUser, UserPatch};
+use commands::ports::ExternalAuthError;
 use projections::identity::{ProfileView, USER_ORDERING, UserFilter, UserView};
 use projections::parse_ordering;
 use serde::Deserialize;
@@ -160,7 +161,21 @@ pub(super) async fn check(
             format!("'{username}' does not match the username pattern"),
         ));
     }
-    Err(ApiError::not_found("user_not_found", "user"))
+    match state.providers.user_info(&username).await {
+        Ok(Some(found)) => Ok(Json(json!({
+            "username": found.username,
+            "firstname": found.firstname,
+            "lastname": found.lastname,
+            "email": found.email,
+            "already_exists": false,
+            "found": true,
+        }))
+        .into_response()),
+        Ok(None) | Err(ExternalAuthError::NotConfigured(_)) => {
+            Err(ApiError::not_found("user_not_found", "user"))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) async fn list_profiles(

@@ -187,37 +187,6 @@ async fn a_legacy_sha256_password_works_once_and_is_rehashed_and_no_secret_is_pu
     app.stop().await;
 }
 
-fn rsa_keys(dir: &std::path::Path) -> (String, String) {
-    let private = dir.join("private.pem");
-    let public = dir.join("public.pem");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&private)
-        .status()
-        .expect("openssl runs")
-        .success()
-        && std::process::Command::new("openssl")
-            .args(["pkey", "-pubout", "-in"])
-            .arg(&private)
-            .arg("-out")
-            .arg(&public)
-            .status()
-            .expect("openssl runs")
-            .success();
-    assert!(ok, "openssl generated an RSA key pair");
-    (
-        std::fs::read_to_string(private).unwrap(),
-        std::fs::read_to_string(public).unwrap(),
-    )
-}
-
 fn claims(username: &str, exp_in: i64) -> Claims {
     Claims {
         username: username.into(),
@@ -234,8 +203,7 @@ fn claims(username: &str, exp_in: i64) -> Claims {
 async fn forged_expired_and_confused_tokens_are_refused_with_stable_codes() {
     let id = unique_id();
     let dir = std::env::temp_dir().join(format!("c360-rsa-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (private_pem, public_pem) = rsa_keys(&dir);
+    let (private_pem, public_pem, _) = tests::providers::rsa_key_pair(&dir);
     let mut s = settings(&id, &nats_url());
     s.identity.algorithms = "HS256,RS256".into();
     s.identity.rs256_public_key = Some(public_pem.clone());

@@ -3,6 +3,7 @@
 mod auth;
 mod bad_input;
 mod maintenance;
+mod oidc;
 mod outage;
 mod pipeline;
 mod rights;

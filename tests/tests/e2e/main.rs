@@ -7,5 +7,7 @@ mod oidc;
 mod outage;
 mod pipeline;
 mod rights;
+mod secrets;
+mod tree;
 mod versioning;
 mod workspace;

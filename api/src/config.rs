@@ -135,6 +135,21 @@ pub struct IdentitySettings {
     #[arg(long, env = "IDENTITY_SERVER_AUTH_TOKEN", hide_env_values = true)]
     pub identity_server_auth_token: Option<String>,
 
+    /// Kill switch of the scheduled access-expiry e-mails.
+    #[arg(long, env = "ENABLE_ACCESS_EXPIRY_ALERTS", default_value_t = false)]
+    pub enable_access_expiry_alerts: bool,
+
+    /// Second expiry alert, in days before the end.
+    #[arg(long, env = "ACCESS_EXPIRY_SECOND_ALERT_IN_DAYS", default_value_t = 2)]
+    pub access_expiry_second_alert_days: i64,
+
+    /// How often the expiry alerts run (each alert is sent once whatever the frequency).
+    #[arg(long, env = "ACCESS_EXPIRY_CHECK_SECONDS", default_value_t = 3600)]
+    pub access_expiry_check_seconds: u64,
+
+    #[command(flatten)]
+    pub smtp: SmtpConfig,
+
     /// Pattern a username must match in `/users/{username}/check/`.
     #[arg(
         long,
@@ -165,7 +180,49 @@ impl Default for IdentitySettings {
             oidc_providers: Vec::new(),
             identity_server_url: None,
             identity_server_auth_token: None,
+            enable_access_expiry_alerts: false,
+            access_expiry_second_alert_days: 2,
+            access_expiry_check_seconds: 3600,
+            smtp: SmtpConfig::default(),
         }
+    }
+}
+
+/// The SMTP relay e-mails go through (plain SMTP).
+#[derive(Clone, clap::Args)]
+pub struct SmtpConfig {
+    #[arg(long, env = "SMTP_HOST", default_value = "127.0.0.1")]
+    pub smtp_host: String,
+    #[arg(long, env = "SMTP_PORT", default_value_t = 25)]
+    pub smtp_port: u16,
+    #[arg(long, env = "SMTP_USERNAME")]
+    pub smtp_username: Option<String>,
+    #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
+    pub smtp_password: Option<String>,
+    /// `From:` of every e-mail.
+    #[arg(
+        long,
+        env = "EMAIL_SENDER_ADDRESS",
+        default_value = "cohort360@localhost"
+    )]
+    pub email_sender_address: String,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            smtp_host: "127.0.0.1".into(),
+            smtp_port: 25,
+            smtp_username: None,
+            smtp_password: None,
+            email_sender_address: "cohort360@localhost".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SmtpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SmtpConfig({}:{})", self.smtp_host, self.smtp_port)
     }
 }
 

@@ -237,7 +237,8 @@ impl From<IdentityError> for ApiError {
                 }
                 AccessError::AlreadyEnded
                 | AccessError::NotStarted
-                | AccessError::AlreadyStarted => Self::bad_request("invalid_access_state", message),
+                | AccessError::AlreadyStarted
+                | AccessError::AlreadyAlerted => Self::bad_request("invalid_access_state", message),
             },
             IdentityError::Maintenance(e) => match e {
                 MaintenanceError::NotFound => {

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod operations;
 pub mod pagination;
 pub mod routes;
+pub mod scheduler;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

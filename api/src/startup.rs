@@ -286,6 +286,14 @@ impl Core {
             maintenance_gate: crate::routes::maintenances::MaintenanceGate::new(),
             audit: Arc::new(infra::audit::PgAudit::new(pool.clone())),
             providers,
+            mailer: Arc::new(infra::mail::SmtpMailer::new(&infra::mail::SmtpSettings {
+                host: settings.identity.smtp.smtp_host.clone(),
+                port: settings.identity.smtp.smtp_port,
+                username: settings.identity.smtp.smtp_username.clone(),
+                password: settings.identity.smtp.smtp_password.clone(),
+                sender: settings.identity.smtp.email_sender_address.clone(),
+                timeout: Duration::from_secs(30),
+            })),
         };
         Ok(Self {
             state,
@@ -327,6 +335,14 @@ impl Application {
             state.clone(),
             shutdown.clone(),
         ));
+        if settings.identity.enable_access_expiry_alerts {
+            tasks.spawn(crate::scheduler::expiry_alerts(
+                state.clone(),
+                shutdown.clone(),
+            ));
+        } else {
+            tracing::info!("access-expiry e-mails are disabled (ENABLE_ACCESS_EXPIRY_ALERTS)");
+        }
         let jwt = state.jwt.clone();
         let router = crate::routes::router(state.clone())
             .layer(TimeoutLayer::with_status_code(

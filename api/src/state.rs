@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use commands::identity::Identity;
-use commands::ports::IdentityProviders;
+use commands::ports::{IdentityProviders, Mailer};
 use commands::workspace::Workspace;
 use projections::audit::AuditReader;
 use projections::identity::IdentityReader;
@@ -46,6 +46,7 @@ pub struct AppState {
     pub maintenance_gate: Arc<MaintenanceGate>,
     pub audit: Arc<dyn AuditReader>,
     pub providers: Arc<dyn IdentityProviders>,
+    pub mailer: Arc<dyn Mailer>,
 }
 
 impl AppState {

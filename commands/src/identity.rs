@@ -56,6 +56,12 @@ pub trait IdentityDirectory: Send + Sync {
     async fn role_in_use(&self, id: i64) -> Result<bool, PortError>;
     /// Ids of every live perimeter.
     async fn live_perimeter_ids(&self) -> Result<Vec<i64>, PortError>;
+    /// Accesses valid at `now` whose end falls on `day` (UTC).
+    async fn accesses_ending_on(
+        &self,
+        day: chrono::NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<crate::alerts::ExpiringAccess>, PortError>;
     /// Accesses on these perimeters that have not ended at `now`.
     async fn open_accesses_on(
         &self,
@@ -250,6 +256,14 @@ impl Identity {
         }
     }
 
+    pub(crate) fn directory(&self) -> &dyn IdentityDirectory {
+        self.directory.as_ref()
+    }
+
+    pub(crate) fn access_bus(&self) -> &dyn Execute<Access> {
+        self.buses.accesses.as_ref()
+    }
+
     async fn settle<T>(
         &self,
         value: T,
@@ -373,6 +387,7 @@ impl Identity {
             Err(e) => tracing::warn!(error = %e, "identity service unavailable at login"),
         }
         let Some(stored) = state.password_hash else {
+            blocking(move || passwords::verify_nothing(&password)).await?;
             return Err(IdentityError::BadCredentials);
         };
         let (verdict, password) = blocking(move || {

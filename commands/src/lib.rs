@@ -7,6 +7,7 @@
 //! May depend on: `domain`, cqrs-es traits. What it needs from outside (read-model lookups, the
 //! projection progress) is declared here as traits in [`ports`] and implemented by `infra`.
 
+pub mod alerts;
 pub mod bus;
 pub mod context;
 pub mod error;

@@ -85,3 +85,17 @@ pub trait IdentityProviders: Send + Sync {
     /// Looks a user up in the identity service (`Ok(None)`: unknown there).
     async fn user_info(&self, username: &str) -> Result<Option<ExternalUser>, ExternalAuthError>;
 }
+
+/// An e-mail to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+}
+
+/// Sends e-mails (SMTP in production).
+#[async_trait]
+pub trait Mailer: Send + Sync {
+    async fn send(&self, mail: Mail) -> Result<(), PortError>;
+}

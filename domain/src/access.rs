@@ -4,7 +4,7 @@
 //! [`crate::authz::Authority`] before the command reaches the aggregate; the aggregate holds the
 //! date rules. `at` is "now" for every rule.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
@@ -41,6 +41,12 @@ pub enum AccessCommand {
     Delete { at: DateTime<Utc> },
     /// Ends the access because its perimeter left the tree (no date rule applies).
     CloseForRemovedPerimeter { at: DateTime<Utc> },
+    /// Claims the expiry alert sent `days_before` the end, on `alert_date` (once only).
+    RecordExpiryAlert {
+        alert_date: NaiveDate,
+        days_before: i64,
+        at: DateTime<Utc>,
+    },
 }
 
 /// What happened to an access. Persisted contract, version [`EVENT_VERSION_1`].
@@ -70,6 +76,12 @@ pub enum AccessEvent {
     AccessRevokedBeforeStart {
         at: DateTime<Utc>,
     },
+    /// The holder is being warned that the access ends in `days_before` days.
+    AccessExpiryAlertRecorded {
+        alert_date: NaiveDate,
+        days_before: i64,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for AccessEvent {
@@ -79,6 +91,7 @@ impl DomainEvent for AccessEvent {
             Self::AccessDatesChanged { .. } => "AccessDatesChanged",
             Self::AccessClosed { .. } => "AccessClosed",
             Self::AccessRevokedBeforeStart { .. } => "AccessRevokedBeforeStart",
+            Self::AccessExpiryAlertRecorded { .. } => "AccessExpiryAlertRecorded",
         }
         .to_string()
     }
@@ -109,6 +122,8 @@ pub enum AccessError {
     NotStarted,
     #[error("the access has already started; close it instead")]
     AlreadyStarted,
+    #[error("this expiry alert was already sent")]
+    AlreadyAlerted,
 }
 
 /// The state of a granted access.
@@ -122,6 +137,9 @@ pub struct AccessState {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub deleted: bool,
+    /// Expiry alerts already claimed: `(alert date, days before the end)`.
+    #[serde(default)]
+    pub alerts: Vec<(NaiveDate, i64)>,
 }
 
 /// An access, rebuilt from its events.
@@ -242,6 +260,21 @@ impl Access {
                 }
                 Ok(vec![AccessEvent::AccessRevokedBeforeStart { at }])
             }
+            AccessCommand::RecordExpiryAlert {
+                alert_date,
+                days_before,
+                at,
+            } => {
+                let s = self.live()?;
+                if s.alerts.contains(&(alert_date, days_before)) {
+                    return Err(AccessError::AlreadyAlerted);
+                }
+                Ok(vec![AccessEvent::AccessExpiryAlertRecorded {
+                    alert_date,
+                    days_before,
+                    at,
+                }])
+            }
             AccessCommand::CloseForRemovedPerimeter { at } => {
                 let s = self.live()?;
                 if s.end <= at {
@@ -299,6 +332,7 @@ impl Aggregate for Access {
                     start: start_datetime,
                     end: end_datetime,
                     deleted: false,
+                    alerts: Vec::new(),
                 });
             }
             AccessEvent::AccessDatesChanged {
@@ -319,6 +353,15 @@ impl Aggregate for Access {
             AccessEvent::AccessRevokedBeforeStart { .. } => {
                 if let Some(s) = &mut self.state {
                     s.deleted = true;
+                }
+            }
+            AccessEvent::AccessExpiryAlertRecorded {
+                alert_date,
+                days_before,
+                ..
+            } => {
+                if let Some(s) = &mut self.state {
+                    s.alerts.push((alert_date, days_before));
                 }
             }
         }
@@ -428,6 +471,20 @@ mod tests {
     }
 
     #[test]
+    fn an_expiry_alert_is_claimed_once() {
+        let mut a = granted(days(-10), days(30));
+        let claim = || AccessCommand::RecordExpiryAlert {
+            alert_date: now().date_naive(),
+            days_before: 30,
+            at: now(),
+        };
+        for e in a.decide(claim()).unwrap() {
+            a.apply(e);
+        }
+        assert_eq!(a.decide(claim()), Err(AccessError::AlreadyAlerted));
+    }
+
+    #[test]
     fn date_change_close_and_delete_rules() {
         let started = granted(days(-10), days(10));
         let future = granted(days(5), days(10));
@@ -515,6 +572,16 @@ mod tests {
                 &started,
                 AccessCommand::Delete { at: now() },
                 Err(AccessError::AlreadyStarted),
+            ),
+            (
+                "first expiry alert of the day",
+                &started,
+                AccessCommand::RecordExpiryAlert {
+                    alert_date: now().date_naive(),
+                    days_before: 30,
+                    at: now(),
+                },
+                Ok(1),
             ),
             (
                 "perimeter removal on an ended access changes nothing",

@@ -18,6 +18,7 @@ pub mod db;
 pub mod identity;
 pub mod identity_providers;
 pub mod log;
+pub mod mail;
 pub mod nats;
 pub mod projector;
 pub mod relay;

@@ -7,6 +7,7 @@
 
 pub mod identity;
 pub mod providers;
+pub mod smtp;
 
 use std::time::Duration;
 

@@ -319,6 +319,8 @@ async fn apply_access(
             .execute(conn)
             .await?;
         }
+        // Alerts are history only; no read model needs them.
+        AccessEvent::AccessExpiryAlertRecorded { .. } => {}
         AccessEvent::AccessRevokedBeforeStart { at } => {
             sqlx::query(
                 "UPDATE accesses SET deleted_at = $2, updated_by = $3, updated_at = $2

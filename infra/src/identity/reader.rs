@@ -838,6 +838,45 @@ impl commands::identity::IdentityDirectory for PgIdentity {
             .map_err(port_error)
     }
 
+    async fn accesses_ending_on(
+        &self,
+        day: chrono::NaiveDate,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<commands::alerts::ExpiringAccess>, commands::ports::PortError> {
+        let rows = sqlx::query(
+            "SELECT a.id, a.username, a.end_datetime, p.name AS perimeter,
+                    COALESCE(r.name, '') AS role, u.firstname, u.lastname, u.email
+               FROM identity.accesses a
+               JOIN identity.users u ON u.username = a.username
+               JOIN identity.perimeters p ON p.id = a.perimeter_id
+               JOIN identity.profiles pr ON pr.id = a.profile_id AND pr.is_active
+               LEFT JOIN identity.roles r ON r.id = a.role_id
+              WHERE a.deleted_at IS NULL AND a.start_datetime <= $2 AND a.end_datetime >= $2
+                AND (a.end_datetime AT TIME ZONE 'UTC')::date = $1
+              ORDER BY a.username, a.id",
+        )
+        .bind(day)
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(commands::alerts::ExpiringAccess {
+                    access_id: r.try_get("id")?,
+                    username: r.try_get("username")?,
+                    firstname: r.try_get("firstname")?,
+                    lastname: r.try_get("lastname")?,
+                    email: r.try_get("email")?,
+                    perimeter: r.try_get("perimeter")?,
+                    role: r.try_get("role")?,
+                    end: r.try_get("end_datetime")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(port_error)
+    }
+
     async fn open_accesses_on(
         &self,
         perimeter_ids: &[i64],

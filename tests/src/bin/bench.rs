@@ -130,6 +130,140 @@ async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) ->
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A tree of about 10 000 perimeters: root, 10 groups, 100 hospitals, 1 000 poles, 9 000 units.
+fn big_tree() -> Vec<domain::perimeter::PerimeterFields> {
+    let mut rows = Vec::new();
+    let mut push = |id: i64, parent: Option<i64>, kind: &str| {
+        rows.push(domain::perimeter::PerimeterFields {
+            id,
+            local_id: format!("L{id}"),
+            name: format!("{kind} {id}"),
+            short_name: format!("{kind} {id}"),
+            source_value: format!("S{id}"),
+            type_source_value: kind.to_string(),
+            parent_id: parent,
+            cohort_id: Some(id.to_string()),
+            cohort_size: None,
+        });
+    };
+    push(1, None, "AP-HP");
+    for g in 0..10 {
+        let gid = 10 + g;
+        push(gid, Some(1), "Groupe hospitalier (GH)");
+        for h in 0..10 {
+            let hid = 100 + g * 10 + h;
+            push(hid, Some(gid), "Hôpital");
+            for p in 0..10 {
+                let pid = 1_000 + (hid - 100) * 10 + p;
+                push(pid, Some(hid), "Pôle/DMU");
+                for u in 0..9 {
+                    push(100_000 + (pid - 1_000) * 9 + u, Some(pid), "UF");
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Phase E: password logins over HTTP, against the bare argon2 verification they include.
+async fn logins(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>) {
+    tests::identity::add_user(app, "bench.login", Some("bench-password-123")).await;
+    let mut http = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let t = Instant::now();
+        let answer = app
+            .send(
+                app.request(reqwest::Method::POST, "/auth/login/")
+                    .json(&json!({"username": "bench.login", "password": "bench-password-123"})),
+            )
+            .await;
+        assert_eq!(answer.status, reqwest::StatusCode::OK);
+        http.record(t.elapsed().as_micros() as u64).ok();
+    }
+    let stored = commands::passwords::hash("bench-password-123");
+    let mut raw = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let t = Instant::now();
+        commands::passwords::verify(&stored, "bench-password-123");
+        raw.record(t.elapsed().as_micros() as u64).ok();
+    }
+    (http, raw)
+}
+
+/// Phase F: `GET path` as `user` by `clients` concurrent clients for `duration`.
+async fn reads(
+    app: &Arc<TestApp>,
+    path: &str,
+    user: &str,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Histogram<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (app, stop, path, user) = (
+            app.clone(),
+            stop.clone(),
+            path.to_string(),
+            user.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let answer = app.get(&path, &user).await;
+                assert_eq!(answer.status, reqwest::StatusCode::OK, "{:?}", answer.body);
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                n += 1;
+            }
+            (n, hist)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for t in tasks {
+        let (n, h) = t.await.expect("client ran");
+        total += n;
+        hist.add(h).ok();
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), hist)
+}
+
+/// Yardstick of phase F: primary-key lookups per second at the same concurrency.
+async fn raw_lookups(pool: &sqlx::PgPool, clients: usize, duration: Duration) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = 100_000 + ((n as i64 * 7 + c as i64) % 9_000);
+                let _: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM identity.perimeters WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .expect("lookup");
+                n += 1;
+            }
+            n
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("reader ran");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -251,6 +385,107 @@ async fn main() -> anyhow::Result<()> {
         "\n## Rebuild of the workspace projection\n\n| events | rebuild events/s | raw ordered scan rows/s | ratio |\n|---|---|---|---|\n| {events} | {rebuild_rate:.0} | {scan_rate:.0} | {:.3} |\n",
         rebuild_rate / scan_rate
     ));
+
+    // E: logins.
+    let (login, argon) = logins(&app, 50).await;
+    report.push_str(&format!(
+        "\n## Password login (argon2id m={} KiB, t={}, p={}), 50 sequential logins\n\n\
+         | login p50 ms | login p99 ms | bare argon2 verify p50 ms | ratio (verify / login) |\n|---|---|---|---|\n\
+         | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+        commands::passwords::ARGON2_MEMORY_KIB,
+        commands::passwords::ARGON2_ITERATIONS,
+        commands::passwords::ARGON2_PARALLELISM,
+        ms(login.value_at_quantile(0.5)),
+        ms(login.value_at_quantile(0.99)),
+        ms(argon.value_at_quantile(0.5)),
+        argon.value_at_quantile(0.5) as f64 / login.value_at_quantile(0.5) as f64
+    ));
+
+    // F: a 10 000-perimeter tree and the key front-end read at 16 clients.
+    let tree = big_tree();
+    let size = tree.len();
+    let started = Instant::now();
+    api::operations::import_perimeters(&app.state, tree).await?;
+    let import_rate = size as f64 / started.elapsed().as_secs_f64();
+    let fixture_role = |name: &str, rights: domain::rights::Rights| {
+        let app = app.clone();
+        let name = name.to_string();
+        async move {
+            app.state
+                .identity_service
+                .create_role(
+                    &ctx("system"),
+                    &commands::identity::Requester::System,
+                    name,
+                    rights,
+                )
+                .await
+                .map(|w| w.value)
+        }
+    };
+    let reader = fixture_role(
+        "bench reader",
+        domain::rights::Rights {
+            right_read_patient_nominative: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pseudo = fixture_role(
+        "bench pseudo",
+        domain::rights::Rights {
+            right_read_patient_pseudonymized: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tests::identity::add_user(&app, "bench.reader", None).await;
+    let profile_id = app
+        .state
+        .identity
+        .manual_profile("bench.reader")
+        .await?
+        .expect("profile");
+    // Nominative on 10 hospitals, pseudonymized on a whole group (1 000 perimeters below).
+    let mut grants: Vec<(i64, i64)> = (0..10).map(|h| (reader, 100 + h * 10)).collect();
+    grants.push((pseudo, 15));
+    for (role_id, perimeter_id) in grants {
+        app.state
+            .identity_service
+            .grant_access(
+                &ctx("system"),
+                &commands::identity::Requester::System,
+                commands::identity::NewAccess {
+                    profile_id,
+                    role_id,
+                    perimeter_id,
+                    start: None,
+                    end: None,
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    report.push_str(&format!(
+        "\n## Perimeter tree of {size} perimeters\n\nImport (one Perimeter aggregate per row, read model derived): {import_rate:.0} perimeters/s.\n\n\
+         | `GET` at 16 clients | requests/s | p50 ms | p99 ms | raw PK lookup/s | ratio |\n|---|---|---|---|---|---|\n"
+    ));
+    for path in [
+        "/accesses/perimeters/patient-data/rights/",
+        "/accesses/perimeters/patient-data/rights/?type_source_value=UF&limit=20",
+        "/accesses/accesses/my-data-rights/?perimeters_ids=100000,105000,108999",
+    ] {
+        let (rate, hist) = reads(&app, path, "bench.reader", 16, duration).await;
+        let raw = raw_lookups(&pool, 16, duration).await;
+        report.push_str(&format!(
+            "| `{path}` | {rate:.0} | {:.2} | {:.2} | {raw:.0} | {:.3} |\n",
+            ms(hist.value_at_quantile(0.5)),
+            ms(hist.value_at_quantile(0.99)),
+            rate / raw
+        ));
+    }
 
     #[expect(clippy::print_stdout, reason = "the report is the output")]
     {

@@ -1,5 +1,6 @@
 //! End-to-end tests against the real Postgres and NATS (see `tests/src/lib.rs` for isolation).
 
+mod alerts;
 mod auth;
 mod bad_input;
 mod maintenance;

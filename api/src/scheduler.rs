@@ -1,0 +1,45 @@
+//! Scheduled jobs of the service.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use commands::CommandContext;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::AppState;
+
+/// Sends the access-expiry e-mails every `ACCESS_EXPIRY_CHECK_SECONDS` (first run right away).
+/// Each alert is claimed on its access before it is sent, so several runs a day, or several
+/// instances, send it once.
+pub async fn expiry_alerts(state: AppState, shutdown: CancellationToken) {
+    let settings = state.identity_settings.clone();
+    let every = Duration::from_secs(settings.access_expiry_check_seconds.max(1));
+    let days = [
+        settings.access_expiry_first_alert_days,
+        settings.access_expiry_second_alert_days,
+    ];
+    loop {
+        let ctx = CommandContext {
+            user: "system".into(),
+            impersonator: None,
+            correlation_id: "scheduler:expiry-alerts".into(),
+            causation_id: "scheduler:expiry-alerts".into(),
+            at: Utc::now(),
+        };
+        match state
+            .identity_service
+            .send_expiry_alerts(&ctx, ctx.at.date_naive(), &days, state.mailer.as_ref())
+            .await
+        {
+            Ok(report) if report.mails_sent + report.failed > 0 => {
+                tracing::info!(?report, "access-expiry alerts")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "access-expiry alerts failed; next run retries"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! E-mails over SMTP (plain SMTP to a relay; see the README for TLS).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use commands::ports::{Mail, Mailer, PortError};
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+/// Where and as whom to send.
+#[derive(Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `From:` address.
+    pub sender: String,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SmtpSettings({}:{}, from {})",
+            self.host, self.port, self.sender
+        )
+    }
+}
+
+/// [`Mailer`] over SMTP.
+pub struct SmtpMailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    sender: String,
+}
+
+impl SmtpMailer {
+    pub fn new(settings: &SmtpSettings) -> Self {
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())
+                .port(settings.port)
+                .timeout(Some(settings.timeout));
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        }
+        Self {
+            transport: builder.build(),
+            sender: settings.sender.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Mailer for SmtpMailer {
+    async fn send(&self, mail: Mail) -> Result<(), PortError> {
+        let invalid = |e: &dyn std::fmt::Display| PortError(format!("invalid e-mail: {e}"));
+        let message = Message::builder()
+            .from(self.sender.parse().map_err(|e| invalid(&e))?)
+            .to(mail.to.parse().map_err(|e| invalid(&e))?)
+            .subject(mail.subject)
+            .header(ContentType::TEXT_PLAIN)
+            .body(mail.text)
+            .map_err(|e| invalid(&e))?;
+        self.transport
+            .send(message)
+            .await
+            .map(|_| ())
+            .map_err(|e| PortError(format!("SMTP: {e}")))
+    }
+}

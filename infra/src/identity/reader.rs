@@ -58,16 +58,34 @@ where
     build_where(&mut qb);
     push_order_by(&mut qb, order.0, order.1, order.2);
     push_window(&mut qb, window);
-    let rows = qb.build().fetch_all(pool).await.map_err(read_error)?;
-    let results = rows
-        .iter()
-        .map(&decode)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(read_error)?;
+    let results = all(pool, qb, decode).await?;
     Ok(Page {
         count: total,
         results,
     })
+}
+
+/// Runs a built query and decodes its only row, if any.
+async fn optional<T>(
+    pool: &PgPool,
+    mut qb: QueryBuilder<'_, Postgres>,
+    decode: impl Fn(&sqlx::postgres::PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, ReadError> {
+    let row = qb.build().fetch_optional(pool).await.map_err(read_error)?;
+    row.as_ref().map(decode).transpose().map_err(read_error)
+}
+
+/// Runs a built query and decodes every row.
+async fn all<T>(
+    pool: &PgPool,
+    mut qb: QueryBuilder<'_, Postgres>,
+    decode: impl Fn(&sqlx::postgres::PgRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, ReadError> {
+    let rows = qb.build().fetch_all(pool).await.map_err(read_error)?;
+    rows.iter()
+        .map(decode)
+        .collect::<Result<_, _>>()
+        .map_err(read_error)
 }
 
 const USER_SELECT: &str = "SELECT u.username, u.firstname, u.lastname, u.email, u.created_by,
@@ -312,12 +330,7 @@ impl IdentityReader for PgIdentity {
     async fn user(&self, username: &str) -> Result<Option<UserView>, ReadError> {
         let mut qb = QueryBuilder::new(USER_SELECT);
         qb.push(" AND u.username = ").push_bind(username);
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref().map(user_row).transpose().map_err(read_error)
+        optional(&self.pool, qb, user_row).await
     }
 
     async fn list_users(
@@ -415,15 +428,7 @@ impl IdentityReader for PgIdentity {
     async fn profile(&self, id: i64) -> Result<Option<ProfileView>, ReadError> {
         let mut qb = QueryBuilder::new(PROFILE_SELECT);
         qb.push(" AND pr.id = ").push_bind(id);
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref()
-            .map(profile_row)
-            .transpose()
-            .map_err(read_error)
+        optional(&self.pool, qb, profile_row).await
     }
 
     async fn manual_profile(&self, username: &str) -> Result<Option<i64>, ReadError> {
@@ -440,12 +445,7 @@ impl IdentityReader for PgIdentity {
     async fn role(&self, id: i64) -> Result<Option<RoleView>, ReadError> {
         let mut qb = QueryBuilder::new(ROLE_SELECT);
         qb.push(" AND id = ").push_bind(id);
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref().map(role_row).transpose().map_err(read_error)
+        optional(&self.pool, qb, role_row).await
     }
 
     async fn list_roles(
@@ -559,11 +559,7 @@ impl IdentityReader for PgIdentity {
         qb.push(" AND p.id = ANY(")
             .push_bind(ids.to_vec())
             .push(") ORDER BY p.full_path, p.id");
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(read_error)?;
-        rows.iter()
-            .map(perimeter_row)
-            .collect::<Result<_, _>>()
-            .map_err(read_error)
+        all(&self.pool, qb, perimeter_row).await
     }
 
     async fn perimeters_by_cohort_ids(
@@ -574,21 +570,13 @@ impl IdentityReader for PgIdentity {
         qb.push(" AND p.cohort_id = ANY(")
             .push_bind(cohort_ids.to_vec())
             .push(") ORDER BY p.id");
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(read_error)?;
-        rows.iter()
-            .map(perimeter_row)
-            .collect::<Result<_, _>>()
-            .map_err(read_error)
+        all(&self.pool, qb, perimeter_row).await
     }
 
     async fn roots(&self) -> Result<Vec<PerimeterRow>, ReadError> {
         let mut qb = QueryBuilder::new(PERIMETER_SELECT);
         qb.push(" AND p.parent_id IS NULL ORDER BY p.id");
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(read_error)?;
-        rows.iter()
-            .map(perimeter_row)
-            .collect::<Result<_, _>>()
-            .map_err(read_error)
+        all(&self.pool, qb, perimeter_row).await
     }
 
     async fn list_perimeters(
@@ -611,12 +599,7 @@ impl IdentityReader for PgIdentity {
         let mut qb = QueryBuilder::new(ACCESS_SELECT);
         qb.push(" AND a.deleted_at IS NULL AND a.id = ")
             .push_bind(id);
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref().map(access_row).transpose().map_err(read_error)
+        optional(&self.pool, qb, access_row).await
     }
 
     async fn list_accesses(
@@ -692,15 +675,7 @@ impl IdentityReader for PgIdentity {
     ) -> Result<Option<MaintenanceView>, ReadError> {
         let mut qb = QueryBuilder::new(MAINTENANCE_SELECT);
         qb.push(" AND id = ").push_bind(id);
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref()
-            .map(|r| maintenance_row(r, now))
-            .transpose()
-            .map_err(read_error)
+        optional(&self.pool, qb, |r| maintenance_row(r, now)).await
     }
 
     async fn list_maintenances(
@@ -748,15 +723,7 @@ impl IdentityReader for PgIdentity {
             .push(") DESC, CASE WHEN start_datetime < ")
             .push_bind(now)
             .push(" THEN end_datetime END DESC, start_datetime ASC, id LIMIT 1");
-        let row = qb
-            .build()
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(read_error)?;
-        row.as_ref()
-            .map(|r| maintenance_row(r, now))
-            .transpose()
-            .map_err(read_error)
+        optional(&self.pool, qb, |r| maintenance_row(r, now)).await
     }
 }
 

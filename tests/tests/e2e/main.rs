@@ -5,6 +5,7 @@ mod auth;
 mod bad_input;
 mod maintenance;
 mod oidc;
+mod operator;
 mod outage;
 mod pipeline;
 mod rights;

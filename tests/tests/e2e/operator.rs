@@ -1,0 +1,59 @@
+//! Operator commands: the first administrator of an empty installation.
+
+use commands::identity::NewUser;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tests::TestApp;
+
+#[tokio::test]
+async fn create_user_admin_bootstraps_a_full_administrator_on_the_imported_tree() {
+    let app = TestApp::spawn().await;
+    let user = || NewUser {
+        username: "first.admin".into(),
+        firstname: "Ada".into(),
+        lastname: "Admin".into(),
+        email: Some("ada@example.org".into()),
+        password: Some("first-admin-pass".into()),
+    };
+    // Without a tree there is nothing to administer: the command says what to do first.
+    let refused = api::operations::create_user(&app.state, user(), true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("import-perimeters"), "{refused}");
+
+    api::operations::seed_demo(&app.state).await.unwrap();
+    let second = NewUser {
+        username: "second.admin".into(),
+        ..user()
+    };
+    api::operations::create_user(&app.state, second, true)
+        .await
+        .unwrap();
+    let login = app
+        .send(
+            app.request(Method::POST, "/auth/login/")
+                .json(&json!({"username": "second.admin", "password": "first-admin-pass"})),
+        )
+        .await;
+    assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    let token = login.body["access_token"].as_str().unwrap();
+    let mine = app
+        .send(
+            app.request(Method::GET, "/accesses/accesses/my-accesses/")
+                .bearer_auth(token),
+        )
+        .await;
+    assert_eq!(mine.body[0]["role"]["right_full_admin"], true);
+    assert_eq!(mine.body[0]["perimeter"]["id"], 9999);
+    // The demo seed is idempotent.
+    api::operations::seed_demo(&app.state).await.unwrap();
+    let roles = app
+        .send(
+            app.request(Method::GET, "/accesses/roles/")
+                .bearer_auth(token),
+        )
+        .await;
+    assert_eq!(roles.body["count"], 8);
+    app.stop().await;
+}

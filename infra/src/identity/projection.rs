@@ -184,34 +184,36 @@ async fn upsert_perimeter(
     // One statement: the parent's derived fields, the row, then its subtree.
     sqlx::query(
         "WITH parent AS (
-             SELECT ancestors || id AS ancestors, full_path || '/' AS prefix
+             SELECT ancestors || id AS ancestors, full_path || '/' AS prefix, id_path
                FROM perimeters WHERE id = $7),
          node AS (
              SELECT COALESCE((SELECT ancestors FROM parent), '{}'::bigint[]) AS ancestors,
-                    COALESCE((SELECT prefix FROM parent), '') || $5 || '-' || $3 AS full_path),
-         old AS (SELECT full_path, ancestors FROM perimeters WHERE id = $1),
+                    COALESCE((SELECT prefix FROM parent), '') || $5 || '-' || $3 AS full_path,
+                    COALESCE((SELECT id_path FROM parent), '/') || $1::bigint || '/' AS id_path),
+         old AS (SELECT full_path, ancestors, id_path FROM perimeters WHERE id = $1),
          written AS (
              INSERT INTO perimeters (id, local_id, name, short_name, source_value, type_source_value,
-                                     parent_id, level, ancestors, full_path, cohort_id, cohort_size,
-                                     created_at, updated_at)
+                                     parent_id, level, ancestors, full_path, id_path, cohort_id,
+                                     cohort_size, created_at, updated_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, cardinality(node.ancestors) + 1, node.ancestors,
-                    node.full_path, $8, $9, $10, $10
+                    node.full_path, node.id_path, $8, $9, $10, $10
                FROM node
              ON CONFLICT (id) DO UPDATE SET
                  local_id = EXCLUDED.local_id, name = EXCLUDED.name,
                  short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
                  type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
                  level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
-                 full_path = EXCLUDED.full_path, cohort_id = EXCLUDED.cohort_id,
-                 cohort_size = EXCLUDED.cohort_size, updated_at = EXCLUDED.updated_at,
-                 removed_at = NULL
-             RETURNING ancestors, full_path)
+                 full_path = EXCLUDED.full_path, id_path = EXCLUDED.id_path,
+                 cohort_id = EXCLUDED.cohort_id, cohort_size = EXCLUDED.cohort_size,
+                 updated_at = EXCLUDED.updated_at, removed_at = NULL
+             RETURNING ancestors, full_path, id_path)
          UPDATE perimeters d
             SET ancestors = w.ancestors || $1::bigint
                             || d.ancestors[array_position(d.ancestors, $1::bigint) + 1:],
                 level = cardinality(w.ancestors) + 2
                         + cardinality(d.ancestors) - array_position(d.ancestors, $1::bigint),
-                full_path = w.full_path || substr(d.full_path, length(o.full_path) + 1)
+                full_path = w.full_path || substr(d.full_path, length(o.full_path) + 1),
+                id_path = w.id_path || substr(d.id_path, length(o.id_path) + 1)
            FROM written w, old o
           WHERE $1::bigint = ANY(d.ancestors)
             AND (o.full_path <> w.full_path OR o.ancestors <> w.ancestors)",

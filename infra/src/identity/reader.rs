@@ -149,7 +149,12 @@ fn perimeter_row(r: &sqlx::postgres::PgRow) -> Result<PerimeterRow, sqlx::Error>
     })
 }
 
-fn push_perimeter_where(qb: &mut QueryBuilder<'_, Postgres>, f: &PerimeterFilter) {
+/// Filters of a perimeter list; `subtrees` are the `id_path`s of [`PerimeterFilter::within`].
+fn push_perimeter_where(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    f: &PerimeterFilter,
+    subtrees: Option<&[String]>,
+) {
     if let Some(name) = &f.name {
         qb.push(" AND p.name ILIKE ")
             .push_bind(contains_pattern(name));
@@ -181,12 +186,14 @@ fn push_perimeter_where(qb: &mut QueryBuilder<'_, Postgres>, f: &PerimeterFilter
     if let Some(ids) = &f.ids {
         qb.push(" AND p.id = ANY(").push_bind(ids.clone()).push(")");
     }
-    if let Some(within) = &f.within {
-        qb.push(" AND (p.id = ANY(")
-            .push_bind(within.clone())
-            .push(") OR p.ancestors && ")
-            .push_bind(within.clone())
-            .push(")");
+    if let Some(prefixes) = subtrees {
+        // One index range per subtree (see the `id_path` migration).
+        qb.push(" AND (false");
+        for prefix in prefixes {
+            qb.push(" OR p.id_path LIKE ")
+                .push_bind(format!("{prefix}%"));
+        }
+        qb.push(")");
     }
     if let Some(search) = &f.search {
         let pattern = contains_pattern(search);
@@ -584,10 +591,23 @@ impl IdentityReader for PgIdentity {
         f: &PerimeterFilter,
         window: Window,
     ) -> Result<Page<PerimeterRow>, ReadError> {
+        let subtrees: Option<Vec<String>> = match &f.within {
+            Some(ids) => Some(
+                sqlx::query_scalar(
+                    "SELECT id_path FROM identity.perimeters
+                      WHERE id = ANY($1) AND removed_at IS NULL",
+                )
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(read_error)?,
+            ),
+            None => None,
+        };
         paged(
             &self.pool,
             PERIMETER_SELECT,
-            |qb| push_perimeter_where(qb, f),
+            |qb| push_perimeter_where(qb, f, subtrees.as_deref()),
             (&f.ordering, "p.full_path", "p.id"),
             window,
             perimeter_row,

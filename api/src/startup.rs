@@ -226,22 +226,24 @@ impl Core {
         tasks.spawn(relay.run(shutdown.clone()));
 
         let mut progress = Vec::new();
+        let mut followed = Vec::new();
         for projection in projections() {
             let projector = Projector::new(
                 pool.clone(),
-                projection,
+                projection.clone(),
                 ProjectorSettings {
                     poll_interval: settings.projector_poll_interval(),
                 },
             );
             progress.push(projector.progress());
+            followed.push((projection, projector.progress()));
             tasks.spawn(projector.run(Some(js.clone()), nats.clone(), shutdown.clone()));
         }
 
         let reader = Arc::new(PgWorkspace::new(pool.clone()));
         let consistency = Arc::new(ProjectorConsistency::new(
             pool.clone(),
-            progress.clone(),
+            followed,
             settings.read_your_writes_timeout(),
         ));
         let workspace = Workspace::new(

@@ -20,6 +20,7 @@ use domain::role::{Role, RoleCommand, RoleError};
 use domain::session::{Session, SessionCommand, SessionError};
 use domain::user::{User, UserCommand, UserError};
 use domain::validation::InvalidField;
+use futures::{StreamExt, stream};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -799,25 +800,36 @@ impl Identity {
         ctx: &CommandContext,
         rows: Vec<PerimeterFields>,
     ) -> Result<ImportReport, IdentityError> {
-        let ordered = parents_first(rows)?;
+        let levels = levels(rows)?;
         let mut report = ImportReport::default();
         let mut committed = Vec::new();
-        let in_file: BTreeSet<i64> = ordered.iter().map(|f| f.id).collect();
-        for fields in ordered {
-            let c = self
-                .buses
-                .perimeters
-                .execute(
-                    &fields.id.to_string(),
-                    PerimeterCommand::Import { fields, at: ctx.at },
-                    ctx,
-                )
-                .await?;
-            if c.last_sequence.is_some() {
-                report.written += 1;
-                committed.push(c);
-            } else {
-                report.unchanged += 1;
+        let in_file: BTreeSet<i64> = levels.iter().flatten().map(|f| f.id).collect();
+        // A level is written only once its parents are committed, so the read model (which
+        // derives ancestors from the parent row) sees every parent before its children.
+        for level in levels {
+            let results: Vec<Result<Committed, IdentityError>> = stream::iter(level)
+                .map(|fields| async move {
+                    self.buses
+                        .perimeters
+                        .execute(
+                            &fields.id.to_string(),
+                            PerimeterCommand::Import { fields, at: ctx.at },
+                            ctx,
+                        )
+                        .await
+                        .map_err(IdentityError::from)
+                })
+                .buffer_unordered(IMPORT_CONCURRENCY)
+                .collect()
+                .await;
+            for c in results {
+                let c = c?;
+                if c.last_sequence.is_some() {
+                    report.written += 1;
+                    committed.push(c);
+                } else {
+                    report.unchanged += 1;
+                }
             }
         }
         // Removals must see the writes above in the read model.
@@ -918,8 +930,12 @@ impl Identity {
     }
 }
 
-/// Orders rows so that every parent comes before its children; refuses cycles and duplicates.
-fn parents_first(rows: Vec<PerimeterFields>) -> Result<Vec<PerimeterFields>, IdentityError> {
+/// How many perimeters of one tree level an import writes at once.
+const IMPORT_CONCURRENCY: usize = 8;
+
+/// Groups rows by depth (roots first); refuses cycles and duplicate ids. A parent missing from
+/// the rows makes its child a root.
+fn levels(rows: Vec<PerimeterFields>) -> Result<Vec<Vec<PerimeterFields>>, IdentityError> {
     let invalid = |reason: String| {
         IdentityError::Invalid(InvalidField {
             field: "perimeters",
@@ -935,21 +951,23 @@ fn parents_first(rows: Vec<PerimeterFields>) -> Result<Vec<PerimeterFields>, Ide
     }
     let mut children: HashMap<Option<i64>, Vec<i64>> = HashMap::new();
     for row in by_id.values() {
-        // A parent outside the file is treated as absent: the row becomes a root.
         let parent = row.parent_id.filter(|p| by_id.contains_key(p));
         children.entry(parent).or_default().push(row.id);
     }
-    let mut ordered = Vec::with_capacity(by_id.len());
-    let mut queue: Vec<i64> = children.remove(&None).unwrap_or_default();
-    queue.sort_unstable();
-    while let Some(id) = queue.pop() {
-        if let Some(mut kids) = children.remove(&Some(id)) {
-            kids.sort_unstable();
-            queue.extend(kids);
+    let mut levels = Vec::new();
+    let mut current: Vec<i64> = children.remove(&None).unwrap_or_default();
+    while !current.is_empty() {
+        current.sort_unstable();
+        let mut next = Vec::new();
+        let mut level = Vec::with_capacity(current.len());
+        for id in current {
+            next.extend(children.remove(&Some(id)).unwrap_or_default());
+            if let Some(row) = by_id.remove(&id) {
+                level.push(row);
+            }
         }
-        if let Some(row) = by_id.remove(&id) {
-            ordered.push(row);
-        }
+        levels.push(level);
+        current = next;
     }
     if !by_id.is_empty() {
         return Err(invalid(format!(
@@ -957,7 +975,7 @@ fn parents_first(rows: Vec<PerimeterFields>) -> Result<Vec<PerimeterFields>, Ide
             by_id.len()
         )));
     }
-    Ok(ordered)
+    Ok(levels)
 }
 
 #[cfg(test)]
@@ -979,19 +997,23 @@ mod tests {
     }
 
     #[test]
-    fn parents_come_first_and_cycles_are_refused() {
-        let ordered = parents_first(vec![
+    fn levels_put_parents_first_and_cycles_are_refused() {
+        let ids = |levels: Vec<Vec<PerimeterFields>>| -> Vec<Vec<i64>> {
+            levels
+                .into_iter()
+                .map(|l| l.into_iter().map(|r| r.id).collect())
+                .collect()
+        };
+        let tree = levels(vec![
             row(3, Some(2)),
             row(2, Some(1)),
             row(1, None),
             row(4, Some(1)),
-        ])
-        .unwrap();
-        let pos = |id| ordered.iter().position(|r| r.id == id).unwrap();
-        assert!(pos(1) < pos(2) && pos(2) < pos(3) && pos(1) < pos(4));
-        assert!(parents_first(vec![row(1, Some(2)), row(2, Some(1))]).is_err());
-        assert!(parents_first(vec![row(1, None), row(1, None)]).is_err());
+        ]);
+        assert_eq!(ids(tree.unwrap()), vec![vec![1], vec![2, 4], vec![3]]);
+        assert!(levels(vec![row(1, Some(2)), row(2, Some(1))]).is_err());
+        assert!(levels(vec![row(1, None), row(1, None)]).is_err());
         // An unknown parent makes a root.
-        assert_eq!(parents_first(vec![row(5, Some(77))]).unwrap().len(), 1);
+        assert_eq!(ids(levels(vec![row(5, Some(77))]).unwrap()), vec![vec![5]]);
     }
 }

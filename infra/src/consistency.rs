@@ -1,5 +1,6 @@
 //! Read-your-writes: a command answers once the projectors have applied its events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,16 +11,22 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::log::cursor_of;
+use crate::projector::Projection;
 
-/// Waits on the progress of this process's projectors, for at most `timeout`.
+/// Waits on the progress of this process's projectors, for at most `timeout`: only those whose
+/// tables the committed aggregates affect.
 pub struct ProjectorConsistency {
     pool: PgPool,
-    projectors: Vec<watch::Receiver<Cursor>>,
+    projectors: Vec<(Arc<dyn Projection>, watch::Receiver<Cursor>)>,
     timeout: Duration,
 }
 
 impl ProjectorConsistency {
-    pub fn new(pool: PgPool, projectors: Vec<watch::Receiver<Cursor>>, timeout: Duration) -> Self {
+    pub fn new(
+        pool: PgPool,
+        projectors: Vec<(Arc<dyn Projection>, watch::Receiver<Cursor>)>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             projectors,
@@ -46,7 +53,12 @@ impl Consistency for ProjectorConsistency {
             return Ok(true);
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for progress in &self.projectors {
+        let affected = self.projectors.iter().filter(|(projection, _)| {
+            committed
+                .iter()
+                .any(|c| c.last_sequence.is_some() && projection.reads(c.aggregate_type))
+        });
+        for (_, progress) in affected {
             let mut progress = progress.clone();
             let reached =
                 tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= target)).await;

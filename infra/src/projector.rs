@@ -48,6 +48,13 @@ pub trait Projection: Send + Sync + 'static {
     /// The projection's name, which is also the name of its schema.
     fn name(&self) -> &'static str;
 
+    /// Whether events of this aggregate type change this projection's tables. Read-your-writes
+    /// only waits for the projections a command affects (the projector still moves its
+    /// checkpoint past every event).
+    fn reads(&self, _aggregate_type: &str) -> bool {
+        true
+    }
+
     /// Folds one event into the tables. Runs inside the projector's transaction, with
     /// `search_path` set to the schema being written (live or rebuild): use unqualified names.
     async fn apply(

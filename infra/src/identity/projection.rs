@@ -38,6 +38,17 @@ impl Projection for IdentityProjection {
         PROJECTION
     }
 
+    fn reads(&self, aggregate_type: &str) -> bool {
+        [
+            User::TYPE,
+            Role::TYPE,
+            Perimeter::TYPE,
+            Access::TYPE,
+            MaintenancePhase::TYPE,
+        ]
+        .contains(&aggregate_type)
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

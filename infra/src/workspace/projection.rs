@@ -32,6 +32,10 @@ impl Projection for WorkspaceProjection {
         projections::workspace::PROJECTION
     }
 
+    fn reads(&self, aggregate_type: &str) -> bool {
+        aggregate_type == Folder::TYPE || aggregate_type == Request::TYPE
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

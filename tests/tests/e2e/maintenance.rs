@@ -202,3 +202,53 @@ async fn partial_maintenance_is_read_only_and_full_maintenance_closes_the_servic
     assert_eq!(listed.body["count"], 0);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn websocket_pushes_reach_sockets_held_by_another_instance() {
+    let app = TestApp::spawn().await;
+    let fixture = seed(&app).await;
+    user_with(&app, &fixture, "admin", "full_admin", APHP).await;
+    // A second instance of the service on the same database and NATS subjects.
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let other = api::startup::Application::build(&app.settings, shutdown.clone())
+        .await
+        .expect("second instance builds");
+    let other_url = format!("ws://127.0.0.1:{}/ws/", other.port());
+    let server = tokio::spawn(other.run_until_stopped(shutdown.clone()));
+
+    let mut socket = tokio_tungstenite::connect_async(other_url)
+        .await
+        .expect("websocket connects")
+        .0;
+    socket
+        .send(Message::Text(
+            json!({"token": app.token("watcher"), "auth_method": "JWT"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut socket).await["status"], "accepted");
+
+    // The phase is written through the first instance; the socket lives on the second.
+    let now = Utc::now();
+    let created = app
+        .post(
+            "/maintenances/",
+            "admin",
+            json!({
+                "subject": "Cross-instance",
+                "start_datetime": (now - chrono::Duration::minutes(1)).to_rfc3339(),
+                "end_datetime": (now + chrono::Duration::hours(1)).to_rfc3339(),
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let pushed = next_json(&mut socket).await;
+    assert_eq!(pushed["type"], "maintenance");
+    assert_eq!(pushed["info"]["subject"], "Cross-instance");
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), server).await;
+    app.stop().await;
+}

@@ -124,16 +124,33 @@ fn role_row(r: &sqlx::postgres::PgRow) -> Result<RoleView, sqlx::Error> {
     Ok(role_view(r.try_get("id")?, r.try_get("name")?, rights.0))
 }
 
-const PERIMETER_SELECT: &str = "SELECT p.id, p.local_id, p.name, p.short_name, p.source_value,
+/// The direct children of perimeter `p`, as an array (an expression of the selects below).
+macro_rules! children_of_p {
+    () => {
+        "COALESCE((SELECT array_agg(c.id ORDER BY c.id) FROM identity.perimeters c
+                   WHERE c.parent_id = p.id AND c.removed_at IS NULL), '{}') AS children"
+    };
+}
+
+const PERIMETER_SELECT: &str = concat!(
+    "SELECT p.id, p.local_id, p.name, p.short_name, p.source_value,
         p.type_source_value, p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id,
-        p.cohort_size,
-        COALESCE((SELECT array_agg(c.id ORDER BY c.id) FROM identity.perimeters c
-                   WHERE c.parent_id = p.id AND c.removed_at IS NULL), '{}') AS children
-   FROM identity.perimeters p WHERE p.removed_at IS NULL";
+        p.cohort_size, ",
+    children_of_p!(),
+    " FROM identity.perimeters p WHERE p.removed_at IS NULL"
+);
 
 fn perimeter_row(r: &sqlx::postgres::PgRow) -> Result<PerimeterRow, sqlx::Error> {
+    perimeter_columns(r, "id")
+}
+
+/// A perimeter from its columns; `id_column` names its id (other tables may own `id`).
+fn perimeter_columns(
+    r: &sqlx::postgres::PgRow,
+    id_column: &str,
+) -> Result<PerimeterRow, sqlx::Error> {
     Ok(PerimeterRow {
-        id: r.try_get("id")?,
+        id: r.try_get(id_column)?,
         local_id: r.try_get("local_id")?,
         name: r.try_get("name")?,
         short_name: r.try_get("short_name")?,
@@ -207,21 +224,21 @@ fn push_perimeter_where(
     }
 }
 
-const ACCESS_SELECT: &str =
+const ACCESS_SELECT: &str = concat!(
     "SELECT a.id AS access_id, a.profile_id, a.username, a.source, a.start_datetime,
         a.end_datetime, a.created_by, a.updated_by, a.deleted_at IS NOT NULL AS deleted,
         COALESCE(u.firstname, '') AS firstname, COALESCE(u.lastname, '') AS lastname, u.email,
         r.id AS role_id, COALESCE(r.name, '') AS role_name,
         COALESCE(r.rights, '{}'::jsonb) AS role_rights,
         p.id AS perimeter_id, p.local_id, p.name, p.short_name, p.source_value, p.type_source_value,
-        p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id, p.cohort_size,
-        COALESCE((SELECT array_agg(c.id ORDER BY c.id) FROM identity.perimeters c
-                   WHERE c.parent_id = p.id AND c.removed_at IS NULL), '{}') AS children
-   FROM identity.accesses a
+        p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id, p.cohort_size, ",
+    children_of_p!(),
+    " FROM identity.accesses a
    JOIN identity.perimeters p ON p.id = a.perimeter_id
    LEFT JOIN identity.users u ON u.username = a.username
    LEFT JOIN identity.roles r ON r.id = a.role_id
-  WHERE true";
+  WHERE true"
+);
 
 fn access_row(r: &sqlx::postgres::PgRow) -> Result<AccessRow, sqlx::Error> {
     let rights: Json<Rights> = r.try_get("role_rights")?;
@@ -239,21 +256,7 @@ fn access_row(r: &sqlx::postgres::PgRow) -> Result<AccessRow, sqlx::Error> {
         updated_by: r.try_get("updated_by")?,
         deleted: r.try_get("deleted")?,
         role: role_view(r.try_get("role_id")?, r.try_get("role_name")?, rights.0),
-        perimeter: PerimeterRow {
-            id: r.try_get("perimeter_id")?,
-            local_id: r.try_get("local_id")?,
-            name: r.try_get("name")?,
-            short_name: r.try_get("short_name")?,
-            source_value: r.try_get("source_value")?,
-            type_source_value: r.try_get("type_source_value")?,
-            parent_id: r.try_get("parent_id")?,
-            level: r.try_get("level")?,
-            ancestors: r.try_get("ancestors")?,
-            children: r.try_get("children")?,
-            full_path: r.try_get("full_path")?,
-            cohort_id: r.try_get("cohort_id")?,
-            cohort_size: r.try_get("cohort_size")?,
-        },
+        perimeter: perimeter_columns(r, "perimeter_id")?,
     })
 }
 

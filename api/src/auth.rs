@@ -55,7 +55,7 @@ impl std::fmt::Debug for JwtKeys {
 
 /// A JWT that failed verification, with the stable code clients see.
 fn rejected(code: &'static str, message: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::UNAUTHORIZED, code, message)
+    ApiError::token_rejected(code, message)
 }
 
 impl JwtKeys {
@@ -272,8 +272,7 @@ pub async fn impersonate(
     let now = chrono::Utc::now();
     let authority = state.identity.authority(&caller.username, now).await?;
     if caller.applicative || !authority.is_full_admin() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
+        return Err(ApiError::forbidden(
             "impersonation_forbidden",
             "only full administrators may impersonate another user",
         ));

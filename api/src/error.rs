@@ -78,6 +78,16 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 
+    /// A token that failed verification (`token_invalid`, `token_expired`, …).
+    pub fn token_rejected(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// A bug or broken invariant: `detail` goes to the log only.
+    pub fn bug(detail: &str) -> Self {
+        Self::internal(detail)
+    }
+
     pub fn unauthenticated(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "not_authenticated", message)
     }
@@ -100,6 +110,20 @@ impl ApiError {
             "a required service is unavailable; retry shortly",
         )
     }
+}
+
+/// The answer to a request refused because of an active maintenance phase: upstream's body
+/// (`message`, `maintenance_start`, `maintenance_end`, `active`) plus our `code` and `type`.
+pub fn maintenance_refusal(message: String, details: serde_json::Value) -> Response {
+    let mut body = serde_json::json!({"code": "maintenance", "message": message, "active": true});
+    if let (Some(body), serde_json::Value::Object(extra)) = (body.as_object_mut(), details) {
+        body.extend(extra);
+    }
+    let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    response
 }
 
 impl IntoResponse for ApiError {

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
-use commands::identity::NewAccess;
+use commands::identity::{NewAccess, Requester};
 use domain::access::AccessCommand;
 use domain::authz::{Authority, PerimeterRef};
 use projections::identity::{ACCESS_ORDERING, AccessFilter, AccessRow};
@@ -183,20 +183,25 @@ fn required_int(body: &Map<String, Value>, key: &'static str) -> Result<i64, Api
         .ok_or_else(|| ApiError::invalid_field(key, format!("{key} is required (an integer)")))
 }
 
+/// The answer to an access write: the access as the requester now sees it (the authority
+/// computed to authorize the write also gives the `editable` flag).
 async fn respond(
     state: &AppState,
-    caller: &Caller,
+    by: &Requester,
     status: StatusCode,
     caught_up: bool,
     id: i64,
 ) -> Result<Response, ApiError> {
-    let now = Utc::now();
-    let authority = state.identity.authority(&caller.username, now).await?;
+    let nobody = Authority::default();
+    let authority = match by {
+        Requester::User(authority) => authority,
+        _ => &nobody,
+    };
     let view = state
         .identity
         .access(id)
         .await?
-        .map(|row| row.to_json(now, Some(editable(&authority, &row))));
+        .map(|row| row.to_json(Utc::now(), Some(editable(authority, &row))));
     Ok(written_json(status, caught_up, view, json!({"id": id})))
 }
 
@@ -218,7 +223,7 @@ pub(super) async fn create(
     let written = state.identity_service.grant_access(&ctx, &by, new).await?;
     respond(
         &state,
-        &caller,
+        &by,
         StatusCode::CREATED,
         written.caught_up,
         written.value,
@@ -257,7 +262,7 @@ pub(super) async fn update(
             },
         )
         .await?;
-    respond(&state, &caller, StatusCode::OK, written.caught_up, id).await
+    respond(&state, &by, StatusCode::OK, written.caught_up, id).await
 }
 
 pub(super) async fn close(
@@ -273,7 +278,7 @@ pub(super) async fn close(
         .identity_service
         .change_access(&ctx, &by, id, AccessCommand::Close { at: ctx.at })
         .await?;
-    respond(&state, &caller, StatusCode::OK, written.caught_up, id).await
+    respond(&state, &by, StatusCode::OK, written.caught_up, id).await
 }
 
 pub(super) async fn delete(

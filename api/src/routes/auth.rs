@@ -124,14 +124,10 @@ fn token_pair(state: &AppState, ticket: &SessionTicket) -> Result<(String, Strin
         generation: Some(ticket.generation),
     };
     let mint = |c: &Claims| {
-        state.jwt.mint(c).map_err(|e| {
-            tracing::error!(error = %e, "token signing failed");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })
+        state
+            .jwt
+            .mint(c)
+            .map_err(|e| ApiError::bug(&format!("token signing failed: {e}")))
     };
     Ok((mint(&access)?, mint(&refresh)?))
 }
@@ -192,8 +188,7 @@ fn refresh_claims(state: &AppState, token: &str) -> Result<(Uuid, u32), ApiError
     let claims = state.jwt.decode(token)?;
     match (claims.token_type.as_deref(), claims.sid, claims.generation) {
         (Some("refresh"), Some(sid), Some(generation)) => Ok((sid, generation)),
-        _ => Err(ApiError::new(
-            axum::http::StatusCode::UNAUTHORIZED,
+        _ => Err(ApiError::token_rejected(
             "token_invalid",
             "a refresh token is required",
         )),

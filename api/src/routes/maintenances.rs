@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use crate::auth::{Caller, bearer};
-use crate::error::ApiError;
+use crate::error::{ApiError, maintenance_refusal};
 use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{Envelope, Params, datetime_param, page_envelope, page_window, text_param};
 use crate::routes::{path_int, requester, written_json};
@@ -269,22 +269,18 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
     if allowed {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({
-            "code": "maintenance",
-            "message": format!(
-                "Cohort360 is unavailable during maintenance, up to {}: {}",
-                phase.end_datetime.format("%d/%m/%Y, %H:%M:%S"),
-                phase.subject
-            ),
+    maintenance_refusal(
+        format!(
+            "Cohort360 is unavailable during maintenance, up to {}: {}",
+            phase.end_datetime.format("%d/%m/%Y, %H:%M:%S"),
+            phase.subject
+        ),
+        json!({
             "maintenance_start": phase.maintenance_start,
             "maintenance_end": phase.maintenance_end,
-            "active": true,
             "type": phase.kind,
-        })),
+        }),
     )
-        .into_response()
 }
 
 /// How often the announcer looks for phases starting or ending.

@@ -37,9 +37,31 @@ pub(super) struct UpdateUser {
     email: Option<String>,
 }
 
+/// Whether the caller may see users' e-mails and audit fields: user and access managers.
+/// Others (the share dialog of every researcher) get names only; upstream shows everything to
+/// everyone.
+async fn sees_contacts(state: &AppState, caller: &Caller) -> Result<bool, ApiError> {
+    if caller.applicative {
+        return Ok(true);
+    }
+    let authority = state
+        .identity
+        .authority(&caller.username, Utc::now())
+        .await?;
+    Ok(authority.global().right_manage_users || authority.may_list_accesses())
+}
+
+fn names_only(mut user: UserView) -> UserView {
+    user.email = None;
+    user.created_by = None;
+    user.updated_by = None;
+    user.last_login = None;
+    user
+}
+
 pub(super) async fn list(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
@@ -55,24 +77,31 @@ pub(super) async fn list(
         search: text_param(&params, "search"),
         ordering: parse_ordering(params.get("ordering").map(String::as_str), USER_ORDERING),
     };
-    let page = state
+    let mut page = state
         .identity
         .list_users(&filter, Utc::now(), window)
         .await?;
+    if !sees_contacts(&state, &caller).await? {
+        page.results = page.results.into_iter().map(names_only).collect();
+    }
     Ok(Json(page_envelope(page, window, &uri, &headers, &params)))
 }
 
 pub(super) async fn retrieve(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(username): Path<String>,
 ) -> Result<Json<UserView>, ApiError> {
-    state
+    let user = state
         .identity
         .user(&username)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("user_not_found", "user"))
+        .ok_or_else(|| ApiError::not_found("user_not_found", "user"))?;
+    if username == caller.username || sees_contacts(&state, &caller).await? {
+        Ok(Json(user))
+    } else {
+        Ok(Json(names_only(user)))
+    }
 }
 
 pub(super) async fn create(
@@ -180,13 +209,13 @@ pub(super) async fn check(
 
 pub(super) async fn list_profiles(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<Envelope<ProfileView>>, ApiError> {
     let window = window(&params)?;
-    let page = state
+    let mut page = state
         .identity
         .list_profiles(
             text_param(&params, "user_id").as_deref(),
@@ -194,21 +223,29 @@ pub(super) async fn list_profiles(
             window,
         )
         .await?;
+    if !sees_contacts(&state, &caller).await? {
+        for profile in &mut page.results {
+            profile.email = None;
+        }
+    }
     Ok(Json(envelope(page, window, &uri, &headers, &params)))
 }
 
 pub(super) async fn retrieve_profile(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ProfileView>, ApiError> {
     let id = id
         .parse()
         .map_err(|_| ApiError::not_found("profile_not_found", "profile"))?;
-    state
+    let mut profile = state
         .identity
         .profile(id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("profile_not_found", "profile"))
+        .ok_or_else(|| ApiError::not_found("profile_not_found", "profile"))?;
+    if profile.user_id != caller.username && !sees_contacts(&state, &caller).await? {
+        profile.email = None;
+    }
+    Ok(Json(profile))
 }

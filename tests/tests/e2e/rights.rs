@@ -726,6 +726,20 @@ async fn roles_keep_their_rules_and_only_full_admins_write_them() {
         )
         .await;
     assert_eq!(holders.body[0]["provider_username"], "csv_p1");
+    // Researchers see names only (the share dialog); managers see contacts.
+    let as_reader = app
+        .get("/users/?manual_only=true&search=csv_p1", "reader_p0")
+        .await;
+    assert_eq!(as_reader.body["count"], 1);
+    assert_eq!(
+        as_reader.body["results"][0]["display_name"],
+        "Test User (csv_p1)"
+    );
+    assert_eq!(as_reader.body["results"][0]["email"], Value::Null);
+    let as_manager = app.get("/users/?search=csv_p1", "adm_root").await;
+    assert_eq!(as_manager.body["results"][0]["email"], "csv_p1@example.org");
+    let myself = app.get("/users/reader_p0/", "reader_p0").await;
+    assert_eq!(myself.body["email"], "reader_p0@example.org");
     let rights = app.get("/accesses/rights/", "reader_p0").await;
     let count: usize = rights
         .body

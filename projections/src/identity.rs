@@ -282,8 +282,10 @@ pub struct AccessFilter {
     pub role_id: Option<i64>,
     pub profile_id: Option<i64>,
     pub username: Option<String>,
-    /// Only accesses on these perimeters.
+    /// Only accesses on these perimeters…
     pub perimeter_ids: Option<Vec<i64>>,
+    /// …or on these (ancestors), when their role has a right inherited by sub-perimeters.
+    pub inherited_from: Vec<i64>,
     /// Only accesses on these perimeters or under them.
     pub within: Option<Vec<i64>>,
     /// Only accesses valid now.

@@ -106,7 +106,7 @@ pub(super) async fn list(
             .ok_or_else(|| ApiError::not_found("perimeter_not_found", "perimeter"))?;
         let mut ids = vec![perimeter_id];
         if bool_param(&params, "include_parents")?.unwrap_or(false) {
-            ids.extend(&perimeter.ancestors);
+            filter.inherited_from = perimeter.ancestors.clone();
         }
         if bool_param(&params, "include_children")?.unwrap_or(false) {
             let below = projections::identity::PerimeterFilter {

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::authz::{Authority, Grant};
-use domain::rights::Rights;
+use domain::rights::{CATALOGUE, Rights};
 use projections::identity::{
     AccessFilter, AccessRow, IdentityReader, MaintenanceFilter, MaintenanceView, PerimeterFilter,
     PerimeterRow, ProfileView, RoleFilter, RoleView, UserFilter, UserView, display_name,
@@ -646,9 +646,21 @@ impl IdentityReader for PgIdentity {
                 qb.push(" AND a.username = ").push_bind(username.clone());
             }
             if let Some(ids) = &f.perimeter_ids {
-                qb.push(" AND a.perimeter_id = ANY(")
+                qb.push(" AND (a.perimeter_id = ANY(")
                     .push_bind(ids.clone())
                     .push(")");
+                if !f.inherited_from.is_empty() {
+                    // Right names come from the catalogue, never from the client.
+                    let inherited: Vec<String> = CATALOGUE
+                        .iter()
+                        .filter(|r| r.impact_inferior_levels)
+                        .map(|r| format!("COALESCE((r.rights->>'{}')::boolean, false)", r.name))
+                        .collect();
+                    qb.push(" OR (a.perimeter_id = ANY(")
+                        .push_bind(f.inherited_from.clone())
+                        .push(format!(") AND ({}))", inherited.join(" OR ")));
+                }
+                qb.push(")");
             }
             if let Some(within) = &f.within {
                 qb.push(" AND (p.id = ANY(")

@@ -206,6 +206,30 @@ async fn manageable_perimeters_editable_flags_and_assignable_roles() {
         .into_iter()
         .collect()
     );
+    // Accesses on P11 and, with include_parents, the inherited ones above it: readers on P0 and
+    // P4 pass, the datalab support on the root (nothing inherited) does not.
+    let on_p11 = app
+        .get(
+            "/accesses/accesses/?perimeter_id=11&include_parents=true",
+            "admin",
+        )
+        .await;
+    let holders: BTreeSet<String> = on_p11.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["profile"]["username"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        holders.contains("reader_p0") && holders.contains("pseudo_p4"),
+        "{holders:?}"
+    );
+    assert!(
+        holders.contains("adm_root"),
+        "inferior-level management is inherited"
+    );
+    assert!(!holders.contains("support"), "{holders:?}");
+    assert!(!holders.contains("csv_p1"), "{holders:?}");
     let refused = app.get("/accesses/accesses/", "reader_p0").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
 

@@ -49,8 +49,6 @@ pub trait IdentityDirectory: Send + Sync {
     async fn perimeter_ancestors(&self, id: i64) -> Result<Option<Vec<i64>>, PortError>;
     /// The username of an active profile.
     async fn profile_owner(&self, profile_id: i64) -> Result<Option<String>, PortError>;
-    /// The Manual profile of a user.
-    async fn manual_profile(&self, username: &str) -> Result<Option<i64>, PortError>;
     /// Whether a live role other than `except` already has this name (case-insensitive).
     async fn role_name_taken(&self, name: &str, except: Option<i64>) -> Result<bool, PortError>;
     /// Whether any access, even ended, uses the role.

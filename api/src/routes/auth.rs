@@ -183,11 +183,21 @@ pub async fn login(
     })))
 }
 
-/// The session named by a refresh token.
-fn refresh_claims(state: &AppState, token: &str) -> Result<(Uuid, u32), ApiError> {
+/// A verified refresh token's session, generation and user.
+struct RefreshToken {
+    session: Uuid,
+    generation: u32,
+    username: String,
+}
+
+fn refresh_claims(state: &AppState, token: &str) -> Result<RefreshToken, ApiError> {
     let claims = state.jwt.decode(token)?;
     match (claims.token_type.as_deref(), claims.sid, claims.generation) {
-        (Some("refresh"), Some(sid), Some(generation)) => Ok((sid, generation)),
+        (Some("refresh"), Some(session), Some(generation)) => Ok(RefreshToken {
+            session,
+            generation,
+            username: claims.username,
+        }),
         _ => Err(ApiError::token_rejected(
             "token_invalid",
             "a refresh token is required",
@@ -211,12 +221,11 @@ pub async fn refresh(
             "refresh_token": tokens.refresh_token,
         })));
     }
-    let (session, generation) = refresh_claims(&state, &token)?;
-    let claims_user = state.jwt.decode(&token)?.username;
-    let ctx = context(&claims_user, &trace);
+    let presented = refresh_claims(&state, &token)?;
+    let ctx = context(&presented.username, &trace);
     let ticket = state
         .identity_service
-        .refresh(&ctx, session, generation)
+        .refresh(&ctx, presented.session, presented.generation)
         .await?;
     let (access_token, refresh_token) = token_pair(&state, &ticket)?;
     Ok(Json(json!({
@@ -239,9 +248,11 @@ pub async fn logout(
         return Ok(Json(json!({})));
     }
     // An expired refresh token's session is over anyway; only a valid one needs revoking.
-    let claims = state.jwt.decode(&token)?;
-    let (session, _) = refresh_claims(&state, &token)?;
-    let ctx = context(&claims.username, &trace);
-    state.identity_service.logout(&ctx, session).await?;
+    let presented = refresh_claims(&state, &token)?;
+    let ctx = context(&presented.username, &trace);
+    state
+        .identity_service
+        .logout(&ctx, presented.session)
+        .await?;
     Ok(Json(json!({})))
 }

@@ -6,27 +6,20 @@ pub mod reader;
 pub use projection::IdentityProjection;
 pub use reader::PgIdentity;
 
+use commands::identity::IdKind;
 use sqlx::PgPool;
 
-/// The sequences that number roles, accesses, profiles and maintenance phases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdSequence {
-    Role,
-    Access,
-    Profile,
-    Maintenance,
-}
-
-/// Draws the next id of `sequence`.
-pub async fn next_id(pool: &PgPool, sequence: IdSequence) -> sqlx::Result<i64> {
-    let name = match sequence {
-        IdSequence::Role => "role_ids",
-        IdSequence::Access => "access_ids",
-        IdSequence::Profile => "profile_ids",
-        IdSequence::Maintenance => "maintenance_ids",
+/// Draws the next id of an integer-numbered aggregate from its sequence (kept outside the
+/// projection schema: a rebuild never resets it).
+pub async fn next_id(pool: &PgPool, kind: IdKind) -> sqlx::Result<i64> {
+    let sequence = match kind {
+        IdKind::Role => "role_ids",
+        IdKind::Access => "access_ids",
+        IdKind::Profile => "profile_ids",
+        IdKind::Maintenance => "maintenance_ids",
     };
     sqlx::query_scalar("SELECT nextval($1::regclass)")
-        .bind(name)
+        .bind(sequence)
         .fetch_one(pool)
         .await
 }

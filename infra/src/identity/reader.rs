@@ -772,16 +772,7 @@ impl commands::identity::IdentityDirectory for PgIdentity {
         &self,
         kind: commands::identity::IdKind,
     ) -> Result<i64, commands::ports::PortError> {
-        use commands::identity::IdKind;
-        let sequence = match kind {
-            IdKind::Role => super::IdSequence::Role,
-            IdKind::Access => super::IdSequence::Access,
-            IdKind::Profile => super::IdSequence::Profile,
-            IdKind::Maintenance => super::IdSequence::Maintenance,
-        };
-        super::next_id(&self.pool, sequence)
-            .await
-            .map_err(port_error)
+        super::next_id(&self.pool, kind).await.map_err(port_error)
     }
 
     async fn perimeter_ancestors(
@@ -806,15 +797,6 @@ impl commands::identity::IdentityDirectory for PgIdentity {
             .fetch_optional(&self.pool)
             .await
             .map_err(port_error)
-    }
-
-    async fn manual_profile(
-        &self,
-        username: &str,
-    ) -> Result<Option<i64>, commands::ports::PortError> {
-        IdentityReader::manual_profile(self, username)
-            .await
-            .map_err(|e| commands::ports::PortError(e.to_string()))
     }
 
     async fn role_name_taken(

@@ -53,3 +53,19 @@ pub(crate) fn push_order_by(
     }
     qb.push(", ").push(tie_break);
 }
+
+/// Appends ` AND (c1 ILIKE %search% OR c2 ILIKE …)` over the given columns (fixed by the caller,
+/// never from clients).
+pub(crate) fn push_contains_any(
+    qb: &mut QueryBuilder<'_, Postgres>,
+    search: &str,
+    columns: &[&str],
+) {
+    let pattern = contains_pattern(search);
+    qb.push(" AND (false");
+    for column in columns {
+        qb.push(format!(" OR {column} ILIKE "))
+            .push_bind(pattern.clone());
+    }
+    qb.push(")");
+}

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sqlx::types::Json;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
-use crate::sql::{contains_pattern, push_order_by, push_window, read_error};
+use crate::sql::{contains_pattern, push_contains_any, push_order_by, push_window, read_error};
 
 /// Reads the identity schema.
 #[derive(Debug, Clone)]
@@ -213,14 +213,7 @@ fn push_perimeter_where(
         qb.push(")");
     }
     if let Some(search) = &f.search {
-        let pattern = contains_pattern(search);
-        qb.push(" AND (p.name ILIKE ")
-            .push_bind(pattern.clone())
-            .push(" OR p.source_value ILIKE ")
-            .push_bind(pattern.clone())
-            .push(" OR p.short_name ILIKE ")
-            .push_bind(pattern)
-            .push(")");
+        push_contains_any(qb, search, &["p.name", "p.source_value", "p.short_name"]);
     }
 }
 
@@ -380,16 +373,11 @@ impl IdentityReader for PgIdentity {
                 .push(")");
             }
             if let Some(search) = &f.search {
-                let p = contains_pattern(search);
-                qb.push(" AND (u.username ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.firstname ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.lastname ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.email ILIKE ")
-                    .push_bind(p)
-                    .push(")");
+                push_contains_any(
+                    qb,
+                    search,
+                    &["u.username", "u.firstname", "u.lastname", "u.email"],
+                );
             }
         };
         paged(
@@ -414,14 +402,7 @@ impl IdentityReader for PgIdentity {
                 qb.push(" AND pr.username = ").push_bind(u.to_string());
             }
             if let Some(s) = search {
-                let p = contains_pattern(s);
-                qb.push(" AND (pr.username ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.firstname ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.lastname ILIKE ")
-                    .push_bind(p)
-                    .push(")");
+                push_contains_any(qb, s, &["pr.username", "u.firstname", "u.lastname"]);
             }
         };
         paged(
@@ -529,14 +510,7 @@ impl IdentityReader for PgIdentity {
             .push(" AND a.end_datetime >= ")
             .push_bind(now);
         if let Some(name) = name {
-            let p = contains_pattern(name);
-            qb.push(" AND (u.firstname ILIKE ")
-                .push_bind(p.clone())
-                .push(" OR u.lastname ILIKE ")
-                .push_bind(p.clone())
-                .push(" OR a.username ILIKE ")
-                .push_bind(p)
-                .push(")");
+            push_contains_any(&mut qb, name, &["u.firstname", "u.lastname", "a.username"]);
         }
         qb.push(if descending {
             " ORDER BY u.lastname DESC, a.id"
@@ -676,20 +650,18 @@ impl IdentityReader for PgIdentity {
                     .push_bind(now);
             }
             if let Some(search) = &f.search {
-                let p = contains_pattern(search);
-                qb.push(" AND (a.username ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.firstname ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.lastname ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR u.email ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR r.name ILIKE ")
-                    .push_bind(p.clone())
-                    .push(" OR p.name ILIKE ")
-                    .push_bind(p)
-                    .push(")");
+                push_contains_any(
+                    qb,
+                    search,
+                    &[
+                        "a.username",
+                        "u.firstname",
+                        "u.lastname",
+                        "u.email",
+                        "r.name",
+                        "p.name",
+                    ],
+                );
             }
         };
         paged(

@@ -57,8 +57,18 @@ pub struct ProvidersSettings {
 pub struct HttpIdentityProviders {
     settings: ProvidersSettings,
     http: reqwest::Client,
-    jwks: RwLock<HashMap<String, HashMap<String, DecodingKey>>>,
+    jwks: RwLock<HashMap<String, IssuerKeys>>,
 }
+
+/// One issuer's signing keys and when they were fetched.
+struct IssuerKeys {
+    fetched_at: std::time::Instant,
+    keys: HashMap<String, DecodingKey>,
+}
+
+/// An unknown `kid` refetches the issuer's JWKS at most this often, so that tokens with made-up
+/// key ids cannot make us hammer the provider.
+const JWKS_REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -149,20 +159,36 @@ impl HttpIdentityProviders {
                 DecodingKey::from_jwk(jwk).ok().map(|k| (kid, k))
             })
             .collect();
-        self.jwks.write().await.insert(issuer.to_string(), keys);
+        self.jwks.write().await.insert(
+            issuer.to_string(),
+            IssuerKeys {
+                fetched_at: std::time::Instant::now(),
+                keys,
+            },
+        );
         Ok(())
     }
 
     async fn key(&self, issuer: &str, kid: &str) -> Result<DecodingKey, ExternalAuthError> {
-        let cached = |jwks: &HashMap<String, HashMap<String, DecodingKey>>| {
-            jwks.get(issuer).and_then(|keys| keys.get(kid)).cloned()
-        };
-        if let Some(key) = cached(&*self.jwks.read().await) {
-            return Ok(key);
+        {
+            let jwks = self.jwks.read().await;
+            if let Some(known) = jwks.get(issuer) {
+                if let Some(key) = known.keys.get(kid) {
+                    return Ok(key.clone());
+                }
+                if known.fetched_at.elapsed() < JWKS_REFETCH_MIN_INTERVAL {
+                    return Err(rejected("unknown signing key (kid)"));
+                }
+            }
         }
-        // Unknown kid: the provider may have rotated its keys.
+        // First use, or an unknown kid after a while: the provider may have rotated its keys.
         self.fetch_jwks(issuer).await?;
-        cached(&*self.jwks.read().await).ok_or_else(|| rejected("unknown signing key (kid)"))
+        self.jwks
+            .read()
+            .await
+            .get(issuer)
+            .and_then(|known| known.keys.get(kid).cloned())
+            .ok_or_else(|| rejected("unknown signing key (kid)"))
     }
 
     async fn token_request(

@@ -75,13 +75,18 @@ struct Provider {
     jwks: Value,
     revoked: Mutex<HashSet<String>>,
     issued: Mutex<u64>,
+    certs_served: std::sync::atomic::AtomicU64,
 }
 
 impl Provider {
     /// A token signed by the provider, with these claims on top of the usual ones.
     fn sign(&self, claims: Value) -> String {
+        self.sign_as(claims, KID)
+    }
+
+    fn sign_as(&self, claims: Value, kid: &str) -> String {
         let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(KID.into());
+        header.kid = Some(kid.into());
         jsonwebtoken::encode(&header, &claims, &self.key).expect("token signs")
     }
 
@@ -160,6 +165,8 @@ async fn logout(
 }
 
 async fn certs(State(p): State<Arc<Provider>>) -> Json<Value> {
+    p.certs_served
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Json(p.jwks.clone())
 }
 
@@ -213,6 +220,7 @@ impl Providers {
             }]}),
             revoked: Mutex::new(HashSet::new()),
             issued: Mutex::new(0),
+            certs_served: std::sync::atomic::AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/realms/test/protocol/openid-connect/token", post(token))
@@ -235,6 +243,18 @@ impl Providers {
     /// A token signed with the provider's key but carrying other claims (forgeries).
     pub fn sign(&self, claims: Value) -> String {
         self.provider.sign(claims)
+    }
+
+    /// The same, under another key id (the signature matches no published key).
+    pub fn sign_with_kid(&self, claims: Value, kid: &str) -> String {
+        self.provider.sign_as(claims, kid)
+    }
+
+    /// How many times the JWKS was served.
+    pub fn certs_served(&self) -> u64 {
+        self.provider
+            .certs_served
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn stop(self) {

@@ -96,6 +96,23 @@ async fn oidc_login_token_checks_refresh_and_logout_and_identity_service_hooks()
         assert_eq!(answer.body["code"], "provider_rejected", "{what}");
     }
 
+    // Made-up key ids are refused without refetching the JWKS each time.
+    let fetched = providers.certs_served();
+    for n in 0..5 {
+        let claims = json!({"iss": providers.issuer, "aud": AUDIENCE, "preferred_username": OIDC_USER, "exp": exp});
+        let answer = app
+            .send(with_oidc(
+                providers.sign_with_kid(claims, &format!("bogus-{n}")),
+            ))
+            .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        providers.certs_served(),
+        fetched,
+        "the JWKS was fetched recently: no refetch"
+    );
+
     // Bad code, unknown redirect, and a provider user unknown here.
     for (what, body, code) in [
         (

@@ -18,6 +18,8 @@ pub trait WorkspaceDirectory: Send + Sync {
     async fn request_of_snapshot(&self, snapshot: Uuid) -> Result<Option<Uuid>, PortError>;
     /// The live (not deleted) requests filed in `folder`.
     async fn requests_in_folder(&self, folder: Uuid) -> Result<Vec<Uuid>, PortError>;
+    /// Those of `usernames` that name no user.
+    async fn unknown_users(&self, usernames: &[String]) -> Result<Vec<String>, PortError>;
 }
 
 /// Read-your-writes: waits until the read models have applied what a command appended.

@@ -419,6 +419,14 @@ impl Workspace {
             .check_can_share(&ctx.user, &snapshot)
             .map_err(|e| Self::as_snapshot_error(WorkspaceError::Request(e)))?
             .clone();
+        // Only once the caller is known to own the snapshot: who exists is not for everyone.
+        let unknown = self.directory.unknown_users(&recipients).await?;
+        if !unknown.is_empty() {
+            return Err(WorkspaceError::Invalid(InvalidField {
+                field: "recipients",
+                reason: format!("unknown users: {}", unknown.join(", ")),
+            }));
+        }
         let source_name = source
             .state
             .as_ref()

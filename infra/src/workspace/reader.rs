@@ -451,4 +451,16 @@ impl WorkspaceDirectory for PgWorkspace {
         .await
         .map_err(|e| PortError(e.to_string()))
     }
+
+    async fn unknown_users(&self, usernames: &[String]) -> Result<Vec<String>, PortError> {
+        sqlx::query_scalar(
+            "SELECT name FROM unnest($1::text[]) AS name
+              WHERE NOT EXISTS (SELECT 1 FROM identity.users u WHERE u.username = name)
+              ORDER BY name",
+        )
+        .bind(usernames)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| PortError(e.to_string()))
+    }
 }

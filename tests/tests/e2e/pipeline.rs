@@ -392,6 +392,7 @@ async fn a_projector_killed_mid_stream_and_restarted_applies_every_event_once() 
 #[tokio::test]
 async fn a_rebuilt_projection_is_identical_row_for_row() {
     let app = TestApp::spawn().await;
+    tests::identity::add_user(&app, "dave", None).await;
     let f = app
         .post(
             "/cohort/folders/",

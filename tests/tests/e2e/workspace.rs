@@ -234,6 +234,9 @@ async fn deleting_a_folder_cascades_to_its_requests_and_multi_delete_is_all_or_n
 #[tokio::test]
 async fn sharing_copies_the_snapshot_into_each_recipients_inbox_folder() {
     let app = TestApp::spawn().await;
+    for recipient in ["max", "noe"] {
+        tests::identity::add_user(&app, recipient, None).await;
+    }
     let f = app
         .post("/cohort/folders/", "lea", json!({"name": "F"}))
         .await

@@ -15,6 +15,12 @@ pub const DEFAULT_LIMIT: i64 = 20;
 /// Largest page; also what a negative `limit` ("everything") means.
 pub const MAX_LIMIT: i64 = 30_000;
 
+/// The largest window: what "everything" means for lists the server reads whole.
+pub const ALL: Window = Window {
+    limit: MAX_LIMIT,
+    offset: 0,
+};
+
 /// The query string, as parsed key/values.
 pub type Params = HashMap<String, String>;
 

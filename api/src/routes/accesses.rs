@@ -11,14 +11,14 @@ use commands::identity::{NewAccess, Requester};
 use domain::access::AccessCommand;
 use domain::authz::{Authority, PerimeterRef};
 use projections::identity::{ACCESS_ORDERING, AccessFilter, AccessRow};
-use projections::{Window, parse_ordering};
+use projections::parse_ordering;
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{
-    Envelope, MAX_LIMIT, Params, bool_param, page_envelope, page_window, text_param,
+    ALL, Envelope, Params, bool_param, page_envelope, page_window, text_param,
 };
 use crate::routes::{path_int, requester, written_json};
 use crate::state::AppState;
@@ -113,11 +113,7 @@ pub(super) async fn list(
                 within: Some(vec![perimeter_id]),
                 ..Default::default()
             };
-            let all = Window {
-                limit: MAX_LIMIT,
-                offset: 0,
-            };
-            let rows = state.identity.list_perimeters(&below, all).await?.results;
+            let rows = state.identity.list_perimeters(&below, ALL).await?.results;
             ids.extend(rows.iter().map(|p| p.id).filter(|id| *id != perimeter_id));
         }
         filter.valid_only = true;
@@ -307,13 +303,9 @@ async fn my_valid_accesses(
         valid_only: true,
         ..AccessFilter::default()
     };
-    let window = Window {
-        limit: MAX_LIMIT,
-        offset: 0,
-    };
     Ok(state
         .identity
-        .list_accesses(&filter, now, window)
+        .list_accesses(&filter, now, ALL)
         .await?
         .results)
 }

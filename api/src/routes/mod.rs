@@ -67,15 +67,7 @@ pub(crate) fn written<T: serde::Serialize>(
     view: Option<T>,
     id: uuid::Uuid,
 ) -> Response {
-    match view {
-        Some(view) if caught_up => (status, axum::Json(view)).into_response(),
-        _ => (
-            status,
-            [("x-cohort360-consistency", "pending")],
-            axum::Json(serde_json::json!({ "uuid": id })),
-        )
-            .into_response(),
-    }
+    written_json(status, caught_up, view, serde_json::json!({ "uuid": id }))
 }
 
 async fn not_found() -> ApiError {

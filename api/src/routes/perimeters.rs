@@ -8,12 +8,12 @@ use axum::http::{HeaderMap, Uri};
 use chrono::Utc;
 use domain::authz::{Manageable, PerimeterRef, ReadMode};
 use projections::identity::{PERIMETER_ORDERING, PerimeterFilter, PerimeterRow};
-use projections::{Window, parse_ordering};
+use projections::parse_ordering;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::pagination::{Envelope, MAX_LIMIT, Params, envelope, text_param, window};
+use crate::pagination::{ALL, Envelope, Params, envelope, text_param, window};
 use crate::routes::path_int;
 use crate::state::AppState;
 
@@ -111,11 +111,6 @@ pub(super) async fn children(
     };
     Ok(Json(envelope(page, window, &uri, &headers, &params)))
 }
-
-const ALL: Window = Window {
-    limit: MAX_LIMIT,
-    offset: 0,
-};
 
 /// `GET /accesses/perimeters/manageable/`: the top perimeters where the caller can manage
 /// accesses; with any filter, those tops and everything under them, filtered.

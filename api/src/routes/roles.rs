@@ -8,7 +8,7 @@ use chrono::Utc;
 use domain::authz::PerimeterRef;
 use domain::rights::{CATALOGUE, Rights};
 use projections::identity::{ROLE_ORDERING, RoleFilter, RoleView};
-use projections::{Window, parse_ordering};
+use projections::parse_ordering;
 use serde_json::{Map, Value, json};
 
 use crate::auth::Caller;
@@ -255,13 +255,7 @@ pub(super) async fn assignable(
         .await?;
     let roles = state
         .identity
-        .list_roles(
-            &RoleFilter::default(),
-            Window {
-                limit: crate::pagination::MAX_LIMIT,
-                offset: 0,
-            },
-        )
+        .list_roles(&RoleFilter::default(), crate::pagination::ALL)
         .await?;
     let target = PerimeterRef {
         id: perimeter.id,

@@ -61,6 +61,42 @@ pub struct Settings {
 
     #[command(flatten)]
     pub identity: IdentitySettings,
+
+    #[command(flatten)]
+    pub cohorts: CohortArgs,
+}
+
+/// Counts, cohorts and the QueryExecutor.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CohortArgs {
+    /// Cohorts this large are `long_pending` (finished by the Solr ETL) and not exportable.
+    #[arg(long, env = "COHORT_SIZE_LIMIT", default_value_t = 20_000)]
+    pub cohort_size_limit: i64,
+
+    /// A count older than this many hours is `count_outdated`.
+    #[arg(long, env = "LAST_COUNT_VALIDITY", default_value_t = 24)]
+    pub last_count_validity_hours: i64,
+
+    /// Base URL of the QueryExecutor (`/jobs` is appended).
+    #[arg(
+        long,
+        env = "QUERY_EXECUTOR_URL",
+        default_value = "http://127.0.0.1:8090"
+    )]
+    pub query_executor_url: String,
+
+    /// Timeout of each call to the QueryExecutor, in seconds.
+    #[arg(long, env = "QUERY_EXECUTOR_TIMEOUT_SECONDS", default_value_t = 10)]
+    pub query_executor_timeout_seconds: u64,
+
+    /// A job without news for this many seconds is looked up at the executor (`GET /jobs/{id}`):
+    /// its lost callback is replaced by the answer.
+    #[arg(long, env = "EXECUTOR_RECONCILE_AFTER_SECONDS", default_value_t = 600)]
+    pub reconcile_after_seconds: u64,
+
+    /// How often the reconciler looks for such jobs, in seconds (0 disables it).
+    #[arg(long, env = "EXECUTOR_RECONCILE_EVERY_SECONDS", default_value_t = 60)]
+    pub reconcile_every_seconds: u64,
 }
 
 /// Tokens, applicative users, access defaults and validation patterns.
@@ -157,6 +193,19 @@ pub struct IdentitySettings {
         default_value = r"^[A-Za-z0-9._@+-]{1,30}$"
     )]
     pub username_regex: String,
+}
+
+impl Default for CohortArgs {
+    fn default() -> Self {
+        Self {
+            cohort_size_limit: 20_000,
+            last_count_validity_hours: 24,
+            query_executor_url: "http://127.0.0.1:8090".into(),
+            query_executor_timeout_seconds: 10,
+            reconcile_after_seconds: 600,
+            reconcile_every_seconds: 60,
+        }
+    }
 }
 
 impl Default for IdentitySettings {

@@ -5,10 +5,13 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use commands::cohorts::CohortsError;
 use commands::identity::IdentityError;
 use commands::ports::ExternalAuthError;
 use commands::workspace::WorkspaceError;
 use domain::access::AccessError;
+use domain::cohort::CohortError;
+use domain::count::CountError;
 use domain::folder::FolderError;
 use domain::maintenance::MaintenanceError;
 use domain::request::RequestError;
@@ -187,6 +190,55 @@ impl From<RequestError> for ApiError {
             },
             RequestError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
             RequestError::NoRecipients => Self::invalid_field("recipients", e.to_string()),
+        }
+    }
+}
+
+impl From<CountError> for ApiError {
+    fn from(e: CountError) -> Self {
+        match e {
+            CountError::AlreadyExists => Self::new(
+                StatusCode::CONFLICT,
+                "dated_measure_already_exists",
+                e.to_string(),
+            ),
+            CountError::NotFound => Self::not_found("dated_measure_not_found", "dated measure"),
+            CountError::Job(_) => {
+                Self::new(StatusCode::CONFLICT, "job_state_conflict", e.to_string())
+            }
+        }
+    }
+}
+
+impl From<CohortError> for ApiError {
+    fn from(e: CohortError) -> Self {
+        match e {
+            CohortError::AlreadyExists => {
+                Self::new(StatusCode::CONFLICT, "cohort_already_exists", e.to_string())
+            }
+            CohortError::NotFound => Self::not_found("cohort_not_found", "cohort"),
+            CohortError::Job(_) => {
+                Self::new(StatusCode::CONFLICT, "job_state_conflict", e.to_string())
+            }
+            CohortError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+        }
+    }
+}
+
+impl From<CohortsError> for ApiError {
+    fn from(e: CohortsError) -> Self {
+        match e {
+            CohortsError::Count(e) => e.into(),
+            CohortsError::Cohort(e) => e.into(),
+            CohortsError::Request(e) => e.into(),
+            CohortsError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            CohortsError::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            CohortsError::Unavailable(detail) => Self::unavailable(&detail),
+            CohortsError::Internal(detail) => Self::internal(&detail),
         }
     }
 }

@@ -33,12 +33,14 @@ pub struct Envelope<T> {
     pub results: Vec<T>,
 }
 
-fn int_param(params: &Params, key: &'static str) -> Result<Option<i64>, ApiError> {
+/// An integer filter.
+pub fn int_param(params: &Params, key: &'static str) -> Result<Option<i64>, ApiError> {
     params
         .get(key)
         .filter(|v| !v.is_empty())
         .map(|v| {
-            v.parse::<i64>()
+            v.trim()
+                .parse::<i64>()
                 .map_err(|_| ApiError::invalid_field(key, format!("{key} must be an integer")))
         })
         .transpose()
@@ -195,6 +197,20 @@ pub fn datetime_param(
         key,
         format!("{key} must be a date or an RFC 3339 date-time"),
     ))
+}
+
+/// A comma-list filter (`status=a,b`); empty items are dropped.
+pub fn list_param(params: &Params, key: &str) -> Vec<String> {
+    params
+        .get(key)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A non-empty text filter.

@@ -43,3 +43,29 @@ pub async fn expiry_alerts(state: AppState, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Every `EXECUTOR_RECONCILE_EVERY_SECONDS`, asks the executor about the jobs without news for
+/// `EXECUTOR_RECONCILE_AFTER_SECONDS` (a lost callback, a forgotten job, an interrupted submission).
+pub async fn reconcile_jobs(state: AppState, shutdown: CancellationToken) {
+    let settings = state.cohort_settings.clone();
+    let every = Duration::from_secs(settings.reconcile_every_seconds.max(1));
+    let after = chrono::Duration::seconds(settings.reconcile_after_seconds as i64);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let ctx = CommandContext {
+            user: "system".into(),
+            impersonator: None,
+            correlation_id: "scheduler:reconcile-jobs".into(),
+            causation_id: "scheduler:reconcile-jobs".into(),
+            at: Utc::now(),
+        };
+        match state.cohorts.reconcile(&ctx, ctx.at - after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "jobs reconciled with the query executor"),
+            Err(e) => tracing::warn!(error = %e, "job reconciliation failed; next run retries"),
+        }
+    }
+}

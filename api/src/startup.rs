@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::workspace::Workspace;
+use infra::cohorts::reactions::{ExecutorReaction, JobNotifications, PublicEvents};
+use infra::cohorts::{CohortsProjection, PgCohorts};
 use infra::consistency::ProjectorConsistency;
 use infra::identity::{IdentityProjection, PgIdentity};
 use infra::nats::NatsSettings;
 use infra::projector::{Projection, Projector, ProjectorSettings};
+use infra::reactor::{Reaction, Reactor, ReactorSettings};
 use infra::relay::{Relay, RelaySettings};
 use infra::workspace::{PgWorkspace, WorkspaceProjection};
 use sqlx::PgPool;
@@ -28,7 +31,11 @@ use crate::state::{AppState, Check, Readiness};
 
 /// The projections this service maintains.
 pub fn projections() -> Vec<Arc<dyn Projection>> {
-    vec![Arc::new(WorkspaceProjection), Arc::new(IdentityProjection)]
+    vec![
+        Arc::new(WorkspaceProjection),
+        Arc::new(IdentityProjection),
+        Arc::new(CohortsProjection),
+    ]
 }
 
 /// NATS settings from the service settings.
@@ -271,6 +278,69 @@ impl Core {
             format!("{}.ws.push", settings.nats_subject_prefix),
         );
         tasks.spawn(hub.clone().forward_from_nats(shutdown.clone()));
+
+        let cohort_reader = Arc::new(PgCohorts::new(pool.clone()));
+        let executor = infra::cohorts::executor::HttpQueryExecutor::new(
+            &infra::cohorts::executor::ExecutorSettings {
+                url: settings.cohorts.query_executor_url.clone(),
+                timeout: Duration::from_secs(
+                    settings.cohorts.query_executor_timeout_seconds.max(1),
+                ),
+            },
+        )?;
+        let cohorts = Arc::new(commands::cohorts::Cohorts::new(
+            infra::stores::cohorts(&pool),
+            reader.clone(),
+            cohort_reader.clone(),
+            Arc::new(executor),
+            consistency.clone(),
+            commands::cohorts::CohortSettings {
+                size_limit: settings.cohorts.cohort_size_limit,
+            },
+        ));
+        let public_root = format!("{}.public", settings.nats_subject_prefix);
+        infra::cohorts::reactions::ensure_public_stream(&js, &nats.stream, &public_root)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the public events stream: {e}"))?;
+        let reactions: Vec<(Arc<dyn Reaction>, Vec<&'static str>)> = vec![
+            // Reads the cohorts read model (older counts of the same request).
+            (
+                Arc::new(ExecutorReaction {
+                    cohorts: cohorts.clone(),
+                }),
+                vec![projections::cohorts::PROJECTION],
+            ),
+            // The front-end reads the count or cohort when told: the read model first.
+            (
+                Arc::new(JobNotifications {
+                    cohorts: cohorts.clone(),
+                    notifier: Arc::new(hub.clone()),
+                }),
+                vec![projections::cohorts::PROJECTION],
+            ),
+            (
+                Arc::new(PublicEvents {
+                    cohorts: cohorts.clone(),
+                    js: js.clone(),
+                    subject_root: public_root,
+                }),
+                vec![],
+            ),
+        ];
+        for (reaction, after) in reactions {
+            let reactor = Reactor::new(
+                pool.clone(),
+                reaction,
+                ReactorSettings {
+                    poll_interval: settings.projector_poll_interval(),
+                    after,
+                    wait_for_projections: settings.read_your_writes_timeout(),
+                },
+            );
+            reactor.start().await?;
+            tasks.spawn(reactor.run(Some(js.clone()), nats.clone(), shutdown.clone()));
+        }
+
         let state = AppState {
             workspace: Arc::new(workspace),
             reader,
@@ -296,6 +366,9 @@ impl Core {
                 sender: settings.identity.smtp.email_sender_address.clone(),
                 timeout: Duration::from_secs(30),
             })),
+            cohorts,
+            cohort_reader,
+            cohort_settings: Arc::new(settings.cohorts.clone()),
         };
         Ok(Self {
             state,
@@ -344,6 +417,12 @@ impl Application {
             ));
         } else {
             tracing::info!("access-expiry e-mails are disabled (ENABLE_ACCESS_EXPIRY_ALERTS)");
+        }
+        if settings.cohorts.reconcile_every_seconds > 0 {
+            tasks.spawn(crate::scheduler::reconcile_jobs(
+                state.clone(),
+                shutdown.clone(),
+            ));
         }
         let jwt = state.jwt.clone();
         let router = crate::routes::router(state.clone())

@@ -3,16 +3,18 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use commands::cohorts::Cohorts;
 use commands::identity::Identity;
 use commands::ports::{IdentityProviders, Mailer};
 use commands::workspace::Workspace;
 use projections::audit::AuditReader;
+use projections::cohorts::CohortReader;
 use projections::identity::IdentityReader;
 use projections::workspace::WorkspaceReader;
 use serde::Serialize;
 
 use crate::auth::{ApplicativeToken, JwtKeys};
-use crate::config::IdentitySettings;
+use crate::config::{CohortArgs, IdentitySettings};
 use crate::routes::maintenances::MaintenanceGate;
 use crate::ws::Hub;
 
@@ -47,6 +49,9 @@ pub struct AppState {
     pub audit: Arc<dyn AuditReader>,
     pub providers: Arc<dyn IdentityProviders>,
     pub mailer: Arc<dyn Mailer>,
+    pub cohorts: Arc<Cohorts>,
+    pub cohort_reader: Arc<dyn CohortReader>,
+    pub cohort_settings: Arc<CohortArgs>,
 }
 
 impl AppState {

@@ -204,3 +204,10 @@ async fn serve(state: AppState, mut socket: WebSocket) {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl commands::ports::Notifier for Hub {
+    async fn push(&self, username: &str, message: Value) {
+        Hub::push(self, username, message).await
+    }
+}

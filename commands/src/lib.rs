@@ -9,6 +9,7 @@
 
 pub mod alerts;
 pub mod bus;
+pub mod cohorts;
 pub mod context;
 pub mod error;
 pub mod identity;

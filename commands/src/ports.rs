@@ -101,3 +101,109 @@ pub struct Mail {
 pub trait Mailer: Send + Sync {
     async fn send(&self, mail: Mail) -> Result<(), PortError>;
 }
+
+/// What the QueryExecutor is asked to do (upstream's `input.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecutorMode {
+    Count,
+    CountAll,
+    CountWithDetails,
+    Create,
+}
+
+impl ExecutorMode {
+    /// The wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "count",
+            Self::CountAll => "count_all",
+            Self::CountWithDetails => "count_with_details",
+            Self::Create => "create",
+        }
+    }
+}
+
+/// One job for the QueryExecutor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSubmission {
+    pub mode: ExecutorMode,
+    /// The stored query (`serialized_query`), as text.
+    pub query: String,
+    /// The owner's username (`input.ownerEntityId`).
+    pub owner: String,
+    /// The count, cohort or study the job is for (`input.cohortUuid`; the callback names it).
+    pub target: Uuid,
+    /// Where the executor calls back, when not its default for the mode.
+    pub callback_path: Option<String>,
+    /// Sample ratio of a sampled cohort.
+    pub sampling: Option<f64>,
+    /// Stage details of a count (`all` or `ratio`).
+    pub details: Option<String>,
+}
+
+/// The executor took a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobAccepted {
+    pub job_id: String,
+    /// The status it answered with (`RUNNING` normally).
+    pub status: String,
+    pub message: Option<String>,
+}
+
+/// How a cancel ended at the executor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    Killed,
+    /// The job had already finished (its callback carries the result).
+    AlreadyFinished,
+}
+
+/// Why the executor could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExecutorError {
+    #[error("the query executor is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the query executor refused the job: {0}")]
+    Refused(String),
+}
+
+/// The QueryExecutor: submits, cancels and inspects jobs (upstream's `/jobs` API).
+#[async_trait]
+pub trait QueryExecutor: Send + Sync {
+    async fn submit(&self, job: JobSubmission) -> Result<JobAccepted, ExecutorError>;
+    async fn cancel(&self, job_id: &str) -> Result<CancelOutcome, ExecutorError>;
+    /// The job's status and result; `Ok(None)` when the executor does not know the job.
+    async fn status(&self, job_id: &str) -> Result<Option<domain::job::JobReport>, ExecutorError>;
+}
+
+/// A job left without news for too long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaleJob {
+    Count(Uuid),
+    Cohort(Uuid),
+}
+
+/// Lookups in the cohorts read model that commands and reactors need.
+#[async_trait]
+pub trait CohortDirectory: Send + Sync {
+    /// The counts of `request` that may still run (new, pending, started) and are not the
+    /// count of a cohort, except `except`.
+    async fn running_counts_of_request(
+        &self,
+        request: Uuid,
+        except: Uuid,
+    ) -> Result<Vec<Uuid>, PortError>;
+    /// The cohort id (`cohort_id`) of the root perimeter, which global estimates count on.
+    async fn root_perimeter_cohort_id(&self) -> Result<Option<String>, PortError>;
+    /// Counts and cohorts submitted or started before `before` that have not ended.
+    async fn stale_jobs(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<StaleJob>, PortError>;
+}
+
+/// Pushes a message to a user's websocket sessions, on whichever instance holds them.
+#[async_trait]
+pub trait Notifier: Send + Sync {
+    async fn push(&self, username: &str, message: serde_json::Value);
+}

@@ -9,7 +9,10 @@
 
 pub mod access;
 pub mod authz;
+pub mod cohort;
+pub mod count;
 pub mod folder;
+pub mod job;
 pub mod maintenance;
 pub mod perimeter;
 pub mod query;

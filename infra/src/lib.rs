@@ -13,14 +13,17 @@
 //! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
 
 pub mod audit;
+pub mod cohorts;
 pub mod consistency;
 pub mod db;
+pub mod follow;
 pub mod identity;
 pub mod identity_providers;
 pub mod log;
 pub mod mail;
 pub mod nats;
 pub mod projector;
+pub mod reactor;
 pub mod relay;
 mod sql;
 pub mod stores;

@@ -13,16 +13,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
-use futures::StreamExt;
 use projections::Cursor;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
+use crate::follow::LogConsumer;
+pub use crate::follow::Outcome;
 use crate::log::{CommittedEvent, read_committed_after};
-use crate::nats::{Envelope, NatsSettings};
 
 /// Events folded per catch-up transaction.
 const CATCH_UP_BATCH: i64 = 500;
@@ -62,16 +60,6 @@ pub trait Projection: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &CommittedEvent,
     ) -> Result<(), ProjectionError>;
-}
-
-/// What happened to one event offered to the projector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Applied,
-    /// At or before the checkpoint: already applied.
-    Duplicate,
-    /// The event's predecessor was not applied yet: catch up from the table first.
-    Gap,
 }
 
 /// Decodes a version-1 event payload for a fold; anything else is reported as undecodable.
@@ -261,141 +249,39 @@ impl Projector {
         self.observe(event.cursor());
         Ok(Outcome::Applied)
     }
+}
 
-    /// Runs until `shutdown`: catches up, then follows JetStream (durable consumer
-    /// `<stream>_<projection>`), falling back to the table on gaps, silence and outages.
+impl Projector {
+    /// Runs until `shutdown`, following the log (see [`crate::follow::run`]); the durable
+    /// JetStream consumer is `<stream>_<projection>`.
     pub async fn run(
         self,
-        js: Option<jetstream::Context>,
-        nats: NatsSettings,
-        shutdown: CancellationToken,
+        js: Option<async_nats::jetstream::Context>,
+        nats: crate::nats::NatsSettings,
+        shutdown: tokio_util::sync::CancellationToken,
     ) {
-        loop {
-            if shutdown.is_cancelled() {
-                return;
-            }
-            if let Err(e) = self.catch_up().await {
-                tracing::error!(projection = self.name(), error = %e, "catch-up failed");
-                if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
-                    return;
-                }
-                continue;
-            }
-            let followed = match &js {
-                Some(js) => self.follow(js, &nats, &shutdown).await,
-                None => self.poll(&shutdown).await,
-            };
-            match followed {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(projection = self.name(), error = %e, "live feed interrupted; polling the event table meanwhile");
-                    // Keep the read model fresh from Postgres while NATS is away.
-                    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-                    while tokio::time::Instant::now() < until {
-                        if let Err(e) = self.catch_up().await {
-                            tracing::warn!(projection = self.name(), error = %e, "catch-up failed");
-                        }
-                        if sleep_or_stop(&shutdown, self.settings.poll_interval).await {
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn poll(&self, shutdown: &CancellationToken) -> Result<(), String> {
-        loop {
-            if sleep_or_stop(shutdown, self.settings.poll_interval).await {
-                return Ok(());
-            }
-            self.catch_up().await.map_err(|e| e.to_string())?;
-        }
-    }
-
-    /// Subscribes the durable consumer of this projection.
-    async fn subscribe(
-        &self,
-        js: &jetstream::Context,
-        nats: &NatsSettings,
-    ) -> Result<consumer::pull::Stream, String> {
-        let stream = js
-            .get_stream(&nats.stream)
-            .await
-            .map_err(|e| e.to_string())?;
-        let durable = format!("{}_{}", nats.stream, self.name());
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    deliver_policy: consumer::DeliverPolicy::New,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        consumer
-            .stream()
-            .heartbeat(Duration::from_secs(2))
-            .expires(Duration::from_secs(10))
-            .messages()
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn follow(
-        &self,
-        js: &jetstream::Context,
-        nats: &NatsSettings,
-        shutdown: &CancellationToken,
-    ) -> Result<(), String> {
-        // Subscribing waits on NATS; keep the read model fresh from Postgres meanwhile.
-        let mut messages = tokio::select! {
-            subscribed = self.subscribe(js, nats) => subscribed?,
-            polled = self.poll(shutdown) => return polled,
-        };
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                next = tokio::time::timeout(self.settings.poll_interval, messages.next()) => next,
-            };
-            let message = match next {
-                // Silence: make sure nothing was missed while NATS was quiet.
-                Err(_) => {
-                    self.catch_up().await.map_err(|e| e.to_string())?;
-                    continue;
-                }
-                Ok(None) => return Err("the consumer stream ended".into()),
-                Ok(Some(Err(e))) => return Err(e.to_string()),
-                Ok(Some(Ok(m))) => m,
-            };
-            match serde_json::from_slice::<Envelope>(&message.payload) {
-                Ok(envelope) => {
-                    let previous = envelope.previous;
-                    let event = envelope.into_event();
-                    let outcome = self
-                        .offer(&event, previous)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if outcome == Outcome::Gap {
-                        self.catch_up().await.map_err(|e| e.to_string())?;
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(projection = self.name(), error = %e, "undecodable message ignored")
-                }
-            }
-            message.ack().await.map_err(|e| e.to_string())?;
-        }
+        crate::follow::run(self, js, nats, shutdown).await
     }
 }
 
-async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) -> bool {
-    tokio::select! {
-        () = shutdown.cancelled() => true,
-        () = tokio::time::sleep(d) => false,
+#[async_trait]
+impl LogConsumer for Projector {
+    fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.settings.poll_interval
+    }
+
+    async fn catch_up(&self) -> Result<usize, String> {
+        Projector::catch_up(self).await.map_err(|e| e.to_string())
+    }
+
+    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
+        Projector::offer(self, event, previous)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -7,6 +7,8 @@ use commands::{CommandBus, Execute};
 use cqrs_es::persist::PersistedEventStore;
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use domain::access::Access;
+use domain::cohort::Cohort;
+use domain::count::Count;
 use domain::folder::Folder;
 use domain::maintenance::MaintenancePhase;
 use domain::perimeter::Perimeter;
@@ -103,6 +105,15 @@ pub fn folders(pool: &PgPool) -> Arc<dyn Execute<Folder>> {
 /// The command bus of requests.
 pub fn requests(pool: &PgPool) -> Arc<dyn Execute<Request>> {
     Arc::new(bus::<Request>(pool))
+}
+
+/// The command buses of counts, cohorts (and requests, which they read).
+pub fn cohorts(pool: &PgPool) -> commands::cohorts::CohortBuses {
+    commands::cohorts::CohortBuses {
+        counts: Arc::new(bus::<Count>(pool)),
+        cohorts: Arc::new(bus::<Cohort>(pool)),
+        requests: requests(pool),
+    }
 }
 
 /// The command buses of the identity aggregates.

@@ -96,9 +96,9 @@ pub struct SnapshotView {
     pub serialized_query: String,
     pub perimeters_ids: Vec<String>,
     pub shared_by: Option<String>,
-    /// Counts of this snapshot (empty until counts land).
+    /// Counts of this snapshot, newest first.
     pub dated_measures: Vec<serde_json::Value>,
-    /// Cohorts of this snapshot (empty until cohorts land).
+    /// Cohorts of this snapshot, newest first.
     pub cohort_results: Vec<serde_json::Value>,
 }
 

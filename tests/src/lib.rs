@@ -5,9 +5,11 @@
 //! `nats://127.0.0.1:4222`). Each [`TestApp`] gets its own database `c360_test_<id>` and its own
 //! subject prefix and stream, so tests run in parallel without seeing each other.
 
+pub mod executor;
 pub mod identity;
 pub mod providers;
 pub mod smtp;
+pub mod ws;
 
 use std::time::Duration;
 
@@ -63,6 +65,12 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         log_format: LogFormat::Text,
         // No applicative token by default: their users would add events at startup.
         identity: api::config::IdentitySettings::default(),
+        // Nothing listens there: tests that count start a loopback executor and point here.
+        cohorts: api::config::CohortArgs {
+            query_executor_url: "http://127.0.0.1:9".into(),
+            query_executor_timeout_seconds: 2,
+            ..Default::default()
+        },
     }
 }
 

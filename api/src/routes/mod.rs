@@ -3,6 +3,7 @@
 mod accesses;
 mod audit;
 mod auth;
+pub(crate) mod cohorts;
 mod folders;
 mod health;
 pub mod maintenances;
@@ -155,6 +156,7 @@ pub fn router(state: AppState) -> Router {
             "/audit/users/{username}/accesses/",
             get(audit::user_accesses),
         )
+        .route("/audit/cohorts/{id}/lineage/", get(audit::cohort_lineage))
         .route(
             "/audit/{aggregate_type}/{id}/events/",
             get(audit::aggregate_history),
@@ -199,6 +201,29 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/cohort/request-query-snapshots/{id}/share/",
             post(snapshots::share),
+        )
+        .route(
+            "/cohort/dated-measures/",
+            get(cohorts::list_dated_measures).post(cohorts::create_dated_measure),
+        )
+        .route(
+            "/cohort/dated-measures/{id}/",
+            get(cohorts::retrieve_dated_measure).patch(cohorts::patch_dated_measure),
+        )
+        .route(
+            "/cohort/cohorts/",
+            get(cohorts::list_cohorts).post(cohorts::create_cohort),
+        )
+        .route("/cohort/cohorts/jobs/active/", get(cohorts::active_jobs))
+        .route(
+            "/cohort/cohorts/cohort-rights/",
+            get(cohorts::cohort_rights),
+        )
+        .route(
+            "/cohort/cohorts/{id}/",
+            get(cohorts::retrieve_cohort)
+                .patch(cohorts::patch_cohort)
+                .delete(cohorts::delete_cohorts),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -13,22 +13,10 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::pagination::{ALL, Envelope, Params, envelope, text_param, window};
+use crate::pagination::{ALL, Envelope, Params, envelope, list_param, text_param, window};
 use crate::routes::path_int;
 use crate::state::AppState;
-
-fn list_param(params: &Params, key: &str) -> Vec<String> {
-    params
-        .get(key)
-        .map(|v| {
-            v.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use projections::cohorts::{CohortFilter, Reader};
 
 fn int_list_param(params: &Params, key: &'static str) -> Result<Vec<i64>, ApiError> {
     list_param(params, key)
@@ -235,6 +223,23 @@ pub(super) async fn read_check(
         .identity
         .authority(&caller.username, Utc::now())
         .await?;
+    // Cohort group ids stand for the perimeters of their snapshot.
+    let cohorts = state
+        .cohort_reader
+        .list_cohorts(
+            Reader::Owner(&caller.username),
+            &CohortFilter {
+                group_id: cohort_ids.clone(),
+                ..Default::default()
+            },
+            ALL,
+        )
+        .await?
+        .results;
+    let mut cohort_ids = cohort_ids;
+    for c in cohorts {
+        cohort_ids.extend(c.perimeters_ids);
+    }
     let targets = state.identity.perimeters_by_cohort_ids(&cohort_ids).await?;
     let refs: Vec<PerimeterRef<'_>> = targets
         .iter()

@@ -83,11 +83,52 @@ async fn list_filtered(
         Forced::Request(r) => filter.request = Some(r),
         Forced::Previous(p) => filter.previous_snapshot = Some(p),
     }
-    let page = state
+    let mut page = state
         .reader
         .list_snapshots(&caller.username, &filter, window)
         .await?;
+    page.results = with_jobs(state, page.results).await?;
     Ok(Json(envelope(page, window, uri, headers, params)))
+}
+
+/// Fills the snapshots' `dated_measures` and `cohort_results` from the cohorts read model.
+async fn with_jobs(
+    state: &AppState,
+    mut views: Vec<SnapshotView>,
+) -> Result<Vec<SnapshotView>, ApiError> {
+    let ids: Vec<_> = views.iter().map(|v| v.uuid).collect();
+    if ids.is_empty() {
+        return Ok(views);
+    }
+    let (measures, cohorts) = state.cohort_reader.of_snapshots(&ids).await?;
+    for view in &mut views {
+        let (m, c) = crate::routes::cohorts::snapshot_children(
+            state,
+            measures
+                .iter()
+                .filter(|m| m.request_query_snapshot == view.uuid)
+                .cloned()
+                .collect(),
+            cohorts
+                .iter()
+                .filter(|c| c.request_query_snapshot == view.uuid)
+                .cloned()
+                .collect(),
+        );
+        view.dated_measures = m;
+        view.cohort_results = c;
+    }
+    Ok(views)
+}
+
+async fn one_with_jobs(
+    state: &AppState,
+    view: Option<SnapshotView>,
+) -> Result<Option<SnapshotView>, ApiError> {
+    Ok(match view {
+        Some(v) => with_jobs(state, vec![v]).await?.pop(),
+        None => None,
+    })
 }
 
 pub(super) async fn list(
@@ -162,9 +203,9 @@ pub(super) async fn retrieve(
     Path(id): Path<String>,
 ) -> Result<Json<SnapshotView>, ApiError> {
     let id = snapshot_id(&id)?;
-    state
-        .reader
-        .snapshot(&caller.username, id)
+    let view = state.reader.snapshot(&caller.username, id).await?;
+    let view = one_with_jobs(&state, view).await?;
+    one_with_jobs(&state, view)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("snapshot_not_found", "query snapshot"))
@@ -191,6 +232,7 @@ async fn create_with(
     let ctx = command_context(caller, trace);
     let w = state.workspace.save_snapshot(&ctx, new).await?;
     let view = state.reader.snapshot(&caller.username, w.value).await?;
+    let view = one_with_jobs(state, view).await?;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -251,6 +293,7 @@ pub(super) async fn update(
         .update_snapshot(&ctx, id, body.name, body.serialized_query)
         .await?;
     let view = state.reader.snapshot(&caller.username, id).await?;
+    let view = one_with_jobs(&state, view).await?;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -164,6 +164,8 @@ struct SummaryRow {
     name: Option<String>,
     created_at: DateTime<Utc>,
     version: i32,
+    cohorts_count: i64,
+    patients_count: Option<i64>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -279,8 +281,17 @@ impl PgWorkspace {
     async fn with_snapshots(&self, rows: Vec<RequestRow>) -> Result<Vec<RequestView>, ReadError> {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
         let summaries: Vec<SummaryRow> = sqlx::query_as(
-            "SELECT request, uuid, name, created_at, version FROM workspace.query_snapshots
-              WHERE request = ANY($1) AND deleted_at IS NULL ORDER BY created_at DESC, version DESC",
+            // patients_count: the newest count of the snapshot (global estimates aside).
+            "SELECT s.request, s.uuid, s.name, s.created_at, s.version,
+                    (SELECT count(*) FROM cohorts.cohorts c
+                      WHERE c.request_query_snapshot = s.uuid AND c.deleted_at IS NULL
+                        AND NOT c.is_subset) AS cohorts_count,
+                    (SELECT d.measure FROM cohorts.dated_measures d
+                      WHERE d.request_query_snapshot = s.uuid AND d.mode = 'Snapshot'
+                      ORDER BY d.created_at DESC LIMIT 1) AS patients_count
+               FROM workspace.query_snapshots s
+              WHERE s.request = ANY($1) AND s.deleted_at IS NULL
+              ORDER BY s.created_at DESC, s.version DESC",
         )
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -296,8 +307,8 @@ impl PgWorkspace {
                     name: s.name,
                     created_at: s.created_at,
                     version: s.version,
-                    cohorts_count: 0,
-                    patients_count: None,
+                    cohorts_count: s.cohorts_count,
+                    patients_count: s.patients_count,
                 });
         }
         Ok(rows

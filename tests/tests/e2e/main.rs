@@ -3,6 +3,7 @@
 mod alerts;
 mod auth;
 mod bad_input;
+mod cohorts;
 mod maintenance;
 mod oidc;
 mod operator;

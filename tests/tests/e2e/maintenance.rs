@@ -3,37 +3,13 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 use tests::TestApp;
 use tests::identity::{APHP, seed, user_with};
+use tests::ws::{connect, next_json};
 use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(app: &TestApp) -> Socket {
-    let url = format!("{}/ws/", app.base.replace("http://", "ws://"));
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket connects")
-        .0
-}
-
-/// The next JSON text message, within a few seconds.
-async fn next_json(socket: &mut Socket) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a message arrives in time")
-            .expect("socket open")
-            .expect("socket healthy");
-        if let Message::Text(text) = msg {
-            return serde_json::from_str(&text).expect("JSON message");
-        }
-    }
-}
 
 #[tokio::test]
 async fn websocket_handshake_and_maintenance_broadcasts() {

@@ -1,0 +1,942 @@
+//! The cohorts service: counts (dated measures), cohorts and samples, the executor callbacks,
+//! and what the reactors do with the executor (submit, cancel, reconcile) and the websockets.
+//!
+//! HTTP handlers call the request/update/settle methods; the reactors call the `submit_*`,
+//! `kill_if_cancelled`, `reconcile` and `notify_*` methods once per event (at least once: every
+//! one of them is idempotent, and a submission is claimed by an event before the executor is
+//! called, so an event handled twice never submits twice).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use domain::cohort::{
+    Cohort, CohortChanges, CohortCommand, CohortError, CohortRequest, CohortState,
+};
+use domain::count::{Count, CountCommand, CountError, CountMode, CountRequest, CountState};
+use domain::job::{JobError, JobReport, JobStatus};
+use domain::request::{Request, RequestError, RequestState};
+use domain::validation::InvalidField;
+use serde_json::{Value, json};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::bus::{Committed, Execute};
+use crate::context::CommandContext;
+use crate::error::CommandError;
+use crate::ports::{
+    CancelOutcome, CohortDirectory, Consistency, ExecutorError, ExecutorMode, JobSubmission,
+    Notifier, PortError, QueryExecutor, StaleJob, WorkspaceDirectory,
+};
+use crate::workspace::Written;
+
+/// Why a cohorts operation failed.
+#[derive(Debug, Error)]
+pub enum CohortsError {
+    #[error(transparent)]
+    Count(CountError),
+    #[error(transparent)]
+    Cohort(CohortError),
+    #[error(transparent)]
+    Request(RequestError),
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+    #[error("the object was modified concurrently; retry")]
+    Conflict,
+    #[error("a required service is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn from_command<E: std::error::Error>(
+    e: CommandError<E>,
+    rejected: impl FnOnce(E) -> CohortsError,
+) -> CohortsError {
+    match e {
+        CommandError::Rejected(e) => rejected(e),
+        CommandError::Conflict => CohortsError::Conflict,
+        CommandError::Unavailable(m) => CohortsError::Unavailable(m),
+        CommandError::Internal(m) => CohortsError::Internal(m),
+    }
+}
+
+impl From<CommandError<CountError>> for CohortsError {
+    fn from(e: CommandError<CountError>) -> Self {
+        from_command(e, CohortsError::Count)
+    }
+}
+
+impl From<CommandError<CohortError>> for CohortsError {
+    fn from(e: CommandError<CohortError>) -> Self {
+        from_command(e, CohortsError::Cohort)
+    }
+}
+
+impl From<CommandError<RequestError>> for CohortsError {
+    fn from(e: CommandError<RequestError>) -> Self {
+        from_command(e, CohortsError::Request)
+    }
+}
+
+impl From<PortError> for CohortsError {
+    fn from(e: PortError) -> Self {
+        CohortsError::Unavailable(e.0)
+    }
+}
+
+/// The command buses of counts and cohorts.
+pub struct CohortBuses {
+    pub counts: Arc<dyn Execute<Count>>,
+    pub cohorts: Arc<dyn Execute<Cohort>>,
+    pub requests: Arc<dyn Execute<Request>>,
+}
+
+/// Tuning of the cohorts service.
+#[derive(Debug, Clone)]
+pub struct CohortSettings {
+    /// `COHORT_SIZE_LIMIT`: cohorts this large are `long_pending` (Solr ETL) and not exportable.
+    pub size_limit: i64,
+}
+
+/// A cohort saved from a count.
+#[derive(Debug, Clone)]
+pub struct NewCohort {
+    pub name: String,
+    pub description: Option<String>,
+    pub snapshot: Option<Uuid>,
+    pub request: Option<Uuid>,
+    pub dated_measure: Uuid,
+    pub global_estimate: bool,
+}
+
+/// A sample of one of the caller's cohorts.
+#[derive(Debug, Clone)]
+pub struct NewSample {
+    pub name: String,
+    pub description: Option<String>,
+    pub parent_cohort: Uuid,
+    pub sampling_ratio: f64,
+}
+
+/// What a callback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Applied, or recognised as a duplicate or late report.
+    Accepted,
+    /// The status was not one; the job was marked failed.
+    InvalidStatus,
+}
+
+/// The cohorts application service.
+pub struct Cohorts {
+    buses: CohortBuses,
+    workspace: Arc<dyn WorkspaceDirectory>,
+    directory: Arc<dyn CohortDirectory>,
+    executor: Arc<dyn QueryExecutor>,
+    consistency: Arc<dyn Consistency>,
+    settings: CohortSettings,
+}
+
+const STAGE_DETAILS: [&str; 2] = ["all", "ratio"];
+
+impl Cohorts {
+    pub fn new(
+        buses: CohortBuses,
+        workspace: Arc<dyn WorkspaceDirectory>,
+        directory: Arc<dyn CohortDirectory>,
+        executor: Arc<dyn QueryExecutor>,
+        consistency: Arc<dyn Consistency>,
+        settings: CohortSettings,
+    ) -> Self {
+        Self {
+            buses,
+            workspace,
+            directory,
+            executor,
+            consistency,
+            settings,
+        }
+    }
+
+    /// The cohort size limit.
+    pub fn size_limit(&self) -> i64 {
+        self.settings.size_limit
+    }
+
+    async fn settle<T>(
+        &self,
+        value: T,
+        committed: &[Committed],
+    ) -> Result<Written<T>, CohortsError> {
+        let caught_up = self.consistency.wait_for(committed).await?;
+        Ok(Written { value, caught_up })
+    }
+
+    /// The caller's request holding `snapshot`, checked against an optional `request` given too.
+    async fn own_request_of_snapshot(
+        &self,
+        ctx: &CommandContext,
+        snapshot: Uuid,
+        request: Option<Uuid>,
+    ) -> Result<RequestState, CohortsError> {
+        let not_found = CohortsError::Request(RequestError::SnapshotNotFound);
+        let Some(request_id) = self.workspace.request_of_snapshot(snapshot).await? else {
+            return Err(not_found);
+        };
+        if request.is_some_and(|r| r != request_id) {
+            return Err(InvalidField {
+                field: "request",
+                reason: "the snapshot does not belong to this request".into(),
+            }
+            .into());
+        }
+        let state = self.buses.requests.load(&request_id.to_string()).await?;
+        let owned = state.owned_by(&ctx.user).cloned().ok_or(not_found)?;
+        if !owned.snapshots.contains_key(&snapshot) {
+            return Err(CohortsError::Request(RequestError::SnapshotNotFound));
+        }
+        Ok(owned)
+    }
+
+    /// Counts the patients of one of the caller's snapshots.
+    pub async fn request_count(
+        &self,
+        ctx: &CommandContext,
+        snapshot: Uuid,
+        request: Option<Uuid>,
+        stage_details: Option<String>,
+    ) -> Result<Written<Uuid>, CohortsError> {
+        if let Some(d) = &stage_details
+            && !STAGE_DETAILS.contains(&d.as_str())
+        {
+            return Err(InvalidField {
+                field: "stageDetails",
+                reason: "must be null, \"all\" or \"ratio\"".into(),
+            }
+            .into());
+        }
+        let owned = self.own_request_of_snapshot(ctx, snapshot, request).await?;
+        let s = &owned.snapshots[&snapshot];
+        let count_id = Uuid::new_v4();
+        let command = CountCommand::Request {
+            count: CountRequest {
+                count_id,
+                owner: ctx.user.clone(),
+                request_id: owned.id,
+                snapshot_id: snapshot,
+                snapshot_version: s.version,
+                serialized_query: s.serialized_query.clone(),
+                mode: CountMode::Snapshot,
+                stage_details,
+                refresh_schedule: None,
+            },
+            at: ctx.at,
+        };
+        let c = self
+            .buses
+            .counts
+            .execute(&count_id.to_string(), command, ctx)
+            .await?;
+        self.settle(count_id, &[c]).await
+    }
+
+    async fn own_count(&self, ctx: &CommandContext, id: Uuid) -> Result<CountState, CohortsError> {
+        let count = self.buses.counts.load(&id.to_string()).await?;
+        count
+            .state
+            .filter(|s| s.owner == ctx.user)
+            .ok_or(CohortsError::Count(CountError::NotFound))
+    }
+
+    async fn own_cohort(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+    ) -> Result<CohortState, CohortsError> {
+        let cohort = self.buses.cohorts.load(&id.to_string()).await?;
+        cohort
+            .owned_by(&ctx.user)
+            .cloned()
+            .ok_or(CohortsError::Cohort(CohortError::NotFound))
+    }
+
+    /// Saves a cohort from one of the caller's counts, with an optional global estimate.
+    pub async fn create_cohort(
+        &self,
+        ctx: &CommandContext,
+        new: NewCohort,
+    ) -> Result<Written<Uuid>, CohortsError> {
+        let count = self.own_count(ctx, new.dated_measure).await?;
+        if new.snapshot.is_some_and(|s| s != count.snapshot_id) {
+            return Err(InvalidField {
+                field: "request_query_snapshot",
+                reason: "the dated measure was not computed on this snapshot".into(),
+            }
+            .into());
+        }
+        let owned = self
+            .own_request_of_snapshot(ctx, count.snapshot_id, new.request)
+            .await?;
+        let snapshot = &owned.snapshots[&count.snapshot_id];
+        let mut committed = Vec::new();
+        let global_measure = if new.global_estimate {
+            let root = self
+                .directory
+                .root_perimeter_cohort_id()
+                .await?
+                .ok_or(InvalidField {
+                    field: "global_estimate",
+                    reason: "no root perimeter with a cohort id is known".into(),
+                })?;
+            let global_id = Uuid::new_v4();
+            let command = CountCommand::Request {
+                count: CountRequest {
+                    count_id: global_id,
+                    owner: ctx.user.clone(),
+                    request_id: owned.id,
+                    snapshot_id: count.snapshot_id,
+                    snapshot_version: snapshot.version,
+                    serialized_query: with_source_population(&snapshot.serialized_query, &root),
+                    mode: CountMode::Global,
+                    stage_details: None,
+                    refresh_schedule: None,
+                },
+                at: ctx.at,
+            };
+            committed.push(
+                self.buses
+                    .counts
+                    .execute(&global_id.to_string(), command, ctx)
+                    .await?,
+            );
+            Some(global_id)
+        } else {
+            None
+        };
+        let cohort_id = Uuid::new_v4();
+        let command = CohortCommand::Request {
+            cohort: CohortRequest {
+                cohort_id,
+                owner: ctx.user.clone(),
+                name: new.name,
+                description: new.description,
+                request_id: owned.id,
+                snapshot_id: count.snapshot_id,
+                snapshot_version: snapshot.version,
+                serialized_query: snapshot.serialized_query.clone(),
+                dated_measure: Some(count.id),
+                global_measure,
+                parent_cohort: None,
+                sampling_ratio: None,
+                expected_size: count.measure,
+            },
+            at: ctx.at,
+        };
+        committed.push(
+            self.buses
+                .cohorts
+                .execute(&cohort_id.to_string(), command, ctx)
+                .await?,
+        );
+        self.settle(cohort_id, &committed).await
+    }
+
+    /// Creates a random sample of one of the caller's finished cohorts.
+    pub async fn create_sample(
+        &self,
+        ctx: &CommandContext,
+        new: NewSample,
+    ) -> Result<Written<Uuid>, CohortsError> {
+        let parent = self.own_cohort(ctx, new.parent_cohort).await?;
+        if parent.parent_cohort.is_some() {
+            return Err(InvalidField {
+                field: "parent_cohort",
+                reason: "a sample cannot be sampled again".into(),
+            }
+            .into());
+        }
+        let Some(group_id) = parent.group_id.clone().filter(|_| {
+            matches!(
+                parent.job.status,
+                JobStatus::Finished | JobStatus::LongPending
+            )
+        }) else {
+            return Err(InvalidField {
+                field: "parent_cohort",
+                reason: "the parent cohort is not created yet".into(),
+            }
+            .into());
+        };
+        let cohort_id = Uuid::new_v4();
+        let expected_size = parent
+            .size
+            .map(|n| (n as f64 * new.sampling_ratio).round() as i64);
+        let command = CohortCommand::Request {
+            cohort: CohortRequest {
+                cohort_id,
+                owner: ctx.user.clone(),
+                name: new.name,
+                description: new.description,
+                request_id: parent.request_id,
+                snapshot_id: parent.snapshot_id,
+                snapshot_version: parent.snapshot_version,
+                serialized_query: sample_query(&parent.serialized_query, &group_id),
+                dated_measure: None,
+                global_measure: None,
+                parent_cohort: Some(parent.id),
+                sampling_ratio: Some(new.sampling_ratio),
+                expected_size,
+            },
+            at: ctx.at,
+        };
+        let c = self
+            .buses
+            .cohorts
+            .execute(&cohort_id.to_string(), command, ctx)
+            .await?;
+        self.settle(cohort_id, &[c]).await
+    }
+
+    /// Renames, re-describes or (un)favourites one of the caller's cohorts.
+    pub async fn update_cohort(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        changes: CohortChanges,
+    ) -> Result<Written<()>, CohortsError> {
+        let command = CohortCommand::Update {
+            by: ctx.user.clone(),
+            changes,
+            at: ctx.at,
+        };
+        let c = self
+            .buses
+            .cohorts
+            .execute(&id.to_string(), command, ctx)
+            .await?;
+        self.settle((), &[c]).await
+    }
+
+    /// Deletes the caller's cohorts: all are checked first, one foreign id and nothing changes.
+    pub async fn delete_cohorts(
+        &self,
+        ctx: &CommandContext,
+        ids: &[Uuid],
+    ) -> Result<Written<()>, CohortsError> {
+        for id in ids {
+            self.own_cohort(ctx, *id).await?;
+        }
+        let mut committed = Vec::new();
+        for id in ids {
+            let command = CohortCommand::Delete {
+                by: ctx.user.clone(),
+                at: ctx.at,
+            };
+            committed.push(
+                self.buses
+                    .cohorts
+                    .execute(&id.to_string(), command, ctx)
+                    .await?,
+            );
+        }
+        self.settle((), &committed).await
+    }
+
+    /// Applies the executor's callback on a count.
+    pub async fn settle_count(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        report: JobReport,
+    ) -> Result<Written<Settled>, CohortsError> {
+        let settled = settled(&report);
+        let command = CountCommand::Settle { report, at: ctx.at };
+        let c = self
+            .buses
+            .counts
+            .execute(&id.to_string(), command, ctx)
+            .await?;
+        self.settle(settled, &[c]).await
+    }
+
+    /// Applies the executor's (or the Solr ETL's) callback on a cohort.
+    pub async fn settle_cohort(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        report: JobReport,
+        via_etl: bool,
+    ) -> Result<Written<Settled>, CohortsError> {
+        let settled = settled(&report);
+        let command = CohortCommand::Settle {
+            report,
+            via_etl,
+            at: ctx.at,
+        };
+        let c = self
+            .buses
+            .cohorts
+            .execute(&id.to_string(), command, ctx)
+            .await?;
+        self.settle(settled, &[c]).await
+    }
+
+    /// Reactor: cancels the older running counts of the request, then submits the count to
+    /// the executor, unless another reactor already claimed it.
+    pub async fn submit_count(&self, ctx: &CommandContext, id: Uuid) -> Result<(), CohortsError> {
+        let key = id.to_string();
+        let claim = CountCommand::ClaimSubmission { at: ctx.at };
+        match self.buses.counts.execute(&key, claim, ctx).await {
+            Ok(_) => {}
+            Err(CommandError::Rejected(CountError::Job(
+                JobError::AlreadySubmitted | JobError::NotSubmittable(_),
+            ))) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(count) = self.buses.counts.load(&key).await?.state else {
+            return Ok(());
+        };
+        if count.mode == CountMode::Snapshot {
+            for older in self
+                .directory
+                .running_counts_of_request(count.request_id, id)
+                .await?
+            {
+                self.cancel_count(
+                    ctx,
+                    older,
+                    "a newer count of the same request was requested",
+                )
+                .await?;
+            }
+        }
+        let submission = JobSubmission {
+            mode: match count.mode {
+                CountMode::Snapshot => ExecutorMode::Count,
+                CountMode::Global => ExecutorMode::CountAll,
+            },
+            query: count.serialized_query.clone(),
+            owner: count.owner.clone(),
+            target: id,
+            callback_path: None,
+            sampling: None,
+            details: count.stage_details.clone(),
+        };
+        let outcome = self.executor.submit(submission).await;
+        let command = match accepted_job(outcome) {
+            Ok(job_id) => CountCommand::RecordJob { job_id, at: ctx.at },
+            Err(message) => CountCommand::FailSubmission {
+                message,
+                at: ctx.at,
+            },
+        };
+        self.buses.counts.execute(&key, command, ctx).await?;
+        self.kill_if_cancelled(id).await
+    }
+
+    /// Cancels a count: kills its executor job if it runs, or marks it cancelled before it
+    /// gets one (the job id, if it comes later, is then killed by [`Self::kill_if_cancelled`]).
+    pub async fn cancel_count(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        reason: &str,
+    ) -> Result<(), CohortsError> {
+        let key = id.to_string();
+        let Some(count) = self.buses.counts.load(&key).await?.state else {
+            return Ok(());
+        };
+        let command = match (&count.job.job_id, count.job.status) {
+            (_, s) if s.is_final() => return Ok(()),
+            (Some(job_id), _) => match self.executor.cancel(job_id).await {
+                Ok(CancelOutcome::Killed) => CountCommand::Settle {
+                    report: JobReport {
+                        status: "KILLED".into(),
+                        message: Some(reason.to_string()),
+                        ..Default::default()
+                    },
+                    at: ctx.at,
+                },
+                // Its callback brings the result.
+                Ok(CancelOutcome::AlreadyFinished) => return Ok(()),
+                Err(e) => CountCommand::FailSubmission {
+                    message: format!("{reason}, and the executor could not cancel it: {e}"),
+                    at: ctx.at,
+                },
+            },
+            (None, _) => CountCommand::Cancel {
+                reason: reason.to_string(),
+                at: ctx.at,
+            },
+        };
+        self.buses.counts.execute(&key, command, ctx).await?;
+        Ok(())
+    }
+
+    /// Reactor: submits a cohort creation to the executor, unless already claimed.
+    pub async fn submit_cohort(&self, ctx: &CommandContext, id: Uuid) -> Result<(), CohortsError> {
+        let key = id.to_string();
+        let claim = CohortCommand::ClaimSubmission {
+            size_limit: self.settings.size_limit,
+            at: ctx.at,
+        };
+        match self.buses.cohorts.execute(&key, claim, ctx).await {
+            Ok(_) => {}
+            Err(CommandError::Rejected(CohortError::Job(
+                JobError::AlreadySubmitted | JobError::NotSubmittable(_),
+            ))) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let Some(cohort) = self.buses.cohorts.load(&key).await?.state else {
+            return Ok(());
+        };
+        let submission = JobSubmission {
+            mode: ExecutorMode::Create,
+            query: cohort.serialized_query.clone(),
+            owner: cohort.owner.clone(),
+            target: id,
+            callback_path: None,
+            sampling: cohort.sampling_ratio,
+            details: None,
+        };
+        let outcome = self.executor.submit(submission).await;
+        let command = match accepted_job(outcome) {
+            Ok(job_id) => CohortCommand::RecordJob { job_id, at: ctx.at },
+            Err(message) => CohortCommand::FailSubmission {
+                message,
+                at: ctx.at,
+            },
+        };
+        self.buses.cohorts.execute(&key, command, ctx).await?;
+        Ok(())
+    }
+
+    /// Kills the executor job of a count cancelled before its job id came back.
+    pub async fn kill_if_cancelled(&self, id: Uuid) -> Result<(), CohortsError> {
+        let Some(count) = self.buses.counts.load(&id.to_string()).await?.state else {
+            return Ok(());
+        };
+        if let (true, Some(job_id)) = (count.job.needs_kill(), &count.job.job_id)
+            && let Err(e) = self.executor.cancel(job_id).await
+        {
+            tracing::warn!(count = %id, job = %job_id, error = %e, "cannot kill the job of a cancelled count");
+        }
+        Ok(())
+    }
+
+    /// Asks the executor about every job without news since `before`: a lost callback is
+    /// replaced by the executor's answer; a job the executor forgot, or a submission that was
+    /// interrupted, fails with a clear message. Returns how many jobs changed.
+    pub async fn reconcile(
+        &self,
+        ctx: &CommandContext,
+        before: DateTime<Utc>,
+    ) -> Result<usize, CohortsError> {
+        let mut changed = 0;
+        for stale in self.directory.stale_jobs(before).await? {
+            let (job_id, submitted) = match stale {
+                StaleJob::Count(id) => {
+                    let Some(s) = self.buses.counts.load(&id.to_string()).await?.state else {
+                        continue;
+                    };
+                    (s.job.job_id, s.job.submitted)
+                }
+                StaleJob::Cohort(id) => {
+                    let Some(s) = self.buses.cohorts.load(&id.to_string()).await?.state else {
+                        continue;
+                    };
+                    (s.job.job_id, s.job.submitted)
+                }
+            };
+            let report = match (job_id, submitted) {
+                (None, true) => JobReport {
+                    status: "ERROR".into(),
+                    message: Some(
+                        "the submission to the query executor was interrupted; run it again".into(),
+                    ),
+                    ..Default::default()
+                },
+                (None, false) => continue,
+                (Some(job_id), _) => match self.executor.status(&job_id).await {
+                    Ok(Some(report)) => report,
+                    Ok(None) => JobReport {
+                        status: "ERROR".into(),
+                        message: Some(format!(
+                            "the query executor no longer knows job {job_id} and its result was never received"
+                        )),
+                        ..Default::default()
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconciliation postponed");
+                        continue;
+                    }
+                },
+            };
+            let c = match stale {
+                StaleJob::Count(id) => {
+                    let command = CountCommand::Settle { report, at: ctx.at };
+                    self.buses
+                        .counts
+                        .execute(&id.to_string(), command, ctx)
+                        .await?
+                }
+                StaleJob::Cohort(id) => {
+                    let command = CohortCommand::Settle {
+                        report,
+                        via_etl: false,
+                        at: ctx.at,
+                    };
+                    self.buses
+                        .cohorts
+                        .execute(&id.to_string(), command, ctx)
+                        .await?
+                }
+            };
+            if c.last_sequence.is_some() {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Reactor: pushes a count's `job_status` message to its owner (not for global estimates,
+    /// as upstream).
+    pub async fn notify_count(
+        &self,
+        notifier: &dyn Notifier,
+        id: Uuid,
+    ) -> Result<(), CohortsError> {
+        let Some(count) = self.buses.counts.load(&id.to_string()).await?.state else {
+            return Ok(());
+        };
+        if count.mode == CountMode::Global {
+            return Ok(());
+        }
+        notifier.push(&count.owner, count_job_status(&count)).await;
+        Ok(())
+    }
+
+    /// Reactor: pushes a cohort's `job_status` message (job `create`) to its owner.
+    pub async fn notify_cohort(
+        &self,
+        notifier: &dyn Notifier,
+        id: Uuid,
+    ) -> Result<(), CohortsError> {
+        let Some(cohort) = self.buses.cohorts.load(&id.to_string()).await?.state else {
+            return Ok(());
+        };
+        let global = match cohort.global_measure {
+            Some(g) => self.buses.counts.load(&g.to_string()).await?.state,
+            None => None,
+        };
+        notifier
+            .push(&cohort.owner, cohort_job_status(&cohort, global.as_ref()))
+            .await;
+        Ok(())
+    }
+
+    /// The current state of a count (reactors and publishers read it).
+    pub async fn count(&self, id: Uuid) -> Result<Option<CountState>, CohortsError> {
+        Ok(self.buses.counts.load(&id.to_string()).await?.state)
+    }
+
+    /// The current state of a cohort.
+    pub async fn cohort(&self, id: Uuid) -> Result<Option<CohortState>, CohortsError> {
+        Ok(self.buses.cohorts.load(&id.to_string()).await?.state)
+    }
+}
+
+fn settled(report: &JobReport) -> Settled {
+    if report.mapped_status().is_some() {
+        Settled::Accepted
+    } else {
+        Settled::InvalidStatus
+    }
+}
+
+/// The job id of an accepted submission, or the message of a refused one.
+fn accepted_job(
+    outcome: Result<crate::ports::JobAccepted, ExecutorError>,
+) -> Result<String, String> {
+    match outcome {
+        Ok(accepted) => match domain::job::executor_status(&accepted.status) {
+            Some(JobStatus::Failed | JobStatus::Cancelled | JobStatus::Unknown) => Err(accepted
+                .message
+                .unwrap_or_else(|| format!("the query executor answered {}", accepted.status))),
+            _ if accepted.job_id.is_empty() => {
+                Err("the query executor answered without a job id".into())
+            }
+            _ => Ok(accepted.job_id),
+        },
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The query with its source population replaced by `cohort_id` (global estimates count on the
+/// root perimeter). A query that is not an object is returned unchanged (it was validated when
+/// the snapshot was saved).
+pub fn with_source_population(query: &str, cohort_id: &str) -> String {
+    let Ok(mut doc) = serde_json::from_str::<Value>(query) else {
+        return query.to_string();
+    };
+    if let Some(obj) = doc.as_object_mut() {
+        let population = obj.entry("sourcePopulation").or_insert_with(|| json!({}));
+        if let Some(p) = population.as_object_mut() {
+            p.insert("caresiteCohortList".into(), json!([cohort_id]));
+        }
+    }
+    doc.to_string()
+}
+
+/// The minimal Patient query of a sample: every patient of the parent cohort's group.
+pub fn sample_query(parent_query: &str, parent_group_id: &str) -> String {
+    let version = serde_json::from_str::<Value>(parent_query)
+        .ok()
+        .and_then(|d| d.get("version").cloned())
+        .unwrap_or_else(|| json!("v1.6.1"));
+    json!({
+        "version": version,
+        "_type": "request",
+        "resourceType": "Patient",
+        "sourcePopulation": {"caresiteCohortList": [parent_group_id]},
+        "request": {"_type": "andGroup", "_id": 0, "isInclusive": true, "criteria": [], "temporalConstraints": []}
+    })
+    .to_string()
+}
+
+/// Reads a job report in the executor's wire format: a callback body
+/// (`request_job_status`, `count`, `minimum`, `maximum`, `extra`, `group.id`, `group.count`,
+/// `message`) or an entry of `GET /jobs/{id}`'s `result` (with `status`). Numbers may come as
+/// strings, as the executor sends them.
+pub fn report_from_wire(body: &Value) -> JobReport {
+    let text = |key: &str| -> Option<String> {
+        match body.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let number = |key: &str| -> Option<i64> {
+        match body.get(key)? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    };
+    let extra = match body.get("extra") {
+        Some(Value::Object(map)) => map.clone().into_iter().collect(),
+        _ => Default::default(),
+    };
+    JobReport {
+        status: text("request_job_status")
+            .or_else(|| text("status"))
+            .unwrap_or_default(),
+        count: number("count").or_else(|| number("group.count")),
+        minimum: number("minimum"),
+        maximum: number("maximum"),
+        extra,
+        group_id: text("group.id").or_else(|| text("group_id")),
+        message: text("message").or_else(|| text("request_job_fail_msg")),
+    }
+}
+
+/// The websocket message of a count, as the front-end reads it.
+pub fn count_job_status(count: &CountState) -> Value {
+    let status = count.job.status.as_str();
+    json!({
+        "type": "job_status",
+        "job_name": "count",
+        "uuid": count.id,
+        "status": status,
+        "extra_info": {
+            "request_job_status": status,
+            "request_job_fail_msg": count.job.fail_msg,
+            "measure": count.measure,
+            "snapshot_id": count.snapshot_id,
+            "extra": count.extra,
+        }
+    })
+}
+
+/// The websocket message of a cohort creation, as the front-end reads it.
+pub fn cohort_job_status(cohort: &CohortState, global: Option<&CountState>) -> Value {
+    let status = cohort.job.status.as_str();
+    let mut extra = json!({
+        "request_job_status": status,
+        "request_job_fail_msg": cohort.job.fail_msg,
+        "group_id": cohort.group_id,
+        "result_size": cohort.size,
+    });
+    if let Some(g) = global {
+        extra["global"] = json!({"measure_min": g.measure_min, "measure_max": g.measure_max});
+    }
+    json!({
+        "type": "job_status",
+        "job_name": "create",
+        "uuid": cohort.id,
+        "status": status,
+        "extra_info": extra,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_reports_accept_numbers_as_strings() {
+        let r = report_from_wire(&json!({
+            "request_job_status": "FINISHED", "group.id": "123", "group.count": "456",
+            "extra": {"criteria_count_1": "10"}
+        }));
+        assert_eq!(r.status, "FINISHED");
+        assert_eq!(r.group_id.as_deref(), Some("123"));
+        assert_eq!(r.count, Some(456));
+        assert_eq!(r.extra["criteria_count_1"], json!("10"));
+        let r = report_from_wire(
+            &json!({"request_job_status": "FINISHED", "count": 7, "minimum": "1"}),
+        );
+        assert_eq!((r.count, r.minimum), (Some(7), Some(1)));
+    }
+
+    #[test]
+    fn global_estimates_count_on_the_root_population() {
+        let q = r#"{"version":"v1.6.1","sourcePopulation":{"caresiteCohortList":["12","34"]},"request":{"_type":"andGroup"}}"#;
+        let global: Value = serde_json::from_str(&with_source_population(q, "9999")).unwrap();
+        assert_eq!(
+            global["sourcePopulation"]["caresiteCohortList"],
+            json!(["9999"])
+        );
+        assert_eq!(global["request"]["_type"], "andGroup");
+    }
+
+    #[test]
+    fn a_sample_queries_the_parent_group() {
+        let q: Value =
+            serde_json::from_str(&sample_query(r#"{"version":"v1.5.0"}"#, "777")).unwrap();
+        assert_eq!(q["sourcePopulation"]["caresiteCohortList"], json!(["777"]));
+        assert_eq!(q["version"], "v1.5.0");
+        assert_eq!(q["resourceType"], "Patient");
+    }
+
+    #[test]
+    fn a_refused_or_failed_submission_gives_a_message() {
+        let ok = crate::ports::JobAccepted {
+            job_id: "j1".into(),
+            status: "RUNNING".into(),
+            message: None,
+        };
+        assert_eq!(accepted_job(Ok(ok.clone())), Ok("j1".into()));
+        let err = crate::ports::JobAccepted {
+            status: "ERROR".into(),
+            message: Some("bad query".into()),
+            ..ok
+        };
+        assert_eq!(accepted_job(Ok(err)), Err("bad query".into()));
+        assert!(
+            accepted_job(Err(ExecutorError::Unreachable("connection refused".into())))
+                .unwrap_err()
+                .contains("unreachable")
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! Folds count and cohort events into the `cohorts` schema.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cqrs_es::Aggregate;
+use domain::cohort::{Cohort, CohortEvent};
+use domain::count::{Count, CountEvent};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::log::CommittedEvent;
+use crate::projector::{Projection, ProjectionError, decode};
+
+/// The cohorts projection (dated measures and cohorts).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CohortsProjection;
+
+fn aggregate_uuid(event: &CommittedEvent) -> Result<Uuid, ProjectionError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e: uuid::Error| ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: format!("aggregate id is not a uuid: {e}"),
+        })
+}
+
+#[async_trait]
+impl Projection for CohortsProjection {
+    fn name(&self) -> &'static str {
+        projections::cohorts::PROJECTION
+    }
+
+    fn reads(&self, aggregate_type: &str) -> bool {
+        aggregate_type == Count::TYPE || aggregate_type == Cohort::TYPE
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut PgConnection,
+        event: &CommittedEvent,
+    ) -> Result<(), ProjectionError> {
+        match event.aggregate_type.as_str() {
+            Count::TYPE => apply_count(conn, aggregate_uuid(event)?, decode(event)?).await,
+            Cohort::TYPE => apply_cohort(conn, aggregate_uuid(event)?, decode(event)?).await,
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Sets a job's status (and optionally its fail message and end), stamping the change.
+async fn set_status(
+    conn: &mut PgConnection,
+    table: &str,
+    id: Uuid,
+    status: &str,
+    fail_msg: Option<String>,
+    ended: bool,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    // `table` is one of two constants of this module.
+    sqlx::query(&format!(
+        "UPDATE {table} SET request_job_status = $2,
+                request_job_fail_msg = COALESCE($3, request_job_fail_msg),
+                request_job_duration = CASE WHEN $4 THEN extract(epoch FROM $5 - created_at)
+                                            ELSE request_job_duration END,
+                status_changed_at = $5, modified_at = $5
+          WHERE uuid = $1"
+    ))
+    .bind(id)
+    .bind(status)
+    .bind(fail_msg)
+    .bind(ended)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn apply_count(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: CountEvent,
+) -> Result<(), ProjectionError> {
+    const T: &str = "dated_measures";
+    match event {
+        CountEvent::CountRequested {
+            owner,
+            request_id,
+            snapshot_id,
+            snapshot_version,
+            mode,
+            stage_details,
+            refresh_schedule,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO dated_measures (uuid, owner, request, request_query_snapshot,
+                        snapshot_version, mode, stage_details, refresh_schedule,
+                        request_job_status, created_at, modified_at, status_changed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'new', $9, $9, $9)
+                 ON CONFLICT (uuid) DO NOTHING",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(request_id)
+            .bind(snapshot_id)
+            .bind(snapshot_version as i32)
+            .bind(mode.as_str())
+            .bind(stage_details)
+            .bind(refresh_schedule)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        CountEvent::CountSubmitted { at } => {
+            set_status(conn, T, id, "pending", None, false, at).await?;
+        }
+        CountEvent::CountStarted { job_id, at } => {
+            // A fast callback can overtake the job id: only a running count becomes `started`.
+            sqlx::query(
+                "UPDATE dated_measures SET request_job_id = $2, modified_at = $3,
+                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
+                                                  THEN 'started' ELSE request_job_status END,
+                        status_changed_at = CASE WHEN request_job_status IN ('new', 'pending')
+                                                 THEN $3 ELSE status_changed_at END
+                  WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(job_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        CountEvent::CountFinished {
+            measure,
+            measure_min,
+            measure_max,
+            extra,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE dated_measures SET measure = $2, measure_min = $3, measure_max = $4,
+                        extra = $5 WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(measure)
+            .bind(measure_min)
+            .bind(measure_max)
+            .bind(sqlx::types::Json(extra))
+            .execute(&mut *conn)
+            .await?;
+            set_status(conn, T, id, "finished", None, true, at).await?;
+        }
+        CountEvent::CountFailed { message, at } => {
+            set_status(conn, T, id, "failed", Some(message), true, at).await?;
+        }
+        CountEvent::CountCancelled { message, at } => {
+            set_status(conn, T, id, "cancelled", Some(message), true, at).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_cohort(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: CohortEvent,
+) -> Result<(), ProjectionError> {
+    const T: &str = "cohorts";
+    match event {
+        CohortEvent::CohortRequested {
+            owner,
+            name,
+            description,
+            request_id,
+            snapshot_id,
+            dated_measure,
+            global_measure,
+            parent_cohort,
+            sampling_ratio,
+            expected_size,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO cohorts (uuid, owner, name, description, request,
+                        request_query_snapshot, dated_measure, dated_measure_global, parent_cohort,
+                        sampling_ratio, expected_size, request_job_status, created_at,
+                        modified_at, status_changed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'new', $12, $12, $12)
+                 ON CONFLICT (uuid) DO NOTHING",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(name)
+            .bind(description)
+            .bind(request_id)
+            .bind(snapshot_id)
+            .bind(dated_measure)
+            .bind(global_measure)
+            .bind(parent_cohort)
+            .bind(sampling_ratio)
+            .bind(expected_size)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        CohortEvent::CohortSubmitted { long_pending, at } => {
+            let status = if long_pending {
+                "long_pending"
+            } else {
+                "pending"
+            };
+            set_status(conn, T, id, status, None, false, at).await?;
+        }
+        CohortEvent::CohortStarted { job_id, at } => {
+            sqlx::query(
+                "UPDATE cohorts SET request_job_id = $2, modified_at = $3,
+                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
+                                                  THEN 'started' ELSE request_job_status END,
+                        status_changed_at = CASE WHEN request_job_status IN ('new', 'pending')
+                                                 THEN $3 ELSE status_changed_at END
+                  WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(job_id)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        CohortEvent::CohortLongPending { group_id, size, at } => {
+            set_group(conn, id, group_id, size).await?;
+            set_status(conn, T, id, "long_pending", None, false, at).await?;
+        }
+        CohortEvent::CohortCreated {
+            group_id, size, at, ..
+        } => {
+            set_group(conn, id, group_id, size).await?;
+            set_status(conn, T, id, "finished", None, true, at).await?;
+        }
+        CohortEvent::CohortFailed { message, at } => {
+            set_status(conn, T, id, "failed", Some(message), true, at).await?;
+        }
+        CohortEvent::CohortCancelled { message, at } => {
+            set_status(conn, T, id, "cancelled", Some(message), true, at).await?;
+        }
+        CohortEvent::CohortRenamed { name, at } => {
+            sqlx::query("UPDATE cohorts SET name = $2, modified_at = $3 WHERE uuid = $1")
+                .bind(id)
+                .bind(name)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        CohortEvent::CohortDescriptionChanged { description, at } => {
+            sqlx::query("UPDATE cohorts SET description = $2, modified_at = $3 WHERE uuid = $1")
+                .bind(id)
+                .bind(description)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        CohortEvent::CohortFavoriteChanged { favorite, at } => {
+            sqlx::query("UPDATE cohorts SET favorite = $2, modified_at = $3 WHERE uuid = $1")
+                .bind(id)
+                .bind(favorite)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+        CohortEvent::CohortDeleted { at } => {
+            sqlx::query("UPDATE cohorts SET deleted_at = $2, modified_at = $2 WHERE uuid = $1")
+                .bind(id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_group(
+    conn: &mut PgConnection,
+    id: Uuid,
+    group_id: Option<String>,
+    size: Option<i64>,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "UPDATE cohorts SET group_id = COALESCE($2, group_id),
+                result_size = COALESCE($3, result_size) WHERE uuid = $1",
+    )
+    .bind(id)
+    .bind(group_id)
+    .bind(size)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

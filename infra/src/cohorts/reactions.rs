@@ -1,0 +1,254 @@
+//! What the reactors do with count and cohort events: talk to the QueryExecutor, push
+//! `job_status` websocket messages, publish the public events.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use async_trait::async_trait;
+use chrono::Utc;
+use commands::CommandContext;
+use commands::cohorts::Cohorts;
+use commands::ports::Notifier;
+use cqrs_es::Aggregate;
+use domain::cohort::{Cohort, CohortEvent};
+use domain::count::{Count, CountEvent};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::log::CommittedEvent;
+use crate::projector::decode;
+use crate::reactor::Reaction;
+
+/// The acting "user" of reactor commands, in event metadata.
+pub const REACTOR_USER: &str = "system";
+
+/// The context of a command caused by `event`: same correlation, caused by the event.
+pub fn caused_by(event: &CommittedEvent) -> CommandContext {
+    let correlation = event
+        .metadata
+        .get("correlation_id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| event.message_id());
+    CommandContext {
+        user: REACTOR_USER.into(),
+        impersonator: None,
+        correlation_id: correlation,
+        causation_id: event.message_id(),
+        at: Utc::now(),
+    }
+}
+
+fn target(event: &CommittedEvent) -> Result<Uuid, String> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e| format!("aggregate id is not a uuid: {e}"))
+}
+
+fn is(event: &CommittedEvent, aggregate: &str, types: &[&str]) -> bool {
+    event.aggregate_type == aggregate && types.contains(&event.event_type.as_str())
+}
+
+/// Submits counts and cohort creations to the executor (and cancels older counts).
+pub struct ExecutorReaction {
+    pub cohorts: Arc<Cohorts>,
+}
+
+#[async_trait]
+impl Reaction for ExecutorReaction {
+    fn name(&self) -> &'static str {
+        "executor"
+    }
+
+    fn handles(&self, event: &CommittedEvent) -> bool {
+        is(event, Count::TYPE, &["CountRequested", "CountStarted"])
+            || is(event, Cohort::TYPE, &["CohortRequested"])
+    }
+
+    async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
+        let id = target(event)?;
+        let ctx = caused_by(event);
+        let done = match event.event_type.as_str() {
+            "CountRequested" => self.cohorts.submit_count(&ctx, id).await,
+            // A job id that came back after a cancel: kill that job.
+            "CountStarted" => self.cohorts.kill_if_cancelled(id).await,
+            "CohortRequested" => self.cohorts.submit_cohort(&ctx, id).await,
+            _ => Ok(()),
+        };
+        done.map_err(|e| e.to_string())
+    }
+}
+
+/// Pushes `job_status` messages to the owners' websockets.
+pub struct JobNotifications {
+    pub cohorts: Arc<Cohorts>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+const COUNT_SETTLED: &[&str] = &["CountFinished", "CountFailed", "CountCancelled"];
+const COHORT_SETTLED: &[&str] = &[
+    "CohortCreated",
+    "CohortLongPending",
+    "CohortFailed",
+    "CohortCancelled",
+];
+
+#[async_trait]
+impl Reaction for JobNotifications {
+    fn name(&self) -> &'static str {
+        "job_notifications"
+    }
+
+    fn handles(&self, event: &CommittedEvent) -> bool {
+        is(event, Count::TYPE, COUNT_SETTLED) || is(event, Cohort::TYPE, COHORT_SETTLED)
+    }
+
+    async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
+        let id = target(event)?;
+        let done = if event.aggregate_type == Count::TYPE {
+            self.cohorts.notify_count(self.notifier.as_ref(), id).await
+        } else {
+            self.cohorts.notify_cohort(self.notifier.as_ref(), id).await
+        };
+        done.map_err(|e| e.to_string())
+    }
+}
+
+/// Public event contract: subjects and schema names (see `docs/events.md`).
+pub mod public {
+    /// `<prefix>.public.cohort.created.v1`
+    pub const COHORT_CREATED: &str = "cohort.created.v1";
+    /// `<prefix>.public.cohort.failed.v1`
+    pub const COHORT_FAILED: &str = "cohort.failed.v1";
+    /// `<prefix>.public.count.finished.v1`
+    pub const COUNT_FINISHED: &str = "count.finished.v1";
+}
+
+/// Publishes the public events (cohort created, cohort failed, count finished) on JetStream.
+pub struct PublicEvents {
+    pub cohorts: Arc<Cohorts>,
+    pub js: jetstream::Context,
+    /// `<prefix>.public`
+    pub subject_root: String,
+}
+
+impl PublicEvents {
+    /// The public message of `event`, if it has one: `(subject suffix, body)`.
+    async fn message(
+        &self,
+        event: &CommittedEvent,
+    ) -> Result<Option<(&'static str, Value)>, String> {
+        let id = target(event)?;
+        let common = |schema: &str| {
+            json!({
+                "schema": format!("cohort360.{schema}"),
+                "event_id": event.message_id(),
+                "occurred_at": event.recorded_at,
+            })
+        };
+        if event.aggregate_type == Count::TYPE {
+            let CountEvent::CountFinished {
+                measure,
+                measure_min,
+                measure_max,
+                ..
+            } = decode(event).map_err(|e| e.to_string())?
+            else {
+                return Ok(None);
+            };
+            let Some(count) = self.cohorts.count(id).await.map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let mut body = common(public::COUNT_FINISHED);
+            body["count_id"] = json!(id);
+            body["owner"] = json!(count.owner);
+            body["request_id"] = json!(count.request_id);
+            body["snapshot_id"] = json!(count.snapshot_id);
+            body["snapshot_version"] = json!(count.snapshot_version);
+            body["mode"] = json!(count.mode.as_str());
+            body["measure"] = json!(measure);
+            body["measure_min"] = json!(measure_min);
+            body["measure_max"] = json!(measure_max);
+            return Ok(Some((public::COUNT_FINISHED, body)));
+        }
+        let (suffix, mut body) = match decode(event).map_err(|e| e.to_string())? {
+            CohortEvent::CohortCreated {
+                group_id,
+                size,
+                via_etl,
+                ..
+            } => {
+                let mut body = common(public::COHORT_CREATED);
+                body["group_id"] = json!(group_id);
+                body["size"] = json!(size);
+                body["completed_by_etl"] = json!(via_etl);
+                (public::COHORT_CREATED, body)
+            }
+            CohortEvent::CohortFailed { message, .. } => {
+                let mut body = common(public::COHORT_FAILED);
+                body["reason"] = json!(message);
+                (public::COHORT_FAILED, body)
+            }
+            _ => return Ok(None),
+        };
+        let Some(cohort) = self.cohorts.cohort(id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        body["cohort_id"] = json!(id);
+        body["owner"] = json!(cohort.owner);
+        body["name"] = json!(cohort.name);
+        body["request_id"] = json!(cohort.request_id);
+        body["snapshot_id"] = json!(cohort.snapshot_id);
+        body["snapshot_version"] = json!(cohort.snapshot_version);
+        body["parent_cohort"] = json!(cohort.parent_cohort);
+        body["sampling_ratio"] = json!(cohort.sampling_ratio);
+        Ok(Some((suffix, body)))
+    }
+}
+
+#[async_trait]
+impl Reaction for PublicEvents {
+    fn name(&self) -> &'static str {
+        "public_events"
+    }
+
+    fn handles(&self, event: &CommittedEvent) -> bool {
+        is(event, Count::TYPE, &["CountFinished"])
+            || is(event, Cohort::TYPE, &["CohortCreated", "CohortFailed"])
+    }
+
+    async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
+        let Some((suffix, body)) = self.message(event).await? else {
+            return Ok(());
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", event.message_id().as_str());
+        let subject = format!("{}.{suffix}", self.subject_root);
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, body.to_string().into())
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Creates the JetStream stream of the public events (`<stream>_PUBLIC` on `<prefix>.public.>`).
+pub async fn ensure_public_stream(
+    js: &jetstream::Context,
+    stream: &str,
+    subject_root: &str,
+) -> Result<(), String> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("{stream}_PUBLIC"),
+        subjects: vec![format!("{subject_root}.>")],
+        storage: jetstream::stream::StorageType::File,
+        description: Some("Cohort360 public events (see docs/events.md)".into()),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! Queries of the `cohorts` read model, and the lookups the cohorts service needs.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use commands::ports::{CohortDirectory, PortError, StaleJob};
+use projections::cohorts::{
+    CohortFilter, CohortReader, CohortRef, CohortView, DatedMeasureFilter, DatedMeasureView,
+    Reader, RequestRef, SampleRef,
+};
+use projections::{Page, ReadError, Window};
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::sql::{contains_pattern, push_order_by, push_window, read_error};
+
+/// Reads the cohorts schema.
+#[derive(Debug, Clone)]
+pub struct PgCohorts {
+    pool: PgPool,
+}
+
+impl PgCohorts {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DatedMeasureRow {
+    uuid: Uuid,
+    owner: String,
+    request: Uuid,
+    request_query_snapshot: Uuid,
+    measure: Option<i64>,
+    measure_min: Option<i64>,
+    measure_max: Option<i64>,
+    extra: serde_json::Value,
+    mode: String,
+    request_job_id: Option<String>,
+    request_job_status: String,
+    request_job_fail_msg: Option<String>,
+    request_job_duration: Option<f64>,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+}
+
+impl From<DatedMeasureRow> for DatedMeasureView {
+    fn from(r: DatedMeasureRow) -> Self {
+        DatedMeasureView {
+            uuid: r.uuid,
+            owner: r.owner,
+            request: r.request,
+            request_query_snapshot: r.request_query_snapshot,
+            measure: r.measure,
+            measure_min: r.measure_min,
+            measure_max: r.measure_max,
+            extra: r.extra,
+            mode: r.mode,
+            request_job_id: r.request_job_id,
+            request_job_status: r.request_job_status,
+            request_job_fail_msg: r.request_job_fail_msg,
+            request_job_duration: r.request_job_duration,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+        }
+    }
+}
+
+const DATED_MEASURE_SELECT: &str = "SELECT d.uuid, d.owner, d.request, d.request_query_snapshot,
+        d.measure, d.measure_min, d.measure_max, d.extra, d.mode, d.request_job_id,
+        d.request_job_status, d.request_job_fail_msg, d.request_job_duration, d.created_at,
+        d.modified_at
+   FROM cohorts.dated_measures d";
+
+fn push_dated_measure_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    reader: Reader<'a>,
+    filter: &'a DatedMeasureFilter,
+) {
+    qb.push(" WHERE true");
+    if let Some(owner) = reader.owner() {
+        qb.push(" AND d.owner = ").push_bind(owner);
+    }
+    if let Some(s) = filter.request_query_snapshot {
+        qb.push(" AND d.request_query_snapshot = ").push_bind(s);
+    }
+    if let Some(r) = filter.request {
+        qb.push(" AND d.request = ").push_bind(r);
+    }
+    if !filter.status.is_empty() {
+        qb.push(" AND d.request_job_status = ANY(")
+            .push_bind(&filter.status)
+            .push(")");
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CohortRow {
+    uuid: Uuid,
+    owner: String,
+    name: String,
+    description: Option<String>,
+    favorite: bool,
+    request: Uuid,
+    request_name: Option<String>,
+    request_description: Option<String>,
+    request_query_snapshot: Uuid,
+    perimeters_ids: Option<Vec<String>>,
+    dated_measure: Option<Uuid>,
+    dated_measure_global: Option<Uuid>,
+    group_id: Option<String>,
+    result_size: Option<i64>,
+    measure_min: Option<i64>,
+    measure_max: Option<i64>,
+    parent_cohort: Option<Uuid>,
+    parent_name: Option<String>,
+    sampling_ratio: Option<f64>,
+    is_subset: bool,
+    request_job_id: Option<String>,
+    request_job_status: String,
+    request_job_fail_msg: Option<String>,
+    request_job_duration: Option<f64>,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+}
+
+impl CohortRow {
+    fn into_view(self, sample_cohorts: Vec<SampleRef>) -> CohortView {
+        CohortView {
+            uuid: self.uuid,
+            owner: self.owner,
+            name: self.name,
+            description: self.description,
+            favorite: self.favorite,
+            request: self.request_name.map(|name| RequestRef {
+                uuid: self.request,
+                name,
+                description: self.request_description,
+            }),
+            request_query_snapshot: self.request_query_snapshot,
+            dated_measure: self.dated_measure,
+            dated_measure_global: self.dated_measure_global,
+            group_id: self.group_id,
+            result_size: self.result_size,
+            measure_min: self.measure_min,
+            measure_max: self.measure_max,
+            parent_cohort: self.parent_cohort.map(|uuid| CohortRef {
+                uuid,
+                name: self.parent_name.unwrap_or_default(),
+            }),
+            sampling_ratio: self.sampling_ratio,
+            sample_cohorts,
+            is_subset: self.is_subset,
+            request_job_id: self.request_job_id,
+            request_job_status: self.request_job_status,
+            request_job_fail_msg: self.request_job_fail_msg,
+            request_job_duration: self.request_job_duration,
+            created_at: self.created_at,
+            modified_at: self.modified_at,
+            perimeters_ids: self.perimeters_ids.unwrap_or_default(),
+        }
+    }
+}
+
+// The result size is the cohort's own (from the executor), else its count's measure.
+const COHORT_SELECT: &str = "SELECT c.uuid, c.owner, c.name, c.description, c.favorite,
+        c.request, r.name AS request_name, r.description AS request_description,
+        c.request_query_snapshot, s.perimeters_ids, c.dated_measure, c.dated_measure_global,
+        c.group_id, COALESCE(c.result_size, dm.measure) AS result_size,
+        g.measure_min, g.measure_max, c.parent_cohort, p.name AS parent_name, c.sampling_ratio,
+        c.is_subset, c.request_job_id, c.request_job_status, c.request_job_fail_msg,
+        c.request_job_duration, c.created_at, c.modified_at
+   FROM cohorts.cohorts c
+   LEFT JOIN workspace.requests r ON r.uuid = c.request
+   LEFT JOIN workspace.query_snapshots s ON s.uuid = c.request_query_snapshot
+   LEFT JOIN cohorts.dated_measures dm ON dm.uuid = c.dated_measure
+   LEFT JOIN cohorts.dated_measures g ON g.uuid = c.dated_measure_global
+   LEFT JOIN cohorts.cohorts p ON p.uuid = c.parent_cohort";
+
+const RESULT_SIZE: &str = "COALESCE(c.result_size, dm.measure)";
+
+fn push_cohort_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    reader: Reader<'a>,
+    filter: &'a CohortFilter,
+) {
+    qb.push(" WHERE c.deleted_at IS NULL");
+    if let Some(owner) = reader.owner() {
+        // Export subsets are the system's, not the user's to list.
+        qb.push(" AND NOT c.is_subset AND c.owner = ")
+            .push_bind(owner);
+    }
+    if let Some(name) = &filter.name {
+        qb.push(" AND c.name ILIKE ")
+            .push_bind(contains_pattern(name));
+    }
+    if let Some(min) = filter.min_result_size {
+        qb.push(format!(" AND {RESULT_SIZE} >= ")).push_bind(min);
+    }
+    if let Some(max) = filter.max_result_size {
+        qb.push(format!(" AND {RESULT_SIZE} <= ")).push_bind(max);
+    }
+    if let Some(min) = filter.min_created_at {
+        qb.push(" AND c.created_at >= ").push_bind(min);
+    }
+    if let Some(max) = filter.max_created_at {
+        qb.push(" AND c.created_at <= ").push_bind(max);
+    }
+    if let Some(r) = filter.request_id {
+        qb.push(" AND c.request = ").push_bind(r);
+    }
+    if let Some(f) = filter.favorite {
+        qb.push(" AND c.favorite = ").push_bind(f);
+    }
+    if !filter.group_id.is_empty() {
+        qb.push(" AND c.group_id = ANY(")
+            .push_bind(&filter.group_id)
+            .push(")");
+    }
+    if !filter.status.is_empty() {
+        qb.push(" AND c.request_job_status = ANY(")
+            .push_bind(&filter.status)
+            .push(")");
+    }
+    if let Some(p) = filter.parent_cohort {
+        qb.push(" AND c.parent_cohort = ").push_bind(p);
+    }
+    match filter.is_sample {
+        Some(true) => {
+            qb.push(" AND c.parent_cohort IS NOT NULL");
+        }
+        Some(false) => {
+            qb.push(" AND c.parent_cohort IS NULL");
+        }
+        None => {}
+    }
+    match filter.exportable {
+        Some((true, limit)) => {
+            qb.push(format!(
+                " AND {RESULT_SIZE} IS NOT NULL AND {RESULT_SIZE} <= "
+            ))
+            .push_bind(limit);
+        }
+        Some((false, limit)) => {
+            qb.push(format!(" AND ({RESULT_SIZE} IS NULL OR {RESULT_SIZE} > "))
+                .push_bind(limit)
+                .push(")");
+        }
+        None => {}
+    }
+    if let Some(search) = &filter.search {
+        qb.push(" AND (c.name ~* ")
+            .push_bind(search.as_str())
+            .push(" OR COALESCE(c.description, '') ~* ")
+            .push_bind(search.as_str())
+            .push(")");
+    }
+}
+
+impl PgCohorts {
+    async fn with_samples(&self, rows: Vec<CohortRow>) -> Result<Vec<CohortView>, ReadError> {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
+        let samples: Vec<(Uuid, Uuid, String, Option<f64>)> = sqlx::query_as(
+            "SELECT parent_cohort, uuid, name, sampling_ratio FROM cohorts.cohorts
+              WHERE parent_cohort = ANY($1) AND deleted_at IS NULL ORDER BY created_at",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(read_error)?;
+        let mut by_parent: HashMap<Uuid, Vec<SampleRef>> = HashMap::new();
+        for (parent, uuid, name, sampling_ratio) in samples {
+            by_parent.entry(parent).or_default().push(SampleRef {
+                uuid,
+                name,
+                sampling_ratio,
+            });
+        }
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let samples = by_parent.remove(&r.uuid).unwrap_or_default();
+                r.into_view(samples)
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl CohortReader for PgCohorts {
+    async fn list_dated_measures(
+        &self,
+        reader: Reader<'_>,
+        filter: &DatedMeasureFilter,
+        window: Window,
+    ) -> Result<Page<DatedMeasureView>, ReadError> {
+        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.dated_measures d");
+        push_dated_measure_where(&mut qb, reader, filter);
+        let count: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(DATED_MEASURE_SELECT);
+        push_dated_measure_where(&mut qb, reader, filter);
+        push_order_by(&mut qb, &filter.ordering, "d.created_at DESC", "d.uuid");
+        push_window(&mut qb, window);
+        let rows: Vec<DatedMeasureRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: rows.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn dated_measure(
+        &self,
+        reader: Reader<'_>,
+        id: Uuid,
+    ) -> Result<Option<DatedMeasureView>, ReadError> {
+        let filter = DatedMeasureFilter::default();
+        let mut qb = QueryBuilder::new(DATED_MEASURE_SELECT);
+        push_dated_measure_where(&mut qb, reader, &filter);
+        qb.push(" AND d.uuid = ").push_bind(id);
+        let row: Option<DatedMeasureRow> = qb
+            .build_query_as()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn list_cohorts(
+        &self,
+        reader: Reader<'_>,
+        filter: &CohortFilter,
+        window: Window,
+    ) -> Result<Page<CohortView>, ReadError> {
+        let mut qb = QueryBuilder::new(
+            "SELECT count(*) FROM cohorts.cohorts c
+               LEFT JOIN cohorts.dated_measures dm ON dm.uuid = c.dated_measure",
+        );
+        push_cohort_where(&mut qb, reader, filter);
+        let count: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(COHORT_SELECT);
+        push_cohort_where(&mut qb, reader, filter);
+        push_order_by(&mut qb, &filter.ordering, "c.created_at DESC", "c.uuid");
+        push_window(&mut qb, window);
+        let rows: Vec<CohortRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: self.with_samples(rows).await?,
+        })
+    }
+
+    async fn cohort(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<CohortView>, ReadError> {
+        let filter = CohortFilter::default();
+        let mut qb = QueryBuilder::new(COHORT_SELECT);
+        push_cohort_where(&mut qb, reader, &filter);
+        qb.push(" AND c.uuid = ").push_bind(id);
+        let rows: Vec<CohortRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(self.with_samples(rows).await?.into_iter().next())
+    }
+
+    async fn of_snapshots(
+        &self,
+        snapshots: &[Uuid],
+    ) -> Result<(Vec<DatedMeasureView>, Vec<CohortView>), ReadError> {
+        let mut qb = QueryBuilder::new(DATED_MEASURE_SELECT);
+        qb.push(" WHERE d.request_query_snapshot = ANY(")
+            .push_bind(snapshots)
+            .push(") ORDER BY d.created_at DESC");
+        let measures: Vec<DatedMeasureRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(COHORT_SELECT);
+        qb.push(
+            " WHERE c.deleted_at IS NULL AND NOT c.is_subset AND c.request_query_snapshot = ANY(",
+        )
+        .push_bind(snapshots)
+        .push(") ORDER BY c.created_at DESC");
+        let cohorts: Vec<CohortRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok((
+            measures.into_iter().map(Into::into).collect(),
+            self.with_samples(cohorts).await?,
+        ))
+    }
+
+    async fn active_jobs(&self) -> Result<i64, ReadError> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM cohorts.cohorts
+              WHERE deleted_at IS NULL
+                AND request_job_status IN ('new', 'validated', 'pending', 'started')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(read_error)
+    }
+}
+
+fn port_error(e: sqlx::Error) -> PortError {
+    PortError(e.to_string())
+}
+
+#[async_trait]
+impl CohortDirectory for PgCohorts {
+    async fn running_counts_of_request(
+        &self,
+        request: Uuid,
+        except: Uuid,
+    ) -> Result<Vec<Uuid>, PortError> {
+        sqlx::query_scalar(
+            "SELECT d.uuid FROM cohorts.dated_measures d
+              WHERE d.request = $1 AND d.uuid <> $2 AND d.mode = 'Snapshot'
+                AND d.request_job_status IN ('new', 'pending', 'started')
+                AND NOT EXISTS (SELECT 1 FROM cohorts.cohorts c WHERE c.dated_measure = d.uuid)",
+        )
+        .bind(request)
+        .bind(except)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+
+    async fn root_perimeter_cohort_id(&self) -> Result<Option<String>, PortError> {
+        sqlx::query_scalar(
+            "SELECT cohort_id FROM identity.perimeters
+              WHERE parent_id IS NULL AND cohort_id IS NOT NULL AND removed_at IS NULL
+              ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+
+    async fn stale_jobs(&self, before: DateTime<Utc>) -> Result<Vec<StaleJob>, PortError> {
+        let rows: Vec<(bool, Uuid)> = sqlx::query_as(
+            "SELECT true, uuid FROM cohorts.dated_measures
+              WHERE request_job_status IN ('pending', 'started') AND status_changed_at < $1
+             UNION ALL
+             SELECT false, uuid FROM cohorts.cohorts
+              WHERE request_job_status IN ('pending', 'started') AND status_changed_at < $1
+                AND deleted_at IS NULL",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(is_count, id)| {
+                if is_count {
+                    StaleJob::Count(id)
+                } else {
+                    StaleJob::Cohort(id)
+                }
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,172 @@
+//! Following the event log: catch up from the events table, then take live events from
+//! JetStream, falling back to the table on gaps, silence and outages.
+//!
+//! Projectors (read models) and reactors (side effects) both consume the log this way; they
+//! differ in what "offer an event" and "catch up" do, which [`LogConsumer`] abstracts.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use async_trait::async_trait;
+use futures::StreamExt;
+use projections::Cursor;
+use tokio_util::sync::CancellationToken;
+
+use crate::log::CommittedEvent;
+use crate::nats::{Envelope, NatsSettings};
+
+/// What happened to one event offered to a consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// At or before the checkpoint: already handled.
+    Duplicate,
+    /// The event's predecessor was not handled yet: catch up from the table first.
+    Gap,
+}
+
+/// A consumer of the event log with its own checkpoint.
+#[async_trait]
+pub trait LogConsumer: Send + Sync + 'static {
+    /// Its name (also the name of its durable JetStream consumer, after the stream's).
+    fn name(&self) -> &str;
+    /// How often to check the event table when NATS brings nothing.
+    fn poll_interval(&self) -> Duration;
+    /// Handles everything committed after the checkpoint. Returns how many events it read.
+    async fn catch_up(&self) -> Result<usize, String>;
+    /// Offers one live event whose predecessor in the log is `previous`.
+    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String>;
+}
+
+/// Runs `consumer` until `shutdown`: catches up, then follows JetStream (durable consumer
+/// `<stream>_<name>`); without JetStream, polls the table.
+pub async fn run<C: LogConsumer>(
+    consumer: C,
+    js: Option<jetstream::Context>,
+    nats: NatsSettings,
+    shutdown: CancellationToken,
+) {
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        if let Err(e) = consumer.catch_up().await {
+            tracing::error!(consumer = consumer.name(), error = %e, "catch-up failed");
+            if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
+                return;
+            }
+            continue;
+        }
+        let followed = match &js {
+            Some(js) => follow(&consumer, js, &nats, &shutdown).await,
+            None => poll(&consumer, &shutdown).await,
+        };
+        match followed {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(consumer = consumer.name(), error = %e, "live feed interrupted; polling the event table meanwhile");
+                // Keep up from Postgres while NATS is away.
+                let until = tokio::time::Instant::now() + Duration::from_secs(2);
+                while tokio::time::Instant::now() < until {
+                    if let Err(e) = consumer.catch_up().await {
+                        tracing::warn!(consumer = consumer.name(), error = %e, "catch-up failed");
+                    }
+                    if sleep_or_stop(&shutdown, consumer.poll_interval()).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn poll<C: LogConsumer>(consumer: &C, shutdown: &CancellationToken) -> Result<(), String> {
+    loop {
+        if sleep_or_stop(shutdown, consumer.poll_interval()).await {
+            return Ok(());
+        }
+        consumer.catch_up().await?;
+    }
+}
+
+/// Subscribes the durable consumer of `name`.
+async fn subscribe(
+    name: &str,
+    js: &jetstream::Context,
+    nats: &NatsSettings,
+) -> Result<consumer::pull::Stream, String> {
+    let stream = js
+        .get_stream(&nats.stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let durable = format!("{}_{}", nats.stream, name);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &durable,
+            consumer::pull::Config {
+                durable_name: Some(durable.clone()),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    consumer
+        .stream()
+        .heartbeat(Duration::from_secs(2))
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn follow<C: LogConsumer>(
+    consumer: &C,
+    js: &jetstream::Context,
+    nats: &NatsSettings,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    // Subscribing waits on NATS; keep up from Postgres meanwhile.
+    let mut messages = tokio::select! {
+        subscribed = subscribe(consumer.name(), js, nats) => subscribed?,
+        polled = poll(consumer, shutdown) => return polled,
+    };
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            next = tokio::time::timeout(consumer.poll_interval(), messages.next()) => next,
+        };
+        let message = match next {
+            // Silence: make sure nothing was missed while NATS was quiet.
+            Err(_) => {
+                consumer.catch_up().await?;
+                continue;
+            }
+            Ok(None) => return Err("the consumer stream ended".into()),
+            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Ok(m))) => m,
+        };
+        match serde_json::from_slice::<Envelope>(&message.payload) {
+            Ok(envelope) => {
+                let previous = envelope.previous;
+                let event = envelope.into_event();
+                if consumer.offer(&event, previous).await? == Outcome::Gap {
+                    consumer.catch_up().await?;
+                }
+            }
+            Err(e) => {
+                tracing::error!(consumer = consumer.name(), error = %e, "undecodable message ignored")
+            }
+        }
+        message.ack().await.map_err(|e| e.to_string())?;
+    }
+}
+
+/// Sleeps for `d`; `true` when `shutdown` came first.
+pub(crate) async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(d) => false,
+    }
+}

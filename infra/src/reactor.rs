@@ -1,0 +1,216 @@
+//! The reactor runtime: runs side effects (executor calls, websocket pushes, public events) for
+//! the events of the log, at least once each.
+//!
+//! A reactor keeps its cursor in `reactor_checkpoints` and moves it after each handled event, so
+//! a crash repeats at most the event in hand. It holds no transaction while reacting (a reaction
+//! runs commands, whose events the relay must be able to publish meanwhile). Reactions are
+//! therefore idempotent on their own: an executor submission is claimed by an event before the
+//! call, a websocket message or a public event sent twice is harmless (public events carry a
+//! `Nats-Msg-Id`).
+//!
+//! A new reactor starts at the end of the log: it reacts to what happens from then on.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use projections::Cursor;
+use sqlx::PgPool;
+
+use crate::follow::{LogConsumer, Outcome};
+use crate::log::{CommittedEvent, read_committed_after};
+
+/// Events read per catch-up query.
+const CATCH_UP_BATCH: i64 = 200;
+
+/// One kind of side effect.
+#[async_trait]
+pub trait Reaction: Send + Sync + 'static {
+    /// The reactor's name (its checkpoint row and durable consumer).
+    fn name(&self) -> &'static str;
+    /// Whether this reaction does something for `event` (a cheap test of its type).
+    fn handles(&self, event: &CommittedEvent) -> bool;
+    /// Does it. An error is retried (after a pause) with the same event.
+    async fn react(&self, event: &CommittedEvent) -> Result<(), String>;
+}
+
+/// Tuning of a reactor.
+#[derive(Debug, Clone)]
+pub struct ReactorSettings {
+    pub poll_interval: Duration,
+    /// Projections (schema names) that must have applied an event before the reaction runs,
+    /// because it reads them.
+    pub after: Vec<&'static str>,
+    /// Longest wait for those projections; the reaction then runs anyway.
+    pub wait_for_projections: Duration,
+}
+
+/// Runs one reaction over the log.
+pub struct Reactor {
+    pool: PgPool,
+    reaction: Arc<dyn Reaction>,
+    settings: ReactorSettings,
+}
+
+impl Reactor {
+    /// A reactor; [`Reactor::start`] creates its checkpoint at the end of the log if needed.
+    pub fn new(pool: PgPool, reaction: Arc<dyn Reaction>, settings: ReactorSettings) -> Self {
+        Self {
+            pool,
+            reaction,
+            settings,
+        }
+    }
+
+    /// Creates the checkpoint row (at the current end of the log) if it does not exist.
+    pub async fn start(&self) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO reactor_checkpoints (name, txid, position)
+             SELECT $1, COALESCE(max(txid), '0'), COALESCE(max(position), 0)
+               FROM (SELECT txid, position FROM events
+                      WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY txid DESC, position DESC LIMIT 1) AS head
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(self.reaction.name())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn checkpoint(&self) -> sqlx::Result<Cursor> {
+        let (txid, position): (i64, i64) = sqlx::query_as(
+            "SELECT (txid::text)::bigint, position FROM reactor_checkpoints WHERE name = $1",
+        )
+        .bind(self.reaction.name())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Cursor { txid, position })
+    }
+
+    async fn save(&self, to: Cursor, handled: i64) -> sqlx::Result<()> {
+        // Never backwards: another instance may have gone further.
+        sqlx::query(
+            "UPDATE reactor_checkpoints
+                SET txid = ($2::bigint)::text::xid8, position = $3, handled = handled + $4,
+                    updated_at = now()
+              WHERE name = $1 AND (txid, position) < (($2::bigint)::text::xid8, $3)",
+        )
+        .bind(self.reaction.name())
+        .bind(to.txid)
+        .bind(to.position)
+        .bind(handled)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until the projections this reaction reads have applied `cursor`.
+    async fn wait_for_projections(&self, cursor: Cursor) {
+        let deadline = tokio::time::Instant::now() + self.settings.wait_for_projections;
+        for schema in &self.settings.after {
+            loop {
+                match crate::projector::checkpoint(&self.pool, schema).await {
+                    Ok(at) if at >= cursor => break,
+                    Ok(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await
+                    }
+                    Ok(_) => {
+                        tracing::warn!(
+                            reactor = self.reaction.name(),
+                            projection = schema,
+                            "projection behind; reacting anyway"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(reactor = self.reaction.name(), error = %e, "cannot read a projection checkpoint");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one event if the reaction wants it. Returns whether it did.
+    async fn handle(&self, event: &CommittedEvent) -> Result<bool, String> {
+        if !self.reaction.handles(event) {
+            return Ok(false);
+        }
+        self.wait_for_projections(event.cursor()).await;
+        self.reaction.react(event).await.map_err(|e| {
+            format!(
+                "{} failed on {}: {e}",
+                self.reaction.name(),
+                event.message_id()
+            )
+        })?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl LogConsumer for Reactor {
+    fn name(&self) -> &str {
+        self.reaction.name()
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.settings.poll_interval
+    }
+
+    async fn catch_up(&self) -> Result<usize, String> {
+        let mut total = 0;
+        loop {
+            let from = self.checkpoint().await.map_err(|e| e.to_string())?;
+            let events = read_committed_after(&self.pool, from, CATCH_UP_BATCH)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut skipped_to = None;
+            for event in &events {
+                if self.handle(event).await? {
+                    self.save(event.cursor(), 1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    skipped_to = None;
+                } else {
+                    skipped_to = Some(event.cursor());
+                }
+            }
+            if let Some(to) = skipped_to {
+                self.save(to, 0).await.map_err(|e| e.to_string())?;
+            }
+            total += events.len();
+            if (events.len() as i64) < CATCH_UP_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
+        let checkpoint = self.checkpoint().await.map_err(|e| e.to_string())?;
+        if event.cursor() <= checkpoint {
+            return Ok(Outcome::Duplicate);
+        }
+        if previous != checkpoint {
+            return Ok(Outcome::Gap);
+        }
+        let handled = self.handle(event).await?;
+        self.save(event.cursor(), i64::from(handled))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Outcome::Applied)
+    }
+}
+
+impl Reactor {
+    /// Runs until `shutdown`, following the log (durable consumer `<stream>_<reactor>`).
+    pub async fn run(
+        self,
+        js: Option<async_nats::jetstream::Context>,
+        nats: crate::nats::NatsSettings,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        crate::follow::run(self, js, nats, shutdown).await
+    }
+}

@@ -97,6 +97,10 @@ pub struct CohortArgs {
     /// How often the reconciler looks for such jobs, in seconds (0 disables it).
     #[arg(long, env = "EXECUTOR_RECONCILE_EVERY_SECONDS", default_value_t = 60)]
     pub reconcile_every_seconds: u64,
+
+    /// Base URL of the front-end, for the links in e-mails.
+    #[arg(long, env = "FRONTEND_URL", default_value = "http://127.0.0.1:3000")]
+    pub frontend_url: String,
 }
 
 /// Tokens, applicative users, access defaults and validation patterns.
@@ -204,6 +208,7 @@ impl Default for CohortArgs {
             query_executor_timeout_seconds: 10,
             reconcile_after_seconds: 600,
             reconcile_every_seconds: 60,
+            frontend_url: "http://127.0.0.1:3000".into(),
         }
     }
 }

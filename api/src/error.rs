@@ -12,6 +12,7 @@ use commands::workspace::WorkspaceError;
 use domain::access::AccessError;
 use domain::cohort::CohortError;
 use domain::count::CountError;
+use domain::fhir_filter::FhirFilterError;
 use domain::folder::FolderError;
 use domain::maintenance::MaintenanceError;
 use domain::request::RequestError;
@@ -231,6 +232,19 @@ impl From<CohortsError> for ApiError {
             CohortsError::Count(e) => e.into(),
             CohortsError::Cohort(e) => e.into(),
             CohortsError::Request(e) => e.into(),
+            CohortsError::FhirFilter(e) => match e {
+                FhirFilterError::AlreadyExists => Self::new(
+                    StatusCode::CONFLICT,
+                    "fhir_filter_already_exists",
+                    e.to_string(),
+                ),
+                FhirFilterError::NotFound => Self::not_found("fhir_filter_not_found", "filter"),
+                FhirFilterError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            },
+            CohortsError::FilterNameTaken => Self {
+                field: Some("name"),
+                ..Self::bad_request("fhir_filter_name_taken", e.to_string())
+            },
             CohortsError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
             CohortsError::Conflict => Self::new(
                 StatusCode::CONFLICT,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::workspace::Workspace;
-use infra::cohorts::reactions::{ExecutorReaction, JobNotifications, PublicEvents};
+use infra::cohorts::reactions::{ExecutorReaction, JobNotifications, MailReaction, PublicEvents};
 use infra::cohorts::{CohortsProjection, PgCohorts};
 use infra::consistency::ProjectorConsistency;
 use infra::identity::{IdentityProjection, PgIdentity};
@@ -279,6 +279,15 @@ impl Core {
         );
         tasks.spawn(hub.clone().forward_from_nats(shutdown.clone()));
 
+        let mailer: Arc<dyn commands::ports::Mailer> =
+            Arc::new(infra::mail::SmtpMailer::new(&infra::mail::SmtpSettings {
+                host: settings.identity.smtp.smtp_host.clone(),
+                port: settings.identity.smtp.smtp_port,
+                username: settings.identity.smtp.smtp_username.clone(),
+                password: settings.identity.smtp.smtp_password.clone(),
+                sender: settings.identity.smtp.email_sender_address.clone(),
+                timeout: Duration::from_secs(30),
+            }));
         let cohort_reader = Arc::new(PgCohorts::new(pool.clone()));
         let executor = infra::cohorts::executor::HttpQueryExecutor::new(
             &infra::cohorts::executor::ExecutorSettings {
@@ -302,7 +311,7 @@ impl Core {
         infra::cohorts::reactions::ensure_public_stream(&js, &nats.stream, &public_root)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the public events stream: {e}"))?;
-        let reactions: Vec<(Arc<dyn Reaction>, Vec<&'static str>)> = vec![
+        let mut reactions: Vec<(Arc<dyn Reaction>, Vec<&'static str>)> = vec![
             // Reads the cohorts read model (older counts of the same request).
             (
                 Arc::new(ExecutorReaction {
@@ -327,6 +336,20 @@ impl Core {
                 vec![],
             ),
         ];
+        let mails = Arc::new(commands::mails::Mails::new(
+            infra::stores::mail_deliveries(&pool),
+            infra::stores::users(&pool),
+            mailer.clone(),
+            settings.cohorts.frontend_url.clone(),
+        ));
+        reactions.push((
+            Arc::new(MailReaction {
+                mails,
+                cohorts: cohorts.clone(),
+                requests: infra::stores::requests(&pool),
+            }),
+            vec![],
+        ));
         for (reaction, after) in reactions {
             let reactor = Reactor::new(
                 pool.clone(),
@@ -358,15 +381,13 @@ impl Core {
             maintenance_gate: crate::routes::maintenances::MaintenanceGate::new(),
             audit: Arc::new(infra::audit::PgAudit::new(pool.clone())),
             providers,
-            mailer: Arc::new(infra::mail::SmtpMailer::new(&infra::mail::SmtpSettings {
-                host: settings.identity.smtp.smtp_host.clone(),
-                port: settings.identity.smtp.smtp_port,
-                username: settings.identity.smtp.smtp_username.clone(),
-                password: settings.identity.smtp.smtp_password.clone(),
-                sender: settings.identity.smtp.email_sender_address.clone(),
-                timeout: Duration::from_secs(30),
-            })),
+            mailer,
             cohorts,
+            fhir_filters: Arc::new(commands::fhir_filters::FhirFilters::new(
+                infra::stores::fhir_filters(&pool),
+                cohort_reader.clone(),
+                consistency.clone(),
+            )),
             cohort_reader,
             cohort_settings: Arc::new(settings.cohorts.clone()),
         };

@@ -60,6 +60,7 @@ fn mail_for(user: &[&ExpiringAccess], days_before: i64) -> Option<Mail> {
             first.lastname,
             lines.join("\n")
         ),
+        html: None,
     })
 }
 

@@ -13,6 +13,7 @@ use domain::cohort::{
     Cohort, CohortChanges, CohortCommand, CohortError, CohortRequest, CohortState,
 };
 use domain::count::{Count, CountCommand, CountError, CountMode, CountRequest, CountState};
+use domain::fhir_filter::FhirFilterError;
 use domain::job::{JobError, JobReport, JobStatus};
 use domain::request::{Request, RequestError, RequestState};
 use domain::validation::InvalidField;
@@ -38,6 +39,10 @@ pub enum CohortsError {
     Cohort(CohortError),
     #[error(transparent)]
     Request(RequestError),
+    #[error(transparent)]
+    FhirFilter(FhirFilterError),
+    #[error("you already have a filter with this name on this resource")]
+    FilterNameTaken,
     #[error(transparent)]
     Invalid(#[from] InvalidField),
     #[error("the object was modified concurrently; retry")]
@@ -75,6 +80,12 @@ impl From<CommandError<CohortError>> for CohortsError {
 impl From<CommandError<RequestError>> for CohortsError {
     fn from(e: CommandError<RequestError>) -> Self {
         from_command(e, CohortsError::Request)
+    }
+}
+
+impl From<CommandError<FhirFilterError>> for CohortsError {
+    fn from(e: CommandError<FhirFilterError>) -> Self {
+        from_command(e, CohortsError::FhirFilter)
     }
 }
 
@@ -485,21 +496,17 @@ impl Cohorts {
     /// the executor, unless another reactor already claimed it.
     pub async fn submit_count(&self, ctx: &CommandContext, id: Uuid) -> Result<(), CohortsError> {
         let key = id.to_string();
-        let claim = CountCommand::ClaimSubmission { at: ctx.at };
-        match self.buses.counts.execute(&key, claim, ctx).await {
-            Ok(_) => {}
-            Err(CommandError::Rejected(CountError::Job(
-                JobError::AlreadySubmitted | JobError::NotSubmittable(_),
-            ))) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        }
         let Some(count) = self.buses.counts.load(&key).await?.state else {
             return Ok(());
         };
+        if count.job.submitted || count.job.status.is_final() {
+            return Ok(());
+        }
+        // Only counts requested before this one: a redelivered event must not cancel newer ones.
         if count.mode == CountMode::Snapshot {
             for older in self
                 .directory
-                .running_counts_of_request(count.request_id, id)
+                .running_counts_of_request(count.request_id, count.requested_at)
                 .await?
             {
                 self.cancel_count(
@@ -509,6 +516,14 @@ impl Cohorts {
                 )
                 .await?;
             }
+        }
+        let claim = CountCommand::ClaimSubmission { at: ctx.at };
+        match self.buses.counts.execute(&key, claim, ctx).await {
+            Ok(_) => {}
+            Err(CommandError::Rejected(CountError::Job(
+                JobError::AlreadySubmitted | JobError::NotSubmittable(_),
+            ))) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
         let submission = JobSubmission {
             mode: match count.mode {
@@ -710,7 +725,20 @@ impl Cohorts {
             return Ok(());
         };
         if count.mode == CountMode::Global {
-            return Ok(());
+            // Not pushed as a count (as upstream), but its bounds complete its cohort's message.
+            // Only once the cohort has had its own message (else that message carries them).
+            let Some(cohort) = self.directory.cohort_of_global_count(id).await? else {
+                return Ok(());
+            };
+            let told = self
+                .cohort(cohort)
+                .await?
+                .is_some_and(|c| c.job.status.is_final() || c.job.status == JobStatus::LongPending);
+            return if told {
+                self.notify_cohort(notifier, cohort).await
+            } else {
+                Ok(())
+            };
         }
         notifier.push(&count.owner, count_job_status(&count)).await;
         Ok(())

@@ -94,6 +94,8 @@ pub struct Mail {
     pub to: String,
     pub subject: String,
     pub text: String,
+    /// The HTML alternative, if any (sent as multipart/alternative with the text).
+    pub html: Option<String>,
 }
 
 /// Sends e-mails (SMTP in production).
@@ -186,13 +188,15 @@ pub enum StaleJob {
 /// Lookups in the cohorts read model that commands and reactors need.
 #[async_trait]
 pub trait CohortDirectory: Send + Sync {
-    /// The counts of `request` that may still run (new, pending, started) and are not the
-    /// count of a cohort, except `except`.
+    /// The counts of `request` requested before `before` that may still run (new, pending,
+    /// started) and are not the count of a cohort.
     async fn running_counts_of_request(
         &self,
         request: Uuid,
-        except: Uuid,
+        before: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Uuid>, PortError>;
+    /// The cohort whose global estimate is `count`, if any.
+    async fn cohort_of_global_count(&self, count: Uuid) -> Result<Option<Uuid>, PortError>;
     /// The cohort id (`cohort_id`) of the root perimeter, which global estimates count on.
     async fn root_perimeter_cohort_id(&self) -> Result<Option<String>, PortError>;
     /// Counts and cohorts submitted or started before `before` that have not ended.

@@ -411,6 +411,7 @@ impl Workspace {
         snapshot: Uuid,
         recipients: &str,
         name: Option<String>,
+        notify_by_email: bool,
     ) -> Result<Written<Vec<Uuid>>, WorkspaceError> {
         let recipients = parse_recipients(recipients)?;
         let request_id = self.request_of_snapshot(snapshot).await?;
@@ -481,6 +482,7 @@ impl Workspace {
             shared_requests.push(new_request);
         }
         let record = RequestCommand::RecordShare {
+            notify_by_email,
             by: ctx.user.clone(),
             snapshot_id: snapshot,
             recipients,

@@ -76,6 +76,7 @@ pub enum RequestCommand {
         snapshot_id: Uuid,
         recipients: Vec<String>,
         shared_requests: Vec<Uuid>,
+        notify_by_email: bool,
         at: DateTime<Utc>,
     },
 }
@@ -143,6 +144,10 @@ pub enum RequestEvent {
         recipients: Vec<String>,
         shared_requests: Vec<Uuid>,
         at: DateTime<Utc>,
+        /// Whether the recipients are told by e-mail. Added within version 1: absent in older
+        /// events, where it reads as `false` (nothing was sent then).
+        #[serde(default)]
+        notify_by_email: bool,
     },
 }
 
@@ -390,6 +395,7 @@ impl Request {
                 snapshot_id,
                 recipients,
                 shared_requests,
+                notify_by_email,
                 at,
             } => {
                 let current = self.require_owned(&by)?;
@@ -402,6 +408,7 @@ impl Request {
                     recipients,
                     shared_requests,
                     at,
+                    notify_by_email,
                 }])
             }
         }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::ports::{Mail, Mailer, PortError};
+use lettre::message::MultiPart;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -56,13 +57,15 @@ impl SmtpMailer {
 impl Mailer for SmtpMailer {
     async fn send(&self, mail: Mail) -> Result<(), PortError> {
         let invalid = |e: &dyn std::fmt::Display| PortError(format!("invalid e-mail: {e}"));
-        let message = Message::builder()
+        let builder = Message::builder()
             .from(self.sender.parse().map_err(|e| invalid(&e))?)
             .to(mail.to.parse().map_err(|e| invalid(&e))?)
-            .subject(mail.subject)
-            .header(ContentType::TEXT_PLAIN)
-            .body(mail.text)
-            .map_err(|e| invalid(&e))?;
+            .subject(mail.subject);
+        let message = match mail.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(mail.text, html)),
+            None => builder.header(ContentType::TEXT_PLAIN).body(mail.text),
+        }
+        .map_err(|e| invalid(&e))?;
         self.transport
             .send(message)
             .await

@@ -9,7 +9,9 @@ use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use domain::access::Access;
 use domain::cohort::Cohort;
 use domain::count::Count;
+use domain::fhir_filter::FhirFilter;
 use domain::folder::Folder;
+use domain::mail::MailDelivery;
 use domain::maintenance::MaintenancePhase;
 use domain::perimeter::Perimeter;
 use domain::request::Request;
@@ -114,6 +116,21 @@ pub fn cohorts(pool: &PgPool) -> commands::cohorts::CohortBuses {
         cohorts: Arc::new(bus::<Cohort>(pool)),
         requests: requests(pool),
     }
+}
+
+/// The command bus of saved FHIR filters.
+pub fn fhir_filters(pool: &PgPool) -> Arc<dyn Execute<FhirFilter>> {
+    Arc::new(bus::<FhirFilter>(pool))
+}
+
+/// The command bus of e-mail deliveries.
+pub fn mail_deliveries(pool: &PgPool) -> Arc<dyn Execute<MailDelivery>> {
+    Arc::new(bus::<MailDelivery>(pool))
+}
+
+/// The command bus of users.
+pub fn users(pool: &PgPool) -> Arc<dyn Execute<User>> {
+    Arc::new(bus::<User>(pool))
 }
 
 /// The command buses of the identity aggregates.

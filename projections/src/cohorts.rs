@@ -135,6 +135,42 @@ pub struct DatedMeasureFilter {
     pub ordering: Vec<SortKey>,
 }
 
+/// `ordering=` names of the saved-filter list.
+pub const FHIR_FILTER_ORDERING: &[(&str, &str)] = &[
+    ("name", "f.name"),
+    ("created_at", "f.created_at"),
+    ("modified_at", "f.modified_at"),
+    ("fhir_resource", "f.fhir_resource"),
+];
+
+/// One saved FHIR filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FhirFilterView {
+    pub uuid: Uuid,
+    pub owner: String,
+    pub fhir_resource: String,
+    pub fhir_version: String,
+    pub query_version: String,
+    pub name: String,
+    pub filter: String,
+    pub identifying: bool,
+    pub auto_generated: bool,
+    pub created_at: DateTime<Utc>,
+    pub modified_at: DateTime<Utc>,
+}
+
+/// Filters of the saved-filter list (auto-generated filters are never listed).
+#[derive(Debug, Clone, Default)]
+pub struct FhirFilterQuery {
+    pub name: Option<String>,
+    pub fhir_resource: Option<String>,
+    /// Contained in the filter text.
+    pub fhir_filter: Option<String>,
+    pub query_version: Option<String>,
+    pub identifying: Option<bool>,
+    pub ordering: Vec<SortKey>,
+}
+
 /// Who reads: a user sees their own objects; the executor and the ETL see all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader<'a> {
@@ -178,6 +214,14 @@ pub trait CohortReader: Send + Sync {
         &self,
         snapshots: &[Uuid],
     ) -> Result<(Vec<DatedMeasureView>, Vec<CohortView>), ReadError>;
+    async fn list_fhir_filters(
+        &self,
+        owner: &str,
+        query: &FhirFilterQuery,
+        window: Window,
+    ) -> Result<Page<FhirFilterView>, ReadError>;
+    async fn fhir_filter(&self, owner: &str, id: Uuid)
+    -> Result<Option<FhirFilterView>, ReadError>;
     /// Cohorts (of everyone) whose job is new, validated, pending or started.
     async fn active_jobs(&self) -> Result<i64, ReadError>;
 }

@@ -21,6 +21,8 @@ const AUDITABLE: &[&str] = &[
     "Request",
     "Count",
     "Cohort",
+    "FhirFilter",
+    "MailDelivery",
 ];
 
 async fn require_full_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {

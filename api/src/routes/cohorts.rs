@@ -207,7 +207,7 @@ pub(super) async fn patch_dated_measure(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
-    if callback_caller(&state, &caller).is_none() {
+    if !matches!(callback_caller(&state, &caller), Some(Callback::Executor)) {
         return Err(ApiError::forbidden(
             "permission_denied",
             "only the query executor reports the result of a count",

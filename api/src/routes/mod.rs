@@ -4,7 +4,8 @@ mod accesses;
 mod audit;
 mod auth;
 pub(crate) mod cohorts;
-mod folders;
+mod fhir_filters;
+pub(crate) mod folders;
 mod health;
 pub mod maintenances;
 mod perimeters;
@@ -224,6 +225,20 @@ pub fn router(state: AppState) -> Router {
             get(cohorts::retrieve_cohort)
                 .patch(cohorts::patch_cohort)
                 .delete(cohorts::delete_cohorts),
+        )
+        .route(
+            "/cohort/fhir-filters/",
+            get(fhir_filters::list).post(fhir_filters::create),
+        )
+        .route(
+            "/cohort/fhir-filters/delete_multiple/",
+            axum::routing::delete(fhir_filters::delete_multiple),
+        )
+        .route(
+            "/cohort/fhir-filters/{id}/",
+            get(fhir_filters::retrieve)
+                .patch(fhir_filters::update)
+                .delete(fhir_filters::delete),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -43,8 +43,7 @@ pub(super) struct UpdateSnapshot {
 pub(super) struct Share {
     recipients: String,
     name: Option<String>,
-    /// Accepted for compatibility; e-mail notification arrives with the notifications issue.
-    #[expect(dead_code, reason = "read once notifications land")]
+    /// Tell the recipients by e-mail.
     notify_by_email: Option<bool>,
 }
 
@@ -308,7 +307,13 @@ pub(super) async fn share(
     let ctx = command_context(&caller, &trace);
     let w = state
         .workspace
-        .share_snapshot(&ctx, id, &body.recipients, body.name)
+        .share_snapshot(
+            &ctx,
+            id,
+            &body.recipients,
+            body.name,
+            body.notify_by_email.unwrap_or(false),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::cohort::{Cohort, CohortEvent};
 use domain::count::{Count, CountEvent};
+use domain::fhir_filter::{FhirFilter, FhirFilterEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -34,7 +35,9 @@ impl Projection for CohortsProjection {
     }
 
     fn reads(&self, aggregate_type: &str) -> bool {
-        aggregate_type == Count::TYPE || aggregate_type == Cohort::TYPE
+        aggregate_type == Count::TYPE
+            || aggregate_type == Cohort::TYPE
+            || aggregate_type == FhirFilter::TYPE
     }
 
     async fn apply(
@@ -45,6 +48,9 @@ impl Projection for CohortsProjection {
         match event.aggregate_type.as_str() {
             Count::TYPE => apply_count(conn, aggregate_uuid(event)?, decode(event)?).await,
             Cohort::TYPE => apply_cohort(conn, aggregate_uuid(event)?, decode(event)?).await,
+            FhirFilter::TYPE => {
+                apply_fhir_filter(conn, aggregate_uuid(event)?, decode(event)?).await
+            }
             _ => Ok(()),
         }
     }
@@ -298,5 +304,89 @@ async fn set_group(
     .bind(size)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+async fn apply_fhir_filter(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: FhirFilterEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        FhirFilterEvent::FhirFilterCreated {
+            owner,
+            fields,
+            filter,
+            auto_generated,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO fhir_filters (uuid, owner, fhir_resource, fhir_version, query_version,
+                        name, filter, identifying, auto_generated, created_at, modified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+                 ON CONFLICT (uuid) DO NOTHING",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(fields.fhir_resource)
+            .bind(fields.fhir_version)
+            .bind(fields.query_version)
+            .bind(fields.name)
+            .bind(filter)
+            .bind(fields.identifying)
+            .bind(auto_generated)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        FhirFilterEvent::FhirFilterDescribed { fields, at } => {
+            sqlx::query(
+                "UPDATE fhir_filters SET fhir_resource = $2, fhir_version = $3, query_version = $4,
+                        name = $5, identifying = $6, modified_at = $7 WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(fields.fhir_resource)
+            .bind(fields.fhir_version)
+            .bind(fields.query_version)
+            .bind(fields.name)
+            .bind(fields.identifying)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        FhirFilterEvent::FhirFilterTextChanged {
+            patch_version,
+            previous_filter,
+            filter,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO fhir_filter_patches (filter, patch_version, filter_text, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(patch_version as i32)
+            .bind(previous_filter)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("UPDATE fhir_filters SET filter = $2, modified_at = $3 WHERE uuid = $1")
+                .bind(id)
+                .bind(filter)
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+        FhirFilterEvent::FhirFilterDeleted { at } => {
+            sqlx::query(
+                "UPDATE fhir_filters SET deleted_at = $2, modified_at = $2 WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+    }
     Ok(())
 }

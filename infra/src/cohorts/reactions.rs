@@ -252,3 +252,112 @@ pub async fn ensure_public_stream(
     .map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// Sends the e-mails of the cohort workflows: a large cohort finished by the ETL, a request
+/// shared with `notify_by_email`.
+pub struct MailReaction {
+    pub mails: Arc<commands::mails::Mails>,
+    pub cohorts: Arc<Cohorts>,
+    pub requests: Arc<dyn commands::Execute<domain::request::Request>>,
+}
+
+impl MailReaction {
+    async fn large_cohort(
+        &self,
+        ctx: &CommandContext,
+        event: &CommittedEvent,
+    ) -> Result<(), String> {
+        let CohortEvent::CohortCreated {
+            via_etl: true,
+            group_id,
+            ..
+        } = decode(event).map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(cohort) = self
+            .cohorts
+            .cohort(target(event)?)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(to) = self.mails.recipient(&cohort.owner).await.map_err(|e| e.0)? else {
+            return Ok(());
+        };
+        let mail = commands::mails::large_cohort_ready(
+            &to,
+            &cohort.name,
+            group_id.as_deref().unwrap_or_default(),
+            &self.mails.frontend_url,
+        );
+        self.mails
+            .deliver(ctx, &event.message_id(), "large_cohort_ready", mail)
+            .await
+            .map_err(|e| e.0)?;
+        Ok(())
+    }
+
+    async fn shared_request(
+        &self,
+        ctx: &CommandContext,
+        event: &CommittedEvent,
+    ) -> Result<(), String> {
+        let domain::request::RequestEvent::RequestShared {
+            recipients,
+            shared_requests,
+            notify_by_email: true,
+            ..
+        } = decode(event).map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let sharer = crate::projector::actor(event).unwrap_or_default();
+        // The application creates one request per recipient, in the recipients' order.
+        for (recipient, request_id) in recipients.iter().zip(shared_requests) {
+            let Some(to) = self.mails.recipient(recipient).await.map_err(|e| e.0)? else {
+                continue;
+            };
+            let request = self
+                .requests
+                .load(&request_id.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            let name = request.state.map(|r| r.name).unwrap_or_default();
+            let mail = commands::mails::shared_request(
+                &to,
+                &sharer,
+                &name,
+                request_id,
+                &self.mails.frontend_url,
+            );
+            self.mails
+                .deliver(ctx, &event.message_id(), "shared_request", mail)
+                .await
+                .map_err(|e| e.0)?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Reaction for MailReaction {
+    fn name(&self) -> &'static str {
+        "mail"
+    }
+
+    fn handles(&self, event: &CommittedEvent) -> bool {
+        is(event, Cohort::TYPE, &["CohortCreated"])
+            || is(event, domain::request::Request::TYPE, &["RequestShared"])
+    }
+
+    async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
+        let ctx = caused_by(event);
+        if event.aggregate_type == Cohort::TYPE {
+            self.large_cohort(&ctx, event).await
+        } else {
+            self.shared_request(&ctx, event).await
+        }
+    }
+}

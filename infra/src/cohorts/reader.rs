@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use commands::fhir_filters::FhirFilterDirectory;
 use commands::ports::{CohortDirectory, PortError, StaleJob};
 use projections::cohorts::{
     CohortFilter, CohortReader, CohortRef, CohortView, DatedMeasureFilter, DatedMeasureView,
-    Reader, RequestRef, SampleRef,
+    FhirFilterQuery, FhirFilterView, Reader, RequestRef, SampleRef,
 };
 use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -409,6 +410,52 @@ impl CohortReader for PgCohorts {
         ))
     }
 
+    async fn list_fhir_filters(
+        &self,
+        owner: &str,
+        query: &FhirFilterQuery,
+        window: Window,
+    ) -> Result<Page<FhirFilterView>, ReadError> {
+        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.fhir_filters f");
+        push_fhir_filter_where(&mut qb, owner, query);
+        let count: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(FHIR_FILTER_SELECT);
+        push_fhir_filter_where(&mut qb, owner, query);
+        push_order_by(&mut qb, &query.ordering, "f.created_at DESC", "f.uuid");
+        push_window(&mut qb, window);
+        let results: Vec<FhirFilterRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: results.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn fhir_filter(
+        &self,
+        owner: &str,
+        id: Uuid,
+    ) -> Result<Option<FhirFilterView>, ReadError> {
+        let mut qb = QueryBuilder::new(FHIR_FILTER_SELECT);
+        qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ")
+            .push_bind(owner)
+            .push(" AND f.uuid = ")
+            .push_bind(id);
+        let row: Option<FhirFilterRow> = qb
+            .build_query_as()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(row.map(Into::into))
+    }
+
     async fn active_jobs(&self) -> Result<i64, ReadError> {
         sqlx::query_scalar(
             "SELECT count(*) FROM cohorts.cohorts
@@ -421,6 +468,94 @@ impl CohortReader for PgCohorts {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct FhirFilterRow {
+    uuid: Uuid,
+    owner: String,
+    fhir_resource: String,
+    fhir_version: String,
+    query_version: String,
+    name: String,
+    filter: String,
+    identifying: bool,
+    auto_generated: bool,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+}
+
+impl From<FhirFilterRow> for FhirFilterView {
+    fn from(r: FhirFilterRow) -> Self {
+        FhirFilterView {
+            uuid: r.uuid,
+            owner: r.owner,
+            fhir_resource: r.fhir_resource,
+            fhir_version: r.fhir_version,
+            query_version: r.query_version,
+            name: r.name,
+            filter: r.filter,
+            identifying: r.identifying,
+            auto_generated: r.auto_generated,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+        }
+    }
+}
+
+const FHIR_FILTER_SELECT: &str = "SELECT f.uuid, f.owner, f.fhir_resource, f.fhir_version,
+        f.query_version, f.name, f.filter, f.identifying, f.auto_generated, f.created_at,
+        f.modified_at
+   FROM cohorts.fhir_filters f";
+
+fn push_fhir_filter_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    owner: &'a str,
+    query: &'a FhirFilterQuery,
+) {
+    qb.push(" WHERE f.deleted_at IS NULL AND NOT f.auto_generated AND f.owner = ")
+        .push_bind(owner);
+    if let Some(name) = &query.name {
+        qb.push(" AND f.name ILIKE ")
+            .push_bind(contains_pattern(name));
+    }
+    if let Some(r) = &query.fhir_resource {
+        qb.push(" AND f.fhir_resource = ").push_bind(r.as_str());
+    }
+    if let Some(text) = &query.fhir_filter {
+        qb.push(" AND f.filter ILIKE ")
+            .push_bind(contains_pattern(text));
+    }
+    if let Some(v) = &query.query_version {
+        qb.push(" AND f.query_version = ").push_bind(v.as_str());
+    }
+    if let Some(i) = query.identifying {
+        qb.push(" AND f.identifying = ").push_bind(i);
+    }
+}
+
+#[async_trait]
+impl FhirFilterDirectory for PgCohorts {
+    async fn name_taken(
+        &self,
+        owner: &str,
+        name: &str,
+        fhir_resource: &str,
+        except: Option<Uuid>,
+    ) -> Result<bool, PortError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM cohorts.fhir_filters
+              WHERE owner = $1 AND lower(name) = lower($2) AND fhir_resource = $3
+                AND deleted_at IS NULL AND uuid IS DISTINCT FROM $4)",
+        )
+        .bind(owner)
+        .bind(name)
+        .bind(fhir_resource)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+}
+
 fn port_error(e: sqlx::Error) -> PortError {
     PortError(e.to_string())
 }
@@ -430,17 +565,27 @@ impl CohortDirectory for PgCohorts {
     async fn running_counts_of_request(
         &self,
         request: Uuid,
-        except: Uuid,
+        before: DateTime<Utc>,
     ) -> Result<Vec<Uuid>, PortError> {
         sqlx::query_scalar(
             "SELECT d.uuid FROM cohorts.dated_measures d
-              WHERE d.request = $1 AND d.uuid <> $2 AND d.mode = 'Snapshot'
+              WHERE d.request = $1 AND d.created_at < $2 AND d.mode = 'Snapshot'
                 AND d.request_job_status IN ('new', 'pending', 'started')
                 AND NOT EXISTS (SELECT 1 FROM cohorts.cohorts c WHERE c.dated_measure = d.uuid)",
         )
         .bind(request)
-        .bind(except)
+        .bind(before)
         .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+
+    async fn cohort_of_global_count(&self, count: Uuid) -> Result<Option<Uuid>, PortError> {
+        sqlx::query_scalar(
+            "SELECT uuid FROM cohorts.cohorts WHERE dated_measure_global = $1 LIMIT 1",
+        )
+        .bind(count)
+        .fetch_optional(&self.pool)
         .await
         .map_err(port_error)
     }
@@ -462,8 +607,10 @@ impl CohortDirectory for PgCohorts {
               WHERE request_job_status IN ('pending', 'started') AND status_changed_at < $1
              UNION ALL
              SELECT false, uuid FROM cohorts.cohorts
-              WHERE request_job_status IN ('pending', 'started') AND status_changed_at < $1
-                AND deleted_at IS NULL",
+              WHERE (request_job_status IN ('pending', 'started')
+                     -- a large cohort whose submission never got a job id
+                     OR (request_job_status = 'long_pending' AND request_job_id IS NULL))
+                AND status_changed_at < $1 AND deleted_at IS NULL",
         )
         .bind(before)
         .fetch_all(&self.pool)

@@ -268,15 +268,71 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// `n` sequential counts of one snapshot: (POST → `job_status` finished on the websocket,
+/// POST → 201).
+async fn count_round_trips(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>) {
+    tests::identity::add_user(app, "bench.counter", None).await;
+    let user = "bench.counter";
+    let folder = app
+        .post(
+            "/cohort/folders/",
+            user,
+            serde_json::json!({"name": "bench"}),
+        )
+        .await;
+    let request = app
+        .post(
+            "/cohort/requests/",
+            user,
+            serde_json::json!({"name": "bench", "parent_folder": folder.body["uuid"]}),
+        )
+        .await;
+    let snapshot = app
+        .post(
+            "/cohort/request-query-snapshots/",
+            user,
+            serde_json::json!({"request": request.body["uuid"], "serialized_query": query(&["1"])}),
+        )
+        .await;
+    let snapshot_id = snapshot.body["uuid"].clone();
+    let mut socket = tests::ws::connect_as(app, &app.token(user)).await;
+    let mut round_trip = Histogram::<u64>::new(3).expect("histogram");
+    let mut accepted = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let started = Instant::now();
+        let dm = app
+            .post(
+                "/cohort/dated-measures/",
+                user,
+                serde_json::json!({"request_query_snapshot": snapshot_id}),
+            )
+            .await;
+        accepted.record(started.elapsed().as_micros() as u64).ok();
+        let uuid = dm.body["uuid"]
+            .as_str()
+            .expect("a dated measure")
+            .to_string();
+        let message = tests::ws::next_job_status(&mut socket, &uuid).await;
+        assert_eq!(message["status"], "finished", "{message}");
+        round_trip.record(started.elapsed().as_micros() as u64).ok();
+    }
+    (round_trip, accepted)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let duration = seconds();
     let id = unique_id();
+    let qe_token = format!("qe-{id}");
+    let executor = tests::executor::TestExecutor::start(&qe_token).await;
     let mut s = settings(&id, &tests::nats_url());
+    s.identity.query_executor_token = Some(qe_token);
+    s.cohorts.query_executor_url = executor.url.clone();
     s.database_max_connections = 40;
     s.read_your_writes_timeout_ms = 30_000;
     s.projector_poll_ms = 500;
     let app = Arc::new(TestApp::spawn_with(s, id).await);
+    executor.set_backend(&app.base);
     let pool = app.pool.clone();
     let mut report = String::new();
     report.push_str(&format!(
@@ -486,6 +542,20 @@ async fn main() -> anyhow::Result<()> {
             rate / raw
         ));
     }
+
+    // G: the round trip of a count through our pipeline, with an executor that answers at once.
+    let (round_trip, accepted) = count_round_trips(&app, 200).await;
+    report.push_str(&format!(
+        "\n## Count round trip (POST `/cohort/dated-measures/` → executor callback → `job_status` on the websocket), \
+         200 sequential counts, loopback executor answering at once\n\n\
+         | POST → websocket p50 ms | p99 ms | POST → 201 p50 ms | p99 ms | ratio (201 / websocket, p50) |\n|---|---|---|---|---|\n\
+         | {:.2} | {:.2} | {:.2} | {:.2} | {:.3} |\n",
+        ms(round_trip.value_at_quantile(0.5)),
+        ms(round_trip.value_at_quantile(0.99)),
+        ms(accepted.value_at_quantile(0.5)),
+        ms(accepted.value_at_quantile(0.99)),
+        accepted.value_at_quantile(0.5) as f64 / round_trip.value_at_quantile(0.5) as f64
+    ));
 
     #[expect(clippy::print_stdout, reason = "the report is the output")]
     {

@@ -7,6 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tests::executor::{Behaviour, TestExecutor};
 use tests::identity::{APHP, add_user, grant, seed, user_with};
+use tests::smtp::SmtpServer;
 use tests::ws::{connect_as, next_job_status};
 use tests::{TestApp, eventually, nats_url, query, settings, unique_id};
 
@@ -105,6 +106,11 @@ async fn until_status(app: &TestApp, user: &str, path: &str, status: &str) -> Va
     }
 }
 
+/// The text of a quoted-printable body, enough to search it.
+fn unfolded(data: &str) -> String {
+    data.replace("=\r\n", "").replace("=3D", "=")
+}
+
 async fn callback(app: &TestApp, token: &str, path: &str, body: Value) -> tests::Answer {
     app.send(
         app.request(Method::PATCH, path)
@@ -180,7 +186,16 @@ async fn a_count_then_a_cohort_go_from_login_to_the_cohort_created_event() {
         .await;
     assert_eq!(read.body["measure"], 1234, "{:?}", read.body);
     assert_eq!(read.body["request_job_status"], "finished");
-    assert_eq!(read.body["request_job_id"], jobs[0].job_id.as_str());
+    // The job id may be recorded just after the (faster) callback.
+    assert!(
+        eventually(WAIT, || async {
+            app.get(&format!("/cohort/dated-measures/{dm_id}/"), "alice")
+                .await
+                .body["request_job_id"]
+                == jobs[0].job_id.as_str()
+        })
+        .await
+    );
 
     // Save the cohort, with a global estimate.
     let cohort = app
@@ -539,7 +554,12 @@ async fn a_lost_callback_is_reconciled_with_the_executor() {
 
 #[tokio::test]
 async fn a_large_cohort_stays_long_pending_until_the_etl_finishes_it() {
-    let w = world_with(|s| s.cohorts.cohort_size_limit = 100).await;
+    let smtp = SmtpServer::start().await;
+    let w = world_with(|s| {
+        s.cohorts.cohort_size_limit = 100;
+        s.identity.smtp.smtp_port = smtp.port;
+    })
+    .await;
     let app = &w.app;
     let (_, snapshot_id) = snapshot(app, "alice").await;
     w.executor.set_count(500);
@@ -590,7 +610,69 @@ async fn a_large_cohort_stays_long_pending_until_the_etl_finishes_it() {
         .await;
     let last = history.body.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["payload"]["CohortCreated"]["via_etl"], true, "{last}");
+
+    // The owner is told by e-mail, once, even if the ETL calls back twice.
+    let again = callback(
+        app,
+        &w.etl_token,
+        &format!("/cohort/cohorts/{id}/"),
+        json!({"request_job_status": "FINISHED"}),
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert!(eventually(WAIT, || async { !smtp.received().is_empty() }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = smtp.received();
+    assert_eq!(received.len(), 1, "one e-mail");
+    assert_eq!(received[0].to, ["alice@example.org"]);
+    assert!(
+        received[0].data.contains("multipart/alternative"),
+        "text and HTML"
+    );
+    assert!(
+        unfolded(&received[0].data).contains("groupId="),
+        "{}",
+        received[0].data
+    );
     w.app.stop().await;
+    smtp.stop();
+}
+
+#[tokio::test]
+async fn a_shared_request_is_announced_by_e_mail_when_asked() {
+    let smtp = SmtpServer::start().await;
+    let w = world_with(|s| s.identity.smtp.smtp_port = smtp.port).await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    add_user(app, "bob", None).await;
+    let quiet = app
+        .post(
+            &format!("/cohort/request-query-snapshots/{snapshot_id}/share/"),
+            "alice",
+            json!({"recipients": "mallory"}),
+        )
+        .await;
+    assert_eq!(quiet.status, StatusCode::CREATED, "{:?}", quiet.body);
+    let told = app
+        .post(
+            &format!("/cohort/request-query-snapshots/{snapshot_id}/share/"),
+            "alice",
+            json!({"recipients": "bob", "notify_by_email": true, "name": "Shared HbA1c"}),
+        )
+        .await;
+    assert_eq!(told.status, StatusCode::CREATED, "{:?}", told.body);
+    assert!(eventually(WAIT, || async { !smtp.received().is_empty() }).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = smtp.received();
+    assert_eq!(received.len(), 1, "only the share that asked for it");
+    assert_eq!(received[0].to, ["bob@example.org"]);
+    assert!(
+        unfolded(&received[0].data).contains("Shared HbA1c"),
+        "{}",
+        received[0].data
+    );
+    w.app.stop().await;
+    smtp.stop();
 }
 
 #[tokio::test]
@@ -826,4 +908,121 @@ async fn samples_cohort_rights_and_owner_scoping() {
         .await;
     assert_eq!(foreign.status, StatusCode::NOT_FOUND);
     w.app.stop().await;
+}
+
+#[tokio::test]
+async fn saved_fhir_filters_are_owner_scoped_unique_and_keep_their_history() {
+    let app = TestApp::spawn().await;
+    for user in ["alice", "mallory"] {
+        add_user(&app, user, None).await;
+    }
+    let body = |name: &str, filter: &str| json!({"fhir_resource": "Condition", "fhir_version": "4.0.1", "name": name, "filter": filter});
+    let created = app
+        .post(
+            "/cohort/fhir-filters/",
+            "alice",
+            body("Diabetes", "&code=E11&"),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["filter"], "code=E11", "stripped of & and =");
+    assert_eq!(created.body["query_version"], "v1.4.4");
+    let id = created.body["uuid"].as_str().unwrap().to_string();
+
+    let twin = app
+        .post(
+            "/cohort/fhir-filters/",
+            "alice",
+            body("diabetes", "code=E10"),
+        )
+        .await;
+    assert_eq!(twin.status, StatusCode::BAD_REQUEST);
+    assert_eq!(twin.body["code"], "fhir_filter_name_taken");
+    let short = app
+        .post("/cohort/fhir-filters/", "alice", body("D", "x"))
+        .await;
+    assert_eq!(short.status, StatusCode::BAD_REQUEST);
+    assert_eq!(short.body["field"], "name");
+    // Another user may use the same name.
+    let theirs = app
+        .post(
+            "/cohort/fhir-filters/",
+            "mallory",
+            body("Diabetes", "code=E11"),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::CREATED);
+    let hidden = app
+        .post(
+            "/cohort/fhir-filters/",
+            "alice",
+            json!({"fhir_resource": "Patient", "fhir_version": "4.0.1", "name": "auto", "filter": "x", "auto_generated": true}),
+        )
+        .await;
+    assert_eq!(hidden.status, StatusCode::CREATED);
+
+    let list = app
+        .get("/cohort/fhir-filters/?fhir_resource=Condition", "alice")
+        .await;
+    assert_eq!(
+        list.body["count"], 1,
+        "auto-generated and others' filters are not listed"
+    );
+    let edited = app
+        .patch(
+            &format!("/cohort/fhir-filters/{id}/"),
+            "alice",
+            json!({"filter": "code=E10"}),
+        )
+        .await;
+    assert_eq!(edited.status, StatusCode::OK, "{:?}", edited.body);
+    assert_eq!(edited.body["filter"], "code=E10");
+    let history = app
+        .get(&format!("/audit/FhirFilter/{id}/events/"), "alice")
+        .await;
+    assert_eq!(
+        history.status,
+        StatusCode::FORBIDDEN,
+        "auditing is for administrators"
+    );
+    let patches: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM cohorts.fhir_filter_patches WHERE filter = $1::uuid AND filter_text = 'code=E11'",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(patches, 1);
+
+    assert_eq!(
+        app.get(&format!("/cohort/fhir-filters/{id}/"), "mallory")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let foreign = app
+        .send(
+            app.request(Method::DELETE, "/cohort/fhir-filters/delete_multiple/")
+                .bearer_auth(app.token("mallory"))
+                .json(&json!({"uuids": [id]})),
+        )
+        .await;
+    assert_eq!(
+        foreign.status,
+        StatusCode::NOT_FOUND,
+        "ownership is checked"
+    );
+    let deleted = app
+        .send(
+            app.request(Method::DELETE, "/cohort/fhir-filters/delete_multiple/")
+                .bearer_auth(app.token("alice"))
+                .json(&json!({"uuids": [id]})),
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/cohort/fhir-filters/", "alice").await.body["count"],
+        0
+    );
+    app.stop().await;
 }

@@ -98,6 +98,10 @@ pub struct CohortArgs {
     #[arg(long, env = "EXECUTOR_RECONCILE_EVERY_SECONDS", default_value_t = 60)]
     pub reconcile_every_seconds: u64,
 
+    /// Perimeter types a feasibility report goes down through (comma list; empty: every type).
+    #[arg(long, env = "REPORTING_PERIMETER_TYPES", default_value = "")]
+    pub reporting_perimeter_types: String,
+
     /// Base URL of the front-end, for the links in e-mails.
     #[arg(long, env = "FRONTEND_URL", default_value = "http://127.0.0.1:3000")]
     pub frontend_url: String,
@@ -209,6 +213,7 @@ impl Default for CohortArgs {
             reconcile_after_seconds: 600,
             reconcile_every_seconds: 60,
             frontend_url: "http://127.0.0.1:3000".into(),
+            reporting_perimeter_types: String::new(),
         }
     }
 }

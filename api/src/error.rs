@@ -12,6 +12,7 @@ use commands::workspace::WorkspaceError;
 use domain::access::AccessError;
 use domain::cohort::CohortError;
 use domain::count::CountError;
+use domain::feasibility::StudyError;
 use domain::fhir_filter::FhirFilterError;
 use domain::folder::FolderError;
 use domain::maintenance::MaintenanceError;
@@ -240,6 +241,14 @@ impl From<CohortsError> for ApiError {
                 ),
                 FhirFilterError::NotFound => Self::not_found("fhir_filter_not_found", "filter"),
                 FhirFilterError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
+            },
+            CohortsError::Study(e) => match e {
+                StudyError::NotFound => {
+                    Self::not_found("feasibility_study_not_found", "feasibility study")
+                }
+                StudyError::AlreadyExists | StudyError::Job(_) => {
+                    Self::new(StatusCode::CONFLICT, "job_state_conflict", e.to_string())
+                }
             },
             CohortsError::FilterNameTaken => Self {
                 field: Some("name"),

@@ -297,11 +297,24 @@ impl Core {
                 ),
             },
         )?;
+        let executor: Arc<dyn commands::ports::QueryExecutor> = Arc::new(executor);
+        let feasibility = Arc::new(commands::feasibility::Feasibility::new(
+            commands::feasibility::FeasibilityPorts {
+                studies: infra::stores::feasibility_studies(&pool),
+                requests: infra::stores::requests(&pool),
+                workspace: reader.clone(),
+                directory: cohort_reader.clone(),
+                perimeters: cohort_reader.clone(),
+                executor: executor.clone(),
+                consistency: consistency.clone(),
+            },
+            crate::config::comma_list(&settings.cohorts.reporting_perimeter_types),
+        ));
         let cohorts = Arc::new(commands::cohorts::Cohorts::new(
             infra::stores::cohorts(&pool),
             reader.clone(),
             cohort_reader.clone(),
-            Arc::new(executor),
+            executor,
             consistency.clone(),
             commands::cohorts::CohortSettings {
                 size_limit: settings.cohorts.cohort_size_limit,
@@ -316,6 +329,7 @@ impl Core {
             (
                 Arc::new(ExecutorReaction {
                     cohorts: cohorts.clone(),
+                    feasibility: feasibility.clone(),
                 }),
                 vec![projections::cohorts::PROJECTION],
             ),
@@ -346,6 +360,7 @@ impl Core {
             Arc::new(MailReaction {
                 mails,
                 cohorts: cohorts.clone(),
+                feasibility: feasibility.clone(),
                 requests: infra::stores::requests(&pool),
             }),
             vec![],
@@ -383,6 +398,7 @@ impl Core {
             providers,
             mailer,
             cohorts,
+            feasibility,
             fhir_filters: Arc::new(commands::fhir_filters::FhirFilters::new(
                 infra::stores::fhir_filters(&pool),
                 cohort_reader.clone(),

@@ -41,6 +41,8 @@ pub enum CohortsError {
     Request(RequestError),
     #[error(transparent)]
     FhirFilter(FhirFilterError),
+    #[error(transparent)]
+    Study(domain::feasibility::StudyError),
     #[error("you already have a filter with this name on this resource")]
     FilterNameTaken,
     #[error(transparent)]
@@ -774,7 +776,8 @@ impl Cohorts {
     }
 }
 
-fn settled(report: &JobReport) -> Settled {
+/// Whether a report's status is one.
+pub(crate) fn settled(report: &JobReport) -> Settled {
     if report.mapped_status().is_some() {
         Settled::Accepted
     } else {
@@ -783,7 +786,7 @@ fn settled(report: &JobReport) -> Settled {
 }
 
 /// The job id of an accepted submission, or the message of a refused one.
-fn accepted_job(
+pub(crate) fn accepted_job(
     outcome: Result<crate::ports::JobAccepted, ExecutorError>,
 ) -> Result<String, String> {
     match outcome {

@@ -12,6 +12,7 @@ pub mod bus;
 pub mod cohorts;
 pub mod context;
 pub mod error;
+pub mod feasibility;
 pub mod fhir_filters;
 pub mod identity;
 pub mod mails;

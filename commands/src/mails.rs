@@ -183,6 +183,67 @@ pub fn shared_request(
     )
 }
 
+/// What a feasibility-report e-mail announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportNews {
+    Requested,
+    Ready,
+    Failed,
+}
+
+impl ReportNews {
+    /// The delivery kind (upstream's template names).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Requested => "feasibility_report_requested",
+            Self::Ready => "feasibility_report_ready",
+            Self::Failed => "feasibility_report_error",
+        }
+    }
+}
+
+/// The e-mails of a feasibility study.
+pub fn feasibility_report(
+    to: &Recipient,
+    news: ReportNews,
+    request_name: &str,
+    study: Uuid,
+    request: Uuid,
+    frontend_url: &str,
+) -> Mail {
+    let (subject, paragraph, link) = match news {
+        ReportNews::Requested => (
+            format!("[Cohort360] Rapport de faisabilité demandé : {request_name}"),
+            format!(
+                "Votre demande de rapport de faisabilité pour la requête « {request_name} » est en cours de traitement. Un e-mail vous préviendra quand il sera prêt."
+            ),
+            (
+                "Ouvrir la requête",
+                format!("{frontend_url}/cohort/new/{request}"),
+            ),
+        ),
+        ReportNews::Ready => (
+            format!("[Cohort360] Rapport de faisabilité prêt : {request_name}"),
+            format!("Le rapport de faisabilité de la requête « {request_name} » est prêt."),
+            (
+                "Télécharger le rapport",
+                format!("{frontend_url}/download/feasibility-studies/{study}/"),
+            ),
+        ),
+        ReportNews::Failed => (
+            format!("[Cohort360] Échec du rapport de faisabilité : {request_name}"),
+            format!(
+                "Le rapport de faisabilité de la requête « {request_name} » n'a pas pu être produit. Vous pouvez relancer la demande ; si l'échec persiste, contactez le support."
+            ),
+            (
+                "Ouvrir la requête",
+                format!("{frontend_url}/cohort/new/{request}"),
+            ),
+        ),
+    };
+    compose(to, subject, &[paragraph], (link.0, &link.1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use domain::access::Access;
 use domain::cohort::Cohort;
 use domain::count::Count;
+use domain::feasibility::FeasibilityStudy;
 use domain::fhir_filter::FhirFilter;
 use domain::folder::Folder;
 use domain::mail::MailDelivery;
@@ -121,6 +122,11 @@ pub fn cohorts(pool: &PgPool) -> commands::cohorts::CohortBuses {
 /// The command bus of saved FHIR filters.
 pub fn fhir_filters(pool: &PgPool) -> Arc<dyn Execute<FhirFilter>> {
     Arc::new(bus::<FhirFilter>(pool))
+}
+
+/// The command bus of feasibility studies.
+pub fn feasibility_studies(pool: &PgPool) -> Arc<dyn Execute<FeasibilityStudy>> {
+    Arc::new(bus::<FeasibilityStudy>(pool))
 }
 
 /// The command bus of e-mail deliveries.

@@ -171,6 +171,18 @@ pub struct FhirFilterQuery {
     pub ordering: Vec<SortKey>,
 }
 
+/// One feasibility study.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StudyView {
+    pub uuid: Uuid,
+    pub owner: String,
+    pub request_query_snapshot: Uuid,
+    pub total_count: Option<i64>,
+    pub request_job_status: String,
+    pub request_job_fail_msg: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Who reads: a user sees their own objects; the executor and the ETL see all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader<'a> {
@@ -222,6 +234,12 @@ pub trait CohortReader: Send + Sync {
     ) -> Result<Page<FhirFilterView>, ReadError>;
     async fn fhir_filter(&self, owner: &str, id: Uuid)
     -> Result<Option<FhirFilterView>, ReadError>;
+    async fn list_studies(
+        &self,
+        reader: Reader<'_>,
+        window: Window,
+    ) -> Result<Page<StudyView>, ReadError>;
+    async fn study(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<StudyView>, ReadError>;
     /// Cohorts (of everyone) whose job is new, validated, pending or started.
     async fn active_jobs(&self) -> Result<i64, ReadError>;
 }

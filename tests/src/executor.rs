@@ -59,6 +59,8 @@ struct Inner {
     next_id: u64,
     jobs: Vec<ReceivedJob>,
     by_id: HashMap<String, usize>,
+    /// Per-perimeter counts of `count_with_details` (else derived from the source population).
+    details: Option<Vec<(String, i64)>>,
 }
 
 /// The running test executor.
@@ -82,6 +84,7 @@ impl TestExecutor {
             next_id: 1,
             jobs: Vec::new(),
             by_id: HashMap::new(),
+            details: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -116,6 +119,11 @@ impl TestExecutor {
     /// The patient count of the next results.
     pub fn set_count(&self, count: i64) {
         self.lock().count = count;
+    }
+
+    /// The per-perimeter counts (`cohort id → patients`) of the next `count_with_details`.
+    pub fn set_details(&self, details: &[(&str, i64)]) {
+        self.lock().details = Some(details.iter().map(|(k, v)| (k.to_string(), *v)).collect());
     }
 
     /// Delay before each callback.
@@ -213,7 +221,14 @@ async fn submit(State(ex): State<TestExecutor>, Json(body): Json<Value>) -> impl
         let job_id = format!("job-{}", inner.next_id);
         let group = format!("{}", 1000 + inner.next_id);
         inner.next_id += 1;
-        let result = finished_result(&mode, inner.count, &group, &input);
+        let mut result = finished_result(&mode, inner.count, &group, &input);
+        if let (Some(details), "count_with_details") = (&inner.details, mode.as_str()) {
+            let extra: serde_json::Map<String, Value> = details
+                .iter()
+                .map(|(k, v)| (k.clone(), json!(v.to_string())))
+                .collect();
+            result["extra"] = Value::Object(extra);
+        }
         let job = ReceivedJob {
             job_id: job_id.clone(),
             mode,

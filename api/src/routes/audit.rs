@@ -23,6 +23,7 @@ const AUDITABLE: &[&str] = &[
     "Cohort",
     "FhirFilter",
     "MailDelivery",
+    "FeasibilityStudy",
 ];
 
 async fn require_full_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {

@@ -48,8 +48,13 @@ fn callback_caller(state: &AppState, caller: &Caller) -> Option<Callback> {
     }
 }
 
+/// Whether the caller is the QueryExecutor's applicative user.
+pub(crate) fn is_executor(state: &AppState, caller: &Caller) -> bool {
+    matches!(callback_caller(state, caller), Some(Callback::Executor))
+}
+
 /// Owners read their own objects; the executor and the ETL read all (their callbacks need it).
-fn reader<'a>(state: &AppState, caller: &'a Caller) -> Reader<'a> {
+pub(crate) fn reader<'a>(state: &AppState, caller: &'a Caller) -> Reader<'a> {
     match callback_caller(state, caller) {
         Some(_) => Reader::Everyone,
         None => Reader::Owner(&caller.username),
@@ -207,7 +212,7 @@ pub(super) async fn patch_dated_measure(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
-    if !matches!(callback_caller(&state, &caller), Some(Callback::Executor)) {
+    if !is_executor(&state, &caller) {
         return Err(ApiError::forbidden(
             "permission_denied",
             "only the query executor reports the result of a count",
@@ -227,7 +232,7 @@ pub(super) async fn patch_dated_measure(
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 
-fn invalid_status(body: &Value) -> ApiError {
+pub(crate) fn invalid_status(body: &Value) -> ApiError {
     ApiError {
         field: Some("request_job_status"),
         ..ApiError::bad_request(

@@ -4,6 +4,7 @@ mod accesses;
 mod audit;
 mod auth;
 pub(crate) mod cohorts;
+mod feasibility;
 mod fhir_filters;
 pub(crate) mod folders;
 mod health;
@@ -225,6 +226,18 @@ pub fn router(state: AppState) -> Router {
             get(cohorts::retrieve_cohort)
                 .patch(cohorts::patch_cohort)
                 .delete(cohorts::delete_cohorts),
+        )
+        .route(
+            "/cohort/feasibility-studies/",
+            get(feasibility::list).post(feasibility::create),
+        )
+        .route(
+            "/cohort/feasibility-studies/{id}/",
+            get(feasibility::retrieve).patch(feasibility::patch),
+        )
+        .route(
+            "/cohort/feasibility-studies/{id}/download/",
+            get(feasibility::download),
         )
         .route(
             "/cohort/fhir-filters/",

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use domain::cohort::{Cohort, CohortEvent};
 use domain::count::{Count, CountEvent};
+use domain::feasibility::{FeasibilityStudy, StudyEvent};
 use domain::fhir_filter::{FhirFilter, FhirFilterEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -38,6 +39,7 @@ impl Projection for CohortsProjection {
         aggregate_type == Count::TYPE
             || aggregate_type == Cohort::TYPE
             || aggregate_type == FhirFilter::TYPE
+            || aggregate_type == FeasibilityStudy::TYPE
     }
 
     async fn apply(
@@ -50,6 +52,9 @@ impl Projection for CohortsProjection {
             Cohort::TYPE => apply_cohort(conn, aggregate_uuid(event)?, decode(event)?).await,
             FhirFilter::TYPE => {
                 apply_fhir_filter(conn, aggregate_uuid(event)?, decode(event)?).await
+            }
+            FeasibilityStudy::TYPE => {
+                apply_study(conn, aggregate_uuid(event)?, decode(event)?).await
             }
             _ => Ok(()),
         }
@@ -386,6 +391,66 @@ async fn apply_fhir_filter(
             .bind(at)
             .execute(conn)
             .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_study(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: StudyEvent,
+) -> Result<(), ProjectionError> {
+    const T: &str = "feasibility_studies";
+    match event {
+        StudyEvent::FeasibilityStudyRequested {
+            owner,
+            request_id,
+            snapshot_id,
+            at,
+            ..
+        } => {
+            sqlx::query(
+                "INSERT INTO feasibility_studies (uuid, owner, request, request_query_snapshot,
+                        request_job_status, created_at, modified_at, status_changed_at)
+                 VALUES ($1, $2, $3, $4, 'new', $5, $5, $5) ON CONFLICT (uuid) DO NOTHING",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(request_id)
+            .bind(snapshot_id)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        StudyEvent::FeasibilityStudySubmitted { at } => {
+            set_status(conn, T, id, "pending", None, false, at).await?;
+        }
+        StudyEvent::FeasibilityStudyStarted { job_id, at } => {
+            sqlx::query(
+                "UPDATE feasibility_studies SET request_job_id = $2, modified_at = $3,
+                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
+                                                  THEN 'started' ELSE request_job_status END
+                  WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(job_id)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        StudyEvent::FeasibilityStudyFinished {
+            total_count, at, ..
+        } => {
+            sqlx::query("UPDATE feasibility_studies SET total_count = $2 WHERE uuid = $1")
+                .bind(id)
+                .bind(total_count)
+                .execute(&mut *conn)
+                .await?;
+            set_status(conn, T, id, "finished", None, true, at).await?;
+        }
+        StudyEvent::FeasibilityStudyFailed { message, at } => {
+            set_status(conn, T, id, "failed", Some(message), true, at).await?;
         }
     }
     Ok(())

@@ -46,13 +46,17 @@ fn target(event: &CommittedEvent) -> Result<Uuid, String> {
         .map_err(|e| format!("aggregate id is not a uuid: {e}"))
 }
 
+const STUDY: &str = "FeasibilityStudy";
+
 fn is(event: &CommittedEvent, aggregate: &str, types: &[&str]) -> bool {
     event.aggregate_type == aggregate && types.contains(&event.event_type.as_str())
 }
 
-/// Submits counts and cohort creations to the executor (and cancels older counts).
+/// Submits counts, cohort creations and feasibility studies to the executor (and cancels
+/// older counts).
 pub struct ExecutorReaction {
     pub cohorts: Arc<Cohorts>,
+    pub feasibility: Arc<commands::feasibility::Feasibility>,
 }
 
 #[async_trait]
@@ -64,6 +68,7 @@ impl Reaction for ExecutorReaction {
     fn handles(&self, event: &CommittedEvent) -> bool {
         is(event, Count::TYPE, &["CountRequested", "CountStarted"])
             || is(event, Cohort::TYPE, &["CohortRequested"])
+            || is(event, STUDY, &["FeasibilityStudyRequested"])
     }
 
     async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
@@ -74,6 +79,7 @@ impl Reaction for ExecutorReaction {
             // A job id that came back after a cancel: kill that job.
             "CountStarted" => self.cohorts.kill_if_cancelled(id).await,
             "CohortRequested" => self.cohorts.submit_cohort(&ctx, id).await,
+            "FeasibilityStudyRequested" => self.feasibility.submit(&ctx, id).await,
             _ => Ok(()),
         };
         done.map_err(|e| e.to_string())
@@ -258,6 +264,7 @@ pub async fn ensure_public_stream(
 pub struct MailReaction {
     pub mails: Arc<commands::mails::Mails>,
     pub cohorts: Arc<Cohorts>,
+    pub feasibility: Arc<commands::feasibility::Feasibility>,
     pub requests: Arc<dyn commands::Execute<domain::request::Request>>,
 }
 
@@ -294,6 +301,44 @@ impl MailReaction {
         );
         self.mails
             .deliver(ctx, &event.message_id(), "large_cohort_ready", mail)
+            .await
+            .map_err(|e| e.0)?;
+        Ok(())
+    }
+
+    async fn feasibility_report(
+        &self,
+        ctx: &CommandContext,
+        event: &CommittedEvent,
+    ) -> Result<(), String> {
+        use commands::mails::ReportNews;
+        let news = match event.event_type.as_str() {
+            "FeasibilityStudySubmitted" => ReportNews::Requested,
+            "FeasibilityStudyFinished" => ReportNews::Ready,
+            _ => ReportNews::Failed,
+        };
+        let id = target(event)?;
+        let Some(study) = self
+            .feasibility
+            .study(None, id)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(to) = self.mails.recipient(&study.owner).await.map_err(|e| e.0)? else {
+            return Ok(());
+        };
+        let mail = commands::mails::feasibility_report(
+            &to,
+            news,
+            &study.request_name,
+            id,
+            study.request_id,
+            &self.mails.frontend_url,
+        );
+        self.mails
+            .deliver(ctx, &event.message_id(), news.kind(), mail)
             .await
             .map_err(|e| e.0)?;
         Ok(())
@@ -350,14 +395,23 @@ impl Reaction for MailReaction {
     fn handles(&self, event: &CommittedEvent) -> bool {
         is(event, Cohort::TYPE, &["CohortCreated"])
             || is(event, domain::request::Request::TYPE, &["RequestShared"])
+            || is(
+                event,
+                STUDY,
+                &[
+                    "FeasibilityStudySubmitted",
+                    "FeasibilityStudyFinished",
+                    "FeasibilityStudyFailed",
+                ],
+            )
     }
 
     async fn react(&self, event: &CommittedEvent) -> Result<(), String> {
         let ctx = caused_by(event);
-        if event.aggregate_type == Cohort::TYPE {
-            self.large_cohort(&ctx, event).await
-        } else {
-            self.shared_request(&ctx, event).await
+        match event.aggregate_type.as_str() {
+            Cohort::TYPE => self.large_cohort(&ctx, event).await,
+            STUDY => self.feasibility_report(&ctx, event).await,
+            _ => self.shared_request(&ctx, event).await,
         }
     }
 }

@@ -4,11 +4,13 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use commands::feasibility::ReportPerimeters;
 use commands::fhir_filters::FhirFilterDirectory;
 use commands::ports::{CohortDirectory, PortError, StaleJob};
+use domain::feasibility::ReportPerimeter;
 use projections::cohorts::{
     CohortFilter, CohortReader, CohortRef, CohortView, DatedMeasureFilter, DatedMeasureView,
-    FhirFilterQuery, FhirFilterView, Reader, RequestRef, SampleRef,
+    FhirFilterQuery, FhirFilterView, Reader, RequestRef, SampleRef, StudyView,
 };
 use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -456,6 +458,54 @@ impl CohortReader for PgCohorts {
         Ok(row.map(Into::into))
     }
 
+    async fn list_studies(
+        &self,
+        reader: Reader<'_>,
+        window: Window,
+    ) -> Result<Page<StudyView>, ReadError> {
+        let owner = reader.owner();
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM cohorts.feasibility_studies WHERE $1::text IS NULL OR owner = $1",
+        )
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(STUDY_SELECT);
+        qb.push(" WHERE ")
+            .push_bind(owner)
+            .push("::text IS NULL OR owner = ")
+            .push_bind(owner)
+            .push(" ORDER BY created_at DESC, uuid");
+        push_window(&mut qb, window);
+        let rows: Vec<StudyRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: rows.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn study(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<StudyView>, ReadError> {
+        let mut qb = QueryBuilder::new(STUDY_SELECT);
+        qb.push(" WHERE uuid = ")
+            .push_bind(id)
+            .push(" AND (")
+            .push_bind(reader.owner())
+            .push("::text IS NULL OR owner = ")
+            .push_bind(reader.owner())
+            .push(")");
+        let row: Option<StudyRow> = qb
+            .build_query_as()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(row.map(Into::into))
+    }
+
     async fn active_jobs(&self) -> Result<i64, ReadError> {
         sqlx::query_scalar(
             "SELECT count(*) FROM cohorts.cohorts
@@ -529,6 +579,60 @@ fn push_fhir_filter_where<'a>(
     }
     if let Some(i) = query.identifying {
         qb.push(" AND f.identifying = ").push_bind(i);
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct StudyRow {
+    uuid: Uuid,
+    owner: String,
+    request_query_snapshot: Uuid,
+    total_count: Option<i64>,
+    request_job_status: String,
+    request_job_fail_msg: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<StudyRow> for StudyView {
+    fn from(r: StudyRow) -> Self {
+        StudyView {
+            uuid: r.uuid,
+            owner: r.owner,
+            request_query_snapshot: r.request_query_snapshot,
+            total_count: r.total_count,
+            request_job_status: r.request_job_status,
+            request_job_fail_msg: r.request_job_fail_msg,
+            created_at: r.created_at,
+        }
+    }
+}
+
+const STUDY_SELECT: &str = "SELECT uuid, owner, request_query_snapshot, total_count,
+        request_job_status, request_job_fail_msg, created_at
+   FROM cohorts.feasibility_studies";
+
+#[async_trait]
+impl ReportPerimeters for PgCohorts {
+    async fn report_perimeters(&self) -> Result<Vec<ReportPerimeter>, PortError> {
+        let rows: Vec<(i64, Option<i64>, String, String, String)> = sqlx::query_as(
+            "SELECT id, parent_id, cohort_id, name, type_source_value FROM identity.perimeters
+              WHERE removed_at IS NULL AND cohort_id IS NOT NULL ORDER BY full_path, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, parent_id, cohort_id, name, type_source_value)| ReportPerimeter {
+                    id,
+                    parent_id,
+                    cohort_id,
+                    name,
+                    type_source_value,
+                },
+            )
+            .collect())
     }
 }
 

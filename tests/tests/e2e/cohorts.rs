@@ -1026,3 +1026,143 @@ async fn saved_fhir_filters_are_owner_scoped_unique_and_keep_their_history() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
+    let smtp = SmtpServer::start().await;
+    let w = world_with(|s| {
+        s.identity.smtp.smtp_port = smtp.port;
+        s.cohorts.reporting_perimeter_types = "Groupe hospitalier (GH)".into();
+    })
+    .await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    w.executor.set_count(1234);
+    w.executor
+        .set_details(&[("9999", 1234), ("0", 25), ("1", 5), ("3", 400)]);
+    let study = app
+        .post(
+            "/cohort/feasibility-studies/",
+            "alice",
+            json!({"request_query_snapshot": snapshot_id}),
+        )
+        .await;
+    assert_eq!(study.status, StatusCode::CREATED, "{:?}", study.body);
+    let id = study.body["uuid"].as_str().unwrap().to_string();
+    let done = until_status(
+        app,
+        "alice",
+        &format!("/cohort/feasibility-studies/{id}/"),
+        "finished",
+    )
+    .await;
+    assert_eq!(done["total_count"], 1234);
+
+    // The executor counted the whole institution, per perimeter, and called back where told.
+    let job = &w.executor.jobs_for(&id)[0];
+    assert_eq!(job.mode, "count_with_details");
+    assert_eq!(
+        job.input["callbackPath"],
+        format!("/cohort/feasibility-studies/{id}/")
+    );
+    let sent: Value =
+        serde_json::from_str(job.input["cohortDefinitionSyntax"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent["sourcePopulation"]["caresiteCohortList"],
+        json!(["9999"])
+    );
+
+    // The report: bucketed counts, down through the reporting types only.
+    let download = app
+        .send(
+            app.request(
+                Method::GET,
+                &format!("/cohort/feasibility-studies/{id}/download/"),
+            )
+            .bearer_auth(app.token("alice")),
+        )
+        .await;
+    assert_eq!(download.status, StatusCode::OK);
+    assert_eq!(download.headers["content-type"], "application/zip");
+    let raw = app
+        .request(
+            Method::GET,
+            &format!("/cohort/feasibility-studies/{id}/download/"),
+        )
+        .bearer_auth(app.token("alice"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(raw.to_vec())).unwrap();
+    let mut json_text = String::new();
+    let mut html = String::new();
+    for i in 0..archive.len() {
+        let mut file = archive.by_index(i).unwrap();
+        let target = if file.name().ends_with(".json") {
+            &mut json_text
+        } else {
+            &mut html
+        };
+        std::io::Read::read_to_string(&mut file, target).unwrap();
+    }
+    let buckets: Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(buckets["9999"], "1230-1240");
+    assert_eq!(buckets["0"], "20-30");
+    assert_eq!(buckets["1"], "< 10");
+    assert_eq!(buckets["2"], "0");
+    assert!(
+        buckets.get("3").is_none(),
+        "hospitals are not a reporting type here"
+    );
+    assert!(
+        html.contains("HbA1c over 8%") && html.contains("20-30"),
+        "{html}"
+    );
+
+    // Only the owner downloads; the owner is told it was requested, then that it is ready.
+    assert_eq!(
+        app.get(
+            &format!("/cohort/feasibility-studies/{id}/download/"),
+            "mallory"
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(eventually(WAIT, || async { smtp.received().len() >= 2 }).await);
+    let subjects: Vec<String> = smtp.received().iter().map(|m| unfolded(&m.data)).collect();
+    assert!(
+        subjects
+            .iter()
+            .any(|d| d.contains("/download/feasibility-studies/"))
+    );
+
+    // A finished report without per-perimeter counts fails the study.
+    w.executor.set_details(&[]);
+    let empty = app
+        .post(
+            "/cohort/feasibility-studies/",
+            "alice",
+            json!({"request_query_snapshot": snapshot_id}),
+        )
+        .await;
+    let empty_id = empty.body["uuid"].as_str().unwrap().to_string();
+    let failed = until_status(
+        app,
+        "alice",
+        &format!("/cohort/feasibility-studies/{empty_id}/"),
+        "failed",
+    )
+    .await;
+    assert!(
+        failed["request_job_fail_msg"]
+            .as_str()
+            .unwrap()
+            .contains("per-perimeter")
+    );
+    w.app.stop().await;
+    smtp.stop();
+}

@@ -102,6 +102,10 @@ pub struct CohortArgs {
     #[arg(long, env = "REPORTING_PERIMETER_TYPES", default_value = "")]
     pub reporting_perimeter_types: String,
 
+    /// How often refresh schedules are checked for a due run, in seconds (0 disables them).
+    #[arg(long, env = "REFRESH_SCHEDULE_CHECK_SECONDS", default_value_t = 60)]
+    pub refresh_check_seconds: u64,
+
     /// Base URL of the front-end, for the links in e-mails.
     #[arg(long, env = "FRONTEND_URL", default_value = "http://127.0.0.1:3000")]
     pub frontend_url: String,
@@ -214,6 +218,7 @@ impl Default for CohortArgs {
             reconcile_every_seconds: 60,
             frontend_url: "http://127.0.0.1:3000".into(),
             reporting_perimeter_types: String::new(),
+            refresh_check_seconds: 60,
         }
     }
 }

@@ -16,6 +16,7 @@ use domain::feasibility::StudyError;
 use domain::fhir_filter::FhirFilterError;
 use domain::folder::FolderError;
 use domain::maintenance::MaintenanceError;
+use domain::refresh::ScheduleError;
 use domain::request::RequestError;
 use domain::role::RoleError;
 use domain::user::UserError;
@@ -249,6 +250,16 @@ impl From<CohortsError> for ApiError {
                 StudyError::AlreadyExists | StudyError::Job(_) => {
                     Self::new(StatusCode::CONFLICT, "job_state_conflict", e.to_string())
                 }
+            },
+            CohortsError::Schedule(e) => match e {
+                ScheduleError::NotFound => {
+                    Self::not_found("refresh_schedule_not_found", "refresh schedule")
+                }
+                ScheduleError::AlreadyExists | ScheduleError::AlreadyRan => Self::new(
+                    StatusCode::CONFLICT,
+                    "refresh_schedule_conflict",
+                    e.to_string(),
+                ),
             },
             CohortsError::FilterNameTaken => Self {
                 field: Some("name"),

@@ -69,3 +69,28 @@ pub async fn reconcile_jobs(state: AppState, shutdown: CancellationToken) {
         }
     }
 }
+
+/// Every `REFRESH_SCHEDULE_CHECK_SECONDS`, requests a count for each due refresh schedule.
+pub async fn refresh_counts(state: AppState, shutdown: CancellationToken) {
+    let every = Duration::from_secs(state.cohort_settings.refresh_check_seconds.max(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let ctx = CommandContext {
+            user: "system".into(),
+            impersonator: None,
+            correlation_id: "scheduler:refresh-counts".into(),
+            causation_id: "scheduler:refresh-counts".into(),
+            at: Utc::now(),
+        };
+        match state.schedules.run_all_due(&ctx, ctx.at).await {
+            Ok(counts) if !counts.is_empty() => {
+                tracing::info!(counts = counts.len(), "scheduled counts requested")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "refresh schedules failed; next run retries"),
+        }
+    }
+}

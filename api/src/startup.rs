@@ -350,6 +350,16 @@ impl Core {
                 vec![],
             ),
         ];
+        let schedules = Arc::new(commands::refresh::Schedules::new(
+            commands::refresh::SchedulePorts {
+                schedules: infra::stores::refresh_schedules(&pool),
+                counts: infra::stores::counts(&pool),
+                requests: infra::stores::requests(&pool),
+                workspace: reader.clone(),
+                directory: cohort_reader.clone(),
+                consistency: consistency.clone(),
+            },
+        ));
         let mails = Arc::new(commands::mails::Mails::new(
             infra::stores::mail_deliveries(&pool),
             infra::stores::users(&pool),
@@ -361,6 +371,7 @@ impl Core {
                 mails,
                 cohorts: cohorts.clone(),
                 feasibility: feasibility.clone(),
+                schedules: schedules.clone(),
                 requests: infra::stores::requests(&pool),
             }),
             vec![],
@@ -398,6 +409,7 @@ impl Core {
             providers,
             mailer,
             cohorts,
+            schedules,
             feasibility,
             fhir_filters: Arc::new(commands::fhir_filters::FhirFilters::new(
                 infra::stores::fhir_filters(&pool),
@@ -454,6 +466,12 @@ impl Application {
             ));
         } else {
             tracing::info!("access-expiry e-mails are disabled (ENABLE_ACCESS_EXPIRY_ALERTS)");
+        }
+        if settings.cohorts.refresh_check_seconds > 0 {
+            tasks.spawn(crate::scheduler::refresh_counts(
+                state.clone(),
+                shutdown.clone(),
+            ));
         }
         if settings.cohorts.reconcile_every_seconds > 0 {
             tasks.spawn(crate::scheduler::reconcile_jobs(

@@ -50,6 +50,7 @@ pub struct AppState {
     pub providers: Arc<dyn IdentityProviders>,
     pub mailer: Arc<dyn Mailer>,
     pub cohorts: Arc<Cohorts>,
+    pub schedules: Arc<commands::refresh::Schedules>,
     pub feasibility: Arc<commands::feasibility::Feasibility>,
     pub fhir_filters: Arc<commands::fhir_filters::FhirFilters>,
     pub cohort_reader: Arc<dyn CohortReader>,

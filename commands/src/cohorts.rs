@@ -43,6 +43,8 @@ pub enum CohortsError {
     FhirFilter(FhirFilterError),
     #[error(transparent)]
     Study(domain::feasibility::StudyError),
+    #[error(transparent)]
+    Schedule(domain::refresh::ScheduleError),
     #[error("you already have a filter with this name on this resource")]
     FilterNameTaken,
     #[error(transparent)]
@@ -505,7 +507,8 @@ impl Cohorts {
             return Ok(());
         }
         // Only counts requested before this one: a redelivered event must not cancel newer ones.
-        if count.mode == CountMode::Snapshot {
+        // Scheduled counts neither cancel nor get cancelled (the owner did not ask for them).
+        if count.mode == CountMode::Snapshot && count.refresh_schedule.is_none() {
             for older in self
                 .directory
                 .running_counts_of_request(count.request_id, count.requested_at)

@@ -18,6 +18,7 @@ pub mod identity;
 pub mod mails;
 pub mod passwords;
 pub mod ports;
+pub mod refresh;
 pub mod workspace;
 
 pub use bus::{CommandBus, Committed, Execute};

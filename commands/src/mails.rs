@@ -183,6 +183,36 @@ pub fn shared_request(
     )
 }
 
+/// "Your request was counted again" (a refresh schedule's run).
+pub fn count_refreshed(
+    to: &Recipient,
+    request_name: &str,
+    version: u32,
+    outcome: Result<Option<i64>, &str>,
+    request: Uuid,
+    frontend_url: &str,
+) -> Mail {
+    let line = match outcome {
+        Ok(Some(n)) => format!("Le nouveau comptage a trouvé {n} patients."),
+        Ok(None) => "Le nouveau comptage est terminé.".to_string(),
+        Err(reason) => format!("Le nouveau comptage a échoué : {reason}"),
+    };
+    compose(
+        to,
+        format!("[Cohort360] Requête actualisée : {request_name} (version {version})"),
+        &[
+            format!(
+                "Votre requête « {request_name} » (version {version}) a été recomptée comme prévu."
+            ),
+            line,
+        ],
+        (
+            "Ouvrir la requête",
+            &format!("{frontend_url}/cohort/new/{request}"),
+        ),
+    )
+}
+
 /// What a feasibility-report e-mail announces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReportNews {

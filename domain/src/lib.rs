@@ -19,6 +19,7 @@ pub mod mail;
 pub mod maintenance;
 pub mod perimeter;
 pub mod query;
+pub mod refresh;
 pub mod request;
 pub mod rights;
 pub mod role;

@@ -15,6 +15,7 @@ use domain::folder::Folder;
 use domain::mail::MailDelivery;
 use domain::maintenance::MaintenancePhase;
 use domain::perimeter::Perimeter;
+use domain::refresh::RefreshSchedule;
 use domain::request::Request;
 use domain::role::Role;
 use domain::session::Session;
@@ -127,6 +128,16 @@ pub fn fhir_filters(pool: &PgPool) -> Arc<dyn Execute<FhirFilter>> {
 /// The command bus of feasibility studies.
 pub fn feasibility_studies(pool: &PgPool) -> Arc<dyn Execute<FeasibilityStudy>> {
     Arc::new(bus::<FeasibilityStudy>(pool))
+}
+
+/// The command bus of refresh schedules.
+pub fn refresh_schedules(pool: &PgPool) -> Arc<dyn Execute<RefreshSchedule>> {
+    Arc::new(bus::<RefreshSchedule>(pool))
+}
+
+/// The command bus of counts.
+pub fn counts(pool: &PgPool) -> Arc<dyn Execute<Count>> {
+    Arc::new(bus::<Count>(pool))
 }
 
 /// The command bus of e-mail deliveries.

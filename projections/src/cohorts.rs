@@ -183,6 +183,35 @@ pub struct StudyView {
     pub created_at: DateTime<Utc>,
 }
 
+/// One refresh schedule, with what its newest run gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScheduleView {
+    pub uuid: Uuid,
+    pub owner: String,
+    pub request_snapshot: Uuid,
+    /// `HH:MM:SS`, UTC.
+    pub refresh_time: String,
+    pub refresh_frequency: String,
+    pub notify_owner: bool,
+    pub next_refresh: DateTime<Utc>,
+    pub last_refresh: Option<DateTime<Utc>>,
+    /// `None` while the newest run's count is still running (or before any run).
+    pub last_refresh_succeeded: Option<bool>,
+    pub last_refresh_count: Option<i64>,
+    pub last_refresh_error_msg: Option<String>,
+    pub last_refresh_dated_measure: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub modified_at: DateTime<Utc>,
+}
+
+/// Filters of the schedule list.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleFilter {
+    pub request_snapshot: Option<Uuid>,
+    pub refresh_time: Option<String>,
+    pub refresh_frequency: Option<String>,
+}
+
 /// Who reads: a user sees their own objects; the executor and the ETL see all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reader<'a> {
@@ -240,6 +269,13 @@ pub trait CohortReader: Send + Sync {
         window: Window,
     ) -> Result<Page<StudyView>, ReadError>;
     async fn study(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<StudyView>, ReadError>;
+    async fn list_schedules(
+        &self,
+        owner: &str,
+        filter: &ScheduleFilter,
+        window: Window,
+    ) -> Result<Page<ScheduleView>, ReadError>;
+    async fn schedule(&self, owner: &str, id: Uuid) -> Result<Option<ScheduleView>, ReadError>;
     /// Cohorts (of everyone) whose job is new, validated, pending or started.
     async fn active_jobs(&self) -> Result<i64, ReadError>;
 }

@@ -24,6 +24,7 @@ const AUDITABLE: &[&str] = &[
     "FhirFilter",
     "MailDelivery",
     "FeasibilityStudy",
+    "RefreshSchedule",
 ];
 
 async fn require_full_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {

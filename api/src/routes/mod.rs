@@ -10,6 +10,7 @@ pub(crate) mod folders;
 mod health;
 pub mod maintenances;
 mod perimeters;
+mod refresh_schedules;
 mod requests;
 mod roles;
 mod snapshots;
@@ -238,6 +239,16 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/cohort/feasibility-studies/{id}/download/",
             get(feasibility::download),
+        )
+        .route(
+            "/cohort/refresh-schedules/",
+            get(refresh_schedules::list).post(refresh_schedules::create),
+        )
+        .route(
+            "/cohort/refresh-schedules/{id}/",
+            get(refresh_schedules::retrieve)
+                .patch(refresh_schedules::update)
+                .delete(refresh_schedules::delete),
         )
         .route(
             "/cohort/fhir-filters/",

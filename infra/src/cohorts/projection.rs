@@ -7,6 +7,7 @@ use domain::cohort::{Cohort, CohortEvent};
 use domain::count::{Count, CountEvent};
 use domain::feasibility::{FeasibilityStudy, StudyEvent};
 use domain::fhir_filter::{FhirFilter, FhirFilterEvent};
+use domain::refresh::{Cadence, RefreshSchedule, ScheduleEvent};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -40,6 +41,7 @@ impl Projection for CohortsProjection {
             || aggregate_type == Cohort::TYPE
             || aggregate_type == FhirFilter::TYPE
             || aggregate_type == FeasibilityStudy::TYPE
+            || aggregate_type == RefreshSchedule::TYPE
     }
 
     async fn apply(
@@ -55,6 +57,9 @@ impl Projection for CohortsProjection {
             }
             FeasibilityStudy::TYPE => {
                 apply_study(conn, aggregate_uuid(event)?, decode(event)?).await
+            }
+            RefreshSchedule::TYPE => {
+                apply_schedule(conn, aggregate_uuid(event)?, decode(event)?).await
             }
             _ => Ok(()),
         }
@@ -452,6 +457,112 @@ async fn apply_study(
         StudyEvent::FeasibilityStudyFailed { message, at } => {
             set_status(conn, T, id, "failed", Some(message), true, at).await?;
         }
+    }
+    Ok(())
+}
+
+/// The schedule's cadence as the read model holds it.
+async fn cadence(conn: &mut PgConnection, id: Uuid) -> Result<Option<Cadence>, ProjectionError> {
+    let row: Option<(chrono::NaiveTime, String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT refresh_time, refresh_frequency, created_at FROM refresh_schedules WHERE uuid = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.and_then(|(time, frequency, anchor)| {
+        domain::refresh::Frequency::parse(&frequency).map(|frequency| Cadence {
+            time,
+            frequency,
+            anchor,
+        })
+    }))
+}
+
+async fn apply_schedule(
+    conn: &mut PgConnection,
+    id: Uuid,
+    event: ScheduleEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        ScheduleEvent::RefreshScheduleCreated {
+            owner,
+            request_id,
+            snapshot_id,
+            time,
+            frequency,
+            notify_owner,
+            at,
+            ..
+        } => {
+            let first = Cadence {
+                time,
+                frequency,
+                anchor: at,
+            }
+            .first();
+            sqlx::query(
+                "INSERT INTO refresh_schedules (uuid, owner, request, request_snapshot, refresh_time,
+                        refresh_frequency, notify_owner, next_refresh, created_at, modified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (uuid) DO NOTHING",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(request_id)
+            .bind(snapshot_id)
+            .bind(time)
+            .bind(frequency.as_str())
+            .bind(notify_owner)
+            .bind(first)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        ScheduleEvent::RefreshScheduleChanged {
+            time,
+            frequency,
+            notify_owner,
+            at,
+        } => {
+            sqlx::query(
+                "UPDATE refresh_schedules SET refresh_time = $2, refresh_frequency = $3,
+                        notify_owner = $4, modified_at = $5 WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(time)
+            .bind(frequency.as_str())
+            .bind(notify_owner)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            set_next_refresh(conn, id, at).await?;
+        }
+        ScheduleEvent::RefreshScheduleRan { due, .. } => {
+            set_next_refresh(conn, id, due).await?;
+        }
+        ScheduleEvent::RefreshScheduleDeleted { at } => {
+            sqlx::query(
+                "UPDATE refresh_schedules SET deleted_at = $2, modified_at = $2 WHERE uuid = $1",
+            )
+            .bind(id)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+async fn set_next_refresh(
+    conn: &mut PgConnection,
+    id: Uuid,
+    after: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    if let Some(c) = cadence(&mut *conn, id).await? {
+        sqlx::query("UPDATE refresh_schedules SET next_refresh = $2 WHERE uuid = $1")
+            .bind(id)
+            .bind(c.next_after(after))
+            .execute(conn)
+            .await?;
     }
     Ok(())
 }

@@ -265,6 +265,7 @@ pub struct MailReaction {
     pub mails: Arc<commands::mails::Mails>,
     pub cohorts: Arc<Cohorts>,
     pub feasibility: Arc<commands::feasibility::Feasibility>,
+    pub schedules: Arc<commands::refresh::Schedules>,
     pub requests: Arc<dyn commands::Execute<domain::request::Request>>,
 }
 
@@ -301,6 +302,60 @@ impl MailReaction {
         );
         self.mails
             .deliver(ctx, &event.message_id(), "large_cohort_ready", mail)
+            .await
+            .map_err(|e| e.0)?;
+        Ok(())
+    }
+
+    async fn count_refreshed(
+        &self,
+        ctx: &CommandContext,
+        event: &CommittedEvent,
+    ) -> Result<(), String> {
+        let Some(count) = self
+            .cohorts
+            .count(target(event)?)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(schedule) = count.refresh_schedule else {
+            return Ok(());
+        };
+        let Some(owner) = self
+            .schedules
+            .notification_target(schedule)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
+        };
+        let Some(to) = self.mails.recipient(&owner).await.map_err(|e| e.0)? else {
+            return Ok(());
+        };
+        let request = self
+            .requests
+            .load(&count.request_id.to_string())
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = request.state.map(|r| r.name).unwrap_or_default();
+        let outcome = match &count.job.fail_msg {
+            Some(reason) if count.job.status != domain::job::JobStatus::Finished => {
+                Err(reason.as_str())
+            }
+            _ => Ok(count.measure),
+        };
+        let mail = commands::mails::count_refreshed(
+            &to,
+            &name,
+            count.snapshot_version,
+            outcome,
+            count.request_id,
+            &self.mails.frontend_url,
+        );
+        self.mails
+            .deliver(ctx, &event.message_id(), "count_request_refreshed", mail)
             .await
             .map_err(|e| e.0)?;
         Ok(())
@@ -394,6 +449,7 @@ impl Reaction for MailReaction {
 
     fn handles(&self, event: &CommittedEvent) -> bool {
         is(event, Cohort::TYPE, &["CohortCreated"])
+            || is(event, Count::TYPE, &["CountFinished", "CountFailed"])
             || is(event, domain::request::Request::TYPE, &["RequestShared"])
             || is(
                 event,
@@ -410,6 +466,7 @@ impl Reaction for MailReaction {
         let ctx = caused_by(event);
         match event.aggregate_type.as_str() {
             Cohort::TYPE => self.large_cohort(&ctx, event).await,
+            Count::TYPE => self.count_refreshed(&ctx, event).await,
             STUDY => self.feasibility_report(&ctx, event).await,
             _ => self.shared_request(&ctx, event).await,
         }

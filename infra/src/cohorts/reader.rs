@@ -7,10 +7,12 @@ use chrono::{DateTime, Utc};
 use commands::feasibility::ReportPerimeters;
 use commands::fhir_filters::FhirFilterDirectory;
 use commands::ports::{CohortDirectory, PortError, StaleJob};
+use commands::refresh::ScheduleDirectory;
 use domain::feasibility::ReportPerimeter;
 use projections::cohorts::{
     CohortFilter, CohortReader, CohortRef, CohortView, DatedMeasureFilter, DatedMeasureView,
-    FhirFilterQuery, FhirFilterView, Reader, RequestRef, SampleRef, StudyView,
+    FhirFilterQuery, FhirFilterView, Reader, RequestRef, SampleRef, ScheduleFilter, ScheduleView,
+    StudyView,
 };
 use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -506,6 +508,47 @@ impl CohortReader for PgCohorts {
         Ok(row.map(Into::into))
     }
 
+    async fn list_schedules(
+        &self,
+        owner: &str,
+        filter: &ScheduleFilter,
+        window: Window,
+    ) -> Result<Page<ScheduleView>, ReadError> {
+        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.refresh_schedules s");
+        push_schedule_where(&mut qb, owner, filter);
+        let count: i64 = qb
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(read_error)?;
+        let mut qb = QueryBuilder::new(SCHEDULE_SELECT);
+        push_schedule_where(&mut qb, owner, filter);
+        qb.push(" ORDER BY s.created_at DESC, s.uuid");
+        push_window(&mut qb, window);
+        let rows: Vec<ScheduleRow> = qb
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(Page {
+            count,
+            results: rows.into_iter().map(Into::into).collect(),
+        })
+    }
+
+    async fn schedule(&self, owner: &str, id: Uuid) -> Result<Option<ScheduleView>, ReadError> {
+        let filter = ScheduleFilter::default();
+        let mut qb = QueryBuilder::new(SCHEDULE_SELECT);
+        push_schedule_where(&mut qb, owner, &filter);
+        qb.push(" AND s.uuid = ").push_bind(id);
+        let row: Option<ScheduleRow> = qb
+            .build_query_as()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
+        Ok(row.map(Into::into))
+    }
+
     async fn active_jobs(&self) -> Result<i64, ReadError> {
         sqlx::query_scalar(
             "SELECT count(*) FROM cohorts.cohorts
@@ -636,6 +679,103 @@ impl ReportPerimeters for PgCohorts {
     }
 }
 
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    uuid: Uuid,
+    owner: String,
+    request_snapshot: Uuid,
+    refresh_time: String,
+    refresh_frequency: String,
+    notify_owner: bool,
+    next_refresh: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    modified_at: DateTime<Utc>,
+    last_refresh: Option<DateTime<Utc>>,
+    last_status: Option<String>,
+    last_refresh_count: Option<i64>,
+    last_refresh_error_msg: Option<String>,
+    last_refresh_dated_measure: Option<Uuid>,
+}
+
+impl From<ScheduleRow> for ScheduleView {
+    fn from(r: ScheduleRow) -> Self {
+        ScheduleView {
+            uuid: r.uuid,
+            owner: r.owner,
+            request_snapshot: r.request_snapshot,
+            refresh_time: r.refresh_time,
+            refresh_frequency: r.refresh_frequency,
+            notify_owner: r.notify_owner,
+            next_refresh: r.next_refresh,
+            last_refresh: r.last_refresh,
+            last_refresh_succeeded: match r.last_status.as_deref() {
+                Some("finished") => Some(true),
+                Some("failed" | "cancelled") => Some(false),
+                _ => None,
+            },
+            last_refresh_count: r.last_refresh_count,
+            last_refresh_error_msg: r.last_refresh_error_msg,
+            last_refresh_dated_measure: r.last_refresh_dated_measure,
+            created_at: r.created_at,
+            modified_at: r.modified_at,
+        }
+    }
+}
+
+const SCHEDULE_SELECT: &str = "SELECT s.uuid, s.owner, s.request_snapshot,
+        to_char(s.refresh_time, 'HH24:MI:SS') AS refresh_time, s.refresh_frequency,
+        s.notify_owner, s.next_refresh, s.created_at, s.modified_at,
+        d.created_at AS last_refresh, d.request_job_status AS last_status,
+        d.measure AS last_refresh_count, d.request_job_fail_msg AS last_refresh_error_msg,
+        d.uuid AS last_refresh_dated_measure
+   FROM cohorts.refresh_schedules s
+   LEFT JOIN LATERAL (SELECT * FROM cohorts.dated_measures m WHERE m.refresh_schedule = s.uuid
+                       ORDER BY m.created_at DESC LIMIT 1) d ON true";
+
+fn push_schedule_where<'a>(
+    qb: &mut QueryBuilder<'a, Postgres>,
+    owner: &'a str,
+    filter: &'a ScheduleFilter,
+) {
+    qb.push(" WHERE s.deleted_at IS NULL AND s.owner = ")
+        .push_bind(owner);
+    if let Some(snapshot) = filter.request_snapshot {
+        qb.push(" AND s.request_snapshot = ").push_bind(snapshot);
+    }
+    if let Some(t) = &filter.refresh_time {
+        qb.push(" AND to_char(s.refresh_time, 'HH24:MI:SS') LIKE ")
+            .push_bind(format!("{}%", t.replace('%', "")));
+    }
+    if let Some(f) = &filter.refresh_frequency {
+        qb.push(" AND s.refresh_frequency = ").push_bind(f.as_str());
+    }
+}
+
+#[async_trait]
+impl ScheduleDirectory for PgCohorts {
+    async fn schedule_of_snapshot(&self, snapshot: Uuid) -> Result<Option<Uuid>, PortError> {
+        sqlx::query_scalar(
+            "SELECT uuid FROM cohorts.refresh_schedules
+              WHERE request_snapshot = $1 AND deleted_at IS NULL",
+        )
+        .bind(snapshot)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+
+    async fn due_schedules(&self, now: DateTime<Utc>) -> Result<Vec<Uuid>, PortError> {
+        sqlx::query_scalar(
+            "SELECT uuid FROM cohorts.refresh_schedules
+              WHERE next_refresh <= $1 AND deleted_at IS NULL ORDER BY next_refresh",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+}
+
 #[async_trait]
 impl FhirFilterDirectory for PgCohorts {
     async fn name_taken(
@@ -674,6 +814,7 @@ impl CohortDirectory for PgCohorts {
         sqlx::query_scalar(
             "SELECT d.uuid FROM cohorts.dated_measures d
               WHERE d.request = $1 AND d.created_at < $2 AND d.mode = 'Snapshot'
+                AND d.refresh_schedule IS NULL
                 AND d.request_job_status IN ('new', 'pending', 'started')
                 AND NOT EXISTS (SELECT 1 FROM cohorts.cohorts c WHERE c.dated_measure = d.uuid)",
         )

@@ -1166,3 +1166,133 @@ async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
     w.app.stop().await;
     smtp.stop();
 }
+
+#[tokio::test]
+async fn a_refresh_schedule_appends_a_new_count_at_each_run() {
+    let smtp = SmtpServer::start().await;
+    let w = world_with(|s| {
+        s.identity.smtp.smtp_port = smtp.port;
+        s.cohorts.refresh_check_seconds = 1;
+    })
+    .await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    w.executor.set_count(321);
+    let soon = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .format("%H:%M:%S")
+        .to_string();
+    let bad = app
+        .post(
+            "/cohort/refresh-schedules/",
+            "alice",
+            json!({"request_snapshot": snapshot_id, "refresh_time": "25:00", "refresh_frequency": "daily"}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad.body["field"], "refresh_time");
+    let created = app
+        .post(
+            "/cohort/refresh-schedules/",
+            "alice",
+            json!({"request_snapshot": snapshot_id, "refresh_time": soon, "refresh_frequency": "daily", "notify_owner": true}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    assert_eq!(created.body["refresh_time"], soon.as_str());
+    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let twice = app
+        .post(
+            "/cohort/refresh-schedules/",
+            "alice",
+            json!({"request_snapshot": snapshot_id, "refresh_time": "06:00", "refresh_frequency": "weekly"}),
+        )
+        .await;
+    assert_eq!(
+        twice.status,
+        StatusCode::BAD_REQUEST,
+        "one schedule per snapshot"
+    );
+    assert_eq!(
+        app.post(
+            "/cohort/refresh-schedules/",
+            "mallory",
+            json!({"request_snapshot": snapshot_id, "refresh_time": "06:00"}),
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The scheduler runs it: a count, its result on the schedule, an e-mail.
+    assert!(
+        eventually(WAIT, || async {
+            app.get(&format!("/cohort/refresh-schedules/{id}/"), "alice")
+                .await
+                .body["last_refresh_succeeded"]
+                == true
+        })
+        .await
+    );
+    let schedule = app
+        .get(&format!("/cohort/refresh-schedules/{id}/"), "alice")
+        .await
+        .body;
+    assert_eq!(schedule["last_refresh_count"], 321);
+    let first_count = schedule["last_refresh_dated_measure"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(eventually(WAIT, || async { !smtp.received().is_empty() }).await);
+    assert!(unfolded(&smtp.received()[0].data).contains("321"));
+
+    // The same slot never runs twice; the next one is a new count.
+    let ctx = commands::CommandContext {
+        user: "system".into(),
+        impersonator: None,
+        correlation_id: "t".into(),
+        causation_id: "t".into(),
+        at: chrono::Utc::now(),
+    };
+    let schedule_id: uuid::Uuid = id.parse().unwrap();
+    let again = app
+        .state
+        .schedules
+        .run_due(&ctx, schedule_id, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    let tomorrow = app
+        .state
+        .schedules
+        .run_due(
+            &ctx,
+            schedule_id,
+            chrono::Utc::now() + chrono::Duration::days(1),
+        )
+        .await
+        .unwrap()
+        .expect("the next day's run");
+    assert_ne!(tomorrow.to_string(), first_count);
+    let runs = app
+        .get(&format!("/audit/RefreshSchedule/{id}/events/"), "admin")
+        .await;
+    let ran = runs
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "RefreshScheduleRan")
+        .count();
+    assert_eq!(ran, 2);
+
+    let deleted = app
+        .delete(&format!("/cohort/refresh-schedules/{id}/"), "alice")
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.get("/cohort/refresh-schedules/", "alice").await.body["count"],
+        0
+    );
+    w.app.stop().await;
+    smtp.stop();
+}

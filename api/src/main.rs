@@ -35,7 +35,8 @@ enum Command {
         /// Projection name (see `cohort360 projections`).
         projection: String,
     },
-    /// Print each projection's checkpoint and how many events it is behind, and the relay's.
+    /// Print each projection's and reactor's checkpoint and how many events it is behind, and the
+    /// relay's.
     Projections,
     /// Create a user (password from $COHORT360_NEW_USER_PASSWORD, else read from stdin).
     CreateUser {
@@ -147,6 +148,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 let cp = infra::projector::checkpoint(&pool, p.name()).await?;
                 let behind = infra::log::count_after(&pool, cp).await?;
                 out.push(serde_json::json!({"projection": p.name(), "checkpoint": cp.to_string(), "behind": behind}));
+            }
+            for (name, cp) in infra::reactor::checkpoints(&pool).await? {
+                let behind = infra::log::count_after(&pool, cp).await?;
+                out.push(serde_json::json!({"reactor": name, "checkpoint": cp.to_string(), "behind": behind}));
             }
             let relay = infra::relay::checkpoint(&pool, "jetstream").await?;
             let relay_behind = infra::log::count_after(&pool, relay).await?;

@@ -234,6 +234,7 @@ impl Core {
 
         let mut progress = Vec::new();
         let mut followed = Vec::new();
+        let mut cohorts_progress = None;
         for projection in projections() {
             let projector = Projector::new(
                 pool.clone(),
@@ -243,6 +244,9 @@ impl Core {
                 },
             );
             progress.push(projector.progress());
+            if projection.name() == projections::cohorts::PROJECTION {
+                cohorts_progress = Some(projector.progress());
+            }
             followed.push((projection, projector.progress()));
             tasks.spawn(projector.run(Some(js.clone()), nats.clone(), shutdown.clone()));
         }
@@ -324,14 +328,18 @@ impl Core {
         infra::cohorts::reactions::ensure_public_stream(&js, &nats.stream, &public_root)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the public events stream: {e}"))?;
-        let mut reactions: Vec<(Arc<dyn Reaction>, Vec<&'static str>)> = vec![
+        let cohorts_read_model = vec![(
+            projections::cohorts::PROJECTION,
+            cohorts_progress.ok_or_else(|| anyhow::anyhow!("the cohorts projector is missing"))?,
+        )];
+        let mut reactions: Vec<(Arc<dyn Reaction>, _)> = vec![
             // Reads the cohorts read model (older counts of the same request).
             (
                 Arc::new(ExecutorReaction {
                     cohorts: cohorts.clone(),
                     feasibility: feasibility.clone(),
                 }),
-                vec![projections::cohorts::PROJECTION],
+                cohorts_read_model.clone(),
             ),
             // The front-end reads the count or cohort when told: the read model first.
             (
@@ -339,7 +347,7 @@ impl Core {
                     cohorts: cohorts.clone(),
                     notifier: Arc::new(hub.clone()),
                 }),
-                vec![projections::cohorts::PROJECTION],
+                cohorts_read_model.clone(),
             ),
             (
                 Arc::new(PublicEvents {

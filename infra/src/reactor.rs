@@ -10,12 +10,13 @@
 //!
 //! A new reactor starts at the end of the log: it reacts to what happens from then on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use projections::Cursor;
 use sqlx::PgPool;
+use tokio::sync::watch;
 
 use crate::follow::{LogConsumer, Outcome};
 use crate::log::{CommittedEvent, read_committed_after};
@@ -38,9 +39,10 @@ pub trait Reaction: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ReactorSettings {
     pub poll_interval: Duration,
-    /// Projections (schema names) that must have applied an event before the reaction runs,
-    /// because it reads them.
-    pub after: Vec<&'static str>,
+    /// The progress of this process's projectors that must have applied an event before the
+    /// reaction runs, because it reads them (a projector observes events other instances
+    /// applied too).
+    pub after: Vec<(&'static str, watch::Receiver<Cursor>)>,
     /// Longest wait for those projections; the reaction then runs anyway.
     pub wait_for_projections: Duration,
 }
@@ -50,6 +52,10 @@ pub struct Reactor {
     pool: PgPool,
     reaction: Arc<dyn Reaction>,
     settings: ReactorSettings,
+    /// Where this instance got to. Events the reaction ignores move only this; the stored
+    /// checkpoint follows when an event is handled or a catch-up ends, which spares two queries
+    /// per ignored event (a restart re-reads a few ignored events, harmlessly).
+    seen: Mutex<Option<Cursor>>,
 }
 
 impl Reactor {
@@ -59,6 +65,18 @@ impl Reactor {
             pool,
             reaction,
             settings,
+            seen: Mutex::new(None),
+        }
+    }
+
+    fn seen(&self) -> Option<Cursor> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn see(&self, cursor: Cursor) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.is_none_or(|s| cursor > s) {
+            *seen = Some(cursor);
         }
     }
 
@@ -108,26 +126,15 @@ impl Reactor {
     /// Waits until the projections this reaction reads have applied `cursor`.
     async fn wait_for_projections(&self, cursor: Cursor) {
         let deadline = tokio::time::Instant::now() + self.settings.wait_for_projections;
-        for schema in &self.settings.after {
-            loop {
-                match crate::projector::checkpoint(&self.pool, schema).await {
-                    Ok(at) if at >= cursor => break,
-                    Ok(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(10)).await
-                    }
-                    Ok(_) => {
-                        tracing::warn!(
-                            reactor = self.reaction.name(),
-                            projection = schema,
-                            "projection behind; reacting anyway"
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(reactor = self.reaction.name(), error = %e, "cannot read a projection checkpoint");
-                        break;
-                    }
-                }
+        for (name, progress) in &self.settings.after {
+            let mut progress = progress.clone();
+            let reached = tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= cursor));
+            if !matches!(reached.await, Ok(Ok(_))) {
+                tracing::warn!(
+                    reactor = self.reaction.name(),
+                    projection = name,
+                    "projection behind; reacting anyway"
+                );
             }
         }
     }
@@ -177,8 +184,11 @@ impl LogConsumer for Reactor {
                     skipped_to = Some(event.cursor());
                 }
             }
-            if let Some(to) = skipped_to {
+            if let Some(to) = skipped_to.or(self.seen().filter(|s| *s > from)) {
                 self.save(to, 0).await.map_err(|e| e.to_string())?;
+            }
+            if let Some(last) = events.last() {
+                self.see(last.cursor());
             }
             total += events.len();
             if (events.len() as i64) < CATCH_UP_BATCH {
@@ -188,19 +198,42 @@ impl LogConsumer for Reactor {
     }
 
     async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
+        // An ignored event that follows what this instance saw: nothing to read or write.
+        if !self.reaction.handles(event) && self.seen() == Some(previous) {
+            self.see(event.cursor());
+            return Ok(Outcome::Applied);
+        }
         let checkpoint = self.checkpoint().await.map_err(|e| e.to_string())?;
-        if event.cursor() <= checkpoint {
+        let position = self
+            .seen()
+            .filter(|s| *s > checkpoint)
+            .unwrap_or(checkpoint);
+        if event.cursor() <= position {
             return Ok(Outcome::Duplicate);
         }
-        if previous != checkpoint {
+        if previous != position {
             return Ok(Outcome::Gap);
         }
         let handled = self.handle(event).await?;
         self.save(event.cursor(), i64::from(handled))
             .await
             .map_err(|e| e.to_string())?;
+        self.see(event.cursor());
         Ok(Outcome::Applied)
     }
+}
+
+/// Every reactor's cursor, by name (the operator's status report).
+pub async fn checkpoints(pool: &PgPool) -> sqlx::Result<Vec<(String, Cursor)>> {
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT name, (txid::text)::bigint, position FROM reactor_checkpoints ORDER BY name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, txid, position)| (name, Cursor { txid, position }))
+        .collect())
 }
 
 impl Reactor {

@@ -253,7 +253,7 @@ impl TestApp {
     }
 }
 
-/// Drops a test's database and stream (best effort).
+/// Drops a test's database and streams (best effort).
 pub async fn cleanup(id: &str, settings: &Settings) {
     if let Ok(pool) = PgPool::connect(&server_url()).await {
         let _ = sqlx::query(&format!(
@@ -266,6 +266,9 @@ pub async fn cleanup(id: &str, settings: &Settings) {
     if let Ok(client) = async_nats::connect(&settings.nats_url).await {
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(&settings.nats_stream).await;
+        let _ = js
+            .delete_stream(format!("{}_PUBLIC", settings.nats_stream))
+            .await;
     }
 }
 

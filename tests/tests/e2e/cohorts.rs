@@ -907,6 +907,20 @@ async fn samples_cohort_rights_and_owner_scoping() {
         )
         .await;
     assert_eq!(foreign.status, StatusCode::NOT_FOUND);
+
+    // The cohorts read model equals a fresh fold of the log.
+    let head = tests::last_event_cursor(&app.pool).await;
+    assert!(
+        eventually(WAIT, || async {
+            tests::projection_checkpoint(&app.pool, "cohorts").await.0 == head
+        })
+        .await
+    );
+    let live = tests::dump_schema(&app.pool, "cohorts").await;
+    infra::projector::rebuild(&app.pool, &infra::cohorts::CohortsProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(tests::dump_schema(&app.pool, "cohorts").await, live);
     w.app.stop().await;
 }
 
@@ -1295,4 +1309,51 @@ async fn a_refresh_schedule_appends_a_new_count_at_each_run() {
     );
     w.app.stop().await;
     smtp.stop();
+}
+
+#[tokio::test]
+async fn executor_callbacks_pass_a_full_maintenance() {
+    let w = world().await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    w.executor.set_behaviour(Behaviour::Hang);
+    let dm = count(app, "alice", &snapshot_id).await;
+    until_status(
+        app,
+        "alice",
+        &format!("/cohort/dated-measures/{dm}/"),
+        "started",
+    )
+    .await;
+    let now = chrono::Utc::now();
+    let phase = app
+        .post(
+            "/maintenances/",
+            "admin",
+            json!({
+                "subject": "upgrade", "message": "back soon", "type": "full",
+                "start_datetime": (now - chrono::Duration::minutes(1)).to_rfc3339(),
+                "end_datetime": (now + chrono::Duration::hours(1)).to_rfc3339(),
+            }),
+        )
+        .await;
+    assert_eq!(phase.status, StatusCode::CREATED, "{:?}", phase.body);
+    let path = format!("/cohort/dated-measures/{dm}/");
+    assert!(
+        eventually(WAIT, || async {
+            app.get(&path, "alice").await.status == StatusCode::SERVICE_UNAVAILABLE
+        })
+        .await,
+        "users are kept out"
+    );
+    let answer = callback(
+        app,
+        &w.qe_token,
+        &path,
+        json!({"request_job_status": "FINISHED", "count": "9"}),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+    assert_eq!(answer.body["measure"], 9);
+    w.app.stop().await;
 }

@@ -57,7 +57,8 @@ pub enum CohortsError {
     Internal(String),
 }
 
-fn from_command<E: std::error::Error>(
+/// Maps a command's failure, the refusal through `rejected`.
+pub(crate) fn from_command<E: std::error::Error>(
     e: CommandError<E>,
     rejected: impl FnOnce(E) -> CohortsError,
 ) -> CohortsError {

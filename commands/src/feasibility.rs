@@ -32,12 +32,7 @@ pub trait ReportPerimeters: Send + Sync {
 
 impl From<CommandError<StudyError>> for CohortsError {
     fn from(e: CommandError<StudyError>) -> Self {
-        match e {
-            CommandError::Rejected(e) => CohortsError::Study(e),
-            CommandError::Conflict => CohortsError::Conflict,
-            CommandError::Unavailable(m) => CohortsError::Unavailable(m),
-            CommandError::Internal(m) => CohortsError::Internal(m),
-        }
+        crate::cohorts::from_command(e, CohortsError::Study)
     }
 }
 

@@ -31,12 +31,7 @@ pub trait ScheduleDirectory: Send + Sync {
 
 impl From<CommandError<ScheduleError>> for CohortsError {
     fn from(e: CommandError<ScheduleError>) -> Self {
-        match e {
-            CommandError::Rejected(e) => CohortsError::Schedule(e),
-            CommandError::Conflict => CohortsError::Conflict,
-            CommandError::Unavailable(m) => CohortsError::Unavailable(m),
-            CommandError::Internal(m) => CohortsError::Internal(m),
-        }
+        crate::cohorts::from_command(e, CohortsError::Schedule)
     }
 }
 

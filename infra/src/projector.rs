@@ -78,6 +78,19 @@ pub fn decode<T: serde::de::DeserializeOwned>(
     serde_json::from_value(event.payload.clone()).map_err(|e| undecodable(e.to_string()))
 }
 
+/// The aggregate id of an event whose aggregates are keyed by uuid.
+pub fn aggregate_uuid(event: &CommittedEvent) -> Result<uuid::Uuid, ProjectionError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e: uuid::Error| ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: format!("aggregate id is not a uuid: {e}"),
+        })
+}
+
 /// The acting user recorded in an event's metadata, if any.
 pub fn actor(event: &CommittedEvent) -> Option<String> {
     event

@@ -1,7 +1,8 @@
 //! SQL helpers shared by the read-model readers.
 
 use projections::{ReadError, SortKey, Window};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 
 pub(crate) fn read_error(e: sqlx::Error) -> ReadError {
     match &e {
@@ -68,4 +69,37 @@ pub(crate) fn push_contains_any(
             .push_bind(pattern.clone());
     }
     qb.push(")");
+}
+
+/// One page of a list: the total (`count_sql` and the filter), then the rows (`select`, the same
+/// filter, the ordering and the window). `push_where` appends the filter to either query.
+pub(crate) async fn fetch_page<'a, Row>(
+    pool: &PgPool,
+    count_sql: &str,
+    select: &str,
+    push_where: impl Fn(&mut QueryBuilder<'a, Postgres>),
+    order: (&[SortKey], &str, &str),
+    window: Window,
+) -> Result<(i64, Vec<Row>), ReadError>
+where
+    Row: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    let mut qb = QueryBuilder::new(count_sql);
+    push_where(&mut qb);
+    let count: i64 = qb
+        .build_query_scalar()
+        .fetch_one(pool)
+        .await
+        .map_err(read_error)?;
+    let mut qb = QueryBuilder::new(select);
+    push_where(&mut qb);
+    let (ordering, default, tie_break) = order;
+    push_order_by(&mut qb, ordering, default, tie_break);
+    push_window(&mut qb, window);
+    let rows: Vec<Row> = qb
+        .build_query_as()
+        .fetch_all(pool)
+        .await
+        .map_err(read_error)?;
+    Ok((count, rows))
 }

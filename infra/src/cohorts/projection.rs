@@ -12,23 +12,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError, decode};
+use crate::projector::{Projection, ProjectionError, aggregate_uuid, decode};
 
 /// The cohorts projection (dated measures and cohorts).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CohortsProjection;
-
-fn aggregate_uuid(event: &CommittedEvent) -> Result<Uuid, ProjectionError> {
-    event
-        .aggregate_id
-        .parse()
-        .map_err(|e: uuid::Error| ProjectionError::Undecodable {
-            message_id: event.message_id(),
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            reason: format!("aggregate id is not a uuid: {e}"),
-        })
-}
 
 #[async_trait]
 impl Projection for CohortsProjection {

@@ -18,7 +18,7 @@ use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::sql::{contains_pattern, push_order_by, push_window, read_error};
+use crate::sql::{contains_pattern, fetch_page, push_window, read_error};
 
 /// Reads the cohorts schema.
 #[derive(Debug, Clone)]
@@ -301,22 +301,15 @@ impl CohortReader for PgCohorts {
         filter: &DatedMeasureFilter,
         window: Window,
     ) -> Result<Page<DatedMeasureView>, ReadError> {
-        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.dated_measures d");
-        push_dated_measure_where(&mut qb, reader, filter);
-        let count: i64 = qb
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(read_error)?;
-        let mut qb = QueryBuilder::new(DATED_MEASURE_SELECT);
-        push_dated_measure_where(&mut qb, reader, filter);
-        push_order_by(&mut qb, &filter.ordering, "d.created_at DESC", "d.uuid");
-        push_window(&mut qb, window);
-        let rows: Vec<DatedMeasureRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let (count, rows) = fetch_page::<DatedMeasureRow>(
+            &self.pool,
+            "SELECT count(*) FROM cohorts.dated_measures d",
+            DATED_MEASURE_SELECT,
+            |qb| push_dated_measure_where(qb, reader, filter),
+            (&filter.ordering, "d.created_at DESC", "d.uuid"),
+            window,
+        )
+        .await?;
         Ok(Page {
             count,
             results: rows.into_iter().map(Into::into).collect(),
@@ -346,25 +339,16 @@ impl CohortReader for PgCohorts {
         filter: &CohortFilter,
         window: Window,
     ) -> Result<Page<CohortView>, ReadError> {
-        let mut qb = QueryBuilder::new(
+        let (count, rows) = fetch_page::<CohortRow>(
+            &self.pool,
             "SELECT count(*) FROM cohorts.cohorts c
                LEFT JOIN cohorts.dated_measures dm ON dm.uuid = c.dated_measure",
-        );
-        push_cohort_where(&mut qb, reader, filter);
-        let count: i64 = qb
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(read_error)?;
-        let mut qb = QueryBuilder::new(COHORT_SELECT);
-        push_cohort_where(&mut qb, reader, filter);
-        push_order_by(&mut qb, &filter.ordering, "c.created_at DESC", "c.uuid");
-        push_window(&mut qb, window);
-        let rows: Vec<CohortRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+            COHORT_SELECT,
+            |qb| push_cohort_where(qb, reader, filter),
+            (&filter.ordering, "c.created_at DESC", "c.uuid"),
+            window,
+        )
+        .await?;
         Ok(Page {
             count,
             results: self.with_samples(rows).await?,
@@ -420,25 +404,18 @@ impl CohortReader for PgCohorts {
         query: &FhirFilterQuery,
         window: Window,
     ) -> Result<Page<FhirFilterView>, ReadError> {
-        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.fhir_filters f");
-        push_fhir_filter_where(&mut qb, owner, query);
-        let count: i64 = qb
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(read_error)?;
-        let mut qb = QueryBuilder::new(FHIR_FILTER_SELECT);
-        push_fhir_filter_where(&mut qb, owner, query);
-        push_order_by(&mut qb, &query.ordering, "f.created_at DESC", "f.uuid");
-        push_window(&mut qb, window);
-        let results: Vec<FhirFilterRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let (count, rows) = fetch_page::<FhirFilterRow>(
+            &self.pool,
+            "SELECT count(*) FROM cohorts.fhir_filters f",
+            FHIR_FILTER_SELECT,
+            |qb| push_fhir_filter_where(qb, owner, query),
+            (&query.ordering, "f.created_at DESC", "f.uuid"),
+            window,
+        )
+        .await?;
         Ok(Page {
             count,
-            results: results.into_iter().map(Into::into).collect(),
+            results: rows.into_iter().map(Into::into).collect(),
         })
     }
 
@@ -514,22 +491,15 @@ impl CohortReader for PgCohorts {
         filter: &ScheduleFilter,
         window: Window,
     ) -> Result<Page<ScheduleView>, ReadError> {
-        let mut qb = QueryBuilder::new("SELECT count(*) FROM cohorts.refresh_schedules s");
-        push_schedule_where(&mut qb, owner, filter);
-        let count: i64 = qb
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(read_error)?;
-        let mut qb = QueryBuilder::new(SCHEDULE_SELECT);
-        push_schedule_where(&mut qb, owner, filter);
-        qb.push(" ORDER BY s.created_at DESC, s.uuid");
-        push_window(&mut qb, window);
-        let rows: Vec<ScheduleRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        let (count, rows) = fetch_page::<ScheduleRow>(
+            &self.pool,
+            "SELECT count(*) FROM cohorts.refresh_schedules s",
+            SCHEDULE_SELECT,
+            |qb| push_schedule_where(qb, owner, filter),
+            (&[], "s.created_at DESC", "s.uuid"),
+            window,
+        )
+        .await?;
         Ok(Page {
             count,
             results: rows.into_iter().map(Into::into).collect(),

@@ -8,23 +8,11 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError, decode};
+use crate::projector::{Projection, ProjectionError, aggregate_uuid, decode};
 
 /// The workspace projection (folders, requests, snapshots, snapshot patches).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct WorkspaceProjection;
-
-fn aggregate_uuid(event: &CommittedEvent) -> Result<Uuid, ProjectionError> {
-    event
-        .aggregate_id
-        .parse()
-        .map_err(|e: uuid::Error| ProjectionError::Undecodable {
-            message_id: event.message_id(),
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            reason: format!("aggregate id is not a uuid: {e}"),
-        })
-}
 
 #[async_trait]
 impl Projection for WorkspaceProjection {

@@ -174,11 +174,6 @@ impl Cohorts {
         }
     }
 
-    /// The cohort size limit.
-    pub fn size_limit(&self) -> i64 {
-        self.settings.size_limit
-    }
-
     async fn settle<T>(
         &self,
         value: T,
@@ -188,30 +183,20 @@ impl Cohorts {
         Ok(Written { value, caught_up })
     }
 
-    /// The caller's request holding `snapshot`, checked against an optional `request` given too.
     async fn own_request_of_snapshot(
         &self,
         ctx: &CommandContext,
         snapshot: Uuid,
         request: Option<Uuid>,
     ) -> Result<RequestState, CohortsError> {
-        let not_found = CohortsError::Request(RequestError::SnapshotNotFound);
-        let Some(request_id) = self.workspace.request_of_snapshot(snapshot).await? else {
-            return Err(not_found);
-        };
-        if request.is_some_and(|r| r != request_id) {
-            return Err(InvalidField {
-                field: "request",
-                reason: "the snapshot does not belong to this request".into(),
-            }
-            .into());
-        }
-        let state = self.buses.requests.load(&request_id.to_string()).await?;
-        let owned = state.owned_by(&ctx.user).cloned().ok_or(not_found)?;
-        if !owned.snapshots.contains_key(&snapshot) {
-            return Err(CohortsError::Request(RequestError::SnapshotNotFound));
-        }
-        Ok(owned)
+        own_request_of_snapshot(
+            self.workspace.as_ref(),
+            self.buses.requests.as_ref(),
+            &ctx.user,
+            snapshot,
+            request,
+        )
+        .await
     }
 
     /// Counts the patients of one of the caller's snapshots.
@@ -778,6 +763,35 @@ impl Cohorts {
     pub async fn cohort(&self, id: Uuid) -> Result<Option<CohortState>, CohortsError> {
         Ok(self.buses.cohorts.load(&id.to_string()).await?.state)
     }
+}
+
+/// `user`'s request holding `snapshot` (checked against an optional `request` given too); other
+/// users' snapshots do not exist for them.
+pub(crate) async fn own_request_of_snapshot(
+    workspace: &dyn WorkspaceDirectory,
+    requests: &dyn Execute<Request>,
+    user: &str,
+    snapshot: Uuid,
+    request: Option<Uuid>,
+) -> Result<RequestState, CohortsError> {
+    let not_found = || CohortsError::Request(RequestError::SnapshotNotFound);
+    let request_id = workspace
+        .request_of_snapshot(snapshot)
+        .await?
+        .ok_or_else(not_found)?;
+    if request.is_some_and(|r| r != request_id) {
+        return Err(InvalidField {
+            field: "request",
+            reason: "the snapshot does not belong to this request".into(),
+        }
+        .into());
+    }
+    let state = requests.load(&request_id.to_string()).await?;
+    state
+        .owned_by(user)
+        .filter(|r| r.snapshots.contains_key(&snapshot))
+        .cloned()
+        .ok_or_else(not_found)
 }
 
 /// Whether a report's status is one.

@@ -10,7 +10,7 @@ use domain::feasibility::{
     report_tree,
 };
 use domain::job::{JobError, JobReport};
-use domain::request::{Request, RequestError};
+use domain::request::Request;
 use domain::validation::InvalidField;
 use uuid::Uuid;
 
@@ -73,16 +73,15 @@ impl Feasibility {
         ctx: &CommandContext,
         snapshot: Uuid,
     ) -> Result<Written<Uuid>, CohortsError> {
-        let not_found = || CohortsError::Request(RequestError::SnapshotNotFound);
-        let request_id = self
-            .ports
-            .workspace
-            .request_of_snapshot(snapshot)
-            .await?
-            .ok_or_else(not_found)?;
-        let request = self.ports.requests.load(&request_id.to_string()).await?;
-        let owned = request.owned_by(&ctx.user).ok_or_else(not_found)?;
-        let s = owned.snapshots.get(&snapshot).ok_or_else(not_found)?;
+        let owned = crate::cohorts::own_request_of_snapshot(
+            self.ports.workspace.as_ref(),
+            self.ports.requests.as_ref(),
+            &ctx.user,
+            snapshot,
+            None,
+        )
+        .await?;
+        let s = &owned.snapshots[&snapshot];
         let root = self
             .ports
             .directory
@@ -97,7 +96,7 @@ impl Feasibility {
             study: StudyRequest {
                 study_id: id,
                 owner: ctx.user.clone(),
-                request_id,
+                request_id: owned.id,
                 request_name: owned.name.clone(),
                 snapshot_id: snapshot,
                 snapshot_version: s.version,

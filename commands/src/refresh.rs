@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveTime, Utc};
 use domain::count::{Count, CountCommand, CountError, CountMode, CountRequest};
 use domain::refresh::{Frequency, RefreshSchedule, ScheduleCommand, ScheduleError};
-use domain::request::{Request, RequestError};
+use domain::request::Request;
 use domain::validation::InvalidField;
 use uuid::Uuid;
 
@@ -81,18 +81,15 @@ impl Schedules {
         frequency: Frequency,
         notify_owner: bool,
     ) -> Result<Written<Uuid>, CohortsError> {
-        let not_found = || CohortsError::Request(RequestError::SnapshotNotFound);
-        let request_id = self
-            .ports
-            .workspace
-            .request_of_snapshot(snapshot)
-            .await?
-            .ok_or_else(not_found)?;
-        let request = self.ports.requests.load(&request_id.to_string()).await?;
-        let owned = request.owned_by(&ctx.user).ok_or_else(not_found)?;
-        if !owned.snapshots.contains_key(&snapshot) {
-            return Err(not_found());
-        }
+        let request_id = crate::cohorts::own_request_of_snapshot(
+            self.ports.workspace.as_ref(),
+            self.ports.requests.as_ref(),
+            &ctx.user,
+            snapshot,
+            None,
+        )
+        .await?
+        .id;
         if self
             .ports
             .directory

@@ -64,7 +64,7 @@ async fn set_status(
     ended: bool,
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
-    // `table` is one of two constants of this module.
+    // `table` is one of this module's constants.
     sqlx::query(&format!(
         "UPDATE {table} SET request_job_status = $2,
                 request_job_fail_msg = COALESCE($3, request_job_fail_msg),
@@ -77,6 +77,32 @@ async fn set_status(
     .bind(status)
     .bind(fail_msg)
     .bind(ended)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a job's id. A fast callback can overtake it: only a job still `new` or `pending`
+/// becomes `started` (a `long_pending` or ended one keeps its status).
+async fn set_started(
+    conn: &mut PgConnection,
+    table: &str,
+    id: Uuid,
+    job_id: String,
+    at: DateTime<Utc>,
+) -> Result<(), ProjectionError> {
+    // `table` is one of this module's constants.
+    sqlx::query(&format!(
+        "UPDATE {table} SET request_job_id = $2, modified_at = $3,
+                request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
+                                          THEN 'started' ELSE request_job_status END,
+                status_changed_at = CASE WHEN request_job_status IN ('new', 'pending')
+                                         THEN $3 ELSE status_changed_at END
+          WHERE uuid = $1"
+    ))
+    .bind(id)
+    .bind(job_id)
     .bind(at)
     .execute(conn)
     .await?;
@@ -124,20 +150,7 @@ async fn apply_count(
             set_status(conn, T, id, "pending", None, false, at).await?;
         }
         CountEvent::CountStarted { job_id, at } => {
-            // A fast callback can overtake the job id: only a running count becomes `started`.
-            sqlx::query(
-                "UPDATE dated_measures SET request_job_id = $2, modified_at = $3,
-                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
-                                                  THEN 'started' ELSE request_job_status END,
-                        status_changed_at = CASE WHEN request_job_status IN ('new', 'pending')
-                                                 THEN $3 ELSE status_changed_at END
-                  WHERE uuid = $1",
-            )
-            .bind(id)
-            .bind(job_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            set_started(conn, T, id, job_id, at).await?;
         }
         CountEvent::CountFinished {
             measure,
@@ -222,19 +235,7 @@ async fn apply_cohort(
             set_status(conn, T, id, status, None, false, at).await?;
         }
         CohortEvent::CohortStarted { job_id, at } => {
-            sqlx::query(
-                "UPDATE cohorts SET request_job_id = $2, modified_at = $3,
-                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
-                                                  THEN 'started' ELSE request_job_status END,
-                        status_changed_at = CASE WHEN request_job_status IN ('new', 'pending')
-                                                 THEN $3 ELSE status_changed_at END
-                  WHERE uuid = $1",
-            )
-            .bind(id)
-            .bind(job_id)
-            .bind(at)
-            .execute(&mut *conn)
-            .await?;
+            set_started(conn, T, id, job_id, at).await?;
         }
         CohortEvent::CohortLongPending { group_id, size, at } => {
             set_group(conn, id, group_id, size).await?;
@@ -420,17 +421,7 @@ async fn apply_study(
             set_status(conn, T, id, "pending", None, false, at).await?;
         }
         StudyEvent::FeasibilityStudyStarted { job_id, at } => {
-            sqlx::query(
-                "UPDATE feasibility_studies SET request_job_id = $2, modified_at = $3,
-                        request_job_status = CASE WHEN request_job_status IN ('new', 'pending')
-                                                  THEN 'started' ELSE request_job_status END
-                  WHERE uuid = $1",
-            )
-            .bind(id)
-            .bind(job_id)
-            .bind(at)
-            .execute(conn)
-            .await?;
+            set_started(conn, T, id, job_id, at).await?;
         }
         StudyEvent::FeasibilityStudyFinished {
             total_count, at, ..

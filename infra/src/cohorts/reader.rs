@@ -266,6 +266,9 @@ fn push_cohort_where<'a>(
 
 impl PgCohorts {
     async fn with_samples(&self, rows: Vec<CohortRow>) -> Result<Vec<CohortView>, ReadError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.uuid).collect();
         let samples: Vec<(Uuid, Uuid, String, Option<f64>)> = sqlx::query_as(
             "SELECT parent_cohort, uuid, name, sampling_ratio FROM cohorts.cohorts

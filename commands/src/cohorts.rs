@@ -537,7 +537,7 @@ impl Cohorts {
             },
         };
         self.buses.counts.execute(&key, command, ctx).await?;
-        self.kill_if_cancelled(id).await
+        self.kill_if_cancelled(StaleJob::Count(id)).await
     }
 
     /// Cancels a count: kills its executor job if it runs, or marks it cancelled before it
@@ -617,16 +617,57 @@ impl Cohorts {
         Ok(())
     }
 
-    /// Kills the executor job of a count cancelled before its job id came back.
-    pub async fn kill_if_cancelled(&self, id: Uuid) -> Result<(), CohortsError> {
-        let Some(count) = self.buses.counts.load(&id.to_string()).await?.state else {
-            return Ok(());
+    /// Kills the executor job of a count or cohort cancelled before its job id came back.
+    pub async fn kill_if_cancelled(&self, job: StaleJob) -> Result<(), CohortsError> {
+        let (id, state) = match job {
+            StaleJob::Count(id) => (id, self.count(id).await?.map(|c| c.job)),
+            StaleJob::Cohort(id) => (id, self.cohort(id).await?.map(|c| c.job)),
         };
-        if let (true, Some(job_id)) = (count.job.needs_kill(), &count.job.job_id)
+        if let Some(job) = state
+            && let (true, Some(job_id)) = (job.needs_kill(), &job.job_id)
             && let Err(e) = self.executor.cancel(job_id).await
         {
-            tracing::warn!(count = %id, job = %job_id, error = %e, "cannot kill the job of a cancelled count");
+            tracing::warn!(target = %id, job = %job_id, error = %e, "cannot kill the job of a cancelled job");
         }
+        Ok(())
+    }
+
+    /// Reactor: a deleted cohort's running job is killed at the executor and the cohort marked
+    /// cancelled (a job id that comes back later is killed by [`Self::kill_if_cancelled`]).
+    pub async fn cancel_deleted_cohort(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+    ) -> Result<(), CohortsError> {
+        let Some(cohort) = self.cohort(id).await? else {
+            return Ok(());
+        };
+        if !cohort.deleted || cohort.job.status.is_final() {
+            return Ok(());
+        }
+        if let Some(job_id) = &cohort.job.job_id {
+            match self.executor.cancel(job_id).await {
+                // Its callback brings the result, which stays with the deleted cohort.
+                Ok(CancelOutcome::AlreadyFinished) => return Ok(()),
+                Ok(CancelOutcome::Killed) => {}
+                Err(e) => {
+                    tracing::warn!(cohort = %id, job = %job_id, error = %e, "cannot kill the job of a deleted cohort")
+                }
+            }
+        }
+        let command = CohortCommand::Settle {
+            report: JobReport {
+                status: "KILLED".into(),
+                message: Some("the cohort was deleted".into()),
+                ..Default::default()
+            },
+            via_etl: false,
+            at: ctx.at,
+        };
+        self.buses
+            .cohorts
+            .execute(&id.to_string(), command, ctx)
+            .await?;
         Ok(())
     }
 

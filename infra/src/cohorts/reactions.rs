@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use commands::CommandContext;
 use commands::cohorts::Cohorts;
-use commands::ports::Notifier;
+use commands::ports::{Notifier, StaleJob};
 use cqrs_es::Aggregate;
 use domain::cohort::{Cohort, CohortEvent};
 use domain::count::{Count, CountEvent};
@@ -67,7 +67,11 @@ impl Reaction for ExecutorReaction {
 
     fn handles(&self, event: &CommittedEvent) -> bool {
         is(event, Count::TYPE, &["CountRequested", "CountStarted"])
-            || is(event, Cohort::TYPE, &["CohortRequested"])
+            || is(
+                event,
+                Cohort::TYPE,
+                &["CohortRequested", "CohortStarted", "CohortDeleted"],
+            )
             || is(event, STUDY, &["FeasibilityStudyRequested"])
     }
 
@@ -77,8 +81,10 @@ impl Reaction for ExecutorReaction {
         let done = match event.event_type.as_str() {
             "CountRequested" => self.cohorts.submit_count(&ctx, id).await,
             // A job id that came back after a cancel: kill that job.
-            "CountStarted" => self.cohorts.kill_if_cancelled(id).await,
+            "CountStarted" => self.cohorts.kill_if_cancelled(StaleJob::Count(id)).await,
+            "CohortStarted" => self.cohorts.kill_if_cancelled(StaleJob::Cohort(id)).await,
             "CohortRequested" => self.cohorts.submit_cohort(&ctx, id).await,
+            "CohortDeleted" => self.cohorts.cancel_deleted_cohort(&ctx, id).await,
             "FeasibilityStudyRequested" => self.feasibility.submit(&ctx, id).await,
             _ => Ok(()),
         };

@@ -1357,3 +1357,49 @@ async fn executor_callbacks_pass_a_full_maintenance() {
     assert_eq!(answer.body["measure"], 9);
     w.app.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_a_cohort_being_created_kills_its_job() {
+    let w = world().await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    let dm = count(app, "alice", &snapshot_id).await;
+    until_status(
+        app,
+        "alice",
+        &format!("/cohort/dated-measures/{dm}/"),
+        "finished",
+    )
+    .await;
+    w.executor.set_behaviour(Behaviour::Hang);
+    let cohort = app
+        .post(
+            "/cohort/cohorts/",
+            "alice",
+            json!({"name": "Doomed", "dated_measure": dm}),
+        )
+        .await;
+    let id = cohort.body["uuid"].as_str().unwrap().to_string();
+    until_status(app, "alice", &format!("/cohort/cohorts/{id}/"), "started").await;
+    let deleted = app.delete(&format!("/cohort/cohorts/{id}/"), "alice").await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(
+        eventually(WAIT, || async { w.executor.jobs_for(&id)[0].deleted }).await,
+        "the executor job was killed"
+    );
+    assert!(
+        eventually(WAIT, || async {
+            let history = app
+                .get(&format!("/audit/Cohort/{id}/events/"), "admin")
+                .await;
+            history
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["payload"]["CohortCancelled"]["message"] == "the cohort was deleted")
+        })
+        .await
+    );
+    w.app.stop().await;
+}

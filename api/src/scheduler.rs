@@ -62,7 +62,9 @@ pub async fn reconcile_jobs(state: AppState, shutdown: CancellationToken) {
             causation_id: "scheduler:reconcile-jobs".into(),
             at: Utc::now(),
         };
-        match state.cohorts.reconcile(&ctx, ctx.at - after).await {
+        let jobs = state.cohorts.reconcile(&ctx, ctx.at - after).await;
+        let studies = state.feasibility.reconcile(&ctx, ctx.at - after).await;
+        match jobs.and_then(|j| studies.map(|s| j + s)) {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "jobs reconciled with the query executor"),
             Err(e) => tracing::warn!(error = %e, "job reconciliation failed; next run retries"),

@@ -681,6 +681,7 @@ impl Cohorts {
     ) -> Result<usize, CohortsError> {
         let mut changed = 0;
         for stale in self.directory.stale_jobs(before).await? {
+            let job = format!("{stale:?}");
             let (job_id, submitted) = match stale {
                 StaleJob::Count(id) => {
                     let Some(s) = self.buses.counts.load(&id.to_string()).await?.state else {
@@ -695,29 +696,10 @@ impl Cohorts {
                     (s.job.job_id, s.job.submitted)
                 }
             };
-            let report = match (job_id, submitted) {
-                (None, true) => JobReport {
-                    status: "ERROR".into(),
-                    message: Some(
-                        "the submission to the query executor was interrupted; run it again".into(),
-                    ),
-                    ..Default::default()
-                },
-                (None, false) => continue,
-                (Some(job_id), _) => match self.executor.status(&job_id).await {
-                    Ok(Some(report)) => report,
-                    Ok(None) => JobReport {
-                        status: "ERROR".into(),
-                        message: Some(format!(
-                            "the query executor no longer knows job {job_id} and its result was never received"
-                        )),
-                        ..Default::default()
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reconciliation postponed");
-                        continue;
-                    }
-                },
+            let Some(report) =
+                executor_report(self.executor.as_ref(), &job, job_id.as_deref(), submitted).await
+            else {
+                continue;
             };
             let c = match stale {
                 StaleJob::Count(id) => {
@@ -833,6 +815,38 @@ pub(crate) async fn own_request_of_snapshot(
         .filter(|r| r.snapshots.contains_key(&snapshot))
         .cloned()
         .ok_or_else(not_found)
+}
+
+/// What reconciliation applies to a job without news: the executor's answer about its job, a
+/// failure if the executor forgot it or if the submission never got a job id; `None` to leave
+/// it for the next round (the executor is unreachable, or the job was never submitted).
+pub(crate) async fn executor_report(
+    executor: &dyn QueryExecutor,
+    job: &str,
+    job_id: Option<&str>,
+    submitted: bool,
+) -> Option<JobReport> {
+    let failure = |message: String| JobReport {
+        status: "ERROR".into(),
+        message: Some(message),
+        ..Default::default()
+    };
+    match (job_id, submitted) {
+        (None, true) => Some(failure(
+            "the submission to the query executor was interrupted; run it again".into(),
+        )),
+        (None, false) => None,
+        (Some(job_id), _) => match executor.status(job_id).await {
+            Ok(Some(report)) => Some(report),
+            Ok(None) => Some(failure(format!(
+                "the query executor no longer knows job {job_id} and its result was never received"
+            ))),
+            Err(e) => {
+                tracing::warn!(job, error = %e, "reconciliation postponed");
+                None
+            }
+        },
+    }
 }
 
 /// Whether a report's status is one.

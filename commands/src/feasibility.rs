@@ -194,6 +194,42 @@ impl Feasibility {
         })
     }
 
+    /// Asks the executor about the studies without news since `before` (as
+    /// [`crate::cohorts::Cohorts::reconcile`] does for counts and cohorts). Returns how many
+    /// changed.
+    pub async fn reconcile(
+        &self,
+        ctx: &CommandContext,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, CohortsError> {
+        let mut changed = 0;
+        for id in self.ports.directory.stale_studies(before).await? {
+            let Some(study) = self.study(None, id).await? else {
+                continue;
+            };
+            let Some(report) = crate::cohorts::executor_report(
+                self.ports.executor.as_ref(),
+                &format!("study {id}"),
+                study.job.job_id.as_deref(),
+                study.job.submitted,
+            )
+            .await
+            else {
+                continue;
+            };
+            let before = study.job.status;
+            self.settle(ctx, id, report).await?;
+            if self
+                .study(None, id)
+                .await?
+                .is_some_and(|s| s.job.status != before)
+            {
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// A study as its owner (or, with `None`, anyone) may see it.
     pub async fn study(
         &self,

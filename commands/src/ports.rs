@@ -195,6 +195,11 @@ pub trait CohortDirectory: Send + Sync {
         request: Uuid,
         before: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Uuid>, PortError>;
+    /// Feasibility studies submitted or started before `before` that have not ended.
+    async fn stale_studies(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Uuid>, PortError>;
     /// The cohort whose global estimate is `count`, if any.
     async fn cohort_of_global_count(&self, count: Uuid) -> Result<Option<Uuid>, PortError>;
     /// The cohort id (`cohort_id`) of the root perimeter, which global estimates count on.

@@ -798,6 +798,17 @@ impl CohortDirectory for PgCohorts {
         .map_err(port_error)
     }
 
+    async fn stale_studies(&self, before: DateTime<Utc>) -> Result<Vec<Uuid>, PortError> {
+        sqlx::query_scalar(
+            "SELECT uuid FROM cohorts.feasibility_studies
+              WHERE request_job_status IN ('pending', 'started') AND status_changed_at < $1",
+        )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)
+    }
+
     async fn cohort_of_global_count(&self, count: Uuid) -> Result<Option<Uuid>, PortError> {
         sqlx::query_scalar(
             "SELECT uuid FROM cohorts.cohorts WHERE dated_measure_global = $1 LIMIT 1",

@@ -549,6 +549,25 @@ async fn a_lost_callback_is_reconciled_with_the_executor() {
     .await;
     assert_eq!(body["measure"], 77);
     assert!(w.executor.jobs_for(&dm)[0].result["count"] == "77");
+
+    // A feasibility study's lost callback too.
+    w.executor.set_details(&[("9999", 77), ("0", 12)]);
+    let study = app
+        .post(
+            "/cohort/feasibility-studies/",
+            "alice",
+            json!({"request_query_snapshot": snapshot_id}),
+        )
+        .await;
+    let study_id = study.body["uuid"].as_str().unwrap().to_string();
+    let body = until_status(
+        app,
+        "alice",
+        &format!("/cohort/feasibility-studies/{study_id}/"),
+        "finished",
+    )
+    .await;
+    assert_eq!(body["total_count"], 77);
     w.app.stop().await;
 }
 

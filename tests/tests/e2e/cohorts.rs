@@ -1422,3 +1422,85 @@ async fn deleting_a_cohort_being_created_kills_its_job() {
     );
     w.app.stop().await;
 }
+
+#[tokio::test]
+async fn replaying_every_event_to_the_reactors_submits_and_mails_nothing_twice() {
+    let smtp = SmtpServer::start().await;
+    let w = world_with(|s| {
+        s.cohorts.cohort_size_limit = 100;
+        s.identity.smtp.smtp_port = smtp.port;
+    })
+    .await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    w.executor.set_count(500);
+    let dm = count(app, "alice", &snapshot_id).await;
+    until_status(
+        app,
+        "alice",
+        &format!("/cohort/dated-measures/{dm}/"),
+        "finished",
+    )
+    .await;
+    w.executor.set_behaviour(Behaviour::LongPending);
+    let cohort = app
+        .post(
+            "/cohort/cohorts/",
+            "alice",
+            json!({"name": "Big", "dated_measure": dm}),
+        )
+        .await;
+    let id = cohort.body["uuid"].as_str().unwrap().to_string();
+    until_status(
+        app,
+        "alice",
+        &format!("/cohort/cohorts/{id}/"),
+        "long_pending",
+    )
+    .await;
+    let etl = callback(
+        app,
+        &w.etl_token,
+        &format!("/cohort/cohorts/{id}/"),
+        json!({"request_job_status": "FINISHED"}),
+    )
+    .await;
+    assert_eq!(etl.status, StatusCode::OK);
+    assert!(eventually(WAIT, || async { smtp.received().len() == 1 }).await);
+    let jobs_before = w.executor.jobs().len();
+    assert_eq!(jobs_before, 2, "one count, one cohort");
+
+    // Every reactor forgets where it was; a second instance replays the whole log to them.
+    sqlx::query("UPDATE reactor_checkpoints SET txid = '0', position = 0")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let other = api::startup::Application::build(&app.settings, shutdown.clone())
+        .await
+        .expect("second instance builds");
+    let server = tokio::spawn(other.run_until_stopped(shutdown.clone()));
+    let head = tests::last_event_cursor(&app.pool).await;
+    assert!(
+        eventually(WAIT, || async {
+            let rows: Vec<String> =
+                sqlx::query_scalar("SELECT txid::text || ':' || position FROM reactor_checkpoints")
+                    .fetch_all(&app.pool)
+                    .await
+                    .unwrap();
+            rows.len() == 4 && rows.iter().all(|r| *r == head)
+        })
+        .await,
+        "the reactors caught up with the log"
+    );
+    assert_eq!(
+        w.executor.jobs().len(),
+        jobs_before,
+        "nothing submitted twice"
+    );
+    assert_eq!(smtp.received().len(), 1, "no e-mail sent twice");
+    shutdown.cancel();
+    let _ = server.await;
+    w.app.stop().await;
+    smtp.stop();
+}

@@ -330,6 +330,7 @@ impl Cohorts {
                 parent_cohort: None,
                 sampling_ratio: None,
                 expected_size: count.measure,
+                is_subset: false,
             },
             at: ctx.at,
         };
@@ -387,6 +388,58 @@ impl Cohorts {
                 parent_cohort: Some(parent.id),
                 sampling_ratio: Some(new.sampling_ratio),
                 expected_size,
+                is_subset: false,
+            },
+            at: ctx.at,
+        };
+        let c = self
+            .buses
+            .cohorts
+            .execute(&cohort_id.to_string(), command, ctx)
+            .await?;
+        self.settle(cohort_id, &[c]).await
+    }
+
+    /// Creates an export's subset of one of the caller's created cohorts: the patients of its
+    /// group matching a saved filter (`(resource, filterFhir)`; all of them without one). Named
+    /// `{table}_{group_id}` and hidden from the owner's lists, it runs the normal creation
+    /// pipeline (no global estimate).
+    pub async fn create_subset(
+        &self,
+        ctx: &CommandContext,
+        source: Uuid,
+        table: &str,
+        filter: Option<(String, String)>,
+    ) -> Result<Written<Uuid>, CohortsError> {
+        let parent = self.own_cohort(ctx, source).await?;
+        let Some(group_id) = parent
+            .group_id
+            .clone()
+            .filter(|_| parent.job.status == JobStatus::Finished)
+        else {
+            return Err(InvalidField {
+                field: "cohort",
+                reason: "the source cohort is not created yet".into(),
+            }
+            .into());
+        };
+        let cohort_id = Uuid::new_v4();
+        let command = CohortCommand::Request {
+            cohort: CohortRequest {
+                cohort_id,
+                owner: ctx.user.clone(),
+                name: format!("{table}_{group_id}"),
+                description: None,
+                request_id: parent.request_id,
+                snapshot_id: parent.snapshot_id,
+                snapshot_version: parent.snapshot_version,
+                serialized_query: subset_query(&parent.serialized_query, &group_id, filter),
+                dated_measure: None,
+                global_measure: None,
+                parent_cohort: None,
+                sampling_ratio: None,
+                expected_size: parent.size,
+                is_subset: true,
             },
             at: ctx.at,
         };
@@ -944,6 +997,36 @@ pub fn report_from_wire(body: &Value) -> JobReport {
     }
 }
 
+/// The query of an export subset: the source group's patients, restricted to one saved filter.
+pub fn subset_query(
+    source_query: &str,
+    source_group_id: &str,
+    filter: Option<(String, String)>,
+) -> String {
+    let version = serde_json::from_str::<Value>(source_query)
+        .ok()
+        .and_then(|d| d.get("version").cloned())
+        .unwrap_or_else(|| json!("v1.6.1"));
+    let (resource, criteria) = match filter {
+        Some((resource, filter_fhir)) => (
+            resource.clone(),
+            json!([{
+                "_type": "basicResource", "_id": 1, "isInclusive": true,
+                "resourceType": resource, "filterFhir": filter_fhir
+            }]),
+        ),
+        None => ("Patient".to_string(), json!([])),
+    };
+    json!({
+        "version": version,
+        "_type": "request",
+        "resourceType": resource,
+        "sourcePopulation": {"caresiteCohortList": [source_group_id]},
+        "request": {"_type": "andGroup", "_id": 0, "isInclusive": true, "criteria": criteria, "temporalConstraints": []}
+    })
+    .to_string()
+}
+
 /// The websocket message of a count, as the front-end reads it.
 pub fn count_job_status(count: &CountState) -> Value {
     let status = count.job.status.as_str();
@@ -1012,6 +1095,19 @@ mod tests {
             json!(["9999"])
         );
         assert_eq!(global["request"]["_type"], "andGroup");
+    }
+
+    #[test]
+    fn a_subset_filters_the_source_group() {
+        let q: Value = serde_json::from_str(&subset_query(
+            "{}",
+            "42",
+            Some(("Condition".into(), "code=E11".into())),
+        ))
+        .unwrap();
+        assert_eq!(q["resourceType"], "Condition");
+        assert_eq!(q["sourcePopulation"]["caresiteCohortList"], json!(["42"]));
+        assert_eq!(q["request"]["criteria"][0]["filterFhir"], "code=E11");
     }
 
     #[test]

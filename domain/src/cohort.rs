@@ -38,6 +38,8 @@ pub struct CohortRequest {
     pub sampling_ratio: Option<f64>,
     /// The size announced by the count (or parent size × ratio), which decides `long_pending`.
     pub expected_size: Option<i64>,
+    /// An export's subset of another cohort (hidden from the owner's lists).
+    pub is_subset: bool,
 }
 
 /// Changes to a cohort's description fields; `None` leaves a field unchanged.
@@ -103,6 +105,7 @@ pub enum CohortEvent {
         parent_cohort: Option<Uuid>,
         sampling_ratio: Option<f64>,
         expected_size: Option<i64>,
+        is_subset: bool,
         at: DateTime<Utc>,
     },
     /// Claimed for submission: `pending`, or `long_pending` for a large cohort.
@@ -211,6 +214,7 @@ pub struct CohortState {
     pub parent_cohort: Option<Uuid>,
     pub sampling_ratio: Option<f64>,
     pub expected_size: Option<i64>,
+    pub is_subset: bool,
     pub requested_at: DateTime<Utc>,
     pub job: Job,
     pub group_id: Option<String>,
@@ -261,6 +265,7 @@ impl Cohort {
                     parent_cohort: cohort.parent_cohort,
                     sampling_ratio: cohort.sampling_ratio,
                     expected_size: cohort.expected_size,
+                    is_subset: cohort.is_subset,
                     at,
                 }])
             }
@@ -382,6 +387,7 @@ impl Aggregate for Cohort {
             parent_cohort,
             sampling_ratio,
             expected_size,
+            is_subset,
             at,
         } = event
         {
@@ -400,6 +406,7 @@ impl Aggregate for Cohort {
                 parent_cohort,
                 sampling_ratio,
                 expected_size,
+                is_subset,
                 requested_at: at,
                 job: Job::default(),
                 group_id: None,
@@ -473,6 +480,7 @@ mod tests {
             parent_cohort: None,
             sampling_ratio,
             expected_size,
+            is_subset: false,
         }
     }
 

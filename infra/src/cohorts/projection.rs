@@ -200,15 +200,16 @@ async fn apply_cohort(
             parent_cohort,
             sampling_ratio,
             expected_size,
+            is_subset,
             at,
             ..
         } => {
             sqlx::query(
                 "INSERT INTO cohorts (uuid, owner, name, description, request,
                         request_query_snapshot, dated_measure, dated_measure_global, parent_cohort,
-                        sampling_ratio, expected_size, request_job_status, created_at,
+                        sampling_ratio, expected_size, is_subset, request_job_status, created_at,
                         modified_at, status_changed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'new', $12, $12, $12)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, 'new', $12, $12, $12)
                  ON CONFLICT (uuid) DO NOTHING",
             )
             .bind(id)
@@ -223,6 +224,7 @@ async fn apply_cohort(
             .bind(sampling_ratio)
             .bind(expected_size)
             .bind(at)
+            .bind(is_subset)
             .execute(&mut *conn)
             .await?;
         }

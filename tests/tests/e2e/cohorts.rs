@@ -927,6 +927,55 @@ async fn samples_cohort_rights_and_owner_scoping() {
         .await;
     assert_eq!(foreign.status, StatusCode::NOT_FOUND);
 
+    // An export's subset goes through the same pipeline and stays out of the owner's lists.
+    let ctx = commands::CommandContext {
+        user: "alice".into(),
+        impersonator: None,
+        correlation_id: "export".into(),
+        causation_id: "export".into(),
+        at: chrono::Utc::now(),
+    };
+    let parent_uuid: uuid::Uuid = parent_id.parse().unwrap();
+    let subset = app
+        .state
+        .cohorts
+        .create_subset(
+            &ctx,
+            parent_uuid,
+            "condition",
+            Some(("Condition".into(), "code=E11".into())),
+        )
+        .await
+        .expect("subset requested")
+        .value
+        .to_string();
+    assert!(
+        eventually(WAIT, || async {
+            let status: Option<String> = sqlx::query_scalar(
+                "SELECT request_job_status FROM cohorts.cohorts WHERE uuid = $1::uuid AND is_subset",
+            )
+            .bind(&subset)
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap();
+            status.as_deref() == Some("finished")
+        })
+        .await,
+        "the subset is created"
+    );
+    let job = &w.executor.jobs_for(&subset)[0];
+    let sent: Value =
+        serde_json::from_str(job.input["cohortDefinitionSyntax"].as_str().unwrap()).unwrap();
+    assert_eq!(sent["resourceType"], "Condition");
+    assert_eq!(sent["request"]["criteria"][0]["filterFhir"], "code=E11");
+    assert_eq!(
+        app.get(&format!("/cohort/cohorts/{subset}/"), "alice")
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "subsets are not the owner's to list"
+    );
+
     // The cohorts read model equals a fresh fold of the log.
     let head = tests::last_event_cursor(&app.pool).await;
     assert!(

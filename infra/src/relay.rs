@@ -190,17 +190,47 @@ impl Relay {
         result
     }
 
+    /// Whether committed events lie beyond the safe horizon (held back by an older, still
+    /// running transaction).
+    async fn held_back(&self) -> bool {
+        match self.checkpoint().await {
+            Ok(cp) => crate::log::count_after(&self.pool, cp)
+                .await
+                .is_ok_and(|n| n > 0),
+            Err(_) => false,
+        }
+    }
+
     async fn publish_loop(&self, shutdown: &CancellationToken) -> Result<(), RelayError> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(NOTIFY_CHANNEL).await?;
         let mut backoff = Duration::from_millis(100);
+        let mut held_retry = HELD_BACK_RETRY;
         loop {
             match self.publish_batch().await {
                 Ok(n) if n as i64 >= self.settings.batch_size => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(_) => backoff = Duration::from_millis(100),
+                Ok(n) => {
+                    backoff = Duration::from_millis(100);
+                    if n > 0 {
+                        held_retry = HELD_BACK_RETRY;
+                    }
+                    // A committed event held back by an older transaction still running sent
+                    // its notification already: look again shortly rather than at the next
+                    // notification or poll (which a quiet system may not bring for a while).
+                    // Backing off, so that a long transaction does not turn this into a busy loop.
+                    if self.held_back().await {
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(held_retry) => {}
+                        }
+                        held_retry = (held_retry * 2).min(self.settings.poll_interval);
+                        continue;
+                    }
+                    held_retry = HELD_BACK_RETRY;
+                }
                 Err(e) => {
                     // NATS or Postgres is away: keep the checkpoint, try again later.
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay could not publish");
@@ -220,6 +250,9 @@ impl Relay {
         }
     }
 }
+
+/// How soon the relay looks again when committed events wait behind the horizon.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(5);
 
 /// The checkpoint of relay `name` (the start of the log if it never published).
 pub async fn checkpoint(pool: &PgPool, name: &str) -> sqlx::Result<Cursor> {

@@ -16,7 +16,9 @@ CREATE TABLE cohorts.refresh_schedules
 );
 CREATE INDEX refresh_schedules_owner ON cohorts.refresh_schedules (owner, created_at) WHERE deleted_at IS NULL;
 CREATE INDEX refresh_schedules_due ON cohorts.refresh_schedules (next_refresh) WHERE deleted_at IS NULL;
-CREATE UNIQUE INDEX refresh_schedules_snapshot ON cohorts.refresh_schedules (request_snapshot)
+-- Not unique: "one schedule per snapshot" is checked by the command side; a fold must never
+-- refuse an event (a race would show as two schedules, not as a stuck projector).
+CREATE INDEX refresh_schedules_snapshot ON cohorts.refresh_schedules (request_snapshot)
     WHERE deleted_at IS NULL;
 CREATE INDEX dated_measures_schedule ON cohorts.dated_measures (refresh_schedule, created_at)
     WHERE refresh_schedule IS NOT NULL;

@@ -314,10 +314,10 @@ impl Cohorts {
         } else {
             None
         };
-        let cohort_id = Uuid::new_v4();
-        let command = CohortCommand::Request {
-            cohort: CohortRequest {
-                cohort_id,
+        self.request_cohort(
+            ctx,
+            CohortRequest {
+                cohort_id: Uuid::new_v4(),
                 owner: ctx.user.clone(),
                 name: new.name,
                 description: new.description,
@@ -332,15 +332,9 @@ impl Cohorts {
                 expected_size: count.measure,
                 is_subset: false,
             },
-            at: ctx.at,
-        };
-        committed.push(
-            self.buses
-                .cohorts
-                .execute(&cohort_id.to_string(), command, ctx)
-                .await?,
-        );
-        self.settle(cohort_id, &committed).await
+            committed,
+        )
+        .await
     }
 
     /// Creates a random sample of one of the caller's finished cohorts.
@@ -369,13 +363,13 @@ impl Cohorts {
             }
             .into());
         };
-        let cohort_id = Uuid::new_v4();
         let expected_size = parent
             .size
             .map(|n| (n as f64 * new.sampling_ratio).round() as i64);
-        let command = CohortCommand::Request {
-            cohort: CohortRequest {
-                cohort_id,
+        self.request_cohort(
+            ctx,
+            CohortRequest {
+                cohort_id: Uuid::new_v4(),
                 owner: ctx.user.clone(),
                 name: new.name,
                 description: new.description,
@@ -390,14 +384,9 @@ impl Cohorts {
                 expected_size,
                 is_subset: false,
             },
-            at: ctx.at,
-        };
-        let c = self
-            .buses
-            .cohorts
-            .execute(&cohort_id.to_string(), command, ctx)
-            .await?;
-        self.settle(cohort_id, &[c]).await
+            Vec::new(),
+        )
+        .await
     }
 
     /// Creates an export's subset of one of the caller's created cohorts: the patients of its
@@ -423,10 +412,10 @@ impl Cohorts {
             }
             .into());
         };
-        let cohort_id = Uuid::new_v4();
-        let command = CohortCommand::Request {
-            cohort: CohortRequest {
-                cohort_id,
+        self.request_cohort(
+            ctx,
+            CohortRequest {
+                cohort_id: Uuid::new_v4(),
                 owner: ctx.user.clone(),
                 name: format!("{table}_{group_id}"),
                 description: None,
@@ -441,14 +430,28 @@ impl Cohorts {
                 expected_size: parent.size,
                 is_subset: true,
             },
-            at: ctx.at,
-        };
-        let c = self
-            .buses
-            .cohorts
-            .execute(&cohort_id.to_string(), command, ctx)
-            .await?;
-        self.settle(cohort_id, &[c]).await
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// Appends `CohortRequested` and waits for the read models (and for `committed`, what the
+    /// caller wrote before it).
+    async fn request_cohort(
+        &self,
+        ctx: &CommandContext,
+        cohort: CohortRequest,
+        mut committed: Vec<Committed>,
+    ) -> Result<Written<Uuid>, CohortsError> {
+        let cohort_id = cohort.cohort_id;
+        let command = CohortCommand::Request { cohort, at: ctx.at };
+        committed.push(
+            self.buses
+                .cohorts
+                .execute(&cohort_id.to_string(), command, ctx)
+                .await?,
+        );
+        self.settle(cohort_id, &committed).await
     }
 
     /// Renames, re-describes or (un)favourites one of the caller's cohorts.

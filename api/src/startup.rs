@@ -414,6 +414,7 @@ impl Core {
             hub,
             maintenance_gate: crate::routes::maintenances::MaintenanceGate::new(),
             audit: Arc::new(infra::audit::PgAudit::new(pool.clone())),
+            audit_reads: infra::stores::audit_reads(&pool),
             providers,
             mailer,
             cohorts,

@@ -47,6 +47,8 @@ pub struct AppState {
     pub hub: Hub,
     pub maintenance_gate: Arc<MaintenanceGate>,
     pub audit: Arc<dyn AuditReader>,
+    /// Records each read of the audit API.
+    pub audit_reads: Arc<dyn commands::Execute<domain::audit_read::AuditRead>>,
     pub providers: Arc<dyn IdentityProviders>,
     pub mailer: Arc<dyn Mailer>,
     pub cohorts: Arc<Cohorts>,

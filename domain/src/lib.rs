@@ -8,6 +8,8 @@
 //! May depend on: cqrs-es traits, serde, chrono and uuid types, thiserror. Nothing else.
 
 pub mod access;
+pub mod access_history;
+pub mod audit_read;
 pub mod authz;
 pub mod cohort;
 pub mod count;
@@ -19,16 +21,21 @@ pub mod mail;
 pub mod maintenance;
 pub mod perimeter;
 pub mod query;
+pub mod query_diff;
 pub mod refresh;
 pub mod request;
 pub mod rights;
 pub mod role;
 pub mod session;
+pub mod upcast;
 pub mod user;
 pub mod validation;
 
 /// The version written in `event_version` for every event of this crate's first contract.
 pub const EVENT_VERSION_1: &str = "1";
+
+/// The version of events whose shape changed once (see [`upcast`]).
+pub const EVENT_VERSION_2: &str = "2";
 
 /// Name of the folder that receives the requests other users share with someone (upstream
 /// constant, shown as-is by the front-end).

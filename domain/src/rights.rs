@@ -1,4 +1,4 @@
-//! The 16 rights a role carries, their consistency rules, who may grant a role, and the rights
+//! The 17 rights a role carries (upstream's 16 and our `right_read_audit`), their consistency rules, who may grant a role, and the rights
 //! catalogue served by `/accesses/rights/`.
 //!
 //! Field names are upstream's column names: they are the wire format of roles.
@@ -25,6 +25,8 @@ pub struct Rights {
     pub right_export_csv_xlsx_nominative: bool,
     pub right_manage_datalabs: bool,
     pub right_read_datalabs: bool,
+    /// Extension (not upstream): reads the audit API (`/audit/…`) on the whole log.
+    pub right_read_audit: bool,
 }
 
 /// One right of the catalogue.
@@ -69,7 +71,7 @@ const fn right(
 const NONE: (bool, bool, bool) = (false, false, false);
 
 /// The rights catalogue, in display order, grouped by category.
-pub const CATALOGUE: [RightInfo; 16] = [
+pub const CATALOGUE: [RightInfo; 17] = [
     right(
         1,
         "right_full_admin",
@@ -201,6 +203,14 @@ pub const CATALOGUE: [RightInfo; 16] = [
             NONE,
         )
     },
+    right(
+        17,
+        "right_read_audit",
+        "Consulter le journal d'audit (historique, états passés, accès)",
+        "Audit",
+        true,
+        NONE,
+    ),
 ];
 
 /// Who may grant a role, from the least to the most demanding.
@@ -248,10 +258,11 @@ impl Rights {
         right_export_csv_xlsx_nominative: true,
         right_manage_datalabs: true,
         right_read_datalabs: true,
+        right_read_audit: true,
     };
 
     /// `(name, value)` of every right, in catalogue order.
-    pub fn entries(&self) -> [(&'static str, bool); 16] {
+    pub fn entries(&self) -> [(&'static str, bool); 17] {
         [
             ("right_full_admin", self.right_full_admin),
             ("right_manage_users", self.right_manage_users),
@@ -305,6 +316,7 @@ impl Rights {
             ),
             ("right_manage_datalabs", self.right_manage_datalabs),
             ("right_read_datalabs", self.right_read_datalabs),
+            ("right_read_audit", self.right_read_audit),
         ]
     }
 
@@ -335,6 +347,7 @@ impl Rights {
             "right_export_csv_xlsx_nominative" => &mut self.right_export_csv_xlsx_nominative,
             "right_manage_datalabs" => &mut self.right_manage_datalabs,
             "right_read_datalabs" => &mut self.right_read_datalabs,
+            "right_read_audit" => &mut self.right_read_audit,
             _ => return false,
         };
         *slot = value;
@@ -395,6 +408,7 @@ impl Rights {
     /// Who may grant a role with these rights (upstream's `Role.requires_*`).
     pub fn grantor_level(&self) -> GrantorLevel {
         if self.right_full_admin
+            || self.right_read_audit
             || self.right_search_patients_unlimited
             || self.right_manage_admin_accesses_same_level
             || self.right_manage_admin_accesses_inferior_levels
@@ -429,6 +443,37 @@ impl Rights {
             .filter(|((_, on), _)| *on)
             .map(|(_, info)| info.label.to_string())
             .collect()
+    }
+}
+
+/// Serde form of [`Rights`] in version-2 role events: the names of the granted rights, in
+/// catalogue order. A right added to the catalogue later never changes this shape; an unknown
+/// name is refused (it would be a right this build cannot enforce).
+pub mod granted_names {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Rights;
+
+    pub fn serialize<S: Serializer>(rights: &Rights, serializer: S) -> Result<S::Ok, S::Error> {
+        let names: Vec<&str> = rights
+            .entries()
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect();
+        names.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Rights, D::Error> {
+        let names = Vec::<String>::deserialize(deserializer)?;
+        let mut rights = Rights::default();
+        for name in &names {
+            if !rights.set(name, true) {
+                return Err(D::Error::custom(format!("unknown right '{name}'")));
+            }
+        }
+        Ok(rights)
     }
 }
 
@@ -511,6 +556,7 @@ mod tests {
         };
         assert_eq!(Rights::default().grantor_level(), GrantorLevel::Anyone);
         assert_eq!(level("right_full_admin"), GrantorLevel::FullAdmin);
+        assert_eq!(level("right_read_audit"), GrantorLevel::FullAdmin);
         assert_eq!(
             level("right_search_patients_unlimited"),
             GrantorLevel::FullAdmin
@@ -543,6 +589,6 @@ mod tests {
             ..Rights::default()
         };
         assert_eq!(r.help_text().len(), 2);
-        assert_eq!(Rights::ALL.help_text().len(), 16);
+        assert_eq!(Rights::ALL.help_text().len(), 17);
     }
 }

@@ -9,9 +9,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::EVENT_VERSION_1;
 use crate::rights::{InconsistentRights, Rights};
 use crate::validation::{InvalidField, required_text};
+use crate::{EVENT_VERSION_1, EVENT_VERSION_2};
 
 /// Longest role name accepted.
 pub const ROLE_NAME_MAX: usize = 255;
@@ -41,14 +41,18 @@ pub enum RoleCommand {
 /// What happened to a role. Persisted contract, version [`EVENT_VERSION_1`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RoleEvent {
+    /// Version 2: `rights` is the list of granted right names (see [`crate::upcast`]).
     RoleCreated {
         role_id: i64,
         name: String,
+        #[serde(with = "crate::rights::granted_names")]
         rights: Rights,
         at: DateTime<Utc>,
     },
+    /// Version 2, as `RoleCreated`.
     RoleChanged {
         name: String,
+        #[serde(with = "crate::rights::granted_names")]
         rights: Rights,
         at: DateTime<Utc>,
     },
@@ -68,7 +72,11 @@ impl DomainEvent for RoleEvent {
     }
 
     fn event_version(&self) -> String {
-        EVENT_VERSION_1.to_string()
+        match self {
+            Self::RoleCreated { .. } | Self::RoleChanged { .. } => EVENT_VERSION_2,
+            Self::RoleDeleted { .. } => EVENT_VERSION_1,
+        }
+        .to_string()
     }
 }
 

@@ -62,7 +62,8 @@ pub trait Projection: Send + Sync + 'static {
     ) -> Result<(), ProjectionError>;
 }
 
-/// Decodes a version-1 event payload for a fold; anything else is reported as undecodable.
+/// Decodes a stored event payload for a fold, upcast to the version this build writes
+/// ([`domain::upcast`]); anything else is reported as undecodable.
 pub fn decode<T: serde::de::DeserializeOwned>(
     event: &CommittedEvent,
 ) -> Result<T, ProjectionError> {
@@ -72,10 +73,13 @@ pub fn decode<T: serde::de::DeserializeOwned>(
         event_version: event.event_version.clone(),
         reason,
     };
-    if event.event_version != domain::EVENT_VERSION_1 {
-        return Err(undecodable("unknown event version".into()));
-    }
-    serde_json::from_value(event.payload.clone()).map_err(|e| undecodable(e.to_string()))
+    let payload = domain::upcast::upcast(
+        &event.event_type,
+        &event.event_version,
+        event.payload.clone(),
+    )
+    .map_err(|e| undecodable(e.to_string()))?;
+    serde_json::from_value(payload).map_err(|e| undecodable(e.to_string()))
 }
 
 /// The aggregate id of an event whose aggregates are keyed by uuid.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use commands::{CommandBus, Execute};
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use domain::access::Access;
 use domain::cohort::Cohort;
@@ -85,6 +85,34 @@ where
     }
 }
 
+/// Brings stored events to the version this build writes, for the aggregates
+/// ([`domain::upcast`]). An event that cannot be upcast is left as stored: decoding it then fails
+/// with a clear error instead of being guessed.
+struct DomainUpcaster;
+
+impl EventUpcaster for DomainUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        event_version != domain::upcast::current_version(event_type)
+    }
+
+    fn upcast(&self, mut event: SerializedEvent) -> SerializedEvent {
+        match domain::upcast::upcast(
+            &event.event_type,
+            &event.event_version,
+            event.payload.clone(),
+        ) {
+            Ok(payload) => {
+                event.payload = payload;
+                event.event_version = domain::upcast::current_version(&event.event_type).into();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, aggregate_id = %event.aggregate_id, "stored event cannot be upcast")
+            }
+        }
+        event
+    }
+}
+
 fn bus<A>(
     pool: &PgPool,
 ) -> CommandBus<ClassifiedStore<PersistedEventStore<PostgresEventRepository, A>>>
@@ -93,10 +121,10 @@ where
 {
     let repo = PostgresEventRepository::new(pool.clone());
     CommandBus::new(
-        ClassifiedStore(PersistedEventStore::new_snapshot_store(
-            repo,
-            SNAPSHOT_EVERY,
-        )),
+        ClassifiedStore(
+            PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY)
+                .with_upcasters(vec![Box::new(DomainUpcaster)]),
+        ),
         COMMAND_ATTEMPTS,
     )
 }
@@ -143,6 +171,11 @@ pub fn counts(pool: &PgPool) -> Arc<dyn Execute<Count>> {
 /// The command bus of e-mail deliveries.
 pub fn mail_deliveries(pool: &PgPool) -> Arc<dyn Execute<MailDelivery>> {
     Arc::new(bus::<MailDelivery>(pool))
+}
+
+/// The command bus of audit reads.
+pub fn audit_reads(pool: &PgPool) -> Arc<dyn Execute<domain::audit_read::AuditRead>> {
+    Arc::new(bus::<domain::audit_read::AuditRead>(pool))
 }
 
 /// The command bus of users.

@@ -96,7 +96,7 @@ pub fn role_catalogue() -> Vec<(&'static str, Rights)> {
     ]
 }
 
-fn system() -> CommandContext {
+pub fn system() -> CommandContext {
     CommandContext {
         user: "system".into(),
         impersonator: None,

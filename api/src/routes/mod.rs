@@ -155,14 +155,29 @@ pub fn router(state: AppState) -> Router {
                 .delete(accesses::delete),
         )
         .route("/accesses/accesses/{id}/close/", patch(accesses::close))
+        .route("/audit/events/", get(audit::events))
         .route(
             "/audit/users/{username}/accesses/",
             get(audit::user_accesses),
         )
+        .route("/audit/users/{username}/grants/", get(audit::user_grants))
+        .route(
+            "/audit/perimeters/{id}/readers/",
+            get(audit::perimeter_readers),
+        )
+        .route(
+            "/audit/requests/{id}/versions/",
+            get(audit::request_versions),
+        )
+        .route("/audit/requests/{id}/diff/", get(audit::request_diff))
         .route("/audit/cohorts/{id}/lineage/", get(audit::cohort_lineage))
         .route(
             "/audit/{aggregate_type}/{id}/events/",
             get(audit::aggregate_history),
+        )
+        .route(
+            "/audit/{aggregate_type}/{id}/state/",
+            get(audit::aggregate_state),
         )
         .route("/cohort/folders/", get(folders::list).post(folders::create))
         .route(

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real Postgres and NATS (see `tests/src/lib.rs` for isolation).
 
 mod alerts;
+mod audit;
 mod auth;
 mod bad_input;
 mod cohorts;

@@ -772,6 +772,6 @@ async fn roles_keep_their_rules_and_only_full_admins_write_them() {
         .iter()
         .map(|c| c["rights"].as_array().unwrap().len())
         .sum();
-    assert_eq!(count, 16);
+    assert_eq!(count, 17);
     w.app.stop().await;
 }

@@ -39,6 +39,10 @@ pub struct Settings {
     #[arg(long, env = "NATS_STREAM", default_value = "COHORT360_EVENTS")]
     pub nats_stream: String,
 
+    /// Bearer token Prometheus must send to read `/metrics` (open when unset).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// Address the HTTP server listens on.
     #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8000")]
     pub listen_addr: SocketAddr,

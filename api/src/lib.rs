@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod observability;
 pub mod operations;
 pub mod pagination;
 pub mod routes;

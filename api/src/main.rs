@@ -143,20 +143,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Projections => {
             let pool = prepare_database(&settings).await?;
-            let mut out = Vec::new();
-            for p in projections() {
-                let cp = infra::projector::checkpoint(&pool, p.name()).await?;
-                let behind = infra::log::count_after(&pool, cp).await?;
-                out.push(serde_json::json!({"projection": p.name(), "checkpoint": cp.to_string(), "behind": behind}));
-            }
-            for (name, cp) in infra::reactor::checkpoints(&pool).await? {
-                let behind = infra::log::count_after(&pool, cp).await?;
-                out.push(serde_json::json!({"reactor": name, "checkpoint": cp.to_string(), "behind": behind}));
-            }
-            let relay = infra::relay::checkpoint(&pool, "jetstream").await?;
-            let relay_behind = infra::log::count_after(&pool, relay).await?;
-            out.push(serde_json::json!({"relay": "jetstream", "checkpoint": relay.to_string(), "behind": relay_behind}));
-            let text = serde_json::to_string_pretty(&out)?;
+            let names: Vec<&str> = projections().iter().map(|p| p.name()).collect();
+            let status = infra::health::pipeline_status(&pool, &names).await?;
+            let text = serde_json::to_string_pretty(&status)?;
             // The status report is this command's output.
             #[expect(clippy::print_stdout, reason = "command output")]
             {

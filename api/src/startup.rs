@@ -170,6 +170,22 @@ struct Probes {
     nats: async_nats::Client,
 }
 
+/// The pipeline's status from the checkpoints and this process's last errors.
+struct Pipeline {
+    pool: PgPool,
+}
+
+#[async_trait]
+impl crate::state::PipelineAdmin for Pipeline {
+    async fn status(&self) -> Result<serde_json::Value, String> {
+        let names: Vec<&str> = projections().iter().map(|p| p.name()).collect();
+        let status = infra::health::pipeline_status(&self.pool, &names)
+            .await
+            .map_err(|e| e.to_string())?;
+        serde_json::to_value(status).map_err(|e| e.to_string())
+    }
+}
+
 #[async_trait]
 impl Readiness for Probes {
     async fn checks(&self) -> Vec<Check> {
@@ -427,6 +443,9 @@ impl Core {
             )),
             cohort_reader,
             cohort_settings: Arc::new(settings.cohorts.clone()),
+            pipeline: Arc::new(Pipeline { pool: pool.clone() }),
+            metrics: crate::observability::recorder(),
+            metrics_token: settings.metrics_token.clone(),
         };
         Ok(Self {
             state,
@@ -494,7 +513,8 @@ impl Application {
                 axum::http::StatusCode::REQUEST_TIMEOUT,
                 Duration::from_secs(30),
             ))
-            .layer(TraceLayer::new_for_http());
+            .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(crate::observability::trace_id));
         let listener = TcpListener::bind(settings.listen_addr).await?;
         Ok(Self {
             listener,

@@ -32,6 +32,13 @@ pub trait Readiness: Send + Sync {
     async fn checks(&self) -> Vec<Check>;
 }
 
+/// Where the log consumers stand (implemented by the startup code).
+#[async_trait]
+pub trait PipelineAdmin: Send + Sync {
+    /// Each projector's, reactor's and the relay's checkpoint, backlog, lag and last error.
+    async fn status(&self) -> Result<serde_json::Value, String>;
+}
+
 /// Shared handler state.
 #[derive(Clone)]
 pub struct AppState {
@@ -57,6 +64,10 @@ pub struct AppState {
     pub fhir_filters: Arc<commands::fhir_filters::FhirFilters>,
     pub cohort_reader: Arc<dyn CohortReader>,
     pub cohort_settings: Arc<CohortArgs>,
+    pub pipeline: Arc<dyn PipelineAdmin>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Bearer token `/metrics` requires, if set.
+    pub metrics_token: Option<String>,
 }
 
 impl AppState {

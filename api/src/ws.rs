@@ -125,7 +125,10 @@ fn handshake(status: &str, details: &str) -> Message {
 
 /// `GET /ws/`: upgrades, then runs the handshake.
 pub async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    ws.on_upgrade(move |socket| serve(state, socket))
+    ws.on_upgrade(move |socket| async move {
+        let _open = crate::observability::ConnectionGauge::open();
+        serve(state, socket).await;
+    })
 }
 
 async fn authenticate_hello(state: &AppState, hello: &Hello) -> Option<String> {

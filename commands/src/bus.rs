@@ -81,6 +81,44 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Committed, CommandError<A::Error>> {
+        let result = self.try_execute(id, command, ctx).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict) => "conflict",
+            Err(CommandError::Unavailable(_)) => "unavailable",
+            Err(_) => "error",
+        };
+        metrics::counter!("cohort360_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
+        let mut context = self
+            .store
+            .load_aggregate(id)
+            .await
+            .map_err(from_aggregate_error)?;
+        // The context owns the aggregate; take it out, leaving a default in its place.
+        Ok(std::mem::take(context.aggregate()))
+    }
+}
+
+impl<ES> CommandBus<ES> {
+    /// Load, decide, commit; retried on optimistic-lock conflicts.
+    async fn try_execute<A>(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        A::Command: Clone + Send + Sync,
+        ES: EventStore<A> + 'static,
+        ES::AC: Send,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -112,6 +150,8 @@ where
                     });
                 }
                 Err(AggregateError::AggregateConflict) if attempt < self.max_attempts => {
+                    metrics::counter!("cohort360_command_conflicts_total", "aggregate" => A::TYPE)
+                        .increment(1);
                     tracing::debug!(
                         aggregate.id = id,
                         attempt,
@@ -121,16 +161,6 @@ where
                 Err(e) => return Err(from_aggregate_error(e)),
             }
         }
-    }
-
-    async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
-        let mut context = self
-            .store
-            .load_aggregate(id)
-            .await
-            .map_err(from_aggregate_error)?;
-        // The context owns the aggregate; take it out, leaving a default in its place.
-        Ok(std::mem::take(context.aggregate()))
     }
 }
 

@@ -9,6 +9,8 @@
 //!   with the `Key-auth` header.
 
 use std::collections::HashMap;
+
+use crate::trace::Traced;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -143,6 +145,7 @@ impl HttpIdentityProviders {
         let set: JwkSet = self
             .http
             .get(Self::endpoint(issuer, "certs"))
+            .traced()
             .send()
             .await
             .map_err(unavailable)?
@@ -200,6 +203,7 @@ impl HttpIdentityProviders {
             .http
             .post(Self::endpoint(&provider.issuer, "token"))
             .form(form)
+            .traced()
             .send()
             .await
             .map_err(unavailable)?;
@@ -284,6 +288,7 @@ impl IdentityProviders for HttpIdentityProviders {
                 ("client_id", &provider.client_id),
                 ("client_secret", &provider.client_secret),
             ])
+            .traced()
             .send()
             .await
             .map_err(unavailable)?
@@ -341,6 +346,7 @@ impl IdentityProviders for HttpIdentityProviders {
             ))
             .header("Key-auth", &server.key)
             .json(&serde_json::json!({"username": username, "password": password}))
+            .traced()
             .send()
             .await
             .map_err(unavailable)?;
@@ -364,6 +370,7 @@ impl IdentityProviders for HttpIdentityProviders {
             .post(format!("{}/user/info", server.url.trim_end_matches('/')))
             .header("Key-auth", &server.key)
             .json(&serde_json::json!({"username": username}))
+            .traced()
             .send()
             .await
             .map_err(unavailable)?;

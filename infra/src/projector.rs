@@ -235,6 +235,15 @@ impl Projector {
             let reached = fold(&mut tx, self.projection.as_ref(), from, &events).await?;
             tx.commit().await?;
             self.observe(reached);
+            let fresh: Vec<CommittedEvent> =
+                events.into_iter().filter(|e| e.cursor() > from).collect();
+            crate::health::observe_lag(
+                "cohort360_projection_lag_seconds",
+                "projection",
+                schema,
+                &fresh,
+            );
+            let events = fresh;
             total += events.len();
             if (events.len() as i64) < CATCH_UP_BATCH {
                 return Ok(total);
@@ -264,6 +273,12 @@ impl Projector {
         save_checkpoint(&mut tx, event.cursor(), 1).await?;
         tx.commit().await?;
         self.observe(event.cursor());
+        crate::health::observe_lag(
+            "cohort360_projection_lag_seconds",
+            "projection",
+            schema,
+            std::slice::from_ref(event),
+        );
         Ok(Outcome::Applied)
     }
 }

@@ -145,13 +145,31 @@ impl Reactor {
             return Ok(false);
         }
         self.wait_for_projections(event.cursor()).await;
-        self.reaction.react(event).await.map_err(|e| {
+        // Outbound calls carry the trace id of the request that caused the event.
+        let trace_id = event
+            .metadata
+            .get("correlation_id")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let span =
+            tracing::info_span!("reaction", reactor = self.reaction.name(), trace_id = %trace_id);
+        let reaction = tracing::Instrument::instrument(self.reaction.react(event), span);
+        crate::trace::scope(trace_id, reaction).await.map_err(|e| {
+            metrics::counter!("cohort360_reactor_failures_total", "reactor" => self.reaction.name().to_string())
+                .increment(1);
             format!(
                 "{} failed on {}: {e}",
                 self.reaction.name(),
                 event.message_id()
             )
         })?;
+        crate::health::observe_lag(
+            "cohort360_reaction_lag_seconds",
+            "reactor",
+            self.reaction.name(),
+            std::slice::from_ref(event),
+        );
         Ok(true)
     }
 }

@@ -129,6 +129,7 @@ impl Relay {
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
+        crate::health::observe_lag("cohort360_relay_lag_seconds", "relay", "jetstream", &events);
         Ok(events.len())
     }
 
@@ -233,6 +234,7 @@ impl Relay {
                 }
                 Err(e) => {
                     // NATS or Postgres is away: keep the checkpoint, try again later.
+                    crate::health::record_error("relay", &e.to_string());
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay could not publish");
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),

@@ -48,6 +48,8 @@ pub struct ReceivedJob {
     pub status: String,
     pub result: Value,
     pub deleted: bool,
+    /// The `X-Trace-Id` the submission carried.
+    pub trace_id: Option<String>,
 }
 
 struct Inner {
@@ -206,7 +208,15 @@ fn finished_result(mode: &str, count: i64, group: &str, input: &Value) -> Value 
     }
 }
 
-async fn submit(State(ex): State<TestExecutor>, Json(body): Json<Value>) -> impl IntoResponse {
+async fn submit(
+    State(ex): State<TestExecutor>,
+    headers: axum::http::HeaderMap,
+    Json(body): Json<Value>,
+) -> impl IntoResponse {
+    let trace_id = headers
+        .get("x-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let input = body.get("input").cloned().unwrap_or(Value::Null);
     let mode = input["mode"].as_str().unwrap_or_default().to_string();
     let target = input["cohortUuid"].as_str().unwrap_or_default().to_string();
@@ -237,6 +247,7 @@ async fn submit(State(ex): State<TestExecutor>, Json(body): Json<Value>) -> impl
             status: "RUNNING".into(),
             result,
             deleted: false,
+            trace_id,
         };
         let index = inner.jobs.len();
         inner.jobs.push(job.clone());

@@ -58,6 +58,7 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         nats_url: nats_url.to_string(),
         nats_subject_prefix: format!("t{id}"),
         nats_stream: format!("T{id}_EVENTS"),
+        metrics_token: None,
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         jwt_signing_key: Some(format!("test-key-{id}")),
         read_your_writes_timeout_ms: 10_000,

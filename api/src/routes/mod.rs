@@ -1,6 +1,7 @@
 //! The HTTP routes. Paths keep upstream's mandatory trailing slash.
 
 mod accesses;
+mod admin;
 mod audit;
 mod auth;
 pub(crate) mod cohorts;
@@ -87,6 +88,8 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::observability::metrics_endpoint))
+        .route("/admin/projections/", get(admin::projections))
         .route("/auth/login/", post(auth::login))
         .route("/auth/refresh/", post(auth::refresh))
         .route("/auth/logout/", post(auth::logout))
@@ -279,6 +282,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(fhir_filters::update)
                 .delete(fhir_filters::delete),
         )
+        .route_layer(axum::middleware::from_fn(crate::observability::measure))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

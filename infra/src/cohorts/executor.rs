@@ -1,6 +1,7 @@
 //! The QueryExecutor over HTTP, speaking upstream's protocol (`POST /jobs`, `GET /jobs/{id}`,
 //! `DELETE /jobs/{id}`). The executor calls back on `PATCH /cohort/…/{uuid}/` by itself.
 
+use crate::trace::Traced;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -128,6 +129,7 @@ impl QueryExecutor for HttpQueryExecutor {
             .post(format!("{}/jobs", self.url))
             .query(&query)
             .json(&json!({ "input": job_input(&job) }))
+            .traced()
             .send()
             .await
             .map_err(unreachable)?;
@@ -160,6 +162,7 @@ impl QueryExecutor for HttpQueryExecutor {
         let response = self
             .http
             .delete(format!("{}/jobs/{job_id}", self.url))
+            .traced()
             .send()
             .await
             .map_err(unreachable)?;
@@ -183,6 +186,7 @@ impl QueryExecutor for HttpQueryExecutor {
         let response = self
             .http
             .get(format!("{}/jobs/{job_id}", self.url))
+            .traced()
             .send()
             .await
             .map_err(unreachable)?;

@@ -7,6 +7,7 @@ mod bad_input;
 mod cohorts;
 mod maintenance;
 mod oidc;
+mod operations;
 mod operator;
 mod outage;
 mod pipeline;

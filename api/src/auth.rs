@@ -304,7 +304,11 @@ impl FromRequestParts<AppState> for Caller {
             .get("x-impersonate")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        impersonate(state, caller, target.as_deref()).await
+        let caller = impersonate(state, caller, target.as_deref()).await?;
+        if let Some(slot) = parts.extensions.get::<crate::request_log::CallerSlot>() {
+            slot.set(&caller.username, caller.impersonator.as_deref());
+        }
+        Ok(caller)
     }
 }
 

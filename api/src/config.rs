@@ -39,6 +39,10 @@ pub struct Settings {
     #[arg(long, env = "NATS_STREAM", default_value = "COHORT360_EVENTS")]
     pub nats_stream: String,
 
+    /// Days request logs (`/logs/`) are kept.
+    #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 90)]
+    pub request_log_retention_days: i64,
+
     /// Bearer token Prometheus must send to read `/metrics` (open when unset).
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,

@@ -399,6 +399,36 @@ impl From<ExternalAuthError> for ApiError {
     }
 }
 
+impl From<commands::content::ContentFailure> for ApiError {
+    fn from(e: commands::content::ContentFailure) -> Self {
+        use commands::content::ContentFailure;
+        use domain::content::ContentError;
+        match e {
+            ContentFailure::Rejected(ContentError::NotFound) => {
+                Self::not_found("content_not_found", "content")
+            }
+            ContentFailure::Rejected(ContentError::NoteNotFound) => {
+                Self::not_found("release_note_not_found", "release note")
+            }
+            ContentFailure::Rejected(ContentError::AlreadyExists) => Self::new(
+                StatusCode::CONFLICT,
+                "content_already_exists",
+                "this content already exists",
+            ),
+            ContentFailure::Rejected(ContentError::Invalid(f)) => {
+                Self::invalid_field(f.field, f.to_string())
+            }
+            ContentFailure::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            ContentFailure::Unavailable(detail) => Self::unavailable(&detail),
+            ContentFailure::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}
+
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         match e {

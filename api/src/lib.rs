@@ -10,6 +10,7 @@ pub mod extract;
 pub mod observability;
 pub mod operations;
 pub mod pagination;
+pub mod request_log;
 pub mod routes;
 pub mod scheduler;
 pub mod startup;

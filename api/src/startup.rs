@@ -35,6 +35,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(WorkspaceProjection),
         Arc::new(IdentityProjection),
         Arc::new(CohortsProjection),
+        Arc::new(infra::content::ContentProjection),
     ]
 }
 
@@ -414,6 +415,14 @@ impl Core {
             tasks.spawn(reactor.run(Some(js.clone()), nats.clone(), shutdown.clone()));
         }
 
+        let (request_logs, request_log_queue) =
+            infra::request_logs::PgRequestLogs::new(pool.clone());
+        tasks.spawn(infra::request_logs::run_writer(
+            pool.clone(),
+            request_log_queue,
+            chrono::Duration::days(settings.request_log_retention_days),
+            shutdown.clone(),
+        ));
         let state = AppState {
             workspace: Arc::new(workspace),
             reader,
@@ -444,6 +453,14 @@ impl Core {
             cohort_reader,
             cohort_settings: Arc::new(settings.cohorts.clone()),
             pipeline: Arc::new(Pipeline { pool: pool.clone() }),
+            contents: Arc::new(commands::content::Contents::new(
+                infra::stores::web_contents(&pool),
+                infra::stores::release_notes(&pool),
+                Arc::new(infra::content::PgContent::new(pool.clone())),
+                consistency.clone(),
+            )),
+            content_reader: Arc::new(infra::content::PgContent::new(pool.clone())),
+            request_logs: Arc::new(request_logs),
             metrics: crate::observability::recorder(),
             metrics_token: settings.metrics_token.clone(),
         };

@@ -65,6 +65,9 @@ pub struct AppState {
     pub cohort_reader: Arc<dyn CohortReader>,
     pub cohort_settings: Arc<CohortArgs>,
     pub pipeline: Arc<dyn PipelineAdmin>,
+    pub contents: Arc<commands::content::Contents>,
+    pub content_reader: Arc<dyn projections::content::ContentReader>,
+    pub request_logs: Arc<dyn projections::request_logs::RequestLogs>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token `/metrics` requires, if set.
     pub metrics_token: Option<String>,

@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod bus;
 pub mod cohorts;
+pub mod content;
 pub mod context;
 pub mod error;
 pub mod feasibility;

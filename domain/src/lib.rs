@@ -12,6 +12,7 @@ pub mod access_history;
 pub mod audit_read;
 pub mod authz;
 pub mod cohort;
+pub mod content;
 pub mod count;
 pub mod feasibility;
 pub mod fhir_filter;

@@ -15,6 +15,7 @@
 pub mod audit;
 pub mod cohorts;
 pub mod consistency;
+pub mod content;
 pub mod db;
 pub mod follow;
 pub mod health;
@@ -26,6 +27,7 @@ pub mod nats;
 pub mod projector;
 pub mod reactor;
 pub mod relay;
+pub mod request_logs;
 mod sql;
 pub mod stores;
 pub mod trace;

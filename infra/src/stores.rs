@@ -173,6 +173,15 @@ pub fn mail_deliveries(pool: &PgPool) -> Arc<dyn Execute<MailDelivery>> {
     Arc::new(bus::<MailDelivery>(pool))
 }
 
+/// The command buses of web contents and release notes.
+pub fn web_contents(pool: &PgPool) -> Arc<dyn Execute<domain::content::WebContent>> {
+    Arc::new(bus::<domain::content::WebContent>(pool))
+}
+
+pub fn release_notes(pool: &PgPool) -> Arc<dyn Execute<domain::content::ReleaseNote>> {
+    Arc::new(bus::<domain::content::ReleaseNote>(pool))
+}
+
 /// The command bus of audit reads.
 pub fn audit_reads(pool: &PgPool) -> Arc<dyn Execute<domain::audit_read::AuditRead>> {
     Arc::new(bus::<domain::audit_read::AuditRead>(pool))

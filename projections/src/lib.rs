@@ -6,8 +6,10 @@
 
 pub mod audit;
 pub mod cohorts;
+pub mod content;
 pub mod cursor;
 pub mod identity;
+pub mod request_logs;
 pub mod workspace;
 
 pub use cursor::Cursor;

@@ -59,6 +59,7 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         nats_subject_prefix: format!("t{id}"),
         nats_stream: format!("T{id}_EVENTS"),
         metrics_token: None,
+        request_log_retention_days: 90,
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         jwt_signing_key: Some(format!("test-key-{id}")),
         read_your_writes_timeout_ms: 10_000,

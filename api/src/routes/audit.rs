@@ -35,6 +35,8 @@ pub(crate) const AUDITABLE: &[&str] = &[
     "MailDelivery",
     "FeasibilityStudy",
     "RefreshSchedule",
+    "WebContent",
+    "ReleaseNote",
 ];
 
 /// Longest page of `/audit/events/`.

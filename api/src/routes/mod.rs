@@ -5,10 +5,12 @@ mod admin;
 mod audit;
 mod auth;
 pub(crate) mod cohorts;
+mod content;
 mod feasibility;
 mod fhir_filters;
 pub(crate) mod folders;
 mod health;
+mod logs;
 pub mod maintenances;
 mod perimeters;
 mod refresh_schedules;
@@ -90,6 +92,30 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(crate::observability::metrics_endpoint))
         .route("/admin/projections/", get(admin::projections))
+        .route("/logs/", get(logs::list))
+        .route(
+            "/webcontent/contents/",
+            get(content::list_contents).post(content::create_content),
+        )
+        .route(
+            "/webcontent/contents/content_types/",
+            get(content::content_types),
+        )
+        .route(
+            "/webcontent/contents/{id}/",
+            get(content::retrieve_content)
+                .patch(content::update_content)
+                .delete(content::delete_content),
+        )
+        .route(
+            "/release-notes/",
+            get(content::list_notes).post(content::create_note),
+        )
+        .route(
+            "/release-notes/{id}/",
+            get(content::retrieve_note).patch(content::update_note),
+        )
+        .route("/logs/{id}/", get(logs::retrieve))
         .route("/auth/login/", post(auth::login))
         .route("/auth/refresh/", post(auth::refresh))
         .route("/auth/logout/", post(auth::logout))
@@ -282,6 +308,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(fhir_filters::update)
                 .delete(fhir_filters::delete),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::request_log::capture,
+        ))
         .route_layer(axum::middleware::from_fn(crate::observability::measure))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

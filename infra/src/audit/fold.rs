@@ -71,6 +71,8 @@ pub fn fold_by_type(
         "Access" => fold_json::<Access>(snapshot, events),
         "AuditRead" => fold_json::<AuditRead>(snapshot, events),
         "Cohort" => fold_json::<Cohort>(snapshot, events),
+        "ReleaseNote" => fold_json::<domain::content::ReleaseNote>(snapshot, events),
+        "WebContent" => fold_json::<domain::content::WebContent>(snapshot, events),
         "Count" => fold_json::<Count>(snapshot, events),
         "FeasibilityStudy" => fold_json::<FeasibilityStudy>(snapshot, events),
         "FhirFilter" => fold_json::<FhirFilter>(snapshot, events),

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod bad_input;
 mod cohorts;
+mod content;
 mod maintenance;
 mod oidc;
 mod operations;

@@ -79,3 +79,26 @@ ensure_cargo() {
     return 1
   fi
 }
+
+# The tools the OpenAPI test uses: openapi-spec-validator (PyPI) and a headless Chromium
+# (Debian's `chromium`). Installed when missing and possible, else named exactly.
+ensure_test_tools() {
+  if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    echo "Installing openapi-spec-validator (PyPI) for the OpenAPI test ..." >&2
+    python3 -m pip install --quiet 'openapi-spec-validator==0.9.0' >&2 || true
+  fi
+  if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1; then
+    echo "openapi-spec-validator is missing: python3 -m pip install 'openapi-spec-validator==0.9.0'" >&2
+    return 1
+  fi
+  if ! command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "Installing Debian's chromium for the Swagger UI test ..." >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 || true
+    fi
+  fi
+  if ! command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
+    echo "A headless Chromium is missing: apt-get install chromium (or set CHROMIUM to its path)" >&2
+    return 1
+  fi
+}

@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod observability;
+pub mod openapi;
 pub mod operations;
 pub mod pagination;
 pub mod request_log;

@@ -313,6 +313,7 @@ pub fn router(state: AppState) -> Router {
             crate::request_log::capture,
         ))
         .route_layer(axum::middleware::from_fn(crate::observability::measure))
+        .merge(crate::openapi::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -8,6 +8,7 @@ mod cohorts;
 mod content;
 mod maintenance;
 mod oidc;
+mod openapi;
 mod operations;
 mod operator;
 mod outage;

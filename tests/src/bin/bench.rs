@@ -14,6 +14,7 @@ use commands::{CommandContext, Committed};
 use futures::TryStreamExt;
 use hdrhistogram::Histogram;
 use infra::workspace::{PgWorkspace, WorkspaceProjection};
+use projections::audit::AuditReader;
 use serde_json::json;
 use tests::{TestApp, query, settings, unique_id};
 
@@ -555,6 +556,136 @@ async fn main() -> anyhow::Result<()> {
         ms(accepted.value_at_quantile(0.5)),
         ms(accepted.value_at_quantile(0.99)),
         accepted.value_at_quantile(0.5) as f64 / round_trip.value_at_quantile(0.5) as f64
+    ));
+
+    // H: as-of reconstruction of one aggregate with 10 000 events (snapshots every
+    // SNAPSHOT_EVERY events, as the command side writes them).
+    let requests = infra::stores::requests(&pool);
+    let long = workspace
+        .create_request(
+            &ctx("audit"),
+            commands::workspace::NewRequest {
+                name: "n0".into(),
+                description: None,
+                favorite: false,
+                parent_folder: f.value,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let long_id = long.value.to_string();
+    for i in 1..10_000 {
+        requests
+            .execute(
+                &long_id,
+                domain::request::RequestCommand::Update {
+                    by: "audit".into(),
+                    name: Some(format!("n{i}")),
+                    description: None,
+                    favorite: None,
+                    parent_folder: None,
+                    at: chrono::Utc::now(),
+                },
+                &ctx("audit"),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let audit = infra::audit::PgAudit::new(pool.clone());
+    report.push_str(
+        "\n## As-of reconstruction of one Request with 10 000 events (`AuditReader::state_as_of`)\n\n         | as of | events folded | from snapshot | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+    );
+    for (label, version) in [
+        ("version 10 000 (latest)", 10_000),
+        ("version 9 999 (just before the snapshot)", 9_999),
+        ("version 5 000", 5_000),
+        ("version 1", 1),
+    ] {
+        let mut hist = Histogram::<u64>::new(3)?;
+        let mut folded = (0, false);
+        for _ in 0..20 {
+            let started = Instant::now();
+            let state = audit
+                .state_as_of(
+                    "Request",
+                    &long_id,
+                    projections::audit::AsOf::Version(version),
+                )
+                .await?
+                .expect("state exists");
+            hist.record(started.elapsed().as_micros() as u64).ok();
+            folded = (state.events_folded, state.from_snapshot);
+        }
+        report.push_str(&format!(
+            "| {label} | {} | {} | {:.2} | {:.2} |\n",
+            folded.0,
+            folded.1,
+            ms(hist.value_at_quantile(0.5)),
+            ms(hist.value_at_quantile(0.99))
+        ));
+    }
+
+    // I: paging through the whole log, through the reader and through HTTP (each HTTP page also
+    // records an AuditReadRecorded event).
+    let auditor_role = fixture_role(
+        "bench auditor",
+        domain::rights::Rights {
+            right_read_audit: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tests::identity::add_user(&app, "bench.auditor", None).await;
+    let auditor_profile = app
+        .state
+        .identity
+        .manual_profile("bench.auditor")
+        .await?
+        .expect("profile");
+    app.state
+        .identity_service
+        .grant_access(
+            &ctx("system"),
+            &commands::identity::Requester::System,
+            commands::identity::NewAccess {
+                profile_id: auditor_profile,
+                role_id: auditor_role,
+                perimeter_id: 15,
+                start: None,
+                end: None,
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let started = Instant::now();
+    let mut after = projections::Cursor::START;
+    let mut direct = 0usize;
+    loop {
+        let page = audit.events(&Default::default(), after, 1000).await?;
+        direct += page.len();
+        match page.last() {
+            Some((cursor, _)) if page.len() == 1000 => after = *cursor,
+            _ => break,
+        }
+    }
+    let direct_rate = direct as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut path = "/audit/events/?limit=1000".to_string();
+    let mut over_http = 0usize;
+    loop {
+        let page = app.get(&path, "bench.auditor").await;
+        anyhow::ensure!(page.status.is_success(), "audit page: {:?}", page.body);
+        over_http += page.body["results"].as_array().map_or(0, Vec::len);
+        match page.body["next"].as_str() {
+            Some(next) => path = next.to_string(),
+            None => break,
+        }
+    }
+    let http_rate = over_http as f64 / started.elapsed().as_secs_f64();
+    report.push_str(&format!(
+        "\n## Audit paging through the whole log (1 000 events per page)\n\n         | path | events | events/s |\n|---|---|---|\n         | `AuditReader::events` | {direct} | {direct_rate:.0} |\n         | `GET /audit/events/` (JSON, read recorded) | {over_http} | {http_rate:.0} |\n         | ratio (HTTP / reader) | | {:.3} |\n",
+        http_rate / direct_rate
     ));
 
     #[expect(clippy::print_stdout, reason = "the report is the output")]

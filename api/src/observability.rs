@@ -48,7 +48,7 @@ fn accepted_trace_id(value: Option<&HeaderValue>) -> Option<String> {
 
 /// Middleware (outermost): resolves the trace id (`X-Trace-Id`, else `X-Request-Id`, else a new
 /// uuid), makes it visible to the handlers (request header), the logs (span field) and outbound
-/// calls ([`infra::trace`]), and returns it on every answer, 404s included.
+/// calls ([`commands::trace`]), and returns it on every answer, 404s included.
 pub async fn trace_id(mut request: Request, next: Next) -> Response {
     let trace_id = accepted_trace_id(request.headers().get("x-trace-id"))
         .or_else(|| accepted_trace_id(request.headers().get("x-request-id")))
@@ -63,7 +63,7 @@ pub async fn trace_id(mut request: Request, next: Next) -> Response {
         method = %request.method(),
         path = %request.uri().path()
     );
-    let mut response = infra::trace::scope(trace_id, next.run(request).instrument(span)).await;
+    let mut response = commands::trace::scope(trace_id, next.run(request).instrument(span)).await;
     response.headers_mut().insert("x-trace-id", header_value);
     response
 }

@@ -20,6 +20,7 @@ pub mod mails;
 pub mod passwords;
 pub mod ports;
 pub mod refresh;
+pub mod trace;
 pub mod workspace;
 
 pub use bus::{CommandBus, Committed, Execute};

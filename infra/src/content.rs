@@ -11,7 +11,7 @@ use projections::{Page, ReadError, Window};
 use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError, decode};
+use crate::projector::{Projection, ProjectionError, aggregate_int, decode};
 use crate::sql::{fetch_page, push_contains_any, read_error};
 
 /// Name of the projection (and of its schema).
@@ -20,18 +20,6 @@ pub const PROJECTION: &str = "content";
 /// The content projection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ContentProjection;
-
-fn integer_id(event: &CommittedEvent) -> Result<i64, ProjectionError> {
-    event
-        .aggregate_id
-        .parse()
-        .map_err(|e: std::num::ParseIntError| ProjectionError::Undecodable {
-            message_id: event.message_id(),
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            reason: format!("aggregate id is not an integer: {e}"),
-        })
-}
 
 async fn apply_content(
     conn: &mut PgConnection,
@@ -128,8 +116,8 @@ impl Projection for ContentProjection {
         event: &CommittedEvent,
     ) -> Result<(), ProjectionError> {
         match event.aggregate_type.as_str() {
-            WebContent::TYPE => apply_content(conn, integer_id(event)?, decode(event)?).await,
-            ReleaseNote::TYPE => apply_note(conn, integer_id(event)?, decode(event)?).await,
+            WebContent::TYPE => apply_content(conn, aggregate_int(event)?, decode(event)?).await,
+            ReleaseNote::TYPE => apply_note(conn, aggregate_int(event)?, decode(event)?).await,
             _ => Ok(()),
         }
     }

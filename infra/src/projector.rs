@@ -95,6 +95,19 @@ pub fn aggregate_uuid(event: &CommittedEvent) -> Result<uuid::Uuid, ProjectionEr
         })
 }
 
+/// The aggregate id of an event whose aggregates are keyed by integers (upstream's ids).
+pub fn aggregate_int(event: &CommittedEvent) -> Result<i64, ProjectionError> {
+    event
+        .aggregate_id
+        .parse()
+        .map_err(|e: std::num::ParseIntError| ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: format!("aggregate id is not an integer: {e}"),
+        })
+}
+
 /// The acting user recorded in an event's metadata, if any.
 pub fn actor(event: &CommittedEvent) -> Option<String> {
     event

@@ -155,7 +155,7 @@ impl Reactor {
         let span =
             tracing::info_span!("reaction", reactor = self.reaction.name(), trace_id = %trace_id);
         let reaction = tracing::Instrument::instrument(self.reaction.react(event), span);
-        crate::trace::scope(trace_id, reaction).await.map_err(|e| {
+        commands::trace::scope(trace_id, reaction).await.map_err(|e| {
             metrics::counter!("cohort360_reactor_failures_total", "reactor" => self.reaction.name().to_string())
                 .increment(1);
             format!(

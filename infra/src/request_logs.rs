@@ -113,6 +113,13 @@ const SELECT: &str = "SELECT id, requested_at, response_ms, username AS user, im
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
+    #[sqlx(flatten)]
+    entry: Entry,
+}
+
+/// The stored columns of an entry, as [`NewRequestLog`] names them.
+#[derive(sqlx::FromRow)]
+struct Entry {
     requested_at: DateTime<Utc>,
     response_ms: i64,
     user: Option<String>,
@@ -129,22 +136,24 @@ struct Row {
 }
 
 impl From<Row> for RequestLog {
-    fn from(r: Row) -> Self {
+    fn from(Row { id, entry: e }: Row) -> Self {
         RequestLog {
-            id: r.id,
-            requested_at: r.requested_at,
-            response_ms: r.response_ms,
-            user: r.user,
-            impersonating: r.impersonating,
-            method: r.method,
-            path: r.path,
-            view: r.view,
-            query_params: r.query_params,
-            data: r.data,
-            remote_addr: r.remote_addr,
-            host: r.host,
-            status_code: r.status_code,
-            trace_id: r.trace_id,
+            id,
+            entry: NewRequestLog {
+                requested_at: e.requested_at,
+                response_ms: e.response_ms,
+                user: e.user,
+                impersonating: e.impersonating,
+                method: e.method,
+                path: e.path,
+                view: e.view,
+                query_params: e.query_params,
+                data: e.data,
+                remote_addr: e.remote_addr,
+                host: e.host,
+                status_code: e.status_code,
+                trace_id: e.trace_id,
+            },
         }
     }
 }

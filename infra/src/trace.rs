@@ -1,24 +1,4 @@
-//! The trace id of the work in progress (`X-Trace-Id`), carried to outbound HTTP calls.
-//!
-//! An HTTP request sets it from its `X-Trace-Id` header (or a generated one); a reactor sets it
-//! from the `correlation_id` of the event it reacts to, which is the trace id of the request
-//! that caused the event. Outbound clients add it to their requests with [`with_trace_id`].
-
-use std::future::Future;
-
-tokio::task_local! {
-    static TRACE_ID: String;
-}
-
-/// Runs `work` with `trace_id` as the current trace id.
-pub async fn scope<F: Future>(trace_id: String, work: F) -> F::Output {
-    TRACE_ID.scope(trace_id, work).await
-}
-
-/// The current trace id, if the work runs inside a [`scope`].
-pub fn current() -> Option<String> {
-    TRACE_ID.try_with(Clone::clone).ok()
-}
+//! Outbound HTTP calls carry the current trace id ([`commands::trace`]) as `X-Trace-Id`.
 
 /// Outbound requests that carry the current trace id.
 pub trait Traced {
@@ -28,7 +8,7 @@ pub trait Traced {
 
 impl Traced for reqwest::RequestBuilder {
     fn traced(self) -> Self {
-        match current() {
+        match commands::trace::current() {
             Some(id) => self.header("x-trace-id", id),
             None => self,
         }

@@ -10,10 +10,17 @@ use serde::Serialize;
 
 use crate::{Page, ReadError, SortKey, Window};
 
-/// One logged request.
+/// One logged request, as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RequestLog {
     pub id: i64,
+    #[serde(flatten)]
+    pub entry: NewRequestLog,
+}
+
+/// A request to log (the id is drawn when it is stored).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewRequestLog {
     pub requested_at: DateTime<Utc>,
     pub response_ms: i64,
     /// The authenticated user (`username_persistent` upstream).
@@ -26,24 +33,6 @@ pub struct RequestLog {
     pub view: Option<String>,
     pub query_params: serde_json::Value,
     /// The JSON body, secrets redacted, `null` for other bodies.
-    pub data: Option<serde_json::Value>,
-    pub remote_addr: Option<String>,
-    pub host: Option<String>,
-    pub status_code: i64,
-    pub trace_id: String,
-}
-
-/// A request to log (the id is drawn when it is stored).
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewRequestLog {
-    pub requested_at: DateTime<Utc>,
-    pub response_ms: i64,
-    pub user: Option<String>,
-    pub impersonating: Option<String>,
-    pub method: String,
-    pub path: String,
-    pub view: Option<String>,
-    pub query_params: serde_json::Value,
     pub data: Option<serde_json::Value>,
     pub remote_addr: Option<String>,
     pub host: Option<String>,

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{MatchedPath, OriginalUri, Path, Query, State};
+use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Path, Query, State};
+use axum::http::Uri;
+use axum::http::request::Parts;
 use chrono::{DateTime, Utc};
 use domain::audit_read::AuditReadCommand;
 use projections::Cursor;
@@ -43,51 +45,80 @@ pub(crate) const AUDITABLE: &[&str] = &[
 const MAX_EVENTS_PAGE: i64 = 1000;
 const DEFAULT_EVENTS_PAGE: i64 = 100;
 
-/// The caller may read the audit trail; the read is recorded before anything is answered.
-async fn authorize_and_record(
-    state: &AppState,
-    caller: &Caller,
-    route: &MatchedPath,
-    uri: &OriginalUri,
-) -> Result<(), ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if caller.applicative || !(authority.is_full_admin() || authority.global().right_read_audit) {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "reading the audit trail needs right_read_audit or full administration",
-        ));
+/// Who asks the audit API, and what they asked (kept in the record of the read).
+pub(super) struct AuditRequest {
+    caller: Caller,
+    route: String,
+    target: Uri,
+}
+
+impl FromRequestParts<AppState> for AuditRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or_else(String::new, |p| p.as_str().to_string());
+        let target = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.clone(), |u| u.0.clone());
+        Ok(Self {
+            caller,
+            route,
+            target,
+        })
     }
-    let at = Utc::now();
-    let record = AuditReadCommand::Record {
-        reader: caller.username.clone(),
-        route: route.as_str().to_string(),
-        target: uri.0.to_string(),
-        at,
-    };
-    let ctx = commands::CommandContext {
-        user: caller.username.clone(),
-        impersonator: caller.impersonator.clone(),
-        correlation_id: uuid::Uuid::new_v4().to_string(),
-        causation_id: "audit-read".into(),
-        at,
-    };
-    let id = uuid::Uuid::new_v4().to_string();
-    state
-        .audit_reads
-        .execute(&id, record, &ctx)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "audit read not recorded");
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "audit_record_failed",
-                "this read could not be recorded in the audit trail, so it is not answered; retry shortly",
-            )
-        })?;
-    Ok(())
+}
+
+impl AuditRequest {
+    /// The caller may read the audit trail; the read is recorded before anything is answered.
+    async fn authorize_and_record(&self, state: &AppState) -> Result<(), ApiError> {
+        let caller = &self.caller;
+        let authority = state
+            .identity
+            .authority(&caller.username, Utc::now())
+            .await?;
+        if caller.applicative || !(authority.is_full_admin() || authority.global().right_read_audit)
+        {
+            return Err(ApiError::forbidden(
+                "permission_denied",
+                "reading the audit trail needs right_read_audit or full administration",
+            ));
+        }
+        let at = Utc::now();
+        let record = AuditReadCommand::Record {
+            reader: caller.username.clone(),
+            route: self.route.clone(),
+            target: self.target.to_string(),
+            at,
+        };
+        let trace = commands::trace::current().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let ctx = commands::CommandContext {
+            user: caller.username.clone(),
+            impersonator: caller.impersonator.clone(),
+            correlation_id: trace.clone(),
+            causation_id: trace,
+            at,
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        state
+            .audit_reads
+            .execute(&id, record, &ctx)
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "audit read not recorded");
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_record_failed",
+                    "this read could not be recorded in the audit trail, so it is not answered; \
+                     retry shortly",
+                )
+            })?;
+        Ok(())
+    }
 }
 
 fn known_type(aggregate_type: &str) -> Result<(), ApiError> {
@@ -113,9 +144,7 @@ pub(super) struct EventsPage {
 /// `GET /audit/events/`: the whole log, filtered and paged by cursor (log order).
 pub(super) async fn events(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Query(params): Query<Params>,
 ) -> Result<Json<EventsPage>, ApiError> {
     let after = match text_param(&params, "after") {
@@ -140,7 +169,7 @@ pub(super) async fn events(
         recorded_from: datetime_param(&params, "recorded_from")?,
         recorded_before: datetime_param(&params, "recorded_before")?,
     };
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let rows = state.audit.events(&filter, after, limit).await?;
     let next_cursor = if rows.len() as i64 == limit {
         rows.last().map(|(cursor, _)| cursor.to_string())
@@ -158,7 +187,7 @@ pub(super) async fn events(
             .iter()
             .map(|(k, v)| format!("{k}={}", urlencode(v)))
             .collect();
-        format!("{}?{}", uri.0.path(), encoded.join("&"))
+        format!("{}?{}", auditor.target.path(), encoded.join("&"))
     });
     Ok(Json(EventsPage {
         results: rows.into_iter().map(|(_, e)| e).collect(),
@@ -182,13 +211,11 @@ fn urlencode(value: &str) -> String {
 /// `GET /audit/{aggregate_type}/{id}/events/`.
 pub(super) async fn aggregate_history(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path((aggregate_type, id)): Path<(String, String)>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
     known_type(&aggregate_type)?;
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     Ok(Json(
         state.audit.aggregate_history(&aggregate_type, &id).await?,
     ))
@@ -198,9 +225,7 @@ pub(super) async fn aggregate_history(
 /// state after its event `N`, or as the log knew it at that instant (latest when neither).
 pub(super) async fn aggregate_state(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path((aggregate_type, id)): Path<(String, String)>,
     Query(params): Query<Params>,
 ) -> Result<Json<AggregateState>, ApiError> {
@@ -225,7 +250,7 @@ pub(super) async fn aggregate_state(
         (None, Some(t)) => AsOf::Time(t),
         (None, None) => AsOf::Time(Utc::now()),
     };
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     state
         .audit
         .state_as_of(&aggregate_type, &id, as_of)
@@ -237,12 +262,10 @@ pub(super) async fn aggregate_state(
 /// `GET /audit/users/{username}/accesses/`: every event of every access granted to a user.
 pub(super) async fn user_accesses(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(username): Path<String>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     Ok(Json(state.audit.user_access_history(&username).await?))
 }
 
@@ -254,14 +277,12 @@ fn at_param(params: &Params) -> Result<DateTime<Utc>, ApiError> {
 /// instant, with each role's rights then, as the log knew them then.
 pub(super) async fn user_grants(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(username): Path<String>,
     Query(params): Query<Params>,
 ) -> Result<Json<Value>, ApiError> {
     let at = at_param(&params)?;
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let known = state.audit.known_at(at).await?;
     Ok(Json(json!({
         "username": username,
@@ -274,15 +295,13 @@ pub(super) async fn user_grants(
 /// at that instant, nominatively or not, and through which grant (on it or on an ancestor).
 pub(super) async fn perimeter_readers(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(id): Path<String>,
     Query(params): Query<Params>,
 ) -> Result<Json<Value>, ApiError> {
     let perimeter = super::path_int(&id, "perimeter", "perimeter_not_found")?;
     let at = at_param(&params)?;
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let known = state.audit.known_at(at).await?;
     if !known.perimeter_exists(perimeter) {
         return Err(ApiError::not_found(
@@ -375,12 +394,10 @@ async fn versions(state: &AppState, request: &str) -> Result<Vec<VersionNode>, A
 /// previous version, the versions saved from it, its patches and who saved it).
 pub(super) async fn request_versions(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let nodes = versions(&state, &id).await?;
     let roots: Vec<&str> = nodes
         .iter()
@@ -396,9 +413,7 @@ pub(super) async fn request_versions(
 /// between two versions (`from` defaults to the previous version of `to`).
 pub(super) async fn request_diff(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(id): Path<String>,
     Query(params): Query<Params>,
 ) -> Result<Json<Value>, ApiError> {
@@ -408,7 +423,7 @@ pub(super) async fn request_diff(
             "give the snapshot to compare (to=<uuid>)",
         ));
     };
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let nodes = versions(&state, &id).await?;
     let find = |snapshot: &str, field: &'static str| {
         nodes
@@ -447,12 +462,10 @@ pub(super) async fn request_diff(
 /// (with their executor jobs and results) and the cohort's own lifecycle.
 pub(super) async fn cohort_lineage(
     State(state): State<AppState>,
-    caller: Caller,
-    route: MatchedPath,
-    uri: OriginalUri,
+    auditor: AuditRequest,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    authorize_and_record(&state, &caller, &route, &uri).await?;
+    auditor.authorize_and_record(&state).await?;
     let cohort = state.audit.aggregate_history("Cohort", &id).await?;
     let Some(requested) = cohort
         .iter()

@@ -11,7 +11,7 @@ use domain::user::{User, UserEvent};
 use sqlx::PgConnection;
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError, actor, decode};
+use crate::projector::{Projection, ProjectionError, actor, aggregate_int, decode};
 
 /// Name of the identity projection (and of its schema).
 pub const PROJECTION: &str = "identity";
@@ -19,18 +19,6 @@ pub const PROJECTION: &str = "identity";
 /// The identity projection.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct IdentityProjection;
-
-fn integer_id(event: &CommittedEvent) -> Result<i64, ProjectionError> {
-    event
-        .aggregate_id
-        .parse()
-        .map_err(|e: std::num::ParseIntError| ProjectionError::Undecodable {
-            message_id: event.message_id(),
-            event_type: event.event_type.clone(),
-            event_version: event.event_version.clone(),
-            reason: format!("aggregate id is not an integer: {e}"),
-        })
-}
 
 #[async_trait]
 impl Projection for IdentityProjection {
@@ -57,11 +45,11 @@ impl Projection for IdentityProjection {
         let by = actor(event);
         match event.aggregate_type.as_str() {
             User::TYPE => apply_user(conn, &event.aggregate_id, by, decode(event)?).await,
-            Role::TYPE => apply_role(conn, integer_id(event)?, decode(event)?).await,
-            Perimeter::TYPE => apply_perimeter(conn, integer_id(event)?, decode(event)?).await,
-            Access::TYPE => apply_access(conn, integer_id(event)?, by, decode(event)?).await,
+            Role::TYPE => apply_role(conn, aggregate_int(event)?, decode(event)?).await,
+            Perimeter::TYPE => apply_perimeter(conn, aggregate_int(event)?, decode(event)?).await,
+            Access::TYPE => apply_access(conn, aggregate_int(event)?, by, decode(event)?).await,
             MaintenancePhase::TYPE => {
-                apply_maintenance(conn, integer_id(event)?, decode(event)?).await
+                apply_maintenance(conn, aggregate_int(event)?, decode(event)?).await
             }
             _ => Ok(()),
         }

@@ -563,7 +563,7 @@ async fn main() -> anyhow::Result<()> {
     let requests = infra::stores::requests(&pool);
     let long = workspace
         .create_request(
-            &ctx("audit"),
+            &ctx("lag"),
             commands::workspace::NewRequest {
                 name: "n0".into(),
                 description: None,
@@ -579,14 +579,14 @@ async fn main() -> anyhow::Result<()> {
             .execute(
                 &long_id,
                 domain::request::RequestCommand::Update {
-                    by: "audit".into(),
+                    by: "lag".into(),
                     name: Some(format!("n{i}")),
                     description: None,
                     favorite: None,
                     parent_folder: None,
                     at: chrono::Utc::now(),
                 },
-                &ctx("audit"),
+                &ctx("lag"),
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -542,6 +542,23 @@ async fn the_audit_right_is_needed_and_every_read_is_recorded_and_paged() {
             .iter()
             .all(|(reader, route)| reader == "auditor" && route == "/audit/events/")
     );
+    // The record carries the read's trace id.
+    let traced = app
+        .send(
+            app.request(reqwest::Method::GET, "/audit/events/?limit=1")
+                .bearer_auth(app.token("auditor"))
+                .header("x-trace-id", "audit-trace-42"),
+        )
+        .await;
+    assert_eq!(traced.status, StatusCode::OK);
+    let correlated: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE event_type = 'AuditReadRecorded' AND metadata ->> 'correlation_id' = 'audit-trace-42'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(correlated, 1);
     let recorded = app
         .get(
             "/audit/events/?aggregate_type=AuditRead&limit=1000",

@@ -593,7 +593,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let audit = infra::audit::PgAudit::new(pool.clone());
     report.push_str(
-        "\n## As-of reconstruction of one Request with 10 000 events (`AuditReader::state_as_of`)\n\n         | as of | events folded | from snapshot | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
+        "\n## As-of reconstruction of one Request with 10 000 events (`AuditReader::state_as_of`)\n\n| as of | events folded | from snapshot | p50 ms | p99 ms |\n|---|---|---|---|---|\n",
     );
     for (label, version) in [
         ("version 10 000 (latest)", 10_000),
@@ -684,7 +684,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let http_rate = over_http as f64 / started.elapsed().as_secs_f64();
     report.push_str(&format!(
-        "\n## Audit paging through the whole log (1 000 events per page)\n\n         | path | events | events/s |\n|---|---|---|\n         | `AuditReader::events` | {direct} | {direct_rate:.0} |\n         | `GET /audit/events/` (JSON, read recorded) | {over_http} | {http_rate:.0} |\n         | ratio (HTTP / reader) | | {:.3} |\n",
+        "\n## Audit paging through the whole log (1 000 events per page)\n\n| path | events | events/s |\n|---|---|---|\n| `AuditReader::events` | {direct} | {direct_rate:.0} |\n| `GET /audit/events/` (JSON, read recorded) | {over_http} | {http_rate:.0} |\n| ratio (HTTP / reader) | | {:.3} |\n",
         http_rate / direct_rate
     ));
 

@@ -133,16 +133,10 @@ pub async fn capture(State(state): State<AppState>, request: Request, next: Next
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    // Set by the Caller extractor, or by the login handler (JSON, form or multipart body).
     let (user, impersonating) = match slot.take() {
         Some((user, impersonator)) => (Some(user), impersonator),
-        // A login names its user in the body.
-        None => (
-            data.as_ref()
-                .and_then(|d| d.get("username"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            None,
-        ),
+        None => (None, None),
     };
     state.request_logs.record(NewRequestLog {
         requested_at,

@@ -139,6 +139,11 @@ pub async fn login(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let method = Method::of(req.headers())?;
+    // The request log names the user a login was for, whatever the body's encoding.
+    let logged_user = req
+        .extensions()
+        .get::<crate::request_log::CallerSlot>()
+        .cloned();
     let fields = body_fields(&state, req).await?;
     let (username, access_token, refresh_token) = match method {
         Method::Oidc => {
@@ -150,10 +155,16 @@ pub async fn login(
                 .login_with_oidc(&ctx, &code, &redirect_uri)
                 .await
                 .inspect_err(|e| tracing::info!(error = %e, "OIDC login refused"))?;
+            if let Some(slot) = &logged_user {
+                slot.set(&tokens.username, None);
+            }
             (tokens.username, tokens.access_token, tokens.refresh_token)
         }
         Method::Jwt => {
             let username = required(&fields, "username")?;
+            if let Some(slot) = &logged_user {
+                slot.set(&username, None);
+            }
             let password = required(&fields, "password")?;
             let ctx = context(&username, &trace);
             let ticket = state

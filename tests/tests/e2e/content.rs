@@ -208,6 +208,14 @@ async fn request_logs_keep_writes_and_logins_with_secrets_redacted() {
         )
         .await;
     assert_eq!(login.status, StatusCode::OK, "{:?}", login.body);
+    // The front-end's multipart login, with a wrong password: logged under the name tried.
+    let form = reqwest::multipart::Form::new()
+        .text("username", "alice")
+        .text("password", "wrong-password");
+    let refused_login = app
+        .send(app.request(Method::POST, "/auth/login/").multipart(form))
+        .await;
+    assert_eq!(refused_login.status, StatusCode::UNAUTHORIZED);
     let folder = app
         .post("/cohort/folders/", "alice", json!({"name": "Logged"}))
         .await;
@@ -221,7 +229,7 @@ async fn request_logs_keep_writes_and_logins_with_secrets_redacted() {
 
     assert!(
         eventually(Duration::from_secs(10), || async {
-            logs(&app, "?method=POST").await["count"] == 3
+            logs(&app, "?method=POST").await["count"] == 4
         })
         .await,
         "{:?}",
@@ -236,7 +244,7 @@ async fn request_logs_keep_writes_and_logins_with_secrets_redacted() {
             .all(|l| l["method"] != "GET"),
         "{all:?}"
     );
-    let logged_in = logs(&app, "?path_contains=login").await;
+    let logged_in = logs(&app, "?path_contains=login&status_code=200").await;
     let entry = &logged_in["results"][0];
     assert_eq!(entry["user"], "alice");
     assert_eq!(entry["status_code"], 200);
@@ -244,6 +252,10 @@ async fn request_logs_keep_writes_and_logins_with_secrets_redacted() {
     assert_eq!(entry["data"]["password"], "<redacted>");
     assert!(!logged_in.to_string().contains("pw-alice-123"));
 
+    let multipart = logs(&app, "?status_code=401").await;
+    assert_eq!(multipart["count"], 1, "{multipart:?}");
+    assert_eq!(multipart["results"][0]["user"], "alice");
+    assert_eq!(multipart["results"][0]["data"], Value::Null);
     let failed = logs(&app, "?status_code=400").await;
     assert_eq!(failed["count"], 1);
     assert_eq!(failed["results"][0]["view"], "/cohort/folders/");

@@ -16,16 +16,12 @@ pub(super) async fn projections(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if caller.applicative || !authority.is_full_admin() {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "only full administrators may read the pipeline's status",
-        ));
-    }
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may read the pipeline's status",
+    )
+    .await?;
     let consumers = state.pipeline.status().await.map_err(|e| {
         tracing::warn!(error = %e, "pipeline status unavailable");
         ApiError::new(

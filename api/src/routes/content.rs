@@ -8,7 +8,6 @@ use axum::Json;
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use chrono::Utc;
 use commands::content::ContentPatch;
 use domain::content::{CONTENT_TYPES, ContentFields};
 use projections::content::{CONTENT_ORDERINGS, ContentFilter, ReleaseNoteView, WebContentView};
@@ -22,20 +21,6 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{Envelope, Params, list_param, page_envelope, page_window, text_param};
 use crate::state::AppState;
-
-async fn require_full_admin(state: &AppState, caller: &Caller, what: &str) -> Result<(), ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if caller.applicative || !authority.is_full_admin() {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            format!("only full administrators may write {what}"),
-        ));
-    }
-    Ok(())
-}
 
 /// Body of a content write. Metadata values may be strings or numbers (`"order": 1`).
 #[derive(Debug, Deserialize)]
@@ -129,7 +114,12 @@ pub(super) async fn create_content(
     trace: TraceId,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    require_full_admin(&state, &caller, "web contents").await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may write web contents",
+    )
+    .await?;
     let required = |v: Option<String>, field: &'static str| {
         v.ok_or_else(|| ApiError::invalid_field(field, format!("{field} is required")))
     };
@@ -160,7 +150,12 @@ pub(super) async fn update_content(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    require_full_admin(&state, &caller, "web contents").await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may write web contents",
+    )
+    .await?;
     let id = path_int(&id, "content", "content_not_found")?;
     let patch = ContentPatch {
         title: body.title,
@@ -188,7 +183,12 @@ pub(super) async fn delete_content(
     trace: TraceId,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    require_full_admin(&state, &caller, "web contents").await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may write web contents",
+    )
+    .await?;
     let id = path_int(&id, "content", "content_not_found")?;
     state
         .contents
@@ -265,7 +265,12 @@ pub(super) async fn create_note(
     trace: TraceId,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    require_full_admin(&state, &caller, "release notes").await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may write release notes",
+    )
+    .await?;
     let title = body
         .title
         .ok_or_else(|| ApiError::invalid_field("title", "title is required"))?;
@@ -291,7 +296,12 @@ pub(super) async fn update_note(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    require_full_admin(&state, &caller, "release notes").await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may write release notes",
+    )
+    .await?;
     let id = path_int(&id, "release note", "release_note_not_found")?;
     let written = state
         .contents

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::HeaderMap;
-use chrono::Utc;
 use projections::parse_ordering;
 use projections::request_logs::{ORDERINGS, RequestLog, RequestLogFilter};
 
@@ -14,20 +13,6 @@ use crate::pagination::{
 };
 use crate::state::AppState;
 
-async fn require_full_admin(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if caller.applicative || !authority.is_full_admin() {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "only full administrators may read the request logs",
-        ));
-    }
-    Ok(())
-}
-
 /// `GET /logs/`: page-numbered (20 per page), newest first unless `ordering` says otherwise.
 pub(super) async fn list(
     State(state): State<AppState>,
@@ -36,7 +21,12 @@ pub(super) async fn list(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Result<Json<Envelope<RequestLog>>, ApiError> {
-    require_full_admin(&state, &caller).await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may read the request logs",
+    )
+    .await?;
     let window = page_window(&params)?;
     let status_codes = list_param(&params, "status_code")
         .iter()
@@ -71,7 +61,12 @@ pub(super) async fn retrieve(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RequestLog>, ApiError> {
-    require_full_admin(&state, &caller).await?;
+    super::require_full_admin(
+        &state,
+        &caller,
+        "only full administrators may read the request logs",
+    )
+    .await?;
     let id = super::path_int(&id, "request log", "request_log_not_found")?;
     state
         .request_logs

@@ -43,6 +43,26 @@ pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Reque
     ))
 }
 
+/// Refuses (403 `permission_denied`, with `refusal` as the message) anyone but a full
+/// administrator; applicative tokens included.
+pub(crate) async fn require_full_admin(
+    state: &AppState,
+    caller: &Caller,
+    refusal: &str,
+) -> Result<(), ApiError> {
+    let authority = state
+        .identity
+        .authority(&caller.username, Utc::now())
+        .await?;
+    if caller.applicative || !authority.is_full_admin() {
+        return Err(ApiError::forbidden(
+            "permission_denied",
+            refusal.to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// Like [`written`], for objects identified by something other than a uuid.
 pub(crate) fn written_json<T: serde::Serialize>(
     status: StatusCode,

@@ -104,12 +104,7 @@ impl KnownAt {
             end_datetime: g.access.end,
             granted_by: g.granted_by.clone(),
             granted_at: g.granted_at,
-            rights: rights
-                .entries()
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(name, _)| *name)
-                .collect(),
+            rights: rights.granted(),
         }
     }
 

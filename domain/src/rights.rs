@@ -320,6 +320,15 @@ impl Rights {
         ]
     }
 
+    /// Names of the granted rights, in catalogue order.
+    pub fn granted(&self) -> Vec<&'static str> {
+        self.entries()
+            .iter()
+            .filter(|(_, on)| *on)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// Sets the right called `name`; `false` if no right has that name.
     pub fn set(&mut self, name: &str, value: bool) -> bool {
         let slot = match name {
@@ -456,13 +465,7 @@ pub mod granted_names {
     use super::Rights;
 
     pub fn serialize<S: Serializer>(rights: &Rights, serializer: S) -> Result<S::Ok, S::Error> {
-        let names: Vec<&str> = rights
-            .entries()
-            .iter()
-            .filter(|(_, on)| *on)
-            .map(|(name, _)| *name)
-            .collect();
-        names.serialize(serializer)
+        rights.granted().serialize(serializer)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Rights, D::Error> {

@@ -83,10 +83,9 @@ fn role_rights_v1_to_v2(event_type: &str, mut payload: Value) -> Result<Value, U
         rights = Rights::ALL;
     }
     let names: Vec<Value> = rights
-        .entries()
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| Value::String((*name).to_string()))
+        .granted()
+        .into_iter()
+        .map(|name| Value::String(name.to_string()))
         .collect();
     body.insert("rights".into(), Value::Array(names));
     Ok(payload)

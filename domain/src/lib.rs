@@ -5,13 +5,15 @@
 //! persisted contract (see `README.md`, "Event contract"): variants and fields are never renamed or
 //! repurposed; a change adds a new version.
 //!
-//! May depend on: cqrs-es traits, serde, chrono and uuid types, thiserror. Nothing else.
+//! May depend on: cqrs-es traits, serde, chrono and uuid types, thiserror, and roaring (the
+//! query engine's patient sets: a pure data structure). Nothing else.
 
 pub mod access;
 pub mod access_history;
 pub mod audit_read;
 pub mod authz;
 pub mod cohort;
+pub mod cohort_query;
 pub mod content;
 pub mod count;
 pub mod feasibility;

@@ -85,12 +85,9 @@ pub struct CohortArgs {
     #[arg(long, env = "LAST_COUNT_VALIDITY", default_value_t = 24)]
     pub last_count_validity_hours: i64,
 
-    /// Base URL of the QueryExecutor (`/jobs` is appended).
-    #[arg(
-        long,
-        env = "QUERY_EXECUTOR_URL",
-        default_value = "http://127.0.0.1:8090"
-    )]
+    /// Base URL of an external QueryExecutor (`/jobs` is appended). Empty (the default): the
+    /// embedded executor counts on the clinical store.
+    #[arg(long, env = "QUERY_EXECUTOR_URL", default_value = "")]
     pub query_executor_url: String,
 
     /// Timeout of each call to the QueryExecutor, in seconds.
@@ -220,7 +217,7 @@ impl Default for CohortArgs {
         Self {
             cohort_size_limit: 20_000,
             last_count_validity_hours: 24,
-            query_executor_url: "http://127.0.0.1:8090".into(),
+            query_executor_url: String::new(),
             query_executor_timeout_seconds: 10,
             reconcile_after_seconds: 600,
             reconcile_every_seconds: 60,

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod embedded;
 pub mod error;
 pub mod extract;
 pub mod observability;

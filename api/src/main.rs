@@ -57,6 +57,16 @@ enum Command {
     ImportPerimeters { file: std::path::PathBuf },
     /// Seed a demo: upstream's test tree (APHP, P0…P14) and typical roles. Replaces the tree.
     SeedDemo,
+    /// Generate deterministic synthetic clinical data for the embedded executor, spread over the
+    /// perimeter tree's leaves (import or seed perimeters first). Replaces the previous data.
+    Generate {
+        /// Number of patients (about 45 facts each).
+        #[arg(long, default_value_t = 10_000)]
+        patients: u64,
+        /// Same seed, same perimeters: same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 /// The new user's password: from the environment, else the first line of stdin.
@@ -189,6 +199,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 removed = report.removed,
                 accesses_closed = report.accesses_closed,
                 "perimeters imported"
+            );
+            Ok(())
+        }
+        Command::Generate { patients, seed } => {
+            let pool = prepare_database(&settings).await?;
+            let started = std::time::Instant::now();
+            let g = infra::clinical::generate::generate(&pool, patients, seed).await?;
+            tracing::info!(
+                data_version = g.data_version,
+                patients = g.patients,
+                encounters = g.encounters,
+                facts = g.facts,
+                seconds = started.elapsed().as_secs_f64(),
+                "clinical data generated"
             );
             Ok(())
         }

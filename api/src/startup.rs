@@ -310,15 +310,27 @@ impl Core {
                 timeout: Duration::from_secs(30),
             }));
         let cohort_reader = Arc::new(PgCohorts::new(pool.clone()));
-        let executor = infra::cohorts::executor::HttpQueryExecutor::new(
-            &infra::cohorts::executor::ExecutorSettings {
-                url: settings.cohorts.query_executor_url.clone(),
-                timeout: Duration::from_secs(
-                    settings.cohorts.query_executor_timeout_seconds.max(1),
-                ),
-            },
-        )?;
-        let executor: Arc<dyn commands::ports::QueryExecutor> = Arc::new(executor);
+        // The embedded executor unless QUERY_EXECUTOR_URL names an external one.
+        let (executor, completions): (Arc<dyn commands::ports::QueryExecutor>, _) =
+            if settings.cohorts.query_executor_url.trim().is_empty() {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let embedded = Arc::new(infra::clinical::EmbeddedExecutor::new(pool.clone(), tx));
+                // Load the index now rather than on the first count.
+                if let Err(e) = embedded.index().await {
+                    tracing::warn!(error = %e, "the clinical index could not be loaded at start");
+                }
+                (embedded, Some(rx))
+            } else {
+                let http = infra::cohorts::executor::HttpQueryExecutor::new(
+                    &infra::cohorts::executor::ExecutorSettings {
+                        url: settings.cohorts.query_executor_url.clone(),
+                        timeout: Duration::from_secs(
+                            settings.cohorts.query_executor_timeout_seconds.max(1),
+                        ),
+                    },
+                )?;
+                (Arc::new(http), None)
+            };
         let feasibility = Arc::new(commands::feasibility::Feasibility::new(
             commands::feasibility::FeasibilityPorts {
                 studies: infra::stores::feasibility_studies(&pool),
@@ -341,6 +353,15 @@ impl Core {
                 size_limit: settings.cohorts.cohort_size_limit,
             },
         ));
+        if let Some(completions) = completions {
+            tasks.spawn(crate::embedded::deliver_completions(
+                completions,
+                cohorts.clone(),
+                feasibility.clone(),
+                settings.identity.query_executor_username.clone(),
+                shutdown.clone(),
+            ));
+        }
         let public_root = format!("{}.public", settings.nats_subject_prefix);
         infra::cohorts::reactions::ensure_public_stream(&js, &nats.stream, &public_root)
             .await

@@ -216,3 +216,10 @@ pub trait CohortDirectory: Send + Sync {
 pub trait Notifier: Send + Sync {
     async fn push(&self, username: &str, message: serde_json::Value);
 }
+
+/// A job's result from an in-process executor: what the executor's callback would carry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobCompletion {
+    pub job: JobSubmission,
+    pub report: domain::job::JobReport,
+}

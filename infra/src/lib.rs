@@ -13,6 +13,7 @@
 //! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
 
 pub mod audit;
+pub mod clinical;
 pub mod cohorts;
 pub mod consistency;
 pub mod content;

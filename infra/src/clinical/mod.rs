@@ -1,0 +1,11 @@
+//! The embedded clinical data store and query engine: synthetic data ([`generate`]) in the
+//! `clinical` schema, its in-memory index ([`index`]), the index as the evaluator's data source
+//! ([`source`]) and the embedded QueryExecutor ([`executor`]).
+
+pub mod catalog;
+pub mod executor;
+pub mod generate;
+pub mod index;
+pub mod source;
+
+pub use executor::EmbeddedExecutor;

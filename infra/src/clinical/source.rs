@@ -1,0 +1,471 @@
+//! The embedded store as the evaluator's data source: a criterion's resource type and FHIR search
+//! parameters become a scan of the in-memory index, restricted to the source population.
+//!
+//! Supported parameters (those the front-end writes for these resources):
+//! - every resource: `active`, `subject.active`, `patient.active` (`true`: every stored patient
+//!   is active);
+//! - Patient: `gender`, `deceased`, `birthdate`, `death-date`, `age-day`, `age-month` (age at the
+//!   data's reference date), `_id`; IPPList: `identifier.value` (or `identifier`);
+//! - Encounter: `class`, `date`/`period-start`/`start-date`, `period-end`/`end-date`, `length`
+//!   (days), `start-age-visit` (age in days at the start);
+//! - Condition, Observation, MedicationRequest, Procedure: `code` (`system|code`; the system is not
+//!   compared, each resource having one terminology), their date parameters (`date`,
+//!   `onset-date`, `recorded-date`, `effective-date`, `validity-period-start`, `authored-on`,
+//!   `performed-date`), and `value-quantity` for observations.
+//!
+//! Any other parameter, modifier or resource type is an error naming the criterion.
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime};
+use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
+use domain::cohort_query::{Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row};
+
+use super::catalog::FactResource;
+use super::index::{ClinicalIndex, Facts};
+
+/// What a criterion reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Patient,
+    IppList,
+    Encounter,
+    Fact(FactResource),
+}
+
+fn target(resource_type: &str) -> Option<Target> {
+    let t = resource_type.to_ascii_lowercase();
+    let t = t.strip_suffix("aphp").unwrap_or(&t);
+    Some(match t {
+        "patient" => Target::Patient,
+        "ipplist" => Target::IppList,
+        "encounter" => Target::Encounter,
+        "condition" => Target::Fact(FactResource::Condition),
+        "observation" => Target::Fact(FactResource::Observation),
+        "medicationrequest" => Target::Fact(FactResource::MedicationRequest),
+        "procedure" => Target::Fact(FactResource::Procedure),
+        _ => return None,
+    })
+}
+
+const FACT_DATE_PARAMS: &[&str] = &[
+    "date",
+    "onset-date",
+    "recorded-date",
+    "effective-date",
+    "validity-period-start",
+    "authored-on",
+    "performed-date",
+];
+
+/// The index seen through one source population.
+pub struct ClinicalSource<'a> {
+    pub index: &'a ClinicalIndex,
+    pub population: &'a PatientSet,
+}
+
+/// An instant range a search value stands for: a day, or one instant.
+fn instant_range(c: &Criterion, v: &SearchValue) -> Result<(i64, i64), QueryError> {
+    let text = v.text.trim();
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp();
+        return Ok((lo, lo + 86_399));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok((t.timestamp(), t.timestamp()));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
+        return Ok((t.and_utc().timestamp(), t.and_utc().timestamp()));
+    }
+    Err(QueryError::criterion(c.id, format!("`{text}` is not a date")))
+}
+
+/// Whether `x` (a point, or a range for dates) compares to the value's range as its prefix says.
+fn compare(prefix: Option<Prefix>, x: f64, lo: f64, hi: f64) -> bool {
+    match prefix {
+        None | Some(Prefix::Eq) => x >= lo && x <= hi,
+        Some(Prefix::Ne) => x < lo || x > hi,
+        Some(Prefix::Ge) => x >= lo,
+        Some(Prefix::Gt) => x > hi,
+        Some(Prefix::Le) => x <= hi,
+        Some(Prefix::Lt) => x < lo,
+    }
+}
+
+/// A parameter's alternatives as numeric ranges (a number is its own range).
+fn number_ranges(c: &Criterion, p: &SearchParam) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
+    p.values
+        .iter()
+        .map(|v| {
+            let n: f64 = v.text.trim().parse().map_err(|_| {
+                QueryError::criterion(c.id, format!("`{}` of `{}` is not a number", v.text, p.name))
+            })?;
+            Ok((v.prefix, n, n))
+        })
+        .collect()
+}
+
+fn date_ranges(c: &Criterion, p: &SearchParam) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
+    p.values
+        .iter()
+        .map(|v| {
+            let (lo, hi) = instant_range(c, v)?;
+            Ok((v.prefix, lo as f64, hi as f64))
+        })
+        .collect()
+}
+
+/// One parameter as a test over a row's number (every alternative ORed).
+struct Test {
+    ranges: Vec<(Option<Prefix>, f64, f64)>,
+}
+
+impl Test {
+    fn holds(&self, x: f64) -> bool {
+        self.ranges.iter().any(|(p, lo, hi)| compare(*p, x, *lo, *hi))
+    }
+}
+
+fn unsupported(c: &Criterion, p: &SearchParam, what: &str) -> QueryError {
+    let name = match &p.modifier {
+        Some(m) => format!("{}:{m}", p.name),
+        None => p.name.clone(),
+    };
+    QueryError::criterion(
+        c.id,
+        format!("the search parameter `{name}` is not supported on {what} by the embedded engine"),
+    )
+}
+
+/// `active=true` and its variants; `Ok(false)` when the parameter is something else.
+fn is_active_filter(c: &Criterion, p: &SearchParam) -> Result<bool, QueryError> {
+    if !matches!(p.name.as_str(), "active" | "subject.active" | "patient.active") {
+        return Ok(false);
+    }
+    if p.values.iter().all(|v| v.text == "true") {
+        Ok(true)
+    } else {
+        Err(QueryError::criterion(
+            c.id,
+            format!("`{}` only accepts `true`: every stored patient is active", p.name),
+        ))
+    }
+}
+
+/// Completed months from `birth` to `at` (0 before birth).
+fn whole_months(birth: NaiveDate, at: NaiveDate) -> i32 {
+    let months = (at.year() * 12 + at.month0() as i32) - (birth.year() * 12 + birth.month0() as i32)
+        - i32::from(at.day() < birth.day());
+    months.max(0)
+}
+
+fn code_of(v: &SearchValue) -> &str {
+    v.text.rsplit('|').next().unwrap_or(&v.text)
+}
+
+impl CriterionSource for ClinicalSource<'_> {
+    fn fetch(&self, c: &Criterion, needs: Needs) -> Result<Fetched, QueryError> {
+        let Some(target) = target(&c.resource_type) else {
+            return Err(QueryError::criterion(
+                c.id,
+                format!(
+                    "the embedded clinical store has no `{}` resources",
+                    c.resource_type
+                ),
+            ));
+        };
+        let params = parse_search(&c.filter_fhir);
+        match target {
+            Target::Patient | Target::IppList => self.patients(c, target, &params, needs),
+            Target::Encounter => self.encounters(c, &params),
+            Target::Fact(resource) => self.facts(c, resource, &params, needs),
+        }
+    }
+}
+
+impl ClinicalSource<'_> {
+    fn patient_row(&self, patient: u32) -> Row {
+        Row {
+            patient,
+            birth_date: self.index.patients.birth.get(patient as usize).copied(),
+            ..Row::default()
+        }
+    }
+
+    fn patients(
+        &self,
+        c: &Criterion,
+        target: Target,
+        params: &[SearchParam],
+        needs: Needs,
+    ) -> Result<Fetched, QueryError> {
+        let p = &self.index.patients;
+        let reference = self.index.reference_date;
+        let mut set = self.population.clone();
+        let mut ipp_given = false;
+        for param in params {
+            if is_active_filter(c, param)? {
+                continue;
+            }
+            if param.modifier.is_some() {
+                return Err(unsupported(c, param, "patients"));
+            }
+            let keep: Box<dyn Fn(u32) -> bool + '_> = match param.name.as_str() {
+                "gender" => {
+                    let mut female = false;
+                    let mut male = false;
+                    for v in &param.values {
+                        match code_of(v) {
+                            "f" | "female" | "F" => female = true,
+                            "m" | "male" | "M" => male = true,
+                            "o" | "other" | "u" | "unknown" => {}
+                            other => {
+                                return Err(QueryError::criterion(
+                                    c.id,
+                                    format!("`{other}` is not a gender"),
+                                ));
+                            }
+                        }
+                    }
+                    Box::new(move |i| {
+                        let f = p.female[i as usize];
+                        (f && female) || (!f && male)
+                    })
+                }
+                "deceased" => {
+                    let want: Vec<bool> = param.values.iter().map(|v| v.text == "true").collect();
+                    Box::new(move |i| want.contains(&p.death[i as usize].is_some()))
+                }
+                "birthdate" | "death-date" => {
+                    let test = Test {
+                        ranges: date_ranges(c, param)?,
+                    };
+                    let death = param.name == "death-date";
+                    Box::new(move |i| {
+                        let d = if death {
+                            p.death[i as usize]
+                        } else {
+                            Some(p.birth[i as usize])
+                        };
+                        d.and_then(|d| d.and_hms_opt(12, 0, 0))
+                            .is_some_and(|t| test.holds(t.and_utc().timestamp() as f64))
+                    })
+                }
+                "age-day" | "age-month" => {
+                    let test = Test {
+                        ranges: number_ranges(c, param)?,
+                    };
+                    let months = param.name == "age-month";
+                    Box::new(move |i| {
+                        let birth = p.birth[i as usize];
+                        let age = if months {
+                            f64::from(whole_months(birth, reference))
+                        } else {
+                            (reference - birth).num_days() as f64
+                        };
+                        test.holds(age)
+                    })
+                }
+                "_id" => {
+                    let ids: PatientSet = param
+                        .values
+                        .iter()
+                        .filter_map(|v| v.text.parse::<u32>().ok())
+                        .collect();
+                    Box::new(move |i| ids.contains(i))
+                }
+                "identifier.value" | "identifier" if target == Target::IppList => {
+                    ipp_given = true;
+                    let ids: PatientSet = param
+                        .values
+                        .iter()
+                        .filter_map(|v| p.by_ipp.get(code_of(v)).copied())
+                        .collect();
+                    Box::new(move |i| ids.contains(i))
+                }
+                _ => return Err(unsupported(c, param, "patients")),
+            };
+            set = set.into_iter().filter(|i| keep(*i)).collect();
+        }
+        if target == Target::IppList && !ipp_given {
+            return Err(QueryError::criterion(
+                c.id,
+                "the IPP list is empty (identifier.value)",
+            ));
+        }
+        if needs.rows {
+            Ok(Fetched::Rows(set.iter().map(|i| self.patient_row(i)).collect()))
+        } else {
+            Ok(Fetched::Patients(set))
+        }
+    }
+
+    fn encounters(&self, c: &Criterion, params: &[SearchParam]) -> Result<Fetched, QueryError> {
+        let e = &self.index.encounters;
+        let p = &self.index.patients;
+        let mut tests: Vec<(Test, fn(&ClinicalIndex, usize) -> f64)> = Vec::new();
+        let mut classes: Option<Vec<u8>> = None;
+        for param in params {
+            if is_active_filter(c, param)? {
+                continue;
+            }
+            if param.modifier.is_some() {
+                return Err(unsupported(c, param, "encounters"));
+            }
+            match param.name.as_str() {
+                "class" => {
+                    classes = Some(
+                        param
+                            .values
+                            .iter()
+                            .filter_map(|v| {
+                                e.classes.iter().position(|k| k == code_of(v)).map(|k| k as u8)
+                            })
+                            .collect(),
+                    );
+                }
+                "date" | "period-start" | "start-date" => tests.push((
+                    Test { ranges: date_ranges(c, param)? },
+                    |ix, i| ix.encounters.start[i] as f64,
+                )),
+                "period-end" | "end-date" => tests.push((
+                    Test { ranges: date_ranges(c, param)? },
+                    |ix, i| ix.encounters.end[i] as f64,
+                )),
+                "length" => tests.push((
+                    Test { ranges: number_ranges(c, param)? },
+                    |ix, i| (ix.encounters.end[i] - ix.encounters.start[i]) as f64 / 86_400.0,
+                )),
+                "start-age-visit" => tests.push((
+                    Test { ranges: number_ranges(c, param)? },
+                    |ix, i| {
+                        let patient = ix.encounters.patient[i] as usize;
+                        let birth = ix.patients.birth[patient];
+                        DateTime::from_timestamp(ix.encounters.start[i], 0)
+                            .map_or(-1.0, |t| (t.date_naive() - birth).num_days() as f64)
+                    },
+                )),
+                _ => return Err(unsupported(c, param, "encounters")),
+            }
+        }
+        let mut rows = Vec::new();
+        for i in 1..e.patient.len() {
+            let patient = e.patient[i];
+            if patient == 0 || !self.population.contains(patient) {
+                continue;
+            }
+            if let Some(cl) = &classes
+                && !cl.contains(&e.class[i])
+            {
+                continue;
+            }
+            if !tests.iter().all(|(t, f)| t.holds(f(self.index, i))) {
+                continue;
+            }
+            rows.push(Row {
+                patient,
+                encounter: Some(i as u64),
+                episode: Some(u64::from(e.episode[i])),
+                at: Some(e.start[i]),
+                encounter_start: Some(e.start[i]),
+                birth_date: p.birth.get(patient as usize).copied(),
+                resource_key: None,
+            });
+        }
+        Ok(Fetched::Rows(rows))
+    }
+
+    fn facts(
+        &self,
+        c: &Criterion,
+        resource: FactResource,
+        params: &[SearchParam],
+        needs: Needs,
+    ) -> Result<Fetched, QueryError> {
+        let empty = Facts::default();
+        let facts = self.index.facts.get(&resource).unwrap_or(&empty);
+        let mut codes: Option<Vec<&str>> = None;
+        let mut at_tests = Vec::new();
+        let mut value_tests = Vec::new();
+        for param in params {
+            if is_active_filter(c, param)? {
+                continue;
+            }
+            if param.modifier.is_some() {
+                return Err(unsupported(c, param, resource.fhir_type()));
+            }
+            match param.name.as_str() {
+                "code" | "codeList" => codes = Some(param.values.iter().map(code_of).collect()),
+                name if FACT_DATE_PARAMS.contains(&name) => at_tests.push(Test {
+                    ranges: date_ranges(c, param)?,
+                }),
+                "value-quantity" if resource == FactResource::Observation => {
+                    value_tests.push(Test {
+                        ranges: number_ranges(c, param)?,
+                    })
+                }
+                _ => return Err(unsupported(c, param, resource.fhir_type())),
+            }
+        }
+        let only_codes = at_tests.is_empty() && value_tests.is_empty();
+        if !needs.rows && only_codes {
+            let mut set = PatientSet::new();
+            match &codes {
+                Some(codes) => {
+                    for code in codes {
+                        if let Some(b) = facts.code_patients.get(*code) {
+                            set |= b;
+                        }
+                    }
+                }
+                None => {
+                    for b in facts.code_patients.values() {
+                        set |= b;
+                    }
+                }
+            }
+            set &= self.population;
+            return Ok(Fetched::Patients(set));
+        }
+        let ranges: Vec<std::ops::Range<usize>> = match &codes {
+            Some(codes) => codes
+                .iter()
+                .filter_map(|code| facts.codes.get(*code).cloned())
+                .collect(),
+            None => vec![0..facts.len()],
+        };
+        let e = &self.index.encounters;
+        let mut rows = Vec::new();
+        let mut set = PatientSet::new();
+        for range in ranges {
+            for i in range {
+                let patient = facts.patient[i];
+                if !self.population.contains(patient)
+                    || !at_tests.iter().all(|t| t.holds(facts.at[i] as f64))
+                    || !value_tests
+                        .iter()
+                        .all(|t| !facts.value[i].is_nan() && t.holds(f64::from(facts.value[i])))
+                {
+                    continue;
+                }
+                if !needs.rows {
+                    set.insert(patient);
+                    continue;
+                }
+                let enc = facts.encounter[i] as usize;
+                rows.push(Row {
+                    patient,
+                    encounter: Some(enc as u64),
+                    episode: e.episode.get(enc).map(|x| u64::from(*x)),
+                    at: Some(facts.at[i]),
+                    encounter_start: e.start.get(enc).copied(),
+                    birth_date: self.index.patients.birth.get(patient as usize).copied(),
+                    resource_key: None,
+                });
+            }
+        }
+        if needs.rows {
+            Ok(Fetched::Rows(rows))
+        } else {
+            Ok(Fetched::Patients(set))
+        }
+    }
+}

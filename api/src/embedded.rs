@@ -73,7 +73,9 @@ async fn deliver(
             .settle_cohort(ctx, job.target, report.clone(), false)
             .await?;
     } else {
-        cohorts.settle_count(ctx, job.target, report.clone()).await?;
+        cohorts
+            .settle_count(ctx, job.target, report.clone())
+            .await?;
     }
     Ok(())
 }

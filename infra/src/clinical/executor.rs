@@ -137,12 +137,13 @@ impl Inner {
         if rest.is_empty() {
             return Ok(set);
         }
-        let known: Vec<i64> =
-            sqlx::query_scalar("SELECT group_id FROM clinical.cohort_lists WHERE group_id = ANY($1)")
-                .bind(&rest)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| format!("cannot read the cohort lists: {e}"))?;
+        let known: Vec<i64> = sqlx::query_scalar(
+            "SELECT group_id FROM clinical.cohort_lists WHERE group_id = ANY($1)",
+        )
+        .bind(&rest)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("cannot read the cohort lists: {e}"))?;
         if let Some(missing) = rest.iter().find(|id| !known.contains(id)) {
             return Err(format!(
                 "the source population `{missing}` is neither a perimeter nor a cohort"
@@ -280,7 +281,10 @@ impl Inner {
                 match job.details.as_deref() {
                     Some("all") => {
                         for (id, n) in &evaluation.stage_counts {
-                            extra.insert(format!("criteria_count_{id}"), Value::String(n.to_string()));
+                            extra.insert(
+                                format!("criteria_count_{id}"),
+                                Value::String(n.to_string()),
+                            );
                         }
                     }
                     Some("ratio") if count > 0 => {
@@ -368,7 +372,11 @@ impl QueryExecutor for EmbeddedExecutor {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(id, JobEntry::Done(report.clone()));
-            if inner.completions.send(JobCompletion { job, report }).is_err() {
+            if inner
+                .completions
+                .send(JobCompletion { job, report })
+                .is_err()
+            {
                 tracing::warn!("no one receives the embedded executor's results");
             }
         });

@@ -142,7 +142,11 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
             .checked_sub_days(Days::new(age_years * 365 + rng.random_range(0..365)))
             .unwrap_or(reference);
         let deceased = rng.random_bool(if age_years >= 65 { 0.12 } else { 0.02 });
-        let span_start = birth.max(reference.checked_sub_days(Days::new(3650)).unwrap_or(reference));
+        let span_start = birth.max(
+            reference
+                .checked_sub_days(Days::new(3650))
+                .unwrap_or(reference),
+        );
         let span_days = (reference - span_start).num_days().max(1) as u64;
         let death = deceased.then(|| {
             span_start
@@ -223,12 +227,24 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
             };
             if diabetes_left > 0 {
                 diabetes_left -= 1;
-                fact(&mut f_buf, &mut rng, FactResource::Condition, catalog::DIABETES, None);
+                fact(
+                    &mut f_buf,
+                    &mut rng,
+                    FactResource::Condition,
+                    catalog::DIABETES,
+                    None,
+                );
             }
             if high_hba1c_left > 0 {
                 high_hba1c_left -= 1;
                 let v = rng.random_range(8.5..11.0);
-                fact(&mut f_buf, &mut rng, FactResource::Observation, catalog::HBA1C, Some((v, "%")));
+                fact(
+                    &mut f_buf,
+                    &mut rng,
+                    FactResource::Observation,
+                    catalog::HBA1C,
+                    Some((v, "%")),
+                );
             }
             for _ in 0..rng.random_range(1..=3) {
                 let code = skewed(&mut rng, &icd10).clone();
@@ -237,11 +253,23 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
             for _ in 0..rng.random_range(0..=12) {
                 let test = skewed(&mut rng, catalog::LAB_TESTS);
                 let v = rng.random_range(test.low..test.high);
-                fact(&mut f_buf, &mut rng, FactResource::Observation, test.code, Some((v, test.unit)));
+                fact(
+                    &mut f_buf,
+                    &mut rng,
+                    FactResource::Observation,
+                    test.code,
+                    Some((v, test.unit)),
+                );
             }
             for _ in 0..rng.random_range(0..=2) {
                 let code = *skewed(&mut rng, catalog::ATC_CODES);
-                fact(&mut f_buf, &mut rng, FactResource::MedicationRequest, code, None);
+                fact(
+                    &mut f_buf,
+                    &mut rng,
+                    FactResource::MedicationRequest,
+                    code,
+                    None,
+                );
             }
             for _ in 0..rng.random_range(0..=1) {
                 let code = skewed(&mut rng, &ccam).clone();
@@ -280,8 +308,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
 
 const PATIENTS_COPY: &str = "COPY clinical.patients (id, ipp, gender, birth_date, deceased, death_date, family_name, given_name, perimeter_id) FROM STDIN";
 const ENCOUNTERS_COPY: &str = "COPY clinical.encounters (id, patient_id, class, start_at, end_at, episode_id, perimeter_id) FROM STDIN";
-const FACTS_COPY: &str =
-    "COPY clinical.facts (id, resource, patient_id, encounter_id, code, at, value, unit) FROM STDIN";
+const FACTS_COPY: &str = "COPY clinical.facts (id, resource, patient_id, encounter_id, code, at, value, unit) FROM STDIN";
 
 async fn flush(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

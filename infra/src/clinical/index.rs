@@ -84,15 +84,24 @@ impl ClinicalIndex {
     /// Approximate heap size, for the benchmark and `/metrics`.
     pub fn memory_bytes(&self) -> u64 {
         let p = &self.patients;
-        let mut total = (p.female.len() + p.birth.len() * 4 + p.death.len() * 8 + p.perimeter.len() * 8) as u64
-            + p.by_ipp.len() as u64 * 48
-            + p.all.serialized_size() as u64;
+        let mut total =
+            (p.female.len() + p.birth.len() * 4 + p.death.len() * 8 + p.perimeter.len() * 8) as u64
+                + p.by_ipp.len() as u64 * 48
+                + p.all.serialized_size() as u64;
         let e = &self.encounters;
-        total += (e.patient.len() * 4 + e.class.len() + e.start.len() * 8 + e.end.len() * 8 + e.episode.len() * 4) as u64;
+        total += (e.patient.len() * 4
+            + e.class.len()
+            + e.start.len() * 8
+            + e.end.len() * 8
+            + e.episode.len() * 4) as u64;
         for f in self.facts.values() {
             total += (f.len() * (4 + 4 + 8 + 4)) as u64;
             total += f.codes.len() as u64 * 64;
-            total += f.code_patients.values().map(|b| b.serialized_size() as u64).sum::<u64>();
+            total += f
+                .code_patients
+                .values()
+                .map(|b| b.serialized_size() as u64)
+                .sum::<u64>();
         }
         total += self
             .perimeter_patients

@@ -17,7 +17,9 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
-use domain::cohort_query::{Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row};
+use domain::cohort_query::{
+    Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
+};
 
 use super::catalog::FactResource;
 use super::index::{ClinicalIndex, Facts};
@@ -56,6 +58,9 @@ const FACT_DATE_PARAMS: &[&str] = &[
     "performed-date",
 ];
 
+/// Reads one number of an encounter (by id) for a [`Test`].
+type EncounterMeasure = fn(&ClinicalIndex, usize) -> f64;
+
 /// The index seen through one source population.
 pub struct ClinicalSource<'a> {
     pub index: &'a ClinicalIndex,
@@ -66,7 +71,11 @@ pub struct ClinicalSource<'a> {
 fn instant_range(c: &Criterion, v: &SearchValue) -> Result<(i64, i64), QueryError> {
     let text = v.text.trim();
     if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp();
+        let lo = d
+            .and_hms_opt(0, 0, 0)
+            .unwrap_or_default()
+            .and_utc()
+            .timestamp();
         return Ok((lo, lo + 86_399));
     }
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -75,7 +84,10 @@ fn instant_range(c: &Criterion, v: &SearchValue) -> Result<(i64, i64), QueryErro
     if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
         return Ok((t.and_utc().timestamp(), t.and_utc().timestamp()));
     }
-    Err(QueryError::criterion(c.id, format!("`{text}` is not a date")))
+    Err(QueryError::criterion(
+        c.id,
+        format!("`{text}` is not a date"),
+    ))
 }
 
 /// Whether `x` (a point, or a range for dates) compares to the value's range as its prefix says.
@@ -91,19 +103,28 @@ fn compare(prefix: Option<Prefix>, x: f64, lo: f64, hi: f64) -> bool {
 }
 
 /// A parameter's alternatives as numeric ranges (a number is its own range).
-fn number_ranges(c: &Criterion, p: &SearchParam) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
+fn number_ranges(
+    c: &Criterion,
+    p: &SearchParam,
+) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
     p.values
         .iter()
         .map(|v| {
             let n: f64 = v.text.trim().parse().map_err(|_| {
-                QueryError::criterion(c.id, format!("`{}` of `{}` is not a number", v.text, p.name))
+                QueryError::criterion(
+                    c.id,
+                    format!("`{}` of `{}` is not a number", v.text, p.name),
+                )
             })?;
             Ok((v.prefix, n, n))
         })
         .collect()
 }
 
-fn date_ranges(c: &Criterion, p: &SearchParam) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
+fn date_ranges(
+    c: &Criterion,
+    p: &SearchParam,
+) -> Result<Vec<(Option<Prefix>, f64, f64)>, QueryError> {
     p.values
         .iter()
         .map(|v| {
@@ -120,7 +141,9 @@ struct Test {
 
 impl Test {
     fn holds(&self, x: f64) -> bool {
-        self.ranges.iter().any(|(p, lo, hi)| compare(*p, x, *lo, *hi))
+        self.ranges
+            .iter()
+            .any(|(p, lo, hi)| compare(*p, x, *lo, *hi))
     }
 }
 
@@ -137,7 +160,10 @@ fn unsupported(c: &Criterion, p: &SearchParam, what: &str) -> QueryError {
 
 /// `active=true` and its variants; `Ok(false)` when the parameter is something else.
 fn is_active_filter(c: &Criterion, p: &SearchParam) -> Result<bool, QueryError> {
-    if !matches!(p.name.as_str(), "active" | "subject.active" | "patient.active") {
+    if !matches!(
+        p.name.as_str(),
+        "active" | "subject.active" | "patient.active"
+    ) {
         return Ok(false);
     }
     if p.values.iter().all(|v| v.text == "true") {
@@ -145,14 +171,18 @@ fn is_active_filter(c: &Criterion, p: &SearchParam) -> Result<bool, QueryError> 
     } else {
         Err(QueryError::criterion(
             c.id,
-            format!("`{}` only accepts `true`: every stored patient is active", p.name),
+            format!(
+                "`{}` only accepts `true`: every stored patient is active",
+                p.name
+            ),
         ))
     }
 }
 
 /// Completed months from `birth` to `at` (0 before birth).
 fn whole_months(birth: NaiveDate, at: NaiveDate) -> i32 {
-    let months = (at.year() * 12 + at.month0() as i32) - (birth.year() * 12 + birth.month0() as i32)
+    let months = (at.year() * 12 + at.month0() as i32)
+        - (birth.year() * 12 + birth.month0() as i32)
         - i32::from(at.day() < birth.day());
     months.max(0)
 }
@@ -292,7 +322,9 @@ impl ClinicalSource<'_> {
             ));
         }
         if needs.rows {
-            Ok(Fetched::Rows(set.iter().map(|i| self.patient_row(i)).collect()))
+            Ok(Fetched::Rows(
+                set.iter().map(|i| self.patient_row(i)).collect(),
+            ))
         } else {
             Ok(Fetched::Patients(set))
         }
@@ -301,7 +333,7 @@ impl ClinicalSource<'_> {
     fn encounters(&self, c: &Criterion, params: &[SearchParam]) -> Result<Fetched, QueryError> {
         let e = &self.index.encounters;
         let p = &self.index.patients;
-        let mut tests: Vec<(Test, fn(&ClinicalIndex, usize) -> f64)> = Vec::new();
+        let mut tests: Vec<(Test, EncounterMeasure)> = Vec::new();
         let mut classes: Option<Vec<u8>> = None;
         for param in params {
             if is_active_filter(c, param)? {
@@ -317,25 +349,36 @@ impl ClinicalSource<'_> {
                             .values
                             .iter()
                             .filter_map(|v| {
-                                e.classes.iter().position(|k| k == code_of(v)).map(|k| k as u8)
+                                e.classes
+                                    .iter()
+                                    .position(|k| k == code_of(v))
+                                    .map(|k| k as u8)
                             })
                             .collect(),
                     );
                 }
                 "date" | "period-start" | "start-date" => tests.push((
-                    Test { ranges: date_ranges(c, param)? },
+                    Test {
+                        ranges: date_ranges(c, param)?,
+                    },
                     |ix, i| ix.encounters.start[i] as f64,
                 )),
                 "period-end" | "end-date" => tests.push((
-                    Test { ranges: date_ranges(c, param)? },
+                    Test {
+                        ranges: date_ranges(c, param)?,
+                    },
                     |ix, i| ix.encounters.end[i] as f64,
                 )),
                 "length" => tests.push((
-                    Test { ranges: number_ranges(c, param)? },
+                    Test {
+                        ranges: number_ranges(c, param)?,
+                    },
                     |ix, i| (ix.encounters.end[i] - ix.encounters.start[i]) as f64 / 86_400.0,
                 )),
                 "start-age-visit" => tests.push((
-                    Test { ranges: number_ranges(c, param)? },
+                    Test {
+                        ranges: number_ranges(c, param)?,
+                    },
                     |ix, i| {
                         let patient = ix.encounters.patient[i] as usize;
                         let birth = ix.patients.birth[patient];
@@ -430,7 +473,7 @@ impl ClinicalSource<'_> {
                 .iter()
                 .filter_map(|code| facts.codes.get(*code).cloned())
                 .collect(),
-            None => vec![0..facts.len()],
+            None => std::iter::once(0..facts.len()).collect(),
         };
         let e = &self.index.encounters;
         let mut rows = Vec::new();

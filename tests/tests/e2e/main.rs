@@ -4,6 +4,7 @@ mod alerts;
 mod audit;
 mod auth;
 mod bad_input;
+mod clinical;
 mod cohorts;
 mod content;
 mod maintenance;

@@ -85,6 +85,11 @@ pub struct CohortArgs {
     #[arg(long, env = "LAST_COUNT_VALIDITY", default_value_t = 24)]
     pub last_count_validity_hours: i64,
 
+    /// Counts under this many patients are shown as "< N" to callers who do not read the
+    /// count's perimeters nominatively (0 or 1: off).
+    #[arg(long, env = "SMALL_CELL_THRESHOLD", default_value_t = 0)]
+    pub small_cell_threshold: i64,
+
     /// Base URL of an external QueryExecutor (`/jobs` is appended). Empty (the default): the
     /// embedded executor counts on the clinical store.
     #[arg(long, env = "QUERY_EXECUTOR_URL", default_value = "")]
@@ -218,6 +223,7 @@ impl Default for CohortArgs {
             cohort_size_limit: 20_000,
             last_count_validity_hours: 24,
             query_executor_url: String::new(),
+            small_cell_threshold: 0,
             query_executor_timeout_seconds: 10,
             reconcile_after_seconds: 600,
             reconcile_every_seconds: 60,

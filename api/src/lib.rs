@@ -15,6 +15,7 @@ pub mod pagination;
 pub mod request_log;
 pub mod routes;
 pub mod scheduler;
+pub mod small_cells;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

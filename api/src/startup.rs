@@ -310,6 +310,9 @@ impl Core {
                 timeout: Duration::from_secs(30),
             }));
         let cohort_reader = Arc::new(PgCohorts::new(pool.clone()));
+        let read_rights: Arc<dyn commands::ports::PatientReadRights> = Arc::new(
+            crate::small_cells::IdentityReadRights(identity_reader.clone()),
+        );
         // The embedded executor unless QUERY_EXECUTOR_URL names an external one.
         let (executor, completions): (Arc<dyn commands::ports::QueryExecutor>, _) =
             if settings.cohorts.query_executor_url.trim().is_empty() {
@@ -343,16 +346,22 @@ impl Core {
             },
             crate::config::comma_list(&settings.cohorts.reporting_perimeter_types),
         ));
-        let cohorts = Arc::new(commands::cohorts::Cohorts::new(
-            infra::stores::cohorts(&pool),
-            reader.clone(),
-            cohort_reader.clone(),
-            executor,
-            consistency.clone(),
-            commands::cohorts::CohortSettings {
-                size_limit: settings.cohorts.cohort_size_limit,
-            },
-        ));
+        let cohorts = Arc::new(
+            commands::cohorts::Cohorts::new(
+                infra::stores::cohorts(&pool),
+                reader.clone(),
+                cohort_reader.clone(),
+                executor,
+                consistency.clone(),
+                commands::cohorts::CohortSettings {
+                    size_limit: settings.cohorts.cohort_size_limit,
+                },
+            )
+            .with_small_cells(
+                domain::small_cells::SmallCells::new(settings.cohorts.small_cell_threshold),
+                read_rights.clone(),
+            ),
+        );
         if let Some(completions) = completions {
             tasks.spawn(crate::embedded::deliver_completions(
                 completions,
@@ -481,6 +490,11 @@ impl Core {
                 consistency.clone(),
             )),
             content_reader: Arc::new(infra::content::PgContent::new(pool.clone())),
+            clinical: Arc::new(infra::clinical::fhir::PgClinical::new(pool.clone())),
+            small_cells: domain::small_cells::SmallCells::new(
+                settings.cohorts.small_cell_threshold,
+            ),
+            read_rights,
             request_logs: Arc::new(request_logs),
             metrics: crate::observability::recorder(),
             metrics_token: settings.metrics_token.clone(),

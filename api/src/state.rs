@@ -67,6 +67,11 @@ pub struct AppState {
     pub pipeline: Arc<dyn PipelineAdmin>,
     pub contents: Arc<commands::content::Contents>,
     pub content_reader: Arc<dyn projections::content::ContentReader>,
+    /// Small-cell protection of counts (`SMALL_CELL_THRESHOLD`), and who is exempt from it.
+    pub small_cells: domain::small_cells::SmallCells,
+    pub read_rights: Arc<dyn commands::ports::PatientReadRights>,
+    /// The clinical store, for the FHIR read API.
+    pub clinical: Arc<dyn projections::clinical::ClinicalReader>,
     pub request_logs: Arc<dyn projections::request_logs::RequestLogs>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token `/metrics` requires, if set.

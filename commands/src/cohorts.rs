@@ -16,6 +16,7 @@ use domain::count::{Count, CountCommand, CountError, CountMode, CountRequest, Co
 use domain::fhir_filter::FhirFilterError;
 use domain::job::{JobError, JobReport, JobStatus};
 use domain::request::{Request, RequestError, RequestState};
+use domain::small_cells::SmallCells;
 use domain::validation::InvalidField;
 use serde_json::{Value, json};
 use thiserror::Error;
@@ -26,7 +27,7 @@ use crate::context::CommandContext;
 use crate::error::CommandError;
 use crate::ports::{
     CancelOutcome, CohortDirectory, Consistency, ExecutorError, ExecutorMode, JobSubmission,
-    Notifier, PortError, QueryExecutor, StaleJob, WorkspaceDirectory,
+    Notifier, PatientReadRights, PortError, QueryExecutor, StaleJob, WorkspaceDirectory,
 };
 use crate::workspace::Written;
 
@@ -151,6 +152,8 @@ pub struct Cohorts {
     executor: Arc<dyn QueryExecutor>,
     consistency: Arc<dyn Consistency>,
     settings: CohortSettings,
+    /// Small-cell protection of the websocket messages, and who is exempt from it.
+    small_cells: Option<(SmallCells, Arc<dyn PatientReadRights>)>,
 }
 
 const STAGE_DETAILS: [&str; 2] = ["all", "ratio"];
@@ -171,7 +174,36 @@ impl Cohorts {
             executor,
             consistency,
             settings,
+            small_cells: None,
         }
+    }
+
+    /// Protects small counts in the websocket messages of owners who do not read the query's
+    /// perimeters nominatively.
+    pub fn with_small_cells(
+        mut self,
+        cells: SmallCells,
+        rights: Arc<dyn PatientReadRights>,
+    ) -> Self {
+        self.small_cells = cells.is_on().then_some((cells, rights));
+        self
+    }
+
+    /// Masks the small counts of `message` unless `owner` reads the query's perimeters
+    /// nominatively.
+    async fn protect(
+        &self,
+        owner: &str,
+        query: &str,
+        message: &mut Value,
+    ) -> Result<(), CohortsError> {
+        if let Some((cells, rights)) = &self.small_cells {
+            let perimeters = domain::query::perimeters_ids(query).unwrap_or_default();
+            if !rights.reads_nominatively(owner, &perimeters).await? {
+                cells.mask(message);
+            }
+        }
+        Ok(())
     }
 
     async fn settle<T>(
@@ -810,7 +842,10 @@ impl Cohorts {
                 Ok(())
             };
         }
-        notifier.push(&count.owner, count_job_status(&count)).await;
+        let mut message = count_job_status(&count);
+        self.protect(&count.owner, &count.serialized_query, &mut message)
+            .await?;
+        notifier.push(&count.owner, message).await;
         Ok(())
     }
 
@@ -827,9 +862,10 @@ impl Cohorts {
             Some(g) => self.buses.counts.load(&g.to_string()).await?.state,
             None => None,
         };
-        notifier
-            .push(&cohort.owner, cohort_job_status(&cohort, global.as_ref()))
-            .await;
+        let mut message = cohort_job_status(&cohort, global.as_ref());
+        self.protect(&cohort.owner, &cohort.serialized_query, &mut message)
+            .await?;
+        notifier.push(&cohort.owner, message).await;
         Ok(())
     }
 

@@ -223,3 +223,14 @@ pub struct JobCompletion {
     pub job: JobSubmission,
     pub report: domain::job::JobReport,
 }
+
+/// Whether a user reads patient data nominatively on every perimeter of a query (small-cell
+/// protection shows exact small counts to them only).
+#[async_trait]
+pub trait PatientReadRights: Send + Sync {
+    async fn reads_nominatively(
+        &self,
+        username: &str,
+        perimeter_cohort_ids: &[String],
+    ) -> Result<bool, PortError>;
+}

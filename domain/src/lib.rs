@@ -30,6 +30,7 @@ pub mod request;
 pub mod rights;
 pub mod role;
 pub mod session;
+pub mod small_cells;
 pub mod upcast;
 pub mod user;
 pub mod validation;

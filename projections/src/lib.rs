@@ -5,6 +5,7 @@
 //! the contract between it and the API. May depend on: `domain`, serde, chrono, uuid.
 
 pub mod audit;
+pub mod clinical;
 pub mod cohorts;
 pub mod content;
 pub mod cursor;

@@ -26,6 +26,7 @@ use crate::pagination::{
     uuid_param, window,
 };
 use crate::routes::written;
+use crate::small_cells::protected_of_snapshot;
 use crate::state::AppState;
 
 /// Who may report job results: the QueryExecutor and the Solr ETL.
@@ -130,7 +131,7 @@ pub(super) async fn list_dated_measures(
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Envelope<DatedMeasureOut>>, ApiError> {
+) -> Result<Json<Envelope<Value>>, ApiError> {
     let window = window(&params)?;
     let filter = DatedMeasureFilter {
         request_query_snapshot: uuid_param(&params, "request_query_snapshot")?,
@@ -145,13 +146,15 @@ pub(super) async fn list_dated_measures(
         .cohort_reader
         .list_dated_measures(reader(&state, &caller), &filter, window)
         .await?;
+    let mut results = Vec::with_capacity(page.results.len());
+    for v in page.results {
+        let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
+        let out = dated_measure_out(&state, v);
+        results.push(protected_of_snapshot(&state, &caller, &owner, snapshot, out).await?);
+    }
     let page = projections::Page {
         count: page.count,
-        results: page
-            .results
-            .into_iter()
-            .map(|v| dated_measure_out(&state, v))
-            .collect(),
+        results,
     };
     Ok(Json(envelope(page, window, &uri, &headers, &params)))
 }
@@ -160,14 +163,18 @@ pub(super) async fn retrieve_dated_measure(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<DatedMeasureOut>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
-    state
+    let v = state
         .cohort_reader
         .dated_measure(reader(&state, &caller), id)
         .await?
-        .map(|v| Json(dated_measure_out(&state, v)))
-        .ok_or_else(|| ApiError::not_found("dated_measure_not_found", "dated measure"))
+        .ok_or_else(|| ApiError::not_found("dated_measure_not_found", "dated measure"))?;
+    let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
+    let out = dated_measure_out(&state, v);
+    Ok(Json(
+        protected_of_snapshot(&state, &caller, &owner, snapshot, out).await?,
+    ))
 }
 
 pub(super) async fn create_dated_measure(
@@ -269,7 +276,7 @@ pub(super) async fn list_cohorts(
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Envelope<CohortOut>>, ApiError> {
+) -> Result<Json<Envelope<Value>>, ApiError> {
     let window = window(&params)?;
     let limit = state.cohort_settings.cohort_size_limit;
     let filter = CohortFilter {
@@ -292,13 +299,15 @@ pub(super) async fn list_cohorts(
         .cohort_reader
         .list_cohorts(reader(&state, &caller), &filter, window)
         .await?;
+    let mut results = Vec::with_capacity(page.results.len());
+    for v in page.results {
+        let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
+        let out = cohort_out(&state, v);
+        results.push(protected_of_snapshot(&state, &caller, &owner, snapshot, out).await?);
+    }
     let page = projections::Page {
         count: page.count,
-        results: page
-            .results
-            .into_iter()
-            .map(|v| cohort_out(&state, v))
-            .collect(),
+        results,
     };
     Ok(Json(envelope(page, window, &uri, &headers, &params)))
 }
@@ -307,14 +316,18 @@ pub(super) async fn retrieve_cohort(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<CohortOut>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = path_uuid(&id, "cohort", "cohort_not_found")?;
-    state
+    let v = state
         .cohort_reader
         .cohort(reader(&state, &caller), id)
         .await?
-        .map(|v| Json(cohort_out(&state, v)))
-        .ok_or_else(|| ApiError::not_found("cohort_not_found", "cohort"))
+        .ok_or_else(|| ApiError::not_found("cohort_not_found", "cohort"))?;
+    let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
+    let out = cohort_out(&state, v);
+    Ok(Json(
+        protected_of_snapshot(&state, &caller, &owner, snapshot, out).await?,
+    ))
 }
 
 pub(super) async fn create_cohort(

@@ -7,6 +7,7 @@ mod auth;
 pub(crate) mod cohorts;
 mod content;
 mod feasibility;
+pub(crate) mod fhir;
 mod fhir_filters;
 pub(crate) mod folders;
 mod health;
@@ -204,6 +205,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(accesses::delete),
         )
         .route("/accesses/accesses/{id}/close/", patch(accesses::close))
+        .route("/fhir/metadata", get(fhir::metadata))
+        .route("/fhir/{resource}", get(fhir::search))
+        .route("/fhir/{resource}/{id}", get(fhir::read))
         .route("/audit/events/", get(audit::events))
         .route(
             "/audit/users/{username}/accesses/",

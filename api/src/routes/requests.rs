@@ -8,6 +8,7 @@ use commands::workspace::{NewRequest, RequestChanges};
 use projections::parse_ordering;
 use projections::workspace::{REQUEST_ORDERING, RequestFilter, RequestView};
 use serde::Deserialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -18,6 +19,7 @@ use crate::pagination::{
 };
 use crate::routes::folders::check_owner;
 use crate::routes::written;
+use crate::small_cells::protect_of_snapshot;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -62,13 +64,46 @@ async fn list_filtered(
     folder: Option<Uuid>,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Json<Envelope<RequestView>>, ApiError> {
+) -> Result<Json<Envelope<Value>>, ApiError> {
     let window = window(params)?;
     let page = state
         .reader
         .list_requests(&caller.username, &filter(params, folder)?, window)
         .await?;
+    let mut results = Vec::with_capacity(page.results.len());
+    for view in page.results {
+        results.push(protected(state, caller, view).await?);
+    }
+    let page = projections::Page {
+        count: page.count,
+        results,
+    };
     Ok(Json(envelope(page, window, uri, headers, params)))
+}
+
+/// A request with the small counts of its snapshots protected, each against its own perimeters.
+async fn protected(
+    state: &AppState,
+    caller: &Caller,
+    view: RequestView,
+) -> Result<Value, ApiError> {
+    let mut value = serde_json::to_value(&view).map_err(|e| ApiError::bug(&e.to_string()))?;
+    if let Some(summaries) = value
+        .get_mut("query_snapshots")
+        .and_then(Value::as_array_mut)
+    {
+        for summary in summaries {
+            let Some(id) = summary
+                .get("uuid")
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+            else {
+                continue;
+            };
+            protect_of_snapshot(state, caller, &view.owner, id, summary).await?;
+        }
+    }
+    Ok(value)
 }
 
 pub(super) async fn list(
@@ -77,7 +112,7 @@ pub(super) async fn list(
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Envelope<RequestView>>, ApiError> {
+) -> Result<Json<Envelope<Value>>, ApiError> {
     list_filtered(&state, &caller, &params, None, &uri, &headers).await
 }
 
@@ -88,7 +123,7 @@ pub(super) async fn list_in_folder(
     Query(params): Query<Params>,
     uri: Uri,
     headers: HeaderMap,
-) -> Result<Json<Envelope<RequestView>>, ApiError> {
+) -> Result<Json<Envelope<Value>>, ApiError> {
     let folder = path_uuid(&folder, "folder", "folder_not_found")?;
     if state
         .reader
@@ -105,14 +140,14 @@ pub(super) async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<RequestView>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = path_uuid(&id, "request", "request_not_found")?;
-    state
+    let view = state
         .reader
         .request(&caller.username, id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("request_not_found", "request"))
+        .ok_or_else(|| ApiError::not_found("request_not_found", "request"))?;
+    Ok(Json(protected(&state, &caller, view).await?))
 }
 
 async fn create_with(

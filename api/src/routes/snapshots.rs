@@ -8,7 +8,7 @@ use commands::workspace::NewSnapshot;
 use projections::parse_ordering;
 use projections::workspace::{SNAPSHOT_ORDERING, SnapshotFilter, SnapshotView};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -86,13 +86,14 @@ async fn list_filtered(
         .reader
         .list_snapshots(&caller.username, &filter, window)
         .await?;
-    page.results = with_jobs(state, page.results).await?;
+    page.results = with_jobs(state, caller, page.results).await?;
     Ok(Json(envelope(page, window, uri, headers, params)))
 }
 
 /// Fills the snapshots' `dated_measures` and `cohort_results` from the cohorts read model.
 async fn with_jobs(
     state: &AppState,
+    caller: &Caller,
     mut views: Vec<SnapshotView>,
 ) -> Result<Vec<SnapshotView>, ApiError> {
     let ids: Vec<_> = views.iter().map(|v| v.uuid).collect();
@@ -114,18 +115,29 @@ async fn with_jobs(
                 .cloned()
                 .collect(),
         );
-        view.dated_measures = m;
-        view.cohort_results = c;
+        let (mut m, mut c) = (Value::Array(m), Value::Array(c));
+        crate::small_cells::protect(state, caller, &view.perimeters_ids, &mut m).await?;
+        crate::small_cells::protect(state, caller, &view.perimeters_ids, &mut c).await?;
+        view.dated_measures = array(m);
+        view.cohort_results = array(c);
     }
     Ok(views)
 }
 
+fn array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(items) => items,
+        _ => Vec::new(),
+    }
+}
+
 async fn one_with_jobs(
     state: &AppState,
+    caller: &Caller,
     view: Option<SnapshotView>,
 ) -> Result<Option<SnapshotView>, ApiError> {
     Ok(match view {
-        Some(v) => with_jobs(state, vec![v]).await?.pop(),
+        Some(v) => with_jobs(state, caller, vec![v]).await?.pop(),
         None => None,
     })
 }
@@ -203,8 +215,8 @@ pub(super) async fn retrieve(
 ) -> Result<Json<SnapshotView>, ApiError> {
     let id = snapshot_id(&id)?;
     let view = state.reader.snapshot(&caller.username, id).await?;
-    let view = one_with_jobs(&state, view).await?;
-    one_with_jobs(&state, view)
+    let view = one_with_jobs(&state, &caller, view).await?;
+    one_with_jobs(&state, &caller, view)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("snapshot_not_found", "query snapshot"))
@@ -231,7 +243,7 @@ async fn create_with(
     let ctx = command_context(caller, trace);
     let w = state.workspace.save_snapshot(&ctx, new).await?;
     let view = state.reader.snapshot(&caller.username, w.value).await?;
-    let view = one_with_jobs(state, view).await?;
+    let view = one_with_jobs(state, caller, view).await?;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -292,7 +304,7 @@ pub(super) async fn update(
         .update_snapshot(&ctx, id, body.name, body.serialized_query)
         .await?;
     let view = state.reader.snapshot(&caller.username, id).await?;
-    let view = one_with_jobs(&state, view).await?;
+    let view = one_with_jobs(&state, &caller, view).await?;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

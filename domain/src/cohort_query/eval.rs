@@ -319,3 +319,156 @@ fn age_matches(age: &PatientAge, row: &Row) -> bool {
     // A birth date after the event cannot give an age.
     day.num_days_from_ce() >= birth.num_days_from_ce()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cohort_query::parse;
+    use std::collections::BTreeMap;
+
+    /// Rows per criterion id.
+    struct Fixture(BTreeMap<i64, Vec<Row>>);
+
+    impl CriterionSource for Fixture {
+        fn fetch(&self, c: &Criterion, _: Needs) -> Result<Fetched, QueryError> {
+            Ok(Fetched::Rows(
+                self.0.get(&c.id).cloned().unwrap_or_default(),
+            ))
+        }
+    }
+
+    fn row(patient: u32, encounter: u64, at: i64) -> Row {
+        Row {
+            patient,
+            encounter: Some(encounter),
+            episode: Some(encounter / 10),
+            at: Some(at),
+            ..Row::default()
+        }
+    }
+
+    fn run(query: serde_json::Value, rows: Vec<(i64, Vec<Row>)>) -> Vec<u32> {
+        let q = parse(&query.to_string()).unwrap();
+        let population: PatientSet = (1..=10).collect();
+        evaluate(&q, &population, &Fixture(rows.into_iter().collect()))
+            .unwrap()
+            .patients
+            .iter()
+            .collect()
+    }
+
+    fn c(id: i64) -> serde_json::Value {
+        serde_json::json!({"_type": "basicResource", "_id": id, "isInclusive": true, "resourceType": "Condition"})
+    }
+
+    fn root(kind: &str, inclusive: bool, criteria: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"sourcePopulation": {"caresiteCohortList": ["1"]},
+            "request": {"_type": kind, "_id": 0, "isInclusive": inclusive, "criteria": criteria}})
+    }
+
+    #[test]
+    fn an_excluded_root_is_the_population_minus_the_root() {
+        let rows = vec![(1, vec![row(2, 1, 0), row(3, 2, 0)])];
+        assert_eq!(
+            run(root("andGroup", false, vec![c(1)]), rows),
+            [1, 4, 5, 6, 7, 8, 9, 10]
+        );
+    }
+
+    #[test]
+    fn unique_fields_count_distinct_resources_and_keys_merge_rows() {
+        let mut q = root("andGroup", true, vec![c(1)]);
+        q["request"]["criteria"][0]["uniqueFields"] =
+            serde_json::json!([{"n": 2, "operator": ">="}]);
+        let keyed = |p, k| Row {
+            resource_key: Some(k),
+            ..row(p, 1, 0)
+        };
+        // Patient 1: two rows of one resource; patient 2: two resources.
+        let rows = vec![(1, vec![keyed(1, 7), keyed(1, 7), keyed(2, 8), keyed(2, 9)])];
+        assert_eq!(run(q, rows), [2]);
+    }
+
+    #[test]
+    fn different_encounters_need_a_pair_in_two_encounters() {
+        let mut q = root("andGroup", true, vec![c(1), c(2)]);
+        q["request"]["temporalConstraints"] =
+            serde_json::json!([{"idList": [1, 2], "constraintType": "differentEncounter"}]);
+        let rows = vec![
+            (
+                1,
+                vec![row(1, 1, 0), row(2, 1, 0), row(3, 1, 0), row(3, 2, 0)],
+            ),
+            (2, vec![row(1, 1, 0), row(2, 2, 0), row(3, 1, 0)]),
+        ];
+        // 1: only encounter 1 on both sides; 2: 1 vs 2; 3: encounter 2 vs 1.
+        assert_eq!(run(q, rows), [2, 3]);
+    }
+
+    #[test]
+    fn chronological_order_is_strict_without_a_minimum_and_chains_three_criteria() {
+        let mut q = root("andGroup", true, vec![c(1), c(2), c(3)]);
+        q["request"]["temporalConstraints"] = serde_json::json!([{"idList": [1, 2, 3],
+            "constraintType": "directChronologicalOrdering", "timeRelationMaxDuration": {"hours": 1}}]);
+        let rows = vec![
+            (1, vec![row(1, 1, 0), row(2, 1, 0), row(3, 1, 0)]),
+            // 1: same instant (not after); 2: 30 min then 30 min; 3: the last step takes too long.
+            (2, vec![row(1, 1, 0), row(2, 1, 1800), row(3, 1, 3600)]),
+            (3, vec![row(1, 1, 60), row(2, 1, 3600), row(3, 1, 7300)]),
+        ];
+        assert_eq!(run(q, rows), [2]);
+    }
+
+    #[test]
+    fn empty_groups_are_ignored_and_n_among_m_subtracts_exclusions() {
+        let mut n_among_m = serde_json::json!({"_type": "nAmongM", "_id": -1, "isInclusive": true,
+            "nAmongMOptions": {"n": 2, "operator": ">="}, "criteria": [c(1), c(2), c(3)]});
+        let mut excluded = c(4);
+        excluded["isInclusive"] = serde_json::json!(false);
+        n_among_m["criteria"].as_array_mut().unwrap().push(excluded);
+        let empty =
+            serde_json::json!({"_type": "orGroup", "_id": -2, "isInclusive": true, "criteria": []});
+        let q = root("orGroup", true, vec![n_among_m, empty]);
+        let rows = vec![
+            (1, vec![row(1, 1, 0), row(2, 1, 0), row(3, 1, 0)]),
+            (2, vec![row(1, 1, 0), row(3, 1, 0)]),
+            (3, vec![row(2, 1, 0), row(4, 1, 0)]),
+            (4, vec![row(3, 1, 0)]),
+        ];
+        // 1 and 2 match two of three, 3 too but is excluded, 4 matches one.
+        assert_eq!(run(q, rows), [1, 2]);
+    }
+
+    #[test]
+    fn stage_counts_name_every_node() {
+        let q = parse(&root("andGroup", true, vec![c(1), c(2)]).to_string()).unwrap();
+        let rows = vec![
+            (1, vec![row(1, 1, 0), row(2, 1, 0)]),
+            (2, vec![row(2, 1, 0)]),
+        ];
+        let e = evaluate(
+            &q,
+            &(1..=10).collect(),
+            &Fixture(rows.into_iter().collect()),
+        )
+        .unwrap();
+        assert_eq!(e.stage_counts, BTreeMap::from([(0, 1), (1, 2), (2, 1)]));
+    }
+
+    #[test]
+    fn unreadable_queries_name_the_node() {
+        let bad_operator = serde_json::json!({"request": {"_type": "andGroup", "_id": 0, "criteria": [
+            {"_type": "basicResource", "_id": 5, "resourceType": "Condition", "occurrence": {"n": 1, "operator": "≤x≥"}}]}});
+        let err = parse(&bad_operator.to_string()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "criterion 5: unknown occurrence operator `≤x≥`"
+        );
+        let missing = serde_json::json!({"request": {"_type": "andGroup", "_id": 0, "temporalConstraints": [
+            {"idList": [1, 9], "constraintType": "sameEncounter"}], "criteria": [
+            {"_type": "basicResource", "_id": 1, "resourceType": "Condition"}]}});
+        let q = parse(&missing.to_string()).unwrap();
+        let err = evaluate(&q, &PatientSet::new(), &Fixture(BTreeMap::new())).unwrap_err();
+        assert!(err.to_string().contains("criterion 9"), "{err}");
+    }
+}

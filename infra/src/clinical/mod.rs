@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod executor;
+pub mod fhir;
 pub mod generate;
 pub mod index;
 pub mod source;

@@ -593,3 +593,152 @@ async fn the_front_end_count_flow_gives_the_real_number_with_no_external_service
     assert_eq!(members as u64, expected, "{body}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
+    let (app, fixture) = app_with_data().await;
+    // Nominative on P0 (subtree 0, 3, 4, 5, 11, 12), pseudonymized on P1 (1, 6, 7), nothing else.
+    add_user(&app, "nora", None).await;
+    grant(&app, &fixture, "nora", "nominative_reader", 0).await;
+    add_user(&app, "paul", None).await;
+    grant(&app, &fixture, "paul", "pseudo_reader", 1).await;
+    add_user(&app, "nobody", None).await;
+    let pool = &app.pool;
+    let in_p0 = "SELECT id FROM clinical.patients WHERE perimeter_id IN (3, 4, 5, 11, 12)";
+
+    let meta = app.get("/fhir/metadata", "nora").await;
+    assert_eq!(meta.status, StatusCode::OK);
+    assert_eq!(meta.body["resourceType"], "CapabilityStatement");
+    let denied = app.get("/fhir/Patient?_summary=count", "nobody").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{:?}", denied.body);
+    assert_eq!(denied.body["resourceType"], "OperationOutcome");
+
+    // Counts and pages stay within the caller's perimeters.
+    let total = app.get("/fhir/Patient?_summary=count", "nora").await;
+    assert_eq!(
+        total.body["total"],
+        sql_count(pool, in_p0).await,
+        "{:?}",
+        total.body
+    );
+    assert!(total.body.get("entry").is_none());
+    let women = app
+        .get("/fhir/Patient?gender=female&_count=5", "nora")
+        .await;
+    assert_eq!(
+        women.body["total"],
+        sql_count(pool, &format!("{in_p0} AND gender = 'f'")).await
+    );
+    let entries = women.body["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 5);
+    let first = &entries[0]["resource"];
+    assert_eq!(first["gender"], "female");
+    assert!(
+        first["identifier"][0]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with('8')
+    );
+    assert_eq!(first["birthDate"].as_str().unwrap().len(), 10);
+    let next = women.body["link"][1]["url"].as_str().unwrap().to_string();
+    assert!(next.contains("_offset=5"), "{next}");
+    let page2 = app.get(&next, "nora").await;
+    assert_ne!(page2.body["entry"][0]["resource"]["id"], first["id"]);
+
+    // Pseudonymized readers: no identifier, no name, month of birth.
+    let pseudo = app.get("/fhir/Patient?_count=3", "paul").await;
+    let p = &pseudo.body["entry"][0]["resource"];
+    assert!(
+        p.get("identifier").is_none() && p.get("name").is_none(),
+        "{p}"
+    );
+    assert_eq!(p["birthDate"].as_str().unwrap().len(), 7, "{p}");
+    let by_ipp = app.get("/fhir/Patient?identifier=8000000010", "paul").await;
+    assert_eq!(
+        by_ipp.body["total"], 0,
+        "pseudonymized readers cannot find an IPP"
+    );
+
+    // A patient outside the caller's perimeters is not found, inside it is.
+    let outside: i64 =
+        sqlx::query_scalar("SELECT min(id)::bigint FROM clinical.patients WHERE perimeter_id = 8")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let inside: i64 =
+        sqlx::query_scalar("SELECT min(id)::bigint FROM clinical.patients WHERE perimeter_id = 3")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        app.get(&format!("/fhir/Patient/{outside}"), "nora")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let one = app.get(&format!("/fhir/Patient/{inside}"), "nora").await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert_eq!(one.body["id"], inside.to_string());
+
+    // Facts by patient and code, with values.
+    let labs = app
+        .get(
+            &format!("/fhir/Observation?subject=Patient/{inside}&_count=100"),
+            "nora",
+        )
+        .await;
+    assert_eq!(
+        labs.body["total"],
+        sql_count(
+            pool,
+            &format!(
+                "SELECT id FROM clinical.facts WHERE resource = 'O' AND patient_id = {inside}"
+            )
+        )
+        .await
+    );
+    let diabetes = app
+        .get("/fhir/Condition?code=E11&_summary=count", "nora")
+        .await;
+    assert_eq!(
+        diabetes.body["total"],
+        sql_count(pool, &format!("SELECT id FROM clinical.facts WHERE resource = 'C' AND code = 'E11' AND patient_id IN ({in_p0})")).await
+    );
+    let stays = app
+        .get(
+            "/fhir/Encounter?class=hospit&date=ge2024-01-01&_summary=count",
+            "nora",
+        )
+        .await;
+    assert_eq!(
+        stays.body["total"],
+        sql_count(pool, &format!("SELECT id FROM clinical.encounters WHERE class = 'hospit' AND start_at >= '2024-01-01' AND patient_id IN ({in_p0})")).await
+    );
+    // `_list` restricts to a perimeter's patients.
+    let listed = app
+        .get("/fhir/Patient?_list=3&_summary=count", "nora")
+        .await;
+    assert_eq!(
+        listed.body["total"],
+        sql_count(
+            pool,
+            "SELECT id FROM clinical.patients WHERE perimeter_id = 3"
+        )
+        .await
+    );
+
+    // What the server does not answer is a clear 400.
+    let unsupported = app
+        .get("/fhir/Condition?_filter=code%20eq%20E11", "nora")
+        .await;
+    assert_eq!(unsupported.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        unsupported.body["issue"][0]["details"]["coding"][0]["code"],
+        "unsupported_search_parameter"
+    );
+    let unknown = app.get("/fhir/DocumentReference", "nora").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let bad_count = app.get("/fhir/Patient?_count=-1", "nora").await;
+    assert_eq!(bad_count.status, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}

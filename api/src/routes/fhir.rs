@@ -1,0 +1,378 @@
+//! `/fhir/…`: a FHIR R4 read API over the clinical store, so that the front-end can list and open
+//! patients without a FHIR server. Every answer is restricted to the perimeters the caller may
+//! read; patients read only pseudonymously lose their identifiers and names, and their birth date
+//! is cut to the month. Errors are OperationOutcomes whose `details` carry our stable codes.
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use domain::cohort_query::fhir_search::{SearchParam, parse_search};
+use projections::clinical::{
+    FhirRecord, FhirSearch, FhirSearchError, FhirType, PatientRecord, ReadScope,
+};
+use serde_json::{Value, json};
+
+use crate::auth::Caller;
+use crate::state::AppState;
+
+/// Default and largest page sizes (`_count`).
+const DEFAULT_COUNT: i64 = 20;
+const MAX_COUNT: i64 = 1000;
+
+/// An error as an OperationOutcome.
+pub(crate) struct FhirError {
+    status: StatusCode,
+    /// FHIR's issue type.
+    issue: &'static str,
+    /// Our stable error code.
+    code: &'static str,
+    message: String,
+}
+
+impl FhirError {
+    fn new(
+        status: StatusCode,
+        issue: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            issue,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for FhirError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "error",
+                "code": self.issue,
+                "details": {"coding": [{"system": "https://cohort360/error-codes", "code": self.code}], "text": self.message},
+                "diagnostics": self.message,
+            }]
+        });
+        (
+            self.status,
+            [("content-type", "application/fhir+json")],
+            Json(body),
+        )
+            .into_response()
+    }
+}
+
+impl From<projections::ReadError> for FhirError {
+    fn from(e: projections::ReadError) -> Self {
+        tracing::error!(error = %e, "FHIR read failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "transient",
+            "read_model_unavailable",
+            "the clinical store cannot be read now",
+        )
+    }
+}
+
+impl From<crate::error::ApiError> for FhirError {
+    fn from(e: crate::error::ApiError) -> Self {
+        Self::new(e.status, "exception", e.code, e.message)
+    }
+}
+
+fn fhir_json(body: Value) -> Response {
+    ([("content-type", "application/fhir+json")], Json(body)).into_response()
+}
+
+/// The perimeters the caller reads patient data on; 403 when there are none.
+async fn scope(state: &AppState, caller: &Caller) -> Result<ReadScope, FhirError> {
+    let authority = state
+        .identity
+        .authority(&caller.username, Utc::now())
+        .await?;
+    let mut scope = ReadScope::default();
+    if !caller.applicative {
+        for g in authority.grants() {
+            if g.rights.reads_patient_data() {
+                scope.readable.push(g.perimeter_id);
+            }
+            if g.rights.right_read_patient_nominative {
+                scope.nominative.push(g.perimeter_id);
+            }
+        }
+    }
+    if scope.readable.is_empty() {
+        return Err(FhirError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "permission_denied",
+            "reading patient data needs a nominative or pseudonymized reading right on a perimeter",
+        ));
+    }
+    Ok(scope)
+}
+
+/// `GET /fhir/metadata` (authenticated): what this server answers.
+pub(super) async fn metadata(State(_state): State<AppState>, _caller: Caller) -> Response {
+    let resources: Vec<Value> = FhirType::ALL
+        .iter()
+        .map(|t| {
+            let mut params: Vec<Value> = t
+                .search_params()
+                .iter()
+                .chain(["_id", "_list"].iter())
+                .map(|p| json!({"name": p, "type": if *p == "date" || *p == "birthdate" { "date" } else { "token" }}))
+                .collect();
+            params.sort_by_key(|p| p["name"].as_str().unwrap_or_default().to_string());
+            json!({"type": t.name(), "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params})
+        })
+        .chain(std::iter::once(json!({"type": "List", "interaction": [{"code": "read"}]})))
+        .collect();
+    fhir_json(json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "kind": "instance",
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "software": {"name": "cohort360-backend", "version": env!("CARGO_PKG_VERSION")},
+        "rest": [{"mode": "server", "resource": resources}]
+    }))
+}
+
+fn resource_type(name: &str) -> Result<FhirType, FhirError> {
+    FhirType::parse(name).ok_or_else(|| {
+        FhirError::new(
+            StatusCode::NOT_FOUND,
+            "not-supported",
+            "unknown_resource_type",
+            format!("this server has no `{name}` resources"),
+        )
+    })
+}
+
+/// The search's filtering parameters and its paging.
+fn search_of(t: FhirType, query: &str) -> Result<(FhirSearch, bool), FhirError> {
+    let mut search = FhirSearch {
+        resource: t,
+        params: Vec::new(),
+        count: DEFAULT_COUNT,
+        offset: 0,
+        newest_first: false,
+    };
+    let mut summary_count = false;
+    let number = |p: &SearchParam| -> Result<i64, FhirError> {
+        p.values
+            .first()
+            .and_then(|v| v.text.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| {
+                FhirError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    "invalid_parameter",
+                    format!("`{}` must be a non-negative integer", p.name),
+                )
+            })
+    };
+    for p in parse_search(query) {
+        match p.name.as_str() {
+            "_count" => search.count = number(&p)?.min(MAX_COUNT),
+            "_offset" => search.offset = number(&p)?,
+            "_summary" => summary_count = p.values.iter().any(|v| v.text == "count"),
+            "_sort" => {
+                search.newest_first = p.values.first().is_some_and(|v| v.text.starts_with('-'))
+            }
+            // Shaping hints: every element is returned, the total is always exact.
+            "_elements" | "_total" | "_format" => {}
+            _ => search.params.push(p),
+        }
+    }
+    if summary_count {
+        search.count = 0;
+    }
+    Ok((search, summary_count))
+}
+
+/// `GET /fhir/{type}?…` (patient-data readers): a searchset Bundle.
+pub(super) async fn search(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(resource): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, FhirError> {
+    let t = resource_type(&resource)?;
+    let scope = scope(&state, &caller).await?;
+    let query = query.unwrap_or_default();
+    let (search, summary) = search_of(t, &query)?;
+    let page = state
+        .clinical
+        .search(&search, &scope)
+        .await
+        .map_err(|e| match e {
+            FhirSearchError::Unsupported(m) => FhirError::new(
+                StatusCode::BAD_REQUEST,
+                "not-supported",
+                "unsupported_search_parameter",
+                m,
+            ),
+            FhirSearchError::Read(e) => e.into(),
+        })?;
+    let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
+    if summary {
+        return Ok(fhir_json(bundle));
+    }
+    let base = format!("/fhir/{}", t.name());
+    let without_offset: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("_offset="))
+        .collect();
+    let link = |offset: i64| {
+        let mut parts = without_offset.clone();
+        let o = format!("_offset={offset}");
+        parts.push(&o);
+        format!("{base}?{}", parts.join("&"))
+    };
+    let mut links = vec![json!({"relation": "self", "url": link(search.offset)})];
+    if search.count > 0 && search.offset + search.count < page.total {
+        links.push(json!({"relation": "next", "url": link(search.offset + search.count)}));
+    }
+    bundle["link"] = Value::Array(links);
+    bundle["entry"] = page
+        .records
+        .iter()
+        .map(|r| {
+            let resource = to_fhir(r);
+            json!({"fullUrl": format!("{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default()),
+                   "resource": resource, "search": {"mode": "match"}})
+        })
+        .collect();
+    Ok(fhir_json(bundle))
+}
+
+/// `GET /fhir/{type}/{id}` (patient-data readers); `List/{group_id}` is a created cohort.
+pub(super) async fn read(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((resource, id)): Path<(String, String)>,
+) -> Result<Response, FhirError> {
+    let not_found = || {
+        FhirError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "not_found",
+            format!("{resource}/{id} is not known or not readable"),
+        )
+    };
+    let scope = scope(&state, &caller).await?;
+    let id: i64 = id.parse().map_err(|_| not_found())?;
+    if resource == "List" {
+        let members = state
+            .clinical
+            .list_members(id, &scope)
+            .await?
+            .ok_or_else(not_found)?;
+        return Ok(fhir_json(json!({
+            "resourceType": "List", "id": id.to_string(), "status": "current", "mode": "snapshot",
+            "entry": members.iter().map(|p| json!({"item": {"reference": format!("Patient/{p}")}})).collect::<Vec<_>>()
+        })));
+    }
+    let t = resource_type(&resource)?;
+    let record = state
+        .clinical
+        .read(t, id, &scope)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(fhir_json(to_fhir(&record)))
+}
+
+fn instant(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn patient(p: &PatientRecord) -> Value {
+    let mut v = json!({
+        "resourceType": "Patient",
+        "id": p.id.to_string(),
+        "active": true,
+        "gender": if p.gender == "f" { "female" } else { "male" },
+        "managingOrganization": {"reference": format!("Organization/{}", p.perimeter_id)},
+    });
+    if p.nominative {
+        v["identifier"] = json!([{"type": {"coding": [{"code": "IPP"}]}, "value": p.ipp}]);
+        v["name"] = json!([{"family": p.family_name, "given": [p.given_name]}]);
+        v["birthDate"] = json!(p.birth_date.to_string());
+        match p.death_date {
+            Some(d) => v["deceasedDateTime"] = json!(d.to_string()),
+            None => v["deceasedBoolean"] = json!(false),
+        }
+    } else {
+        // Pseudonymized reading: no identifier, no name, month of birth only, no death date.
+        v["birthDate"] = json!(p.birth_date.format("%Y-%m").to_string());
+        v["deceasedBoolean"] = json!(p.deceased);
+        v["meta"] = json!({"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "PSEUDED"}]});
+    }
+    v
+}
+
+fn to_fhir(record: &FhirRecord) -> Value {
+    match record {
+        FhirRecord::Patient(p) => patient(p),
+        FhirRecord::Encounter(e) => json!({
+            "resourceType": "Encounter",
+            "id": e.id.to_string(),
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": e.class},
+            "subject": {"reference": format!("Patient/{}", e.patient_id)},
+            "period": {"start": instant(&e.start_at), "end": instant(&e.end_at)},
+            "episodeOfCare": [{"reference": format!("EpisodeOfCare/{}", e.episode_id)}],
+            "serviceProvider": {"reference": format!("Organization/{}", e.perimeter_id)},
+        }),
+        FhirRecord::Fact(f) => {
+            let system = match f.resource {
+                FhirType::Condition => "https://smt.esante.gouv.fr/terminologie-cim-10/",
+                FhirType::Observation => "http://loinc.org",
+                FhirType::MedicationRequest => "https://terminology.eds.aphp.fr/atc",
+                _ => "https://terminology.eds.aphp.fr/ccam",
+            };
+            let code = json!({"coding": [{"system": system, "code": f.code}]});
+            let mut v = json!({
+                "resourceType": f.resource.name(),
+                "id": f.id.to_string(),
+                "subject": {"reference": format!("Patient/{}", f.patient_id)},
+                "encounter": {"reference": format!("Encounter/{}", f.encounter_id)},
+            });
+            let at = instant(&f.at);
+            match f.resource {
+                FhirType::Condition => {
+                    v["code"] = code;
+                    v["recordedDate"] = json!(at);
+                }
+                FhirType::Observation => {
+                    v["status"] = json!("final");
+                    v["code"] = code;
+                    v["effectiveDateTime"] = json!(at);
+                    if let Some(value) = f.value {
+                        v["valueQuantity"] = json!({"value": value, "unit": f.unit});
+                    }
+                }
+                FhirType::MedicationRequest => {
+                    v["status"] = json!("completed");
+                    v["intent"] = json!("order");
+                    v["medicationCodeableConcept"] = code;
+                    v["authoredOn"] = json!(at);
+                }
+                _ => {
+                    v["status"] = json!("completed");
+                    v["code"] = code;
+                    v["performedDateTime"] = json!(at);
+                }
+            }
+            v
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The FHIR read API's view of the clinical store: searches restricted to the perimeters a
+//! caller may read, with the rows the API shapes into FHIR resources.
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use domain::cohort_query::fhir_search::SearchParam;
+use thiserror::Error;
+
+use crate::ReadError;
+
+/// The resource types the store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FhirType {
+    Patient,
+    Encounter,
+    Condition,
+    Observation,
+    MedicationRequest,
+    Procedure,
+}
+
+impl FhirType {
+    pub const ALL: [FhirType; 6] = [
+        Self::Patient,
+        Self::Encounter,
+        Self::Condition,
+        Self::Observation,
+        Self::MedicationRequest,
+        Self::Procedure,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Patient => "Patient",
+            Self::Encounter => "Encounter",
+            Self::Condition => "Condition",
+            Self::Observation => "Observation",
+            Self::MedicationRequest => "MedicationRequest",
+            Self::Procedure => "Procedure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == s)
+    }
+
+    /// The search parameters this type answers (besides `_id`, `_list`, and the result
+    /// parameters `_count`, `_offset`, `_summary`, `_sort`, `_elements`, `_total`).
+    pub fn search_params(self) -> &'static [&'static str] {
+        match self {
+            Self::Patient => &[
+                "gender",
+                "birthdate",
+                "deceased",
+                "death-date",
+                "identifier",
+                "active",
+            ],
+            Self::Encounter => &["subject", "patient", "class", "date", "subject.active"],
+            Self::Observation => &[
+                "subject",
+                "patient",
+                "encounter",
+                "code",
+                "date",
+                "value-quantity",
+                "subject.active",
+            ],
+            Self::Condition | Self::MedicationRequest | Self::Procedure => &[
+                "subject",
+                "patient",
+                "encounter",
+                "code",
+                "date",
+                "subject.active",
+            ],
+        }
+    }
+}
+
+/// Where a caller may read: the perimeters of its reading grants (each with its subtree).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadScope {
+    /// Nominative or pseudonymized reading.
+    pub readable: Vec<i64>,
+    /// Nominative reading.
+    pub nominative: Vec<i64>,
+}
+
+/// One search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FhirSearch {
+    pub resource: FhirType,
+    /// The filtering parameters (result parameters removed).
+    pub params: Vec<SearchParam>,
+    pub count: i64,
+    pub offset: i64,
+    /// Newest first (`_sort=-date` and the like); otherwise by id.
+    pub newest_first: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatientRecord {
+    pub id: i64,
+    pub ipp: String,
+    pub gender: String,
+    pub birth_date: NaiveDate,
+    pub death_date: Option<NaiveDate>,
+    pub deceased: bool,
+    pub family_name: String,
+    pub given_name: String,
+    pub perimeter_id: i64,
+    /// The caller reads this patient nominatively.
+    pub nominative: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncounterRecord {
+    pub id: i64,
+    pub patient_id: i64,
+    pub class: String,
+    pub start_at: DateTime<Utc>,
+    pub end_at: DateTime<Utc>,
+    pub episode_id: i64,
+    pub perimeter_id: i64,
+}
+
+/// A condition, observation, medication request or procedure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactRecord {
+    pub id: i64,
+    pub resource: FhirType,
+    pub patient_id: i64,
+    pub encounter_id: i64,
+    pub code: String,
+    pub at: DateTime<Utc>,
+    pub value: Option<f64>,
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FhirRecord {
+    Patient(PatientRecord),
+    Encounter(EncounterRecord),
+    Fact(FactRecord),
+}
+
+/// A page of matches and how many there are in all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FhirPage {
+    pub total: i64,
+    pub records: Vec<FhirRecord>,
+}
+
+#[derive(Debug, Error)]
+pub enum FhirSearchError {
+    /// A parameter, value or modifier this server does not answer.
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+#[async_trait]
+pub trait ClinicalReader: Send + Sync {
+    /// Matches within the scope; `count` 0 gives the total only.
+    async fn search(
+        &self,
+        search: &FhirSearch,
+        scope: &ReadScope,
+    ) -> Result<FhirPage, FhirSearchError>;
+    /// One resource within the scope.
+    async fn read(
+        &self,
+        resource: FhirType,
+        id: i64,
+        scope: &ReadScope,
+    ) -> Result<Option<FhirRecord>, ReadError>;
+    /// The patients of a created cohort (by `group_id`) within the scope; `None`: no such list.
+    async fn list_members(
+        &self,
+        group_id: i64,
+        scope: &ReadScope,
+    ) -> Result<Option<Vec<i64>>, ReadError>;
+}

@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, NaiveDate};
 use domain::cohort_query::model::{GroupKind, Node};
 use domain::cohort_query::{
-    Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row, evaluate, parse,
+    Criterion, CriterionSource, EvalOptions, Fetched, Needs, PatientSet, QueryError, Row, evaluate,
+    evaluate_with, parse,
 };
 
 fn corpus_dir() -> Option<PathBuf> {
@@ -110,7 +111,12 @@ struct CorpusSource {
 }
 
 impl CriterionSource for CorpusSource {
-    fn fetch(&self, c: &Criterion, _needs: Needs) -> Result<Fetched, QueryError> {
+    fn fetch(
+        &self,
+        c: &Criterion,
+        _needs: Needs,
+        _within: Option<&PatientSet>,
+    ) -> Result<Fetched, QueryError> {
         Ok(Fetched::Rows(
             self.rows.get(&c.id).cloned().unwrap_or_default(),
         ))
@@ -187,9 +193,17 @@ fn run_case(dir: &Path) -> Outcome {
         .map(|r| r.patient)
         .collect();
 
-    let evaluation = evaluate(&query, &population, &CorpusSource { rows })
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let source = CorpusSource { rows };
+    let evaluation =
+        evaluate(&query, &population, &source).unwrap_or_else(|e| panic!("{name}: {e}"));
     let got: BTreeSet<u32> = evaluation.patients.iter().collect();
+    // The restricted (fast) evaluation must select the same patients.
+    let fast = evaluate_with(&query, &population, &source, EvalOptions::default())
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(
+        fast.patients, evaluation.patients,
+        "{name}: the fast path differs"
+    );
 
     let expected_table = read_table(&dir.join("expected.csv"));
     let subject = expected_table.column(&["subject_id"]).unwrap();

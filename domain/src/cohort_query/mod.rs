@@ -13,7 +13,10 @@ pub mod fhir_search;
 pub mod model;
 mod temporal;
 
-pub use eval::{CriterionSource, Evaluation, Fetched, Needs, PatientSet, Row, evaluate};
+pub use eval::{
+    CriterionSource, EvalOptions, Evaluation, Fetched, Needs, PatientSet, Row, evaluate,
+    evaluate_with,
+};
 pub use model::{CohortQuery, Criterion, Node, parse};
 
 use thiserror::Error;

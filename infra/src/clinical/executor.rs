@@ -15,7 +15,7 @@ use commands::ports::{
     CancelOutcome, ExecutorError, ExecutorMode, JobAccepted, JobCompletion, JobSubmission,
     QueryExecutor,
 };
-use domain::cohort_query::{self, Evaluation, PatientSet};
+use domain::cohort_query::{self, EvalOptions, Evaluation, PatientSet};
 use domain::job::JobReport;
 use rand::Rng;
 use serde_json::Value;
@@ -67,9 +67,17 @@ impl EmbeddedExecutor {
         self.inner.current_index().await
     }
 
-    /// Evaluates a query now (the benchmark and the tests use this directly).
+    /// Evaluates a query now (the benchmark and the tests use this directly), without stage
+    /// counts.
     pub async fn evaluate(&self, query: &str) -> Result<(Evaluation, i64), JobFailure> {
-        self.inner.evaluate(query).await
+        self.inner.evaluate(query, EvalOptions::default()).await
+    }
+
+    /// [`Self::evaluate`] with every node counted on its own.
+    pub async fn evaluate_with_stages(&self, query: &str) -> Result<(Evaluation, i64), JobFailure> {
+        self.inner
+            .evaluate(query, EvalOptions { stage_counts: true })
+            .await
     }
 }
 
@@ -160,7 +168,11 @@ impl Inner {
         Ok(set)
     }
 
-    async fn evaluate(&self, query: &str) -> Result<(Evaluation, i64), JobFailure> {
+    async fn evaluate(
+        &self,
+        query: &str,
+        options: EvalOptions,
+    ) -> Result<(Evaluation, i64), JobFailure> {
         let parsed = cohort_query::parse(query).map_err(|e| e.to_string())?;
         if let Some(t) = &parsed.resource_type {
             return Err(format!(
@@ -178,7 +190,8 @@ impl Inner {
                 index: &index,
                 population: &population,
             };
-            cohort_query::evaluate(&parsed, &population, &source).map_err(|e| e.to_string())
+            cohort_query::evaluate_with(&parsed, &population, &source, options)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(|e| format!("the evaluation stopped: {e}"))?
@@ -267,7 +280,10 @@ impl Inner {
     }
 
     async fn run(&self, job: &JobSubmission) -> Result<JobReport, JobFailure> {
-        let (evaluation, version) = self.evaluate(&job.query).await?;
+        let options = EvalOptions {
+            stage_counts: job.details.is_some(),
+        };
+        let (evaluation, version) = self.evaluate(&job.query, options).await?;
         let mut extra: BTreeMap<String, Value> = BTreeMap::new();
         extra.insert("data_version".into(), Value::String(version.to_string()));
         let mut report = JobReport {

@@ -192,7 +192,12 @@ fn code_of(v: &SearchValue) -> &str {
 }
 
 impl CriterionSource for ClinicalSource<'_> {
-    fn fetch(&self, c: &Criterion, needs: Needs) -> Result<Fetched, QueryError> {
+    fn fetch(
+        &self,
+        c: &Criterion,
+        needs: Needs,
+        within: Option<&PatientSet>,
+    ) -> Result<Fetched, QueryError> {
         let Some(target) = target(&c.resource_type) else {
             return Err(QueryError::criterion(
                 c.id,
@@ -203,10 +208,25 @@ impl CriterionSource for ClinicalSource<'_> {
             ));
         };
         let params = parse_search(&c.filter_fhir);
+        // Only the patients still in play, when the evaluator says which.
+        let restricted;
+        let scoped = match within {
+            Some(w) => {
+                restricted = self.population & w;
+                ClinicalSource {
+                    index: self.index,
+                    population: &restricted,
+                }
+            }
+            None => ClinicalSource {
+                index: self.index,
+                population: self.population,
+            },
+        };
         match target {
-            Target::Patient | Target::IppList => self.patients(c, target, &params, needs),
-            Target::Encounter => self.encounters(c, &params),
-            Target::Fact(resource) => self.facts(c, resource, &params, needs),
+            Target::Patient | Target::IppList => scoped.patients(c, target, &params, needs),
+            Target::Encounter => scoped.encounters(c, &params),
+            Target::Fact(resource) => scoped.facts(c, resource, &params, needs),
         }
     }
 }

@@ -62,12 +62,19 @@ async fn sql_count(pool: &PgPool, sql: &str) -> u64 {
     n as u64
 }
 
+/// The engine's count, the same with every node counted on its own (stage details) and with
+/// criteria restricted to the patients still in play (the fast path).
 async fn engine_count(exec: &EmbeddedExecutor, query: &str) -> u64 {
-    let (evaluation, _) = exec
+    let (fast, _) = exec
         .evaluate(query)
         .await
         .unwrap_or_else(|e| panic!("{query}: {e}"));
-    evaluation.patients.len()
+    let (staged, _) = exec
+        .evaluate_with_stages(query)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    assert_eq!(fast.patients, staged.patients, "{query}");
+    fast.patients.len()
 }
 
 /// The engine and SQL agree, on a count that says something (neither empty nor everyone).
@@ -740,5 +747,136 @@ async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let bad_count = app.get("/fhir/Patient?_count=-1", "nora").await;
     assert_eq!(bad_count.status, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+/// A count of `query` by `user`, to its end: (dated measure id, its job_status message).
+async fn count_to_end(
+    app: &TestApp,
+    user: &str,
+    password: &str,
+    q: &str,
+) -> (String, String, Value) {
+    let login = app
+        .send(
+            app.request(Method::POST, "/auth/login/")
+                .json(&json!({"username": user, "password": password})),
+        )
+        .await;
+    let token = login.body["access_token"].as_str().unwrap().to_string();
+    let mut socket = connect_as(app, &token).await;
+    let folder = app
+        .post("/cohort/folders/", user, json!({"name": "small"}))
+        .await;
+    let request = app
+        .post(
+            "/cohort/requests/",
+            user,
+            json!({"name": "small", "parent_folder": folder.body["uuid"]}),
+        )
+        .await;
+    let snapshot = app
+        .post(
+            "/cohort/request-query-snapshots/",
+            user,
+            json!({"request": request.body["uuid"], "serialized_query": q}),
+        )
+        .await;
+    assert_eq!(snapshot.status, StatusCode::CREATED, "{:?}", snapshot.body);
+    let dm = app
+        .post(
+            "/cohort/dated-measures/",
+            user,
+            json!({"request_query_snapshot_id": snapshot.body["uuid"], "stageDetails": "all"}),
+        )
+        .await;
+    assert_eq!(dm.status, StatusCode::CREATED, "{:?}", dm.body);
+    let id = dm.body["uuid"].as_str().unwrap().to_string();
+    let message = next_job_status(&mut socket, &id).await;
+    (
+        id,
+        request.body["uuid"].as_str().unwrap().to_string(),
+        message,
+    )
+}
+
+#[tokio::test]
+async fn small_counts_are_a_bound_for_pseudonymized_readers_and_exact_for_nominative_ones() {
+    let id = unique_id();
+    let mut s = settings(&id, &tests::nats_url());
+    s.cohorts.query_executor_url = String::new();
+    s.cohorts.small_cell_threshold = 10;
+    let app = TestApp::spawn_with(s, id).await;
+    let fixture = seed(&app).await;
+    infra::clinical::generate::generate(&app.pool, 500, 3)
+        .await
+        .unwrap();
+    add_user(&app, "nora", Some("pw-nora-12345")).await;
+    grant(&app, &fixture, "nora", "nominative_reader", APHP).await;
+    add_user(&app, "paul", Some("pw-paul-12345")).await;
+    grant(&app, &fixture, "paul", "pseudo_reader", APHP).await;
+    // Three known patients, and everyone.
+    let three = query(
+        &["9999"],
+        group(
+            "andGroup",
+            0,
+            vec![criterion(
+                1,
+                "IPPList",
+                "identifier.value=8000000001,8000000002,8000000003",
+            )],
+        ),
+    );
+    let everyone = query(&["9999"], group("andGroup", 0, vec![]));
+
+    let (dm, request, message) = count_to_end(&app, "paul", "pw-paul-12345", &three).await;
+    assert_eq!(message["extra_info"]["measure"], "< 10", "{message}");
+    assert_eq!(
+        message["extra_info"]["extra"]["criteria_count_1"], "< 10",
+        "{message}"
+    );
+    let seen = app
+        .get(&format!("/cohort/dated-measures/{dm}/"), "paul")
+        .await;
+    assert_eq!(seen.body["measure"], "< 10", "{:?}", seen.body);
+    let listed = app.get("/cohort/dated-measures/", "paul").await;
+    assert_eq!(
+        listed.body["results"][0]["measure"], "< 10",
+        "{:?}",
+        listed.body
+    );
+    let req = app
+        .get(&format!("/cohort/requests/{request}/"), "paul")
+        .await;
+    assert_eq!(
+        req.body["query_snapshots"][0]["patients_count"], "< 10",
+        "{:?}",
+        req.body
+    );
+    let snaps = app.get("/cohort/request-query-snapshots/", "paul").await;
+    assert_eq!(
+        snaps.body["results"][0]["dated_measures"][0]["measure"], "< 10",
+        "{:?}",
+        snaps.body
+    );
+    // The stored result is exact: the audit trail keeps the truth.
+    let stored: i64 =
+        sqlx::query_scalar("SELECT measure FROM cohorts.dated_measures WHERE uuid = $1::uuid")
+            .bind(&dm)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 3);
+
+    // Large counts stay exact; nominative readers see small ones exactly.
+    let (_, _, large) = count_to_end(&app, "paul", "pw-paul-12345", &everyone).await;
+    assert_eq!(large["extra_info"]["measure"], 500, "{large}");
+    let (dm, _, exact) = count_to_end(&app, "nora", "pw-nora-12345", &three).await;
+    assert_eq!(exact["extra_info"]["measure"], 3, "{exact}");
+    let seen = app
+        .get(&format!("/cohort/dated-measures/{dm}/"), "nora")
+        .await;
+    assert_eq!(seen.body["measure"], 3, "{:?}", seen.body);
     app.stop().await;
 }

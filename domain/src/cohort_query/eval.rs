@@ -170,7 +170,7 @@ impl Run<'_> {
     fn node(&mut self, node: &Node, within: Option<&PatientSet>) -> Result<PatientSet, QueryError> {
         let set = match node {
             Node::Criterion(c) => self.criterion(c, within)?,
-            Node::Group(g) => self.group(g)?,
+            Node::Group(g) => self.group(g, within)?,
         };
         if self.options.stage_counts {
             self.stage_counts.insert(node.id(), set.len());
@@ -185,9 +185,21 @@ impl Run<'_> {
             || !c.unique_fields.is_empty()
     }
 
+    /// The population, or its part among `within`.
+    fn universe(&self, within: Option<&PatientSet>) -> PatientSet {
+        match within {
+            Some(w) => self.population & w,
+            None => self.population.clone(),
+        }
+    }
+
     /// An AND group's inclusive and exclusive children, restricted as they go: criteria that
     /// need rows come last and are fetched only for the patients still in play.
-    fn and_children(&mut self, g: &Group) -> Result<(PatientSet, bool), QueryError> {
+    fn and_children(
+        &mut self,
+        g: &Group,
+        within: Option<&PatientSet>,
+    ) -> Result<PatientSet, QueryError> {
         let children: Vec<&Node> = g.children.iter().filter(|c| !is_empty(c)).collect();
         let heavy = |n: &Node| matches!(n, Node::Criterion(c) if self.needs_rows(c));
         let (last, first): (Vec<&Node>, Vec<&Node>) = children
@@ -196,24 +208,25 @@ impl Run<'_> {
             .partition(|c| heavy(c));
         let mut acc: Option<PatientSet> = None;
         for child in first.into_iter().chain(last) {
-            let set = self.node(child, acc.as_ref())?;
+            let set = self.node(child, acc.as_ref().or(within))?;
             acc = Some(match acc {
                 Some(a) => a & set,
                 None => set,
             });
         }
-        let any_inclusive = acc.is_some();
-        let mut set = acc.unwrap_or_else(|| self.population.clone());
+        let mut set = acc.unwrap_or_else(|| self.universe(within));
         for child in children.iter().filter(|c| !c.inclusive()) {
             let excluded = self.node(child, Some(&set))?;
             set -= excluded;
         }
-        Ok((set, any_inclusive))
+        Ok(set)
     }
 
-    fn group(&mut self, g: &Group) -> Result<PatientSet, QueryError> {
+    /// A group's patients; with `within` (never when counting stages), only those among
+    /// `within` are guaranteed.
+    fn group(&mut self, g: &Group, within: Option<&PatientSet>) -> Result<PatientSet, QueryError> {
         if g.kind == GroupKind::And && !self.options.stage_counts {
-            let (mut set, _) = self.and_children(g)?;
+            let mut set = self.and_children(g, within)?;
             if let Some(bindings) = self.bindings.get(&g.id) {
                 for binding in bindings {
                     set = temporal::apply(binding, &set, &self.rows)?;
@@ -223,8 +236,9 @@ impl Run<'_> {
         }
         let mut inclusive = Vec::new();
         let mut exclusive = Vec::new();
+        let universe = self.universe(within);
         for child in g.children.iter().filter(|c| !is_empty(c)) {
-            let set = self.node(child, None)?;
+            let set = self.node(child, within)?;
             if child.inclusive() {
                 inclusive.push(set);
             } else {
@@ -234,7 +248,7 @@ impl Run<'_> {
         let mut set = match g.kind {
             GroupKind::And => {
                 let mut it = inclusive.into_iter();
-                let mut acc = it.next().unwrap_or_else(|| self.population.clone());
+                let mut acc = it.next().unwrap_or_else(|| universe.clone());
                 for s in it {
                     acc &= s;
                 }
@@ -246,13 +260,13 @@ impl Run<'_> {
                     acc |= s;
                 }
                 for s in &exclusive {
-                    acc |= self.population - s;
+                    acc |= &universe - s;
                 }
                 return Ok(acc);
             }
             GroupKind::NAmongM { n, operator } => {
                 if inclusive.is_empty() {
-                    self.population.clone()
+                    universe
                 } else {
                     let mut matched: BTreeMap<u32, u64> = BTreeMap::new();
                     for s in &inclusive {

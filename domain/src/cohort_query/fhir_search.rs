@@ -24,6 +24,29 @@ pub struct SearchValue {
     pub text: String,
 }
 
+impl SearchValue {
+    /// The code of a `system|code` token (the whole text when there is no system).
+    pub fn code(&self) -> &str {
+        self.text.rsplit('|').next().unwrap_or(&self.text)
+    }
+
+    /// The instants a date value stands for, in seconds since the Unix epoch (UTC): a whole day
+    /// for `YYYY-MM-DD`, one instant for a date-time (with or without an offset, UTC if none).
+    pub fn instant_range(&self) -> Option<(i64, i64)> {
+        let text = self.text.trim();
+        if let Ok(d) = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            let lo = d.and_hms_opt(0, 0, 0)?.and_utc().timestamp();
+            return Some((lo, lo + 86_399));
+        }
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+            return Some((t.timestamp(), t.timestamp()));
+        }
+        chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S")
+            .ok()
+            .map(|t| (t.and_utc().timestamp(), t.and_utc().timestamp()))
+    }
+}
+
 /// `name[:modifier]=v1,v2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchParam {
@@ -131,6 +154,20 @@ mod tests {
         assert_eq!(p[3].values[0].text, "a b");
         assert_eq!(p[4].modifier.as_deref(), Some("not"));
         assert!(p[5].values.is_empty());
+        assert_eq!(p[1].values[0].code(), "4548-4");
+        let day = SearchValue {
+            prefix: None,
+            text: "2024-01-02".into(),
+        };
+        assert_eq!(day.instant_range(), Some((1_704_153_600, 1_704_239_999)));
+        let instant = SearchValue {
+            prefix: None,
+            text: "2024-01-02T01:00:00+01:00".into(),
+        };
+        assert_eq!(
+            instant.instant_range(),
+            Some((1_704_153_600, 1_704_153_600))
+        );
         // `le` before a letter is not a prefix.
         assert_eq!(parse_search("class=lent")[0].values[0].prefix, None);
     }

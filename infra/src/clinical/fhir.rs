@@ -1,7 +1,7 @@
 //! FHIR searches over the clinical store in SQL, always restricted to the caller's perimeters.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue};
 use projections::ReadError;
 use projections::clinical::{
@@ -79,23 +79,19 @@ fn invalid(p: &SearchParam, v: &SearchValue, what: &str) -> FhirSearchError {
     FhirSearchError::Unsupported(format!("`{}` of `{}` is not {what}", v.text, p.name))
 }
 
-/// The instants a date value stands for (a whole day, or one instant).
+/// The instants a date value stands for (see [`SearchValue::instant_range`]).
 fn instants(
     p: &SearchParam,
     v: &SearchValue,
 ) -> Result<(DateTime<Utc>, DateTime<Utc>), FhirSearchError> {
-    let text = v.text.trim();
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let lo = d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
-        return Ok((lo, lo + chrono::Duration::seconds(86_399)));
+    let (lo, hi) = v.instant_range().ok_or_else(|| invalid(p, v, "a date"))?;
+    match (
+        DateTime::from_timestamp(lo, 0),
+        DateTime::from_timestamp(hi, 0),
+    ) {
+        (Some(lo), Some(hi)) => Ok((lo, hi)),
+        _ => Err(invalid(p, v, "a date")),
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok((t.with_timezone(&Utc), t.with_timezone(&Utc)));
-    }
-    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
-        return Ok((t.and_utc(), t.and_utc()));
-    }
-    Err(invalid(p, v, "a date"))
 }
 
 /// `column <prefix> value` for one alternative; `lo`/`hi` bound the value's range.
@@ -168,10 +164,6 @@ fn ids(p: &SearchParam) -> Result<Vec<i64>, FhirSearchError> {
         .collect()
 }
 
-fn code_of(v: &SearchValue) -> String {
-    v.text.rsplit('|').next().unwrap_or(&v.text).to_string()
-}
-
 /// The WHERE conditions of the search's parameters.
 fn push_filters<'a>(
     q: &mut QueryBuilder<'a, Postgres>,
@@ -233,7 +225,7 @@ fn push_filters<'a>(
                 let genders: Vec<String> = p
                     .values
                     .iter()
-                    .map(|v| match code_of(v).as_str() {
+                    .map(|v| match v.code() {
                         "female" | "f" => "f".to_string(),
                         "male" | "m" => "m".to_string(),
                         other => other.to_string(),
@@ -247,16 +239,16 @@ fn push_filters<'a>(
             }
             "identifier" => {
                 // Only patients the caller reads nominatively can be found by their IPP.
-                let ipps: Vec<String> = p.values.iter().map(code_of).collect();
+                let ipps: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
                 q.push(" AND c.ipp = ANY(").push_bind(ipps).push(") AND ");
                 nominative_expr(q, scope);
             }
             "class" => {
-                let classes: Vec<String> = p.values.iter().map(code_of).collect();
+                let classes: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
                 q.push(" AND x.class = ANY(").push_bind(classes).push(")");
             }
             "code" => {
-                let codes: Vec<String> = p.values.iter().map(code_of).collect();
+                let codes: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
                 q.push(" AND x.code = ANY(").push_bind(codes).push(")");
             }
             "birthdate" | "death-date" => {

@@ -15,7 +15,7 @@
 //!
 //! Any other parameter, modifier or resource type is an error naming the criterion.
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, Datelike, NaiveDate};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
 use domain::cohort_query::{
     Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
@@ -67,27 +67,10 @@ pub struct ClinicalSource<'a> {
     pub population: &'a PatientSet,
 }
 
-/// An instant range a search value stands for: a day, or one instant.
+/// The instants a date value stands for (see [`SearchValue::instant_range`]).
 fn instant_range(c: &Criterion, v: &SearchValue) -> Result<(i64, i64), QueryError> {
-    let text = v.text.trim();
-    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        let lo = d
-            .and_hms_opt(0, 0, 0)
-            .unwrap_or_default()
-            .and_utc()
-            .timestamp();
-        return Ok((lo, lo + 86_399));
-    }
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok((t.timestamp(), t.timestamp()));
-    }
-    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S") {
-        return Ok((t.and_utc().timestamp(), t.and_utc().timestamp()));
-    }
-    Err(QueryError::criterion(
-        c.id,
-        format!("`{text}` is not a date"),
-    ))
+    v.instant_range()
+        .ok_or_else(|| QueryError::criterion(c.id, format!("`{}` is not a date", v.text)))
 }
 
 /// Whether `x` (a point, or a range for dates) compares to the value's range as its prefix says.
@@ -187,10 +170,6 @@ fn whole_months(birth: NaiveDate, at: NaiveDate) -> i32 {
     months.max(0)
 }
 
-fn code_of(v: &SearchValue) -> &str {
-    v.text.rsplit('|').next().unwrap_or(&v.text)
-}
-
 impl CriterionSource for ClinicalSource<'_> {
     fn fetch(
         &self,
@@ -263,7 +242,7 @@ impl ClinicalSource<'_> {
                     let mut female = false;
                     let mut male = false;
                     for v in &param.values {
-                        match code_of(v) {
+                        match v.code() {
                             "f" | "female" | "F" => female = true,
                             "m" | "male" | "M" => male = true,
                             "o" | "other" | "u" | "unknown" => {}
@@ -327,7 +306,7 @@ impl ClinicalSource<'_> {
                     let ids: PatientSet = param
                         .values
                         .iter()
-                        .filter_map(|v| p.by_ipp.get(code_of(v)).copied())
+                        .filter_map(|v| p.by_ipp.get(v.code()).copied())
                         .collect();
                     Box::new(move |i| ids.contains(i))
                 }
@@ -371,7 +350,7 @@ impl ClinicalSource<'_> {
                             .filter_map(|v| {
                                 e.classes
                                     .iter()
-                                    .position(|k| k == code_of(v))
+                                    .position(|k| k == v.code())
                                     .map(|k| k as u8)
                             })
                             .collect(),
@@ -456,7 +435,9 @@ impl ClinicalSource<'_> {
                 return Err(unsupported(c, param, resource.fhir_type()));
             }
             match param.name.as_str() {
-                "code" | "codeList" => codes = Some(param.values.iter().map(code_of).collect()),
+                "code" | "codeList" => {
+                    codes = Some(param.values.iter().map(SearchValue::code).collect())
+                }
                 name if FACT_DATE_PARAMS.contains(&name) => at_tests.push(Test {
                     ranges: date_ranges(c, param)?,
                 }),

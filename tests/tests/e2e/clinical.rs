@@ -880,3 +880,72 @@ async fn small_counts_are_a_bound_for_pseudonymized_readers_and_exact_for_nomina
     assert_eq!(seen.body["measure"], 3, "{:?}", seen.body);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn global_estimates_are_fuzzed_and_details_count_every_perimeter_subtree() {
+    use commands::ports::{ExecutorMode, JobSubmission, QueryExecutor};
+    let (app, _) = app_with_data().await;
+    let pool = &app.pool;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let exec = EmbeddedExecutor::new(pool.clone(), tx);
+    let diabetics = query(
+        &["9999"],
+        group("andGroup", 0, vec![criterion(1, "Condition", "code=E11")]),
+    );
+    let job = |mode| JobSubmission {
+        mode,
+        query: diabetics.clone(),
+        owner: "alice".into(),
+        target: uuid::Uuid::new_v4(),
+        callback_path: None,
+        sampling: None,
+        details: None,
+    };
+    let exact = PATIENTS / 10;
+
+    exec.submit(job(ExecutorMode::CountAll)).await.unwrap();
+    let global = rx.recv().await.unwrap().report;
+    assert_eq!(global.count, Some(exact as i64));
+    let (min, max) = (global.minimum.unwrap(), global.maximum.unwrap());
+    assert!((25..=50).contains(&(exact as i64 - min)), "{min}");
+    assert!((25..=50).contains(&(max - exact as i64)), "{max}");
+
+    exec.submit(job(ExecutorMode::CountWithDetails))
+        .await
+        .unwrap();
+    let details = rx.recv().await.unwrap().report;
+    assert_eq!(details.count, Some(exact as i64));
+    for (cohort_id, subtree) in [
+        ("9999", "0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,9999"),
+        ("0", "0,3,4,5,11,12"),
+        ("4", "4,11,12"),
+        ("13", "13"),
+    ] {
+        let expected = sql_count(
+            pool,
+            &format!(
+                "SELECT DISTINCT f.patient_id FROM clinical.facts f JOIN clinical.patients p ON p.id = f.patient_id
+                 WHERE f.resource = 'C' AND f.code = 'E11' AND p.perimeter_id IN ({subtree})"
+            ),
+        )
+        .await;
+        assert_eq!(
+            details.extra[cohort_id],
+            expected.to_string(),
+            "perimeter {cohort_id}: {:?}",
+            details.extra
+        );
+    }
+
+    // A failing job reports ERROR with the reason.
+    let mut bad = job(ExecutorMode::Count);
+    bad.query = query(
+        &["9999"],
+        group("andGroup", 0, vec![criterion(3, "ImagingStudy", "")]),
+    );
+    exec.submit(bad).await.unwrap();
+    let failed = rx.recv().await.unwrap().report;
+    assert_eq!(failed.status, "ERROR");
+    assert!(failed.message.unwrap().contains("criterion 3"));
+    app.stop().await;
+}

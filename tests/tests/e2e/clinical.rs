@@ -12,7 +12,7 @@ use tests::identity::{APHP, Fixture, add_user, grant, seed};
 use tests::ws::{connect_as, next_job_status};
 use tests::{TestApp, settings, unique_id};
 
-const PATIENTS: u64 = 3000;
+const PATIENTS: u64 = 2000;
 
 /// An application using the embedded executor, with the fixture tree and generated data.
 async fn app_with_data() -> (TestApp, Fixture) {

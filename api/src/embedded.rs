@@ -37,7 +37,10 @@ pub async fn deliver_completions(
             let ctx = CommandContext {
                 user: executor_user.clone(),
                 impersonator: None,
-                correlation_id: Uuid::new_v4().to_string(),
+                correlation_id: completion
+                    .trace_id
+                    .clone()
+                    .unwrap_or_else(|| Uuid::new_v4().to_string()),
                 causation_id: format!("embedded-executor:{target}"),
                 at: chrono::Utc::now(),
             };
@@ -61,7 +64,7 @@ async fn deliver(
     cohorts: &Cohorts,
     feasibility: &Feasibility,
 ) -> Result<(), commands::cohorts::CohortsError> {
-    let JobCompletion { job, report } = completion;
+    let JobCompletion { job, report, .. } = completion;
     let is_study = job
         .callback_path
         .as_deref()

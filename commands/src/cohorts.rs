@@ -197,7 +197,9 @@ impl Cohorts {
         query: &str,
         message: &mut Value,
     ) -> Result<(), CohortsError> {
-        if let Some((cells, rights)) = &self.small_cells {
+        if let Some((cells, rights)) = &self.small_cells
+            && cells.has_small(message)
+        {
             let perimeters = domain::query::perimeters_ids(query).unwrap_or_default();
             if !rights.reads_nominatively(owner, &perimeters).await? {
                 cells.mask(message);

@@ -222,6 +222,8 @@ pub trait Notifier: Send + Sync {
 pub struct JobCompletion {
     pub job: JobSubmission,
     pub report: domain::job::JobReport,
+    /// The trace of the submission, which the result's events keep as their correlation id.
+    pub trace_id: Option<String>,
 }
 
 /// Whether a user reads patient data nominatively on every perimeter of a query (small-cell

@@ -79,12 +79,6 @@ impl From<projections::ReadError> for FhirError {
     }
 }
 
-impl From<crate::error::ApiError> for FhirError {
-    fn from(e: crate::error::ApiError) -> Self {
-        Self::new(e.status, "exception", e.code, e.message)
-    }
-}
-
 fn fhir_json(body: Value) -> Response {
     ([("content-type", "application/fhir+json")], Json(body)).into_response()
 }
@@ -118,7 +112,7 @@ async fn scope(state: &AppState, caller: &Caller) -> Result<ReadScope, FhirError
 }
 
 /// `GET /fhir/metadata` (authenticated): what this server answers.
-pub(super) async fn metadata(State(_state): State<AppState>, _caller: Caller) -> Response {
+pub(super) async fn metadata(_caller: Caller) -> Response {
     let resources: Vec<Value> = FhirType::ALL
         .iter()
         .map(|t| {

@@ -370,6 +370,7 @@ fn sample(patients: &PatientSet, target: Uuid, ratio: f64) -> PatientSet {
 impl QueryExecutor for EmbeddedExecutor {
     async fn submit(&self, job: JobSubmission) -> Result<JobAccepted, ExecutorError> {
         let job_id = Uuid::new_v4().to_string();
+        let trace_id = commands::trace::current();
         let inner = self.inner.clone();
         let id = job_id.clone();
         // Hold the table while spawning, so a fast job cannot record its end before it is known.
@@ -390,7 +391,11 @@ impl QueryExecutor for EmbeddedExecutor {
                 .insert(id, JobEntry::Done(report.clone()));
             if inner
                 .completions
-                .send(JobCompletion { job, report })
+                .send(JobCompletion {
+                    job,
+                    report,
+                    trace_id,
+                })
                 .is_err()
             {
                 tracing::warn!("no one receives the embedded executor's results");

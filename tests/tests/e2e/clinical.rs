@@ -551,6 +551,7 @@ async fn the_front_end_count_flow_gives_the_real_number_with_no_external_service
         .send(
             app.request(Method::POST, "/cohort/dated-measures/")
                 .bearer_auth(&token)
+                .header("X-Trace-Id", "count-trace-1")
                 .json(&json!({"request_query_snapshot_id": snapshot.body["uuid"], "stageDetails": "all"})),
         )
         .await;
@@ -572,6 +573,15 @@ async fn the_front_end_count_flow_gives_the_real_number_with_no_external_service
     let extra = &message["extra_info"]["extra"];
     assert_eq!(extra["data_version"], "1", "{message}");
     assert_eq!(extra["criteria_count_0"], expected.to_string(), "{message}");
+    // The result's event keeps the trace of the request that asked for the count.
+    let correlation: String = sqlx::query_scalar(
+        "SELECT metadata->>'correlation_id' FROM events WHERE aggregate_id = $1 AND event_type = 'CountFinished'",
+    )
+    .bind(&dm_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(correlation, "count-trace-1");
 
     // The cohort: its patients are stored and it gets a group id.
     let cohort = app

@@ -9,6 +9,7 @@
 //! [`QueryError`] naming the criterion, never a silently wrong count.
 
 pub mod eval;
+pub mod fhir_filter;
 pub mod fhir_search;
 pub mod model;
 mod temporal;

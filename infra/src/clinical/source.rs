@@ -16,6 +16,7 @@
 //! Any other parameter, modifier or resource type is an error naming the criterion.
 
 use chrono::{DateTime, Datelike, NaiveDate};
+use domain::cohort_query::fhir_filter::{FilterExpr, parse_filter};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
 use domain::cohort_query::{
     Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
@@ -46,6 +47,24 @@ fn target(resource_type: &str) -> Option<Target> {
         "procedure" => Target::Fact(FactResource::Procedure),
         _ => return None,
     })
+}
+
+/// Date parameters a `_filter` may name on encounters (the start unless it names the end).
+const ENCOUNTER_FILTER_PARAMS: &[&str] = &[
+    "date",
+    "period-start",
+    "start-date",
+    "period-end",
+    "end-date",
+    "encounter.period-start",
+    "encounter.period-end",
+];
+
+/// Date parameters a `_filter` may name on the other facts: their own dates, and their
+/// encounter's.
+fn fact_filter_param(name: &str) -> bool {
+    FACT_DATE_PARAMS.contains(&name)
+        || matches!(name, "encounter.period-start" | "encounter.period-end")
 }
 
 const FACT_DATE_PARAMS: &[&str] = &[
@@ -139,6 +158,56 @@ fn unsupported(c: &Criterion, p: &SearchParam, what: &str) -> QueryError {
         c.id,
         format!("the search parameter `{name}` is not supported on {what} by the embedded engine"),
     )
+}
+
+/// A `_filter` expression whose parameters are all dates among `known`.
+fn date_filter(
+    c: &Criterion,
+    p: &SearchParam,
+    known: impl Fn(&str) -> bool,
+) -> Result<FilterExpr, QueryError> {
+    let text = p
+        .values
+        .iter()
+        .map(|v| v.text.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let expr = parse_filter(&text)
+        .map_err(|e| QueryError::criterion(c.id, format!("`_filter` cannot be read: {e}")))?;
+    if let Some(other) = expr.params().into_iter().find(|n| !known(n)) {
+        return Err(QueryError::criterion(
+            c.id,
+            format!("`_filter` on `{other}` is not supported by the embedded engine"),
+        ));
+    }
+    fn dates_ok(e: &FilterExpr) -> bool {
+        match e {
+            FilterExpr::And(a, b) | FilterExpr::Or(a, b) => dates_ok(a) && dates_ok(b),
+            FilterExpr::Not(a) => dates_ok(a),
+            FilterExpr::Compare { value, .. } => value.instant_range().is_some(),
+            FilterExpr::Present { .. } => true,
+        }
+    }
+    if !dates_ok(&expr) {
+        return Err(QueryError::criterion(
+            c.id,
+            "`_filter` compares a date with something that is not a date",
+        ));
+    }
+    Ok(expr)
+}
+
+/// Whether a row passes a date `_filter`, given the row's time for each parameter.
+fn filter_holds(expr: &FilterExpr, time_of: impl Fn(&str) -> Option<i64>) -> bool {
+    expr.eval(&|param, value| {
+        let t = time_of(param)?;
+        Some(match value {
+            None => true,
+            Some(v) => v
+                .instant_range()
+                .is_some_and(|(lo, hi)| compare(v.prefix, t as f64, lo as f64, hi as f64)),
+        })
+    })
 }
 
 /// `active=true` and its variants; `Ok(false)` when the parameter is something else.
@@ -333,6 +402,7 @@ impl ClinicalSource<'_> {
         let e = &self.index.encounters;
         let p = &self.index.patients;
         let mut tests: Vec<(Test, EncounterMeasure)> = Vec::new();
+        let mut filters = Vec::new();
         let mut classes: Option<Vec<u8>> = None;
         for param in params {
             if is_active_filter(c, param)? {
@@ -385,6 +455,9 @@ impl ClinicalSource<'_> {
                             .map_or(-1.0, |t| (t.date_naive() - birth).num_days() as f64)
                     },
                 )),
+                "_filter" => filters.push(date_filter(c, param, |n| {
+                    ENCOUNTER_FILTER_PARAMS.contains(&n)
+                })?),
                 _ => return Err(unsupported(c, param, "encounters")),
             }
         }
@@ -400,6 +473,13 @@ impl ClinicalSource<'_> {
                 continue;
             }
             if !tests.iter().all(|(t, f)| t.holds(f(self.index, i))) {
+                continue;
+            }
+            let time_of = |name: &str| match name {
+                "period-end" | "end-date" | "encounter.period-end" => Some(e.end[i]),
+                _ => Some(e.start[i]),
+            };
+            if !filters.iter().all(|f| filter_holds(f, time_of)) {
                 continue;
             }
             rows.push(Row {
@@ -427,6 +507,7 @@ impl ClinicalSource<'_> {
         let mut codes: Option<Vec<&str>> = None;
         let mut at_tests = Vec::new();
         let mut value_tests = Vec::new();
+        let mut filters = Vec::new();
         for param in params {
             if is_active_filter(c, param)? {
                 continue;
@@ -446,10 +527,11 @@ impl ClinicalSource<'_> {
                         ranges: number_ranges(c, param)?,
                     })
                 }
+                "_filter" => filters.push(date_filter(c, param, fact_filter_param)?),
                 _ => return Err(unsupported(c, param, resource.fhir_type())),
             }
         }
-        let only_codes = at_tests.is_empty() && value_tests.is_empty();
+        let only_codes = at_tests.is_empty() && value_tests.is_empty() && filters.is_empty();
         if !needs.rows && only_codes {
             let mut set = PatientSet::new();
             match &codes {
@@ -489,6 +571,17 @@ impl ClinicalSource<'_> {
                         .all(|t| !facts.value[i].is_nan() && t.holds(f64::from(facts.value[i])))
                 {
                     continue;
+                }
+                if !filters.is_empty() {
+                    let enc = facts.encounter[i] as usize;
+                    let time_of = |name: &str| match name {
+                        "encounter.period-start" => e.start.get(enc).copied(),
+                        "encounter.period-end" => e.end.get(enc).copied(),
+                        _ => Some(facts.at[i]),
+                    };
+                    if !filters.iter().all(|f| filter_holds(f, time_of)) {
+                        continue;
+                    }
                 }
                 if !needs.rows {
                     set.insert(patient);

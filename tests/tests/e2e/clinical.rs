@@ -198,6 +198,18 @@ async fn every_criterion_type_counts_what_sql_counts() {
     )
     .await;
 
+    // "Include missing dates", as the front-end writes it (every stored date is present).
+    agree(
+        &exec,
+        pool,
+        "a _filter on the encounter's start",
+        query(&all, group("andGroup", 0, vec![criterion(1, "Condition",
+            "code=E11&_filter=(encounter.period-start ge 2024-01-01 and encounter.period-start le 2024-06-30) or not (encounter.period-start eq \"*\")")])),
+        "SELECT DISTINCT f.patient_id FROM clinical.facts f JOIN clinical.encounters e ON e.id = f.encounter_id
+         WHERE f.resource = 'C' AND f.code = 'E11' AND e.start_at >= '2024-01-01' AND e.start_at < '2024-07-01'",
+    )
+    .await;
+
     // AND / OR / exclusion.
     agree(
         &exec,
@@ -382,9 +394,9 @@ async fn every_criterion_type_counts_what_sql_counts() {
     // What the engine cannot evaluate is an error naming the criterion.
     for (filter, resource, needle) in [
         (
-            "_filter=(onset-date ge 2024-01-01) or not (onset-date eq \"*\")",
+            "_filter=code eq E11",
             "Condition",
-            "criterion 7",
+            "criterion 7: `_filter` on `code`",
         ),
         ("status=final", "DocumentReference", "DocumentReference"),
         ("code:below=E1", "Condition", "code:below"),

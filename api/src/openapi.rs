@@ -516,7 +516,7 @@ pub const OPERATIONS: &[Operation] = &[
         "FHIR",
         User,
         200,
-        "FHIR read of one resource, or List/{group_id} for a created cohort",
+        "FHIR read of one resource, or List/{group_id} and Group/{group_id} for a created cohort",
     ),
     op(
         "GET",

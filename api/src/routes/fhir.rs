@@ -125,7 +125,7 @@ pub(super) async fn metadata(_caller: Caller) -> Response {
             params.sort_by_key(|p| p["name"].as_str().unwrap_or_default().to_string());
             json!({"type": t.name(), "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params})
         })
-        .chain(std::iter::once(json!({"type": "List", "interaction": [{"code": "read"}]})))
+        .chain(["List", "Group"].map(|t| json!({"type": t, "interaction": [{"code": "read"}]})))
         .collect();
     fhir_json(json!({
         "resourceType": "CapabilityStatement",
@@ -248,7 +248,8 @@ pub(super) async fn search(
     Ok(fhir_json(bundle))
 }
 
-/// `GET /fhir/{type}/{id}` (patient-data readers); `List/{group_id}` is a created cohort.
+/// `GET /fhir/{type}/{id}` (patient-data readers); `List/{group_id}` and `Group/{group_id}` are a
+/// created cohort's patients (those the caller may read).
 pub(super) async fn read(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,16 +265,25 @@ pub(super) async fn read(
     };
     let scope = scope(&state, &caller).await?;
     let id: i64 = id.parse().map_err(|_| not_found())?;
-    if resource == "List" {
+    if resource == "List" || resource == "Group" {
         let members = state
             .clinical
             .list_members(id, &scope)
             .await?
             .ok_or_else(not_found)?;
-        return Ok(fhir_json(json!({
-            "resourceType": "List", "id": id.to_string(), "status": "current", "mode": "snapshot",
-            "entry": members.iter().map(|p| json!({"item": {"reference": format!("Patient/{p}")}})).collect::<Vec<_>>()
-        })));
+        let reference = |p: &i64| json!({"reference": format!("Patient/{p}")});
+        return Ok(fhir_json(if resource == "List" {
+            json!({
+                "resourceType": "List", "id": id.to_string(), "status": "current", "mode": "snapshot",
+                "entry": members.iter().map(|p| json!({"item": reference(p)})).collect::<Vec<_>>()
+            })
+        } else {
+            json!({
+                "resourceType": "Group", "id": id.to_string(), "type": "person", "actual": true,
+                "quantity": members.len(),
+                "member": members.iter().map(|p| json!({"entity": reference(p)})).collect::<Vec<_>>()
+            })
+        }));
     }
     let t = resource_type(&resource)?;
     let record = state

@@ -756,6 +756,53 @@ async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
         .await
     );
 
+    // A created cohort as a List and a Group, within the reader's perimeters.
+    {
+        use commands::ports::{ExecutorMode, JobSubmission, QueryExecutor};
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let exec = EmbeddedExecutor::new(pool.clone(), tx);
+        exec.submit(JobSubmission {
+            mode: ExecutorMode::Create,
+            query: query(
+                &["9999"],
+                group("andGroup", 0, vec![criterion(1, "Condition", "code=E11")]),
+            ),
+            owner: "nora".into(),
+            target: uuid::Uuid::new_v4(),
+            callback_path: None,
+            sampling: None,
+            details: None,
+        })
+        .await
+        .unwrap();
+        let group_id = rx.recv().await.unwrap().report.group_id.unwrap();
+        let in_cohort_and_p0 = sql_count(
+            pool,
+            &format!("SELECT patient_id FROM clinical.cohort_members WHERE group_id = {group_id} AND patient_id IN ({in_p0})"),
+        )
+        .await;
+        assert!(in_cohort_and_p0 > 0);
+        let g = app.get(&format!("/fhir/Group/{group_id}"), "nora").await;
+        assert_eq!(g.body["resourceType"], "Group", "{:?}", g.body);
+        assert_eq!(g.body["quantity"], in_cohort_and_p0);
+        let l = app.get(&format!("/fhir/List/{group_id}"), "nora").await;
+        assert_eq!(
+            l.body["entry"].as_array().unwrap().len() as u64,
+            in_cohort_and_p0
+        );
+        let cohort_patients = app
+            .get(
+                &format!("/fhir/Patient?_list={group_id}&_summary=count"),
+                "nora",
+            )
+            .await;
+        assert_eq!(cohort_patients.body["total"], in_cohort_and_p0);
+        assert_eq!(
+            app.get("/fhir/Group/999", "nora").await.status,
+            StatusCode::NOT_FOUND
+        );
+    }
+
     // What the server does not answer is a clear 400.
     let unsupported = app
         .get("/fhir/Condition?_filter=code%20eq%20E11", "nora")

@@ -55,7 +55,8 @@ enum Command {
     /// source_value, type_source_value, parent_id, cohort_id, cohort_size). Perimeters missing
     /// from the file are removed and their accesses closed.
     ImportPerimeters { file: std::path::PathBuf },
-    /// Seed a demo: upstream's test tree (APHP, P0…P14) and typical roles. Replaces the tree.
+    /// Seed a demo: upstream's test tree (APHP, P0…P14) and typical roles (replacing the tree),
+    /// and 10 000 generated patients when the clinical store is empty.
     SeedDemo,
     /// Generate deterministic synthetic clinical data for the embedded executor, spread over the
     /// perimeter tree's leaves (import or seed perimeters first). Replaces the previous data.
@@ -68,6 +69,9 @@ enum Command {
         seed: u64,
     },
 }
+
+/// Patients `seed-demo` generates into an empty clinical store.
+const DEMO_PATIENTS: u64 = 10_000;
 
 /// The new user's password: from the environment, else the first line of stdin.
 fn new_user_password() -> anyhow::Result<Option<String>> {
@@ -222,6 +226,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
             tracing::info!("demo tree and roles seeded");
+            // A demo counts something: clinical data, unless some is there already.
+            let pool = prepare_database(&settings).await?;
+            if infra::clinical::index::current_version(&pool)
+                .await?
+                .is_none()
+            {
+                let g = infra::clinical::generate::generate(&pool, DEMO_PATIENTS, 42).await?;
+                tracing::info!(
+                    patients = g.patients,
+                    facts = g.facts,
+                    "demo clinical data generated"
+                );
+            }
             Ok(())
         }
     }

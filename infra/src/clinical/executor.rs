@@ -185,7 +185,8 @@ impl Inner {
             .map_err(|e| format!("cannot load the clinical store: {e}"))?;
         let population = self.population(&index, &parsed.source_population).await?;
         let version = index.data_version;
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let evaluated = tokio::task::spawn_blocking(move || {
             let source = ClinicalSource {
                 index: &index,
                 population: &population,
@@ -194,8 +195,10 @@ impl Inner {
                 .map_err(|e| e.to_string())
         })
         .await
-        .map_err(|e| format!("the evaluation stopped: {e}"))?
-        .map(|e| (e, version))
+        .map_err(|e| format!("the evaluation stopped: {e}"))?;
+        metrics::histogram!("cohort360_engine_evaluation_seconds")
+            .record(started.elapsed().as_secs_f64());
+        evaluated.map(|e| (e, version))
     }
 
     /// Counts per perimeter (by cohort id), each perimeter counting its whole subtree.

@@ -1018,3 +1018,47 @@ async fn global_estimates_are_fuzzed_and_details_count_every_perimeter_subtree()
     assert!(failed.message.unwrap().contains("criterion 3"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_cohort_over_the_size_limit_does_not_stay_long_pending() {
+    let id = unique_id();
+    let mut s = settings(&id, &tests::nats_url());
+    s.cohorts.query_executor_url = String::new();
+    s.cohorts.cohort_size_limit = 50;
+    let app = TestApp::spawn_with(s, id).await;
+    let fixture = seed(&app).await;
+    infra::clinical::generate::generate(&app.pool, 1000, 5)
+        .await
+        .unwrap();
+    add_user(&app, "nora", Some("pw-nora-12345")).await;
+    grant(&app, &fixture, "nora", "nominative_reader", APHP).await;
+    let diabetics = query(
+        &["9999"],
+        group("andGroup", 0, vec![criterion(1, "Condition", "code=E11")]),
+    );
+    let (dm, _, counted) = count_to_end(&app, "nora", "pw-nora-12345", &diabetics).await;
+    assert_eq!(counted["extra_info"]["measure"], 100, "{counted}");
+    let cohort = app
+        .post(
+            "/cohort/cohorts/",
+            "nora",
+            json!({"name": "Large", "dated_measure": dm}),
+        )
+        .await;
+    assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
+    let path = format!("/cohort/cohorts/{}/", cohort.body["uuid"].as_str().unwrap());
+    // Upstream's open-source stack leaves such a cohort `long_pending` for an ETL that never
+    // calls back; the embedded executor stores it and finishes it.
+    let done = tests::eventually(Duration::from_secs(20), || async {
+        app.get(&path, "nora").await.body["request_job_status"] == "finished"
+    })
+    .await;
+    let body = app.get(&path, "nora").await.body;
+    assert!(done, "{body}");
+    assert_eq!(body["result_size"], 100, "{body}");
+    assert!(
+        body["group_id"].as_str().is_some_and(|g| !g.is_empty()),
+        "{body}"
+    );
+    app.stop().await;
+}

@@ -39,6 +39,40 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
     ]
 }
 
+/// Results of the embedded executor, to apply as callbacks.
+type Completions = tokio::sync::mpsc::UnboundedReceiver<commands::ports::JobCompletion>;
+
+/// The executor counts and cohorts go to: the embedded one, with its results on the returned
+/// channel, unless `QUERY_EXECUTOR_URL` names an external one.
+fn query_executor(
+    settings: &Settings,
+    pool: &PgPool,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<(Arc<dyn commands::ports::QueryExecutor>, Option<Completions>)> {
+    if !settings.cohorts.query_executor_url.trim().is_empty() {
+        let http = infra::cohorts::executor::HttpQueryExecutor::new(
+            &infra::cohorts::executor::ExecutorSettings {
+                url: settings.cohorts.query_executor_url.clone(),
+                timeout: Duration::from_secs(
+                    settings.cohorts.query_executor_timeout_seconds.max(1),
+                ),
+            },
+        )?;
+        return Ok((Arc::new(http), None));
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let embedded = Arc::new(infra::clinical::EmbeddedExecutor::new(pool.clone(), tx));
+    // Load the index in the background rather than on the first count (a million patients take
+    // tens of seconds); counts submitted meanwhile wait for it.
+    let loading = embedded.clone();
+    tasks.spawn(async move {
+        if let Err(e) = loading.index().await {
+            tracing::warn!(error = %e, "the clinical index could not be loaded at start");
+        }
+    });
+    Ok((embedded, Some(rx)))
+}
+
 /// NATS settings from the service settings.
 pub fn nats_settings(settings: &Settings) -> NatsSettings {
     NatsSettings {
@@ -313,31 +347,7 @@ impl Core {
         let read_rights: Arc<dyn commands::ports::PatientReadRights> = Arc::new(
             crate::small_cells::IdentityReadRights(identity_reader.clone()),
         );
-        // The embedded executor unless QUERY_EXECUTOR_URL names an external one.
-        let (executor, completions): (Arc<dyn commands::ports::QueryExecutor>, _) =
-            if settings.cohorts.query_executor_url.trim().is_empty() {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                let embedded = Arc::new(infra::clinical::EmbeddedExecutor::new(pool.clone(), tx));
-                // Load the index in the background rather than on the first count (a million
-                // patients take tens of seconds); counts submitted meanwhile wait for it.
-                let loading = embedded.clone();
-                tasks.spawn(async move {
-                if let Err(e) = loading.index().await {
-                    tracing::warn!(error = %e, "the clinical index could not be loaded at start");
-                }
-            });
-                (embedded, Some(rx))
-            } else {
-                let http = infra::cohorts::executor::HttpQueryExecutor::new(
-                    &infra::cohorts::executor::ExecutorSettings {
-                        url: settings.cohorts.query_executor_url.clone(),
-                        timeout: Duration::from_secs(
-                            settings.cohorts.query_executor_timeout_seconds.max(1),
-                        ),
-                    },
-                )?;
-                (Arc::new(http), None)
-            };
+        let (executor, completions) = query_executor(settings, &pool, &mut tasks)?;
         let feasibility = Arc::new(commands::feasibility::Feasibility::new(
             commands::feasibility::FeasibilityPorts {
                 studies: infra::stores::feasibility_studies(&pool),

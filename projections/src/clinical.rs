@@ -44,6 +44,17 @@ impl FhirType {
         Self::ALL.into_iter().find(|t| t.name() == s)
     }
 
+    /// The code system of this type's codes (each fact type has one terminology).
+    pub fn code_system(self) -> Option<&'static str> {
+        Some(match self {
+            Self::Condition => "https://smt.esante.gouv.fr/terminologie-cim-10/",
+            Self::Observation => "http://loinc.org",
+            Self::MedicationRequest => "https://terminology.eds.aphp.fr/atc",
+            Self::Procedure => "https://terminology.eds.aphp.fr/ccam",
+            Self::Patient | Self::Encounter => return None,
+        })
+    }
+
     /// The search parameters this type answers (besides `_id`, `_list`, and the result
     /// parameters `_count`, `_offset`, `_summary`, `_sort`, `_elements`, `_total`).
     pub fn search_params(self) -> &'static [&'static str] {

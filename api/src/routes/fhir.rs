@@ -337,12 +337,7 @@ fn to_fhir(record: &FhirRecord) -> Value {
             "serviceProvider": {"reference": format!("Organization/{}", e.perimeter_id)},
         }),
         FhirRecord::Fact(f) => {
-            let system = match f.resource {
-                FhirType::Condition => "https://smt.esante.gouv.fr/terminologie-cim-10/",
-                FhirType::Observation => "http://loinc.org",
-                FhirType::MedicationRequest => "https://terminology.eds.aphp.fr/atc",
-                _ => "https://terminology.eds.aphp.fr/ccam",
-            };
+            let system = f.resource.code_system().unwrap_or_default();
             let code = json!({"coding": [{"system": system, "code": f.code}]});
             let mut v = json!({
                 "resourceType": f.resource.name(),

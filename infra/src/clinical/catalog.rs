@@ -43,16 +43,6 @@ impl FactResource {
             Self::Procedure => "Procedure",
         }
     }
-
-    /// The code system the front-end writes for this resource's codes.
-    pub fn system(self) -> &'static str {
-        match self {
-            Self::Condition => "https://smt.esante.gouv.fr/terminologie-cim-10/",
-            Self::Observation => "http://loinc.org",
-            Self::MedicationRequest => "https://terminology.eds.aphp.fr/atc",
-            Self::Procedure => "https://terminology.eds.aphp.fr/ccam",
-        }
-    }
 }
 
 /// A laboratory test: LOINC code, unit and the range its values are drawn from.

@@ -716,6 +716,19 @@ async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
             "nora",
         )
         .await;
+    let hba1c = app
+        .get(
+            "/fhir/Observation?code=http://loinc.org|4548-4&_count=1",
+            "nora",
+        )
+        .await;
+    let lab = &hba1c.body["entry"][0]["resource"];
+    assert_eq!(
+        lab["code"]["coding"][0]["system"], "http://loinc.org",
+        "{lab}"
+    );
+    assert_eq!(lab["code"]["coding"][0]["code"], "4548-4", "{lab}");
+    assert_eq!(lab["valueQuantity"]["unit"], "%", "{lab}");
     assert_eq!(
         labs.body["total"],
         sql_count(

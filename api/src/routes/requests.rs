@@ -81,6 +81,18 @@ async fn list_filtered(
     Ok(Json(envelope(page, window, uri, headers, params)))
 }
 
+/// [`protected`] for a request that may not be visible yet (read-your-writes timed out).
+async fn protected_view(
+    state: &AppState,
+    caller: &Caller,
+    view: Option<RequestView>,
+) -> Result<Option<Value>, ApiError> {
+    match view {
+        Some(v) => Ok(Some(protected(state, caller, v).await?)),
+        None => Ok(None),
+    }
+}
+
 /// A request with the small counts of its snapshots protected, each against its own perimeters.
 async fn protected(
     state: &AppState,
@@ -173,6 +185,7 @@ async fn create_with(
     };
     let w = state.workspace.create_request(&ctx, new).await?;
     let view = state.reader.request(&caller.username, w.value).await?;
+    let view = protected_view(state, caller, view).await?;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -214,6 +227,7 @@ pub(super) async fn update(
     };
     let w = state.workspace.update_request(&ctx, id, changes).await?;
     let view = state.reader.request(&caller.username, id).await?;
+    let view = protected_view(&state, &caller, view).await?;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

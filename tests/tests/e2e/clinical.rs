@@ -936,6 +936,18 @@ async fn small_counts_are_a_bound_for_pseudonymized_readers_and_exact_for_nomina
         "{:?}",
         req.body
     );
+    let renamed = app
+        .patch(
+            &format!("/cohort/requests/{request}/"),
+            "paul",
+            json!({"name": "renamed"}),
+        )
+        .await;
+    assert_eq!(
+        renamed.body["query_snapshots"][0]["patients_count"], "< 10",
+        "{:?}",
+        renamed.body
+    );
     let snaps = app.get("/cohort/request-query-snapshots/", "paul").await;
     assert_eq!(
         snaps.body["results"][0]["dated_measures"][0]["measure"], "< 10",

@@ -139,7 +139,8 @@ pub async fn seed(app: &TestApp) -> Fixture {
 
 /// Creates a user (names derived from the username).
 pub async fn add_user(app: &TestApp, username: &str, password: Option<&str>) {
-    app.state
+    let written = app
+        .state
         .identity_service
         .create_user(
             &system(),
@@ -154,6 +155,9 @@ pub async fn add_user(app: &TestApp, username: &str, password: Option<&str>) {
         )
         .await
         .expect("fixture user is created");
+    if !written.caught_up {
+        app.settle().await;
+    }
 }
 
 /// Grants `role` on `perimeter` to `username`'s Manual profile; returns the access id.
@@ -184,7 +188,8 @@ pub async fn grant_dated(
         .await
         .expect("profile lookup")
         .expect("user has a Manual profile");
-    app.state
+    let written = app
+        .state
         .identity_service
         .grant_access(
             &system(),
@@ -198,8 +203,11 @@ pub async fn grant_dated(
             },
         )
         .await
-        .expect("fixture access is granted")
-        .value
+        .expect("fixture access is granted");
+    if !written.caught_up {
+        app.settle().await;
+    }
+    written.value
 }
 
 /// A user holding one grant.

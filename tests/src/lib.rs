@@ -151,6 +151,29 @@ impl TestApp {
         self.progress.clone()
     }
 
+    /// Waits (up to a minute) until every projector has applied every event committed so far.
+    /// Fixtures call it when a write's read-your-writes wait timed out on a loaded machine, so
+    /// that the next request sees what they wrote.
+    pub async fn settle(&self) {
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT (txid::text)::bigint, position FROM events ORDER BY txid DESC, position DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await
+        .expect("last event");
+        let Some((txid, position)) = last else {
+            return;
+        };
+        let target = projections::Cursor { txid, position };
+        for p in &self.progress {
+            let mut p = p.clone();
+            tokio::time::timeout(Duration::from_secs(60), p.wait_for(|c| *c >= target))
+                .await
+                .expect("the projections catch up within a minute")
+                .expect("the projector runs");
+        }
+    }
+
     /// An access token for `username`.
     pub fn token(&self, username: &str) -> String {
         let claims = Claims {

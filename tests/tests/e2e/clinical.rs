@@ -16,16 +16,26 @@ const PATIENTS: u64 = 2000;
 
 /// An application using the embedded executor, with the fixture tree and generated data.
 async fn app_with_data() -> (TestApp, Fixture) {
+    app_with(PATIENTS, 11, |_| {}).await
+}
+
+/// [`app_with_data`] with `patients` generated from `seed` and tuned settings.
+async fn app_with(
+    patients: u64,
+    seed_value: u64,
+    tune: impl FnOnce(&mut api::config::Settings),
+) -> (TestApp, Fixture) {
     let id = unique_id();
     let mut s = settings(&id, &tests::nats_url());
     s.cohorts.query_executor_url = String::new();
     s.cohorts.reconcile_every_seconds = 0;
+    tune(&mut s);
     let app = TestApp::spawn_with(s, id).await;
     let fixture = seed(&app).await;
-    let g = infra::clinical::generate::generate(&app.pool, PATIENTS, 11)
+    let g = infra::clinical::generate::generate(&app.pool, patients, seed_value)
         .await
         .expect("data generated");
-    assert_eq!(g.patients, PATIENTS);
+    assert_eq!(g.patients, patients);
     (app, fixture)
 }
 
@@ -884,15 +894,7 @@ async fn count_to_end(
 
 #[tokio::test]
 async fn small_counts_are_a_bound_for_pseudonymized_readers_and_exact_for_nominative_ones() {
-    let id = unique_id();
-    let mut s = settings(&id, &tests::nats_url());
-    s.cohorts.query_executor_url = String::new();
-    s.cohorts.small_cell_threshold = 10;
-    let app = TestApp::spawn_with(s, id).await;
-    let fixture = seed(&app).await;
-    infra::clinical::generate::generate(&app.pool, 500, 3)
-        .await
-        .unwrap();
+    let (app, fixture) = app_with(500, 3, |s| s.cohorts.small_cell_threshold = 10).await;
     add_user(&app, "nora", Some("pw-nora-12345")).await;
     grant(&app, &fixture, "nora", "nominative_reader", APHP).await;
     add_user(&app, "paul", Some("pw-paul-12345")).await;
@@ -1048,15 +1050,7 @@ async fn global_estimates_are_fuzzed_and_details_count_every_perimeter_subtree()
 
 #[tokio::test]
 async fn a_cohort_over_the_size_limit_does_not_stay_long_pending() {
-    let id = unique_id();
-    let mut s = settings(&id, &tests::nats_url());
-    s.cohorts.query_executor_url = String::new();
-    s.cohorts.cohort_size_limit = 50;
-    let app = TestApp::spawn_with(s, id).await;
-    let fixture = seed(&app).await;
-    infra::clinical::generate::generate(&app.pool, 1000, 5)
-        .await
-        .unwrap();
+    let (app, fixture) = app_with(1000, 5, |s| s.cohorts.cohort_size_limit = 50).await;
     add_user(&app, "nora", Some("pw-nora-12345")).await;
     grant(&app, &fixture, "nora", "nominative_reader", APHP).await;
     let diabetics = query(

@@ -16,6 +16,8 @@ pub mod cohort;
 pub mod cohort_query;
 pub mod content;
 pub mod count;
+pub mod datalab;
+pub mod export;
 pub mod feasibility;
 pub mod fhir_filter;
 pub mod folder;

@@ -72,6 +72,9 @@ pub struct Settings {
 
     #[command(flatten)]
     pub cohorts: CohortArgs,
+
+    #[command(flatten)]
+    pub exports: ExportArgs,
 }
 
 /// Counts, cohorts and the QueryExecutor.
@@ -119,6 +122,97 @@ pub struct CohortArgs {
     /// Base URL of the front-end, for the links in e-mails.
     #[arg(long, env = "FRONTEND_URL", default_value = "http://127.0.0.1:3000")]
     pub frontend_url: String,
+}
+
+/// Exports: the exporter, where files are kept, retention, notifications.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExportArgs {
+    /// Base URL of the upstream Export API. Empty (the default): the built-in exporter writes
+    /// CSV and XLSX from the clinical store.
+    #[arg(long, env = "EXPORT_API_URL", default_value = "")]
+    pub export_api_url: String,
+
+    /// Token sent to the Export API (`auth-token` header).
+    #[arg(long, env = "EXPORT_API_AUTH_TOKEN", hide_env_values = true)]
+    pub export_api_token: Option<String>,
+
+    /// Base URL of the Hadoop API (Hive databases of Hive exports).
+    #[arg(long, env = "HADOOP_API_URL", default_value = "")]
+    pub hadoop_api_url: String,
+
+    /// Token sent to the Hadoop API.
+    #[arg(long, env = "HADOOP_API_AUTH_TOKEN", hide_env_values = true)]
+    pub hadoop_api_token: Option<String>,
+
+    /// Account that owns Hive databases while they are written.
+    #[arg(long, env = "HIVE_USER", default_value = "hive")]
+    pub hive_user: String,
+
+    /// Ask the Export API not to translate codes (`disableTerminology`).
+    #[arg(long, env = "DISABLE_DATA_TRANSLATION", default_value_t = false)]
+    pub disable_data_translation: bool,
+
+    /// Local directory export files are written to and read from (relative paths below are
+    /// inside it).
+    #[arg(long, env = "EXPORT_STORAGE_DIR", default_value = "data/exports")]
+    pub storage_dir: String,
+
+    /// WebHDFS base URL (`http://namenode:9870`): downloads and deletions go to HDFS instead of
+    /// the local directory (use with the Export API, which writes there).
+    #[arg(long, env = "WEBHDFS_URL", default_value = "")]
+    pub webhdfs_url: String,
+
+    /// `user.name` sent to WebHDFS (no Kerberos).
+    #[arg(long, env = "WEBHDFS_USER")]
+    pub webhdfs_user: Option<String>,
+
+    /// Where CSV, XLSX and Hive outputs go.
+    #[arg(long, env = "EXPORT_CSV_PATH", default_value = "csv")]
+    pub csv_path: String,
+    #[arg(long, env = "EXPORT_XLSX_PATH", default_value = "xlsx")]
+    pub xlsx_path: String,
+    #[arg(long, env = "HIVE_DB_PATH", default_value = "hive")]
+    pub hive_path: String,
+
+    /// Days export files may be downloaded after the export finished; the cleaner deletes them
+    /// afterwards.
+    #[arg(long, env = "DAYS_TO_KEEP_EXPORTED_FILES", default_value_t = 7)]
+    pub keep_days: i64,
+
+    /// How often running exports are asked about, in milliseconds.
+    #[arg(long, env = "EXPORT_POLL_MS", default_value_t = 10_000)]
+    pub poll_ms: u64,
+
+    /// How often the retention cleaner runs, in seconds (0 disables it).
+    #[arg(long, env = "EXPORT_CLEAN_EVERY_SECONDS", default_value_t = 3600)]
+    pub clean_every_seconds: u64,
+
+    /// Addresses told of every failed export (comma list).
+    #[arg(long, env = "ADMINS", default_value = "")]
+    pub admins: String,
+}
+
+impl Default for ExportArgs {
+    fn default() -> Self {
+        Self {
+            export_api_url: String::new(),
+            export_api_token: None,
+            hadoop_api_url: String::new(),
+            hadoop_api_token: None,
+            hive_user: "hive".into(),
+            disable_data_translation: false,
+            storage_dir: "data/exports".into(),
+            webhdfs_url: String::new(),
+            webhdfs_user: None,
+            csv_path: "csv".into(),
+            xlsx_path: "xlsx".into(),
+            hive_path: "hive".into(),
+            keep_days: 7,
+            poll_ms: 10_000,
+            clean_every_seconds: 3600,
+            admins: String::new(),
+        }
+    }
 }
 
 /// Tokens, applicative users, access defaults and validation patterns.

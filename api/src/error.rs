@@ -277,6 +277,49 @@ impl From<CohortsError> for ApiError {
     }
 }
 
+impl From<commands::exports::ExportsError> for ApiError {
+    fn from(e: commands::exports::ExportsError) -> Self {
+        use commands::exports::ExportsError as E;
+        use domain::datalab::DatalabError;
+        use domain::export::{ExportError, ExportRefusal};
+        let message = e.to_string();
+        match e {
+            E::Refused(ExportRefusal::Forbidden(m)) => Self::forbidden("export_not_allowed", m),
+            E::Refused(ExportRefusal::Invalid { field, reason }) => Self {
+                field: Some(field),
+                ..Self::bad_request("invalid_export", reason)
+            },
+            E::Export(ExportError::NotFound) => Self::not_found("export_not_found", "export"),
+            E::Export(ExportError::NoSuchTable(_)) => Self::bad_request("invalid_export", message),
+            E::Export(_) => Self::new(StatusCode::CONFLICT, "export_state_conflict", message),
+            E::Datalab(DatalabError::NotFound) => Self::not_found("datalab_not_found", "datalab"),
+            E::Datalab(DatalabError::AlreadyExists) => {
+                Self::new(StatusCode::CONFLICT, "datalab_conflict", message)
+            }
+            E::Datalab(DatalabError::Invalid(f)) => Self::invalid_field(f.field, f.to_string()),
+            E::DatalabNameTaken => Self {
+                field: Some("name"),
+                ..Self::bad_request("datalab_name_taken", message)
+            },
+            E::ProviderInUse => Self::new(StatusCode::CONFLICT, "provider_in_use", message),
+            E::NotDownloadable(_) => Self::bad_request("export_not_downloadable", message),
+            E::NoTask => Self::bad_request("export_without_task", message),
+            E::ExporterTimeout => {
+                Self::new(StatusCode::REQUEST_TIMEOUT, "exporter_timeout", message)
+            }
+            E::Exporter(_) => Self::new(StatusCode::BAD_GATEWAY, "exporter_error", message),
+            E::Cohorts(e) => e.into(),
+            E::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            E::Unavailable(detail) => Self::unavailable(&detail),
+            E::Internal(detail) => Self::internal(&detail),
+        }
+    }
+}
+
 impl From<WorkspaceError> for ApiError {
     fn from(e: WorkspaceError) -> Self {
         match e {

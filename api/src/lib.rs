@@ -7,6 +7,7 @@ pub mod auth;
 pub mod config;
 pub mod embedded;
 pub mod error;
+pub mod export_rights;
 pub mod extract;
 pub mod observability;
 pub mod openapi;

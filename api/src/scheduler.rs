@@ -96,3 +96,47 @@ pub async fn refresh_counts(state: AppState, shutdown: CancellationToken) {
         }
     }
 }
+
+fn scheduler_context(name: &str) -> CommandContext {
+    CommandContext {
+        user: "system".into(),
+        impersonator: None,
+        correlation_id: format!("scheduler:{name}"),
+        causation_id: format!("scheduler:{name}"),
+        at: Utc::now(),
+    }
+}
+
+/// Every `EXPORT_POLL_MS`, asks the exporter about the running exports (and re-checks the
+/// exports waiting for their subsets).
+pub async fn poll_exports(state: AppState, every: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let ctx = scheduler_context("poll-exports");
+        match state.exports.poll(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(exports = n, "export statuses recorded"),
+            Err(e) => tracing::warn!(error = %e, "export polling failed; next run retries"),
+        }
+    }
+}
+
+/// Every `EXPORT_CLEAN_EVERY_SECONDS` (first run right away), deletes the files of exports past
+/// `DAYS_TO_KEEP_EXPORTED_FILES` and records it.
+pub async fn clean_exports(state: AppState, every: Duration, shutdown: CancellationToken) {
+    loop {
+        let ctx = scheduler_context("clean-exports");
+        match state.exports.clean_expired(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(exports = n, "expired export files deleted"),
+            Err(e) => tracing::warn!(error = %e, "export file cleaning stopped; next run retries"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
+}

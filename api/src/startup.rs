@@ -36,6 +36,7 @@ pub fn projections() -> Vec<Arc<dyn Projection>> {
         Arc::new(IdentityProjection),
         Arc::new(CohortsProjection),
         Arc::new(infra::content::ContentProjection),
+        Arc::new(infra::exports::ExportsProjection),
     ]
 }
 
@@ -71,6 +72,58 @@ fn query_executor(
         }
     });
     Ok((embedded, Some(rx)))
+}
+
+/// The exporter: the upstream Export API (with the Hadoop API) when `EXPORT_API_URL` is set,
+/// else the built-in one, which writes into `EXPORT_STORAGE_DIR`.
+fn exporter(
+    settings: &crate::config::ExportArgs,
+    pool: &PgPool,
+) -> anyhow::Result<Arc<dyn commands::ports::Exporter>> {
+    if settings.export_api_url.trim().is_empty() {
+        return Ok(Arc::new(infra::exports::builtin::BuiltinExporter::new(
+            pool.clone(),
+            settings.storage_dir.clone().into(),
+        )));
+    }
+    use infra::exports::export_api::{ExportApiExporter, ExportApiSettings};
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    Ok(Arc::new(ExportApiExporter::new(
+        http,
+        ExportApiSettings {
+            export_api_url: settings.export_api_url.clone(),
+            export_api_token: settings.export_api_token.clone().unwrap_or_default(),
+            hadoop_api_url: settings.hadoop_api_url.clone(),
+            hadoop_api_token: settings.hadoop_api_token.clone().unwrap_or_default(),
+            hive_user: settings.hive_user.clone(),
+            disable_terminology: settings.disable_data_translation,
+            poll_interval: Duration::from_millis(settings.poll_ms.max(1)),
+            http_timeout: Duration::from_secs(60),
+            logs_timeout: Duration::from_secs(30),
+        },
+    )))
+}
+
+/// Where export files are read from and deleted: HDFS through WebHDFS when `WEBHDFS_URL` is set,
+/// else `EXPORT_STORAGE_DIR`.
+fn export_storage(
+    settings: &crate::config::ExportArgs,
+) -> anyhow::Result<Arc<dyn commands::ports::ExportStorage>> {
+    if settings.webhdfs_url.trim().is_empty() {
+        return Ok(Arc::new(infra::exports::local_storage::LocalStorage::new(
+            settings.storage_dir.clone().into(),
+        )));
+    }
+    let http = reqwest::Client::builder().build()?;
+    let storage = infra::exports::webhdfs::WebHdfsStorage::new(
+        http,
+        &settings.webhdfs_url,
+        settings.webhdfs_user.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("WEBHDFS_URL: {e}"))?;
+    Ok(Arc::new(storage))
 }
 
 /// NATS settings from the service settings.
@@ -286,6 +339,7 @@ impl Core {
         let mut progress = Vec::new();
         let mut followed = Vec::new();
         let mut cohorts_progress = None;
+        let mut exports_progress = None;
         for projection in projections() {
             let projector = Projector::new(
                 pool.clone(),
@@ -297,6 +351,9 @@ impl Core {
             progress.push(projector.progress());
             if projection.name() == projections::cohorts::PROJECTION {
                 cohorts_progress = Some(projector.progress());
+            }
+            if projection.name() == projections::exports::PROJECTION {
+                exports_progress = Some(projector.progress());
             }
             followed.push((projection, projector.progress()));
             tasks.spawn(projector.run(Some(js.clone()), nats.clone(), shutdown.clone()));
@@ -435,6 +492,48 @@ impl Core {
             mailer.clone(),
             settings.cohorts.frontend_url.clone(),
         ));
+        let export_reader = Arc::new(infra::exports::PgExports::new(pool.clone()));
+        let exports = Arc::new(commands::exports::Exports::new(
+            commands::exports::ExportPorts {
+                exports: infra::stores::exports(&pool),
+                datalabs: infra::stores::datalabs(&pool),
+                providers: infra::stores::infrastructure_providers(&pool),
+                filters: infra::stores::fhir_filters(&pool),
+                cohorts: cohorts.clone(),
+                rights: Arc::new(crate::export_rights::IdentityExportRights(
+                    identity_reader.clone(),
+                )),
+                directory: export_reader.clone(),
+                exporter: exporter(&settings.exports, &pool)?,
+                storage: export_storage(&settings.exports)?,
+                mails: mails.clone(),
+                consistency: consistency.clone(),
+            },
+            commands::exports::ExportSettings {
+                keep_days: settings.exports.keep_days,
+                csv_path: settings.exports.csv_path.clone(),
+                xlsx_path: settings.exports.xlsx_path.clone(),
+                hive_path: settings.exports.hive_path.clone(),
+                admins: crate::config::comma_list(&settings.exports.admins),
+                max_poll_errors: 5,
+            },
+        ));
+        let exports_read_model = vec![(
+            projections::exports::PROJECTION,
+            exports_progress.ok_or_else(|| anyhow::anyhow!("the exports projector is missing"))?,
+        )];
+        reactions.push((
+            Arc::new(infra::exports::reactions::ExportReaction {
+                exports: exports.clone(),
+            }),
+            exports_read_model.clone(),
+        ));
+        reactions.push((
+            Arc::new(infra::exports::reactions::ExportMails {
+                exports: exports.clone(),
+            }),
+            exports_read_model,
+        ));
         reactions.push((
             Arc::new(MailReaction {
                 mails,
@@ -489,6 +588,8 @@ impl Core {
             cohorts,
             schedules,
             feasibility,
+            exports,
+            export_reader,
             fhir_filters: Arc::new(commands::fhir_filters::FhirFilters::new(
                 infra::stores::fhir_filters(&pool),
                 cohort_reader.clone(),
@@ -570,6 +671,18 @@ impl Application {
         if settings.cohorts.reconcile_every_seconds > 0 {
             tasks.spawn(crate::scheduler::reconcile_jobs(
                 state.clone(),
+                shutdown.clone(),
+            ));
+        }
+        tasks.spawn(crate::scheduler::poll_exports(
+            state.clone(),
+            Duration::from_millis(settings.exports.poll_ms.max(1)),
+            shutdown.clone(),
+        ));
+        if settings.exports.clean_every_seconds > 0 {
+            tasks.spawn(crate::scheduler::clean_exports(
+                state.clone(),
+                Duration::from_secs(settings.exports.clean_every_seconds),
                 shutdown.clone(),
             ));
         }

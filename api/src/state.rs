@@ -61,6 +61,8 @@ pub struct AppState {
     pub cohorts: Arc<Cohorts>,
     pub schedules: Arc<commands::refresh::Schedules>,
     pub feasibility: Arc<commands::feasibility::Feasibility>,
+    pub exports: Arc<commands::exports::Exports>,
+    pub export_reader: Arc<dyn projections::exports::ExportReader>,
     pub fhir_filters: Arc<commands::fhir_filters::FhirFilters>,
     pub cohort_reader: Arc<dyn CohortReader>,
     pub cohort_settings: Arc<CohortArgs>,

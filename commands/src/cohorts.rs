@@ -434,6 +434,20 @@ impl Cohorts {
         table: &str,
         filter: Option<(String, String)>,
     ) -> Result<Written<Uuid>, CohortsError> {
+        self.create_subset_with_id(ctx, Uuid::new_v4(), source, table, filter)
+            .await
+    }
+
+    /// [`Self::create_subset`] with the subset's id chosen by the caller (exports derive it
+    /// from the export and the table, so that a repeated request creates nothing twice).
+    pub async fn create_subset_with_id(
+        &self,
+        ctx: &CommandContext,
+        id: Uuid,
+        source: Uuid,
+        table: &str,
+        filter: Option<(String, String)>,
+    ) -> Result<Written<Uuid>, CohortsError> {
         let parent = self.own_cohort(ctx, source).await?;
         let Some(group_id) = parent
             .group_id
@@ -449,7 +463,7 @@ impl Cohorts {
         self.request_cohort(
             ctx,
             CohortRequest {
-                cohort_id: Uuid::new_v4(),
+                cohort_id: id,
                 owner: ctx.user.clone(),
                 name: format!("{table}_{group_id}"),
                 description: None,

@@ -13,6 +13,7 @@ pub mod cohorts;
 pub mod content;
 pub mod context;
 pub mod error;
+pub mod exports;
 pub mod feasibility;
 pub mod fhir_filters;
 pub mod identity;

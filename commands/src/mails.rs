@@ -274,6 +274,146 @@ pub fn feasibility_report(
     compose(to, subject, &[paragraph], (link.0, &link.1))
 }
 
+/// How an export is named in its e-mails: its format and target.
+fn export_label(export: &domain::export::ExportState) -> String {
+    format!(
+        "{} {}",
+        export.output_format.as_str().to_uppercase(),
+        export.target_name
+    )
+}
+
+/// "Your export was received" (upstream's `csv_export_received` / `hive_export_received`).
+pub fn export_received(
+    to: &Recipient,
+    export: &domain::export::ExportState,
+    frontend_url: &str,
+) -> Mail {
+    let label = export_label(export);
+    let again = if export.retried {
+        " (nouvelle tentative)"
+    } else {
+        ""
+    };
+    let target = match &export.datalab_name {
+        Some(lab) => format!("La base sera créée dans le datalab « {lab} »."),
+        None => "Un e-mail vous donnera le lien de téléchargement quand les fichiers seront prêts."
+            .to_string(),
+    };
+    compose(
+        to,
+        format!("[Cohort360] Demande d'export reçue : {label}"),
+        &[
+            format!("Votre demande d'export {label}{again} est prise en charge."),
+            target,
+        ],
+        ("Mes exports", &format!("{frontend_url}/exports")),
+    )
+}
+
+/// "Your export is ready", with the download link (files) and the deletion date.
+pub fn export_succeeded(
+    to: &Recipient,
+    export: &domain::export::ExportState,
+    deleted_on: chrono::DateTime<chrono::Utc>,
+    frontend_url: &str,
+) -> Mail {
+    let label = export_label(export);
+    if export.output_format.is_file() {
+        compose(
+            to,
+            format!("[Cohort360] Export prêt : {label}"),
+            &[
+                format!("Votre export {label} est prêt."),
+                format!(
+                    "Les fichiers seront supprimés le {} : téléchargez-les avant cette date.",
+                    deleted_on.format("%d/%m/%Y")
+                ),
+            ],
+            (
+                "Télécharger l'export",
+                &format!("{frontend_url}/download/exports/{}/", export.id),
+            ),
+        )
+    } else {
+        compose(
+            to,
+            format!("[Cohort360] Export prêt : {label}"),
+            &[format!(
+                "La base {} est disponible dans le datalab « {} ».",
+                export.target_name,
+                export.datalab_name.as_deref().unwrap_or_default()
+            )],
+            ("Mes exports", &format!("{frontend_url}/exports")),
+        )
+    }
+}
+
+/// "Your export failed" (to the owner).
+pub fn export_failed(
+    to: &Recipient,
+    export: &domain::export::ExportState,
+    frontend_url: &str,
+) -> Mail {
+    let label = export_label(export);
+    compose(
+        to,
+        format!("[Cohort360] Échec de l'export : {label}"),
+        &[format!(
+            "Votre export {label} n'a pas pu être produit. L'équipe d'administration est prévenue ; vous pouvez aussi contacter le support."
+        )],
+        ("Mes exports", &format!("{frontend_url}/exports")),
+    )
+}
+
+/// "An export failed" (to `ADMINS`): the details to investigate.
+pub fn export_failed_admins(
+    to: &Recipient,
+    export: &domain::export::ExportState,
+    frontend_url: &str,
+) -> Mail {
+    let duration = match (export.started_at, export.modified_at) {
+        (Some(start), end) => format!("{} s", (end - start).num_seconds()),
+        (None, _) => "non démarré".into(),
+    };
+    compose(
+        to,
+        format!("[Cohort360] Export en échec : {}", export.id),
+        &[
+            format!("Export : {} ({})", export.id, export_label(export)),
+            format!("Propriétaire : {}", export.owner),
+            format!("Demandé le : {}", export.requested_at.to_rfc3339()),
+            format!(
+                "Tâche de l'exporteur : {}",
+                export.task_id.as_deref().unwrap_or("aucune")
+            ),
+            format!("Durée : {duration}"),
+            format!(
+                "Erreur : {}",
+                export.fail_msg.as_deref().unwrap_or("non précisée")
+            ),
+        ],
+        ("Cohort360", frontend_url),
+    )
+}
+
+/// "Your export's files were deleted" (retention).
+pub fn exported_files_deleted(
+    to: &Recipient,
+    export: &domain::export::ExportState,
+    frontend_url: &str,
+) -> Mail {
+    let label = export_label(export);
+    compose(
+        to,
+        format!("[Cohort360] Fichiers d'export supprimés : {label}"),
+        &[format!(
+            "Les fichiers de votre export {label} ont été supprimés à la fin de leur durée de conservation. Vous pouvez demander un nouvel export."
+        )],
+        ("Mes exports", &format!("{frontend_url}/exports")),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -236,3 +236,101 @@ pub trait PatientReadRights: Send + Sync {
         perimeter_cohort_ids: &[String],
     ) -> Result<bool, PortError>;
 }
+
+/// One table of an export job, as an exporter receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportJobTable {
+    /// The table (`person`, `condition_occurrence`, …).
+    pub name: String,
+    /// The columns to export; all when `None`.
+    pub columns: Option<Vec<String>>,
+    /// The cohort (group id) the rows are restricted to: the table's subset when it is filtered,
+    /// else the source cohort; `None` for a table without a cohort.
+    pub cohort_group_id: Option<String>,
+    /// The saved filter the rows match: `(FHIR resource, filterFhir)`. The Export API relies on
+    /// the subset; the built-in exporter applies it to the rows too.
+    pub filter: Option<(String, String)>,
+    pub respect_table_relationships: bool,
+    pub pivot_merge: bool,
+    pub pivot_merge_columns: Vec<String>,
+    pub pivot_merge_ids: Vec<String>,
+}
+
+/// One export job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportJob {
+    pub export: Uuid,
+    pub owner: String,
+    pub format: domain::export::ExportFormat,
+    pub nominative: bool,
+    /// Shift dates (pseudonymized exports only: nominative data keeps real dates).
+    pub shift_dates: bool,
+    /// Join the tables on their primary key (`joinOnPrimaryKey`).
+    pub group_tables: bool,
+    pub target_name: String,
+    pub target_location: String,
+    /// The datalab (its name, also its account) of a Hive export.
+    pub datalab: Option<String>,
+    pub tables: Vec<ExportJobTable>,
+}
+
+impl ExportJob {
+    /// `{target_location}/{target_name}`.
+    pub fn target_full_path(&self) -> String {
+        format!(
+            "{}/{}",
+            self.target_location.trim_end_matches('/'),
+            self.target_name
+        )
+    }
+}
+
+/// Why an exporter could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExporterError {
+    #[error("the exporter is unreachable: {0}")]
+    Unreachable(String),
+    #[error("the exporter refused the job: {0}")]
+    Refused(String),
+    /// A call took longer than allowed (logs).
+    #[error("the exporter did not answer in time")]
+    Timeout,
+}
+
+/// Produces export files or databases: the upstream Export API (with the Hadoop API for Hive),
+/// or the built-in exporter.
+#[async_trait]
+pub trait Exporter: Send + Sync {
+    /// Checks, when the export is requested, what only this exporter knows: the tables and
+    /// columns it can produce, the tables it requires. `Err` is the message of a 400.
+    fn check_tables(
+        &self,
+        format: domain::export::ExportFormat,
+        tables: &[ExportJobTable],
+    ) -> Result<(), String>;
+    /// Starts the job; returns the exporter's task id.
+    async fn submit(&self, job: ExportJob) -> Result<String, ExporterError>;
+    /// The task's status; `Ok(None)` when the exporter does not know the task.
+    async fn status(
+        &self,
+        task_id: &str,
+    ) -> Result<Option<domain::export::ExportReport>, ExporterError>;
+    /// The task's logs (shown to full admins).
+    async fn logs(&self, task_id: &str) -> Result<serde_json::Value, ExporterError>;
+    /// After a finished job: hands a Hive database to the datalab's account (nothing to do
+    /// otherwise).
+    async fn hand_over(&self, job: &ExportJob) -> Result<(), ExporterError>;
+}
+
+/// A stream of a stored file's bytes.
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Vec<u8>>> + Send>>;
+
+/// Where export files are kept (a local directory, or HDFS through WebHDFS).
+#[async_trait]
+pub trait ExportStorage: Send + Sync {
+    /// Opens a file for streaming: its size, if known, and its bytes; `Ok(None)` when missing.
+    async fn open(&self, path: &str) -> Result<Option<(Option<u64>, ByteStream)>, PortError>;
+    /// Deletes a file; `Ok(false)` when it was already missing.
+    async fn delete(&self, path: &str) -> Result<bool, PortError>;
+}

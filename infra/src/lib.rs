@@ -18,6 +18,7 @@ pub mod cohorts;
 pub mod consistency;
 pub mod content;
 pub mod db;
+pub mod exports;
 pub mod follow;
 pub mod health;
 pub mod identity;

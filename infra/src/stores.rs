@@ -158,6 +158,23 @@ pub fn feasibility_studies(pool: &PgPool) -> Arc<dyn Execute<FeasibilityStudy>> 
     Arc::new(bus::<FeasibilityStudy>(pool))
 }
 
+/// The command bus of exports.
+pub fn exports(pool: &PgPool) -> Arc<dyn Execute<domain::export::Export>> {
+    Arc::new(bus::<domain::export::Export>(pool))
+}
+
+/// The command bus of datalabs.
+pub fn datalabs(pool: &PgPool) -> Arc<dyn Execute<domain::datalab::Datalab>> {
+    Arc::new(bus::<domain::datalab::Datalab>(pool))
+}
+
+/// The command bus of infrastructure providers.
+pub fn infrastructure_providers(
+    pool: &PgPool,
+) -> Arc<dyn Execute<domain::datalab::InfrastructureProvider>> {
+    Arc::new(bus::<domain::datalab::InfrastructureProvider>(pool))
+}
+
 /// The command bus of refresh schedules.
 pub fn refresh_schedules(pool: &PgPool) -> Arc<dyn Execute<RefreshSchedule>> {
     Arc::new(bus::<RefreshSchedule>(pool))

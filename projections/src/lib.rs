@@ -9,6 +9,7 @@ pub mod clinical;
 pub mod cohorts;
 pub mod content;
 pub mod cursor;
+pub mod exports;
 pub mod identity;
 pub mod request_logs;
 pub mod workspace;

@@ -6,6 +6,8 @@
 //! subject prefix and stream, so tests run in parallel without seeing each other.
 
 pub mod executor;
+pub mod export_api;
+pub mod flows;
 pub mod identity;
 pub mod providers;
 pub mod smtp;
@@ -71,6 +73,17 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         cohorts: api::config::CohortArgs {
             query_executor_url: "http://127.0.0.1:9".into(),
             query_executor_timeout_seconds: 2,
+            ..Default::default()
+        },
+        // The built-in exporter, in a directory of this test's own; polled often, cleaned only
+        // when a test asks.
+        exports: api::config::ExportArgs {
+            storage_dir: std::env::temp_dir()
+                .join(format!("c360_exports_{id}"))
+                .to_string_lossy()
+                .into_owned(),
+            poll_ms: 200,
+            clean_every_seconds: 0,
             ..Default::default()
         },
     }
@@ -287,6 +300,11 @@ pub async fn cleanup(id: &str, settings: &Settings) {
         .execute(&pool)
         .await;
         pool.close().await;
+    }
+    // Files of the built-in exporter (tests point it at a directory of their own).
+    let exports = std::path::Path::new(&settings.exports.storage_dir);
+    if exports.starts_with(std::env::temp_dir()) {
+        let _ = std::fs::remove_dir_all(exports);
     }
     if let Ok(client) = async_nats::connect(&settings.nats_url).await {
         let js = async_nats::jetstream::new(client);

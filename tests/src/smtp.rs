@@ -13,6 +13,17 @@ pub struct Received {
     pub data: String,
 }
 
+impl Received {
+    /// The message with quoted-printable soft line breaks and `=3D` undone (enough to search
+    /// ASCII text and links in it).
+    pub fn unfolded(&self) -> String {
+        self.data
+            .replace("=\r\n", "")
+            .replace("=\n", "")
+            .replace("=3D", "=")
+    }
+}
+
 /// The running server.
 pub struct SmtpServer {
     pub port: u16,

@@ -39,6 +39,9 @@ pub(crate) const AUDITABLE: &[&str] = &[
     "RefreshSchedule",
     "WebContent",
     "ReleaseNote",
+    "Export",
+    "Datalab",
+    "InfrastructureProvider",
 ];
 
 /// Longest page of `/audit/events/`.

@@ -6,6 +6,8 @@ mod audit;
 mod auth;
 pub(crate) mod cohorts;
 mod content;
+mod datalabs;
+mod exports;
 mod feasibility;
 pub(crate) mod fhir;
 mod fhir_filters;
@@ -318,6 +320,35 @@ pub fn router(state: AppState) -> Router {
                 .patch(refresh_schedules::update)
                 .delete(refresh_schedules::delete),
         )
+        .route("/exports/", get(exports::list).post(exports::create))
+        .route("/exports/cohorts/", get(exports::cohorts))
+        .route("/exports/fhir-filters/", get(fhir_filters::list))
+        .route("/exports/fhir-filters/{id}/", get(fhir_filters::retrieve))
+        .route(
+            "/exports/datalabs/",
+            get(datalabs::list_datalabs).post(datalabs::create_datalab),
+        )
+        .route(
+            "/exports/datalabs/{id}/",
+            get(datalabs::retrieve_datalab).patch(datalabs::update_datalab),
+        )
+        .route(
+            "/exports/infrastructure-providers/",
+            get(datalabs::list_providers).post(datalabs::create_provider),
+        )
+        .route(
+            "/exports/infrastructure-providers/{id}/",
+            get(datalabs::retrieve_provider)
+                .patch(datalabs::update_provider)
+                .delete(datalabs::delete_provider),
+        )
+        .route("/exports/export-stats/", get(exports::stats))
+        .route("/exports/export-stats/{id}/", get(exports::export_stats))
+        .route("/exports/{id}/", get(exports::retrieve))
+        .route("/exports/{id}/download/", get(exports::download))
+        .route("/exports/{id}/retry/", post(exports::retry))
+        .route("/exports/{id}/relaunch/", post(exports::relaunch))
+        .route("/exports/{id}/logs/", get(exports::logs))
         .route(
             "/cohort/fhir-filters/",
             get(fhir_filters::list).post(fhir_filters::create),

@@ -74,6 +74,11 @@ pub fn fold_by_type(
         "ReleaseNote" => fold_json::<domain::content::ReleaseNote>(snapshot, events),
         "WebContent" => fold_json::<domain::content::WebContent>(snapshot, events),
         "Count" => fold_json::<Count>(snapshot, events),
+        "Datalab" => fold_json::<domain::datalab::Datalab>(snapshot, events),
+        "Export" => fold_json::<domain::export::Export>(snapshot, events),
+        "InfrastructureProvider" => {
+            fold_json::<domain::datalab::InfrastructureProvider>(snapshot, events)
+        }
         "FeasibilityStudy" => fold_json::<FeasibilityStudy>(snapshot, events),
         "FhirFilter" => fold_json::<FhirFilter>(snapshot, events),
         "Folder" => fold_json::<Folder>(snapshot, events),

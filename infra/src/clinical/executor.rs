@@ -173,12 +173,10 @@ impl Inner {
         query: &str,
         options: EvalOptions,
     ) -> Result<(Evaluation, i64), JobFailure> {
+        // A cohort of other resources (top-level `resourceType`, e.g. an export's subset of
+        // Conditions) is kept as the patients holding matching resources: the lists hold
+        // patients only, and the built-in exporter applies the table's filter to the rows again.
         let parsed = cohort_query::parse(query).map_err(|e| e.to_string())?;
-        if let Some(t) = &parsed.resource_type {
-            return Err(format!(
-                "cohorts of {t} resources are not supported by the embedded executor (Patient only)"
-            ));
-        }
         let index = self
             .current_index()
             .await

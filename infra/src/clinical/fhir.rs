@@ -36,7 +36,11 @@ fn fact_resource(t: FhirType) -> Option<FactResource> {
 
 /// `FROM … WHERE` of a type: the resource's rows joined to their patient (`c`) and the patient's
 /// perimeter (`pp`), within the scope.
-fn from_scope<'a>(q: &mut QueryBuilder<'a, Postgres>, t: FhirType, scope: &'a ReadScope) {
+pub(crate) fn from_scope<'a>(
+    q: &mut QueryBuilder<'a, Postgres>,
+    t: FhirType,
+    scope: &'a ReadScope,
+) {
     match t {
         FhirType::Patient => q.push(" FROM clinical.patients c"),
         FhirType::Encounter => {
@@ -165,7 +169,7 @@ fn ids(p: &SearchParam) -> Result<Vec<i64>, FhirSearchError> {
 }
 
 /// The WHERE conditions of the search's parameters.
-fn push_filters<'a>(
+pub(crate) fn push_filters<'a>(
     q: &mut QueryBuilder<'a, Postgres>,
     t: FhirType,
     params: &'a [SearchParam],

@@ -8,6 +8,7 @@ use infra::clinical::EmbeddedExecutor;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tests::flows::count_to_end;
 use tests::identity::{APHP, Fixture, add_user, grant, seed};
 use tests::ws::{connect_as, next_job_status};
 use tests::{TestApp, settings, unique_id};
@@ -840,56 +841,6 @@ async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
     let bad_count = app.get("/fhir/Patient?_count=-1", "nora").await;
     assert_eq!(bad_count.status, StatusCode::BAD_REQUEST);
     app.stop().await;
-}
-
-/// A count of `query` by `user`, to its end: (dated measure id, its job_status message).
-async fn count_to_end(
-    app: &TestApp,
-    user: &str,
-    password: &str,
-    q: &str,
-) -> (String, String, Value) {
-    let login = app
-        .send(
-            app.request(Method::POST, "/auth/login/")
-                .json(&json!({"username": user, "password": password})),
-        )
-        .await;
-    let token = login.body["access_token"].as_str().unwrap().to_string();
-    let mut socket = connect_as(app, &token).await;
-    let folder = app
-        .post("/cohort/folders/", user, json!({"name": "small"}))
-        .await;
-    let request = app
-        .post(
-            "/cohort/requests/",
-            user,
-            json!({"name": "small", "parent_folder": folder.body["uuid"]}),
-        )
-        .await;
-    let snapshot = app
-        .post(
-            "/cohort/request-query-snapshots/",
-            user,
-            json!({"request": request.body["uuid"], "serialized_query": q}),
-        )
-        .await;
-    assert_eq!(snapshot.status, StatusCode::CREATED, "{:?}", snapshot.body);
-    let dm = app
-        .post(
-            "/cohort/dated-measures/",
-            user,
-            json!({"request_query_snapshot_id": snapshot.body["uuid"], "stageDetails": "all"}),
-        )
-        .await;
-    assert_eq!(dm.status, StatusCode::CREATED, "{:?}", dm.body);
-    let id = dm.body["uuid"].as_str().unwrap().to_string();
-    let message = next_job_status(&mut socket, &id).await;
-    (
-        id,
-        request.body["uuid"].as_str().unwrap().to_string(),
-        message,
-    )
 }
 
 #[tokio::test]

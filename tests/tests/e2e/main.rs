@@ -7,6 +7,8 @@ mod bad_input;
 mod clinical;
 mod cohorts;
 mod content;
+mod export_api;
+mod exports;
 mod maintenance;
 mod oidc;
 mod openapi;

@@ -846,8 +846,9 @@ fn next_batch(rx: &mut mpsc::Receiver<Batch>) -> Result<Option<Vec<PgRow>>, Stri
     }
 }
 
-/// Deflated entries, with ZIP64 sizes (a table may exceed 4 GiB), dated now.
-fn entry_options() -> SimpleFileOptions {
+/// Entries with ZIP64 sizes (a table may exceed 4 GiB), dated now, compressed with `method`:
+/// CSV files are deflated; XLSX workbooks are zip archives already, stored as they are.
+fn entry_options(method: zip::CompressionMethod) -> SimpleFileOptions {
     let now = Utc::now();
     let modified = zip::DateTime::from_date_and_time(
         u16::try_from(now.year()).unwrap_or(1980),
@@ -859,7 +860,7 @@ fn entry_options() -> SimpleFileOptions {
     )
     .unwrap_or_default();
     SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Deflated)
+        .compression_method(method)
         .large_file(true)
         .last_modified_time(modified)
 }
@@ -906,8 +907,11 @@ impl ArchiveWriter<'_> {
     ) -> Result<(u64, u64), String> {
         let entry = format!("{}.{}", t.stem, FileKind::Csv.extension());
         let fail = |e: &dyn std::fmt::Display| format!("cannot write {entry}: {e}");
-        zip.start_file(entry.as_str(), entry_options())
-            .map_err(|e| fail(&e))?;
+        zip.start_file(
+            entry.as_str(),
+            entry_options(zip::CompressionMethod::Deflated),
+        )
+        .map_err(|e| fail(&e))?;
         let mut out = csv::Writer::from_writer(Counting {
             inner: &mut *zip,
             bytes: 0,
@@ -958,8 +962,11 @@ impl ArchiveWriter<'_> {
             rows += batch.len() as u64;
             self.progress.add(index, batch.len() as u64);
         }
-        zip.start_file(entry.as_str(), entry_options())
-            .map_err(|e| fail(&e))?;
+        zip.start_file(
+            entry.as_str(),
+            entry_options(zip::CompressionMethod::Stored),
+        )
+        .map_err(|e| fail(&e))?;
         let mut counted = Counting {
             inner: &mut *zip,
             bytes: 0,

@@ -988,6 +988,53 @@ async fn through_the_export_api_exports_are_polled_to_their_end_and_failures_are
         "a finished export has no logs to show"
     );
 
+    // A pseudonymized Hive export: the database is created and lent to `HIVE_USER` before the
+    // job, and handed to the datalab's account once the job finished.
+    user(&app, &fixture, "bob", "jupyter_pseudo_exporter").await;
+    user(&app, &fixture, "dana", "datalab_support").await;
+    let provider = app
+        .post(
+            "/exports/infrastructure-providers/",
+            "dana",
+            json!({"name": "Hadoop"}),
+        )
+        .await;
+    let lab = app
+        .post(
+            "/exports/datalabs/",
+            "dana",
+            json!({"name": "lab_t2d", "infrastructure_provider": provider.body["uuid"]}),
+        )
+        .await;
+    assert_eq!(lab.status, StatusCode::CREATED, "{:?}", lab.body);
+    let bobs = diabetics(&app, "bob", &["0"]).await;
+    let hive = export_of(
+        &app,
+        "bob",
+        json!({"output_format": "hive", "nominative": false, "datalab": lab.body["uuid"],
+               "export_tables": [{"table_name": "person", "cohort_result_source": bobs["uuid"]}]}),
+    )
+    .await;
+    assert_eq!(hive["request_job_status"], "finished", "{hive}");
+    let location = format!("{}.db", hive["target_full_path"].as_str().unwrap());
+    assert_eq!(
+        fake.requests_to("/hadoop/hive/create_base_hive")[0].param("location"),
+        Some(location.as_str())
+    );
+    let hive_job = fake.jobs().last().cloned().unwrap();
+    assert_eq!(hive_job["pseudo"], "lab_t2d");
+    assert_eq!(hive_job["output"]["databaseName"], hive["target_name"]);
+    assert!(
+        tests::eventually(Duration::from_secs(10), || async {
+            let chowns = fake.requests_to("/hadoop/hdfs/chown_directory");
+            chowns.len() == 2
+                && chowns[0].param("uid") == Some("hive")
+                && chowns[1].param("uid") == Some("lab_t2d")
+        })
+        .await,
+        "lent to HIVE_USER, then handed to the datalab"
+    );
+
     // The API answering an error.
     fake.fail_yaml(500);
     let failed = export_of(&app, "alice", body.clone()).await;

@@ -680,10 +680,7 @@ impl Exports {
                 .exports
                 .execute(
                     &id.to_string(),
-                    ExportCommand::Settle {
-                        report,
-                        at: Utc::now(),
-                    },
+                    ExportCommand::Settle { report, at: ctx.at },
                     ctx,
                 )
                 .await?;

@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
-use crate::routes::{require_full_admin, written_json};
+use crate::routes::{is_full_admin, require_full_admin, written_json};
 use crate::state::AppState;
 
 fn export_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -29,17 +29,6 @@ fn export_id(raw: &str) -> Result<Uuid, ApiError> {
 
 fn keep_days(state: &AppState) -> i64 {
     state.exports.settings().keep_days
-}
-
-async fn is_full_admin(state: &AppState, caller: &Caller) -> Result<bool, ApiError> {
-    if caller.applicative {
-        return Ok(false);
-    }
-    Ok(state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?
-        .is_full_admin())
 }
 
 /// `GET /exports/`: the caller's exports (every export for full admins).

@@ -46,6 +46,18 @@ pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Reque
     ))
 }
 
+/// Whether the caller is a full administrator (applicative tokens never are).
+pub(crate) async fn is_full_admin(state: &AppState, caller: &Caller) -> Result<bool, ApiError> {
+    if caller.applicative {
+        return Ok(false);
+    }
+    Ok(state
+        .identity
+        .authority(&caller.username, Utc::now())
+        .await?
+        .is_full_admin())
+}
+
 /// Refuses (403 `permission_denied`, with `refusal` as the message) anyone but a full
 /// administrator; applicative tokens included.
 pub(crate) async fn require_full_admin(
@@ -53,11 +65,7 @@ pub(crate) async fn require_full_admin(
     caller: &Caller,
     refusal: &str,
 ) -> Result<(), ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if caller.applicative || !authority.is_full_admin() {
+    if !is_full_admin(state, caller).await? {
         return Err(ApiError::forbidden(
             "permission_denied",
             refusal.to_string(),

@@ -327,7 +327,7 @@ async fn main() -> anyhow::Result<()> {
         report.push_str(&format!("\nArchives kept in {}.\n", root.display()));
     }
     report.push_str(
-        "\nTables: person, visit_occurrence, condition_occurrence, measurement (all columns). Rows are streamed from Postgres in batches of 1 024 (at most 4 batches in flight) to a writer thread and straight into the deflated zip entries (XLSX worksheets in constant-memory mode), so the memory growth stays flat whatever the cohort's size: no table is ever held in memory. Peak growth is VmHWM after the run minus VmRSS before it (the peak is reset before each run).\n",
+        "\nTables: person, visit_occurrence, condition_occurrence, measurement (all columns). Rows are streamed from Postgres in batches of 1 024 (at most 4 batches in flight) to a writer thread and straight into the zip entries (CSV deflated; XLSX worksheets in constant-memory mode, the workbooks stored), so the memory growth stays flat whatever the cohort's size: no table is ever held in memory. Peak growth is VmHWM after the run minus VmRSS before it (the peak is reset before each run).\n",
     );
     #[expect(clippy::print_stdout, reason = "the report is the output")]
     {

@@ -324,7 +324,6 @@ impl Exports {
                 }
                 None => None,
             };
-            let mut group_id = None;
             if let Some(id) = t.cohort_result_source
                 && !cohorts.iter().any(|c| c.id == id)
                 && let Some(c) = self.cohort(id).await?.filter(|c| !c.deleted)
@@ -338,12 +337,12 @@ impl Exports {
                 });
                 states.push(c);
             }
-            if let Some(id) = t.cohort_result_source {
-                group_id = cohorts
+            let group_id = t.cohort_result_source.and_then(|id| {
+                cohorts
                     .iter()
                     .find(|c| c.id == id)
-                    .and_then(|c| c.group_id.clone());
-            }
+                    .and_then(|c| c.group_id.clone())
+            });
             tables.push(ExportTable {
                 name: t.table_name.trim().to_string(),
                 columns: t.columns.clone().filter(|c| !c.is_empty()),

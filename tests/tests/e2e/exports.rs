@@ -327,6 +327,21 @@ async fn a_filtered_csv_export_goes_from_cohort_to_downloaded_files() {
             .collect::<Vec<_>>()
     );
 
+    // The read model is a fold of the log: rebuilt, it is the same row for row.
+    app.settle().await;
+    let live = tests::dump_schema(&app.pool, "exports").await;
+    let rows = |table: &str| {
+        live.iter()
+            .find(|(t, _)| t == table)
+            .map_or(0, |(_, r)| r.len())
+    };
+    assert_eq!((rows("exports"), rows("subsets")), (1, 1), "{live:?}");
+    assert!(rows("stats") >= 4);
+    infra::projector::rebuild(&app.pool, &infra::exports::ExportsProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(tests::dump_schema(&app.pool, "exports").await, live);
+
     // Someone else cannot see nor download it.
     user(&app, &fixture, "mallory", "csv_exporter").await;
     assert_eq!(

@@ -72,6 +72,27 @@ async fn filter(app: &TestApp, owner: &str, resource: &str, name: &str, fhir: &s
     f.body["uuid"].as_str().unwrap().to_string()
 }
 
+/// A datalab named `name` on a new provider `provider`, created by the datalab manager `manager`.
+async fn datalab(app: &TestApp, manager: &str, provider: &str, name: &str) -> Value {
+    let p = app
+        .post(
+            "/exports/infrastructure-providers/",
+            manager,
+            json!({"name": provider}),
+        )
+        .await;
+    assert_eq!(p.status, StatusCode::CREATED, "{:?}", p.body);
+    let lab = app
+        .post(
+            "/exports/datalabs/",
+            manager,
+            json!({"name": name, "infrastructure_provider": p.body["uuid"]}),
+        )
+        .await;
+    assert_eq!(lab.status, StatusCode::CREATED, "{:?}", lab.body);
+    lab.body
+}
+
 /// Waits until the export reaches an end state; returns it.
 async fn export_to_end(app: &TestApp, owner: &str, id: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -432,23 +453,8 @@ async fn a_pseudonymized_datalab_export_holds_no_identifier() {
     let (app, fixture) = app_with(|_| {}).await;
     user(&app, &fixture, "bob", "jupyter_pseudo_exporter").await;
     user(&app, &fixture, "dana", "datalab_support").await;
-    let provider = app
-        .post(
-            "/exports/infrastructure-providers/",
-            "dana",
-            json!({"name": "On premise"}),
-        )
-        .await;
-    assert_eq!(provider.status, StatusCode::CREATED, "{:?}", provider.body);
-    let lab = app
-        .post(
-            "/exports/datalabs/",
-            "dana",
-            json!({"name": "lab_diabetes", "infrastructure_provider": provider.body["uuid"]}),
-        )
-        .await;
-    assert_eq!(lab.status, StatusCode::CREATED, "{:?}", lab.body);
-    assert_eq!(lab.body["infrastructure_provider"]["name"], "On premise");
+    let lab = datalab(&app, "dana", "On premise", "lab_diabetes").await;
+    assert_eq!(lab["infrastructure_provider"]["name"], "On premise");
     assert_eq!(
         app.get("/exports/datalabs/", "bob").await.status,
         StatusCode::FORBIDDEN,
@@ -461,7 +467,7 @@ async fn a_pseudonymized_datalab_export_holds_no_identifier() {
             "/exports/",
             "bob",
             json!({"output_format": "hive", "nominative": false, "shift_dates": true,
-                   "datalab": lab.body["uuid"], "export_tables": [
+                   "datalab": lab["uuid"], "export_tables": [
                 {"table_name": "person", "cohort_result_source": cohort["uuid"]},
                 {"table_name": "visit_occurrence", "cohort_result_source": cohort["uuid"]},
             ]}),
@@ -1007,26 +1013,12 @@ async fn through_the_export_api_exports_are_polled_to_their_end_and_failures_are
     // job, and handed to the datalab's account once the job finished.
     user(&app, &fixture, "bob", "jupyter_pseudo_exporter").await;
     user(&app, &fixture, "dana", "datalab_support").await;
-    let provider = app
-        .post(
-            "/exports/infrastructure-providers/",
-            "dana",
-            json!({"name": "Hadoop"}),
-        )
-        .await;
-    let lab = app
-        .post(
-            "/exports/datalabs/",
-            "dana",
-            json!({"name": "lab_t2d", "infrastructure_provider": provider.body["uuid"]}),
-        )
-        .await;
-    assert_eq!(lab.status, StatusCode::CREATED, "{:?}", lab.body);
+    let lab = datalab(&app, "dana", "Hadoop", "lab_t2d").await;
     let bobs = diabetics(&app, "bob", &["0"]).await;
     let hive = export_of(
         &app,
         "bob",
-        json!({"output_format": "hive", "nominative": false, "datalab": lab.body["uuid"],
+        json!({"output_format": "hive", "nominative": false, "datalab": lab["uuid"],
                "export_tables": [{"table_name": "person", "cohort_result_source": bobs["uuid"]}]}),
     )
     .await;

@@ -6,6 +6,11 @@
 //! * Otherwise the token is a JWT. Its header's `alg` picks the key: HS256 ↔ `JWT_SIGNING_KEY`,
 //!   RS256 ↔ `JWT_RS256_PUBLIC_KEY`, each only if listed in `JWT_ALGORITHMS`. A key is never
 //!   used with another algorithm, which rules out algorithm confusion; `alg: none` never parses.
+//! * An access token must say so (`token_type: access`), and its user must exist and be active.
+//!   Our own (HS256) access tokens name their login session (`sid`) and die with it: after a
+//!   logout, or once a replayed refresh token revoked the session, they are refused
+//!   (`session_ended`) although not expired. Externally minted RS256 tokens have no session of
+//!   ours; only their user is checked.
 //! * `X-Impersonate: <username>` lets a full admin act as someone else; events record both.
 
 use axum::extract::FromRequestParts;
@@ -31,7 +36,7 @@ pub struct Claims {
     pub token_type: Option<String>,
     #[serde(default)]
     pub jti: Option<String>,
-    /// Login session of a refresh token.
+    /// Login session of the token (access and refresh tokens alike).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<Uuid>,
     /// Rotation generation of a refresh token.
@@ -102,6 +107,11 @@ impl JwtKeys {
 
     /// Verifies a token's signature and expiry and returns its claims.
     pub fn decode(&self, token: &str) -> Result<Claims, ApiError> {
+        self.decode_with_algorithm(token).map(|(claims, _)| claims)
+    }
+
+    /// [`JwtKeys::decode`], also telling which algorithm (hence which key) verified it.
+    fn decode_with_algorithm(&self, token: &str) -> Result<(Claims, Algorithm), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| rejected("token_invalid", "the token is malformed"))?;
         let key = match header.alg {
@@ -130,16 +140,33 @@ impl JwtKeys {
         if data.claims.username.is_empty() {
             return Err(rejected("token_invalid", "the token names no user"));
         }
-        Ok(data.claims)
+        Ok((data.claims, header.alg))
     }
 
-    /// Verifies an access token.
+    /// Verifies an access token: `token_type` must be `access`, and our own (HS256) tokens must
+    /// name their session. Whether the user and the session are still valid is checked by the
+    /// caller ([`authenticate`]).
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
-        let claims = self.decode(token)?;
-        if claims.token_type.as_deref().is_some_and(|t| t != "access") {
+        let (claims, algorithm) = self.decode_with_algorithm(token)?;
+        match claims.token_type.as_deref() {
+            Some("access") => {}
+            Some(_) => {
+                return Err(rejected(
+                    "token_invalid",
+                    "an access token is required, not a refresh token",
+                ));
+            }
+            None => {
+                return Err(rejected(
+                    "token_invalid",
+                    "the token does not say it is an access token (token_type)",
+                ));
+            }
+        }
+        if algorithm == Algorithm::HS256 && claims.sid.is_none() {
             return Err(rejected(
                 "token_invalid",
-                "an access token is required, not a refresh token",
+                "the token names no login session; log in again",
             ));
         }
         Ok(claims)
@@ -246,10 +273,17 @@ pub async fn authenticate(
             applicative: true,
         });
     }
-    let username = match method {
-        Method::Jwt => state.jwt.verify(token)?.username,
-        Method::Oidc => state.providers.oidc_verify(token).await?,
+    let (username, session) = match method {
+        Method::Jwt => {
+            let claims = state.jwt.verify(token)?;
+            (claims.username, claims.sid)
+        }
+        Method::Oidc => (state.providers.oidc_verify(token).await?, None),
     };
+    state
+        .identity_service
+        .check_token_holder(&username, session)
+        .await?;
     Ok(Caller {
         username,
         impersonator: None,
@@ -323,9 +357,37 @@ mod tests {
             iat: None,
             token_type: Some("access".into()),
             jti: None,
-            sid: None,
+            sid: Some(Uuid::from_u128(7)),
             generation: None,
         }
+    }
+
+    #[test]
+    fn access_tokens_must_say_so_and_name_their_session() {
+        let keys = JwtKeys::hs256(b"secret-one");
+        let far = chrono::Utc::now().timestamp() + 600;
+        let untyped = keys
+            .mint(&Claims {
+                token_type: None,
+                ..claims(far)
+            })
+            .unwrap();
+        assert_eq!(keys.verify(&untyped).unwrap_err().code, "token_invalid");
+        let refresh = keys
+            .mint(&Claims {
+                token_type: Some("refresh".into()),
+                ..claims(far)
+            })
+            .unwrap();
+        assert_eq!(keys.verify(&refresh).unwrap_err().code, "token_invalid");
+        let sessionless = keys
+            .mint(&Claims {
+                sid: None,
+                ..claims(far)
+            })
+            .unwrap();
+        let refused = keys.verify(&sessionless).unwrap_err();
+        assert!(refused.message.contains("session"), "{}", refused.message);
     }
 
     #[test]

@@ -27,6 +27,15 @@ pub struct Settings {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
 
+    /// How long a request waits for a Postgres connection before it is answered 503, in ms.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_MS", default_value_t = 1000)]
+    pub database_acquire_timeout_ms: u64,
+
+    /// `statement_timeout` of the pool's connections, in ms (0: none); bulk work (exports, the
+    /// clinical index and data, migrations) is exempt.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub database_statement_timeout_ms: u64,
+
     /// NATS server URL (JetStream enabled).
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
@@ -38,6 +47,23 @@ pub struct Settings {
     /// JetStream stream that keeps the events.
     #[arg(long, env = "NATS_STREAM", default_value = "COHORT360_EVENTS")]
     pub nats_stream: String,
+
+    #[command(flatten)]
+    pub nats_tls: NatsTlsArgs,
+
+    /// PEM file of CA certificates trusted beside the system's for outbound HTTPS (OIDC, the
+    /// identity service, the QueryExecutor, the Export and Hadoop APIs, WebHDFS) and SMTP.
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+
+    /// A relay, projector or reactor letting events wait longer than this many seconds makes
+    /// `/health/ready` say `degraded`, with the cause.
+    #[arg(long, env = "PIPELINE_STALL_SECONDS", default_value_t = 30)]
+    pub pipeline_stall_seconds: u64,
+
+    /// Hours an `Idempotency-Key` and its answer are kept (24 at least).
+    #[arg(long, env = "IDEMPOTENCY_KEY_RETENTION_HOURS", default_value_t = 24)]
+    pub idempotency_key_retention_hours: u64,
 
     /// Days request logs (`/logs/`) are kept.
     #[arg(long, env = "REQUEST_LOG_RETENTION_DAYS", default_value_t = 90)]
@@ -75,6 +101,30 @@ pub struct Settings {
 
     #[command(flatten)]
     pub exports: ExportArgs,
+}
+
+/// TLS and credentials of the NATS connection (a `tls://` URL also requires TLS).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsTlsArgs {
+    /// Require TLS to NATS.
+    #[arg(long, env = "NATS_REQUIRE_TLS", default_value_t = false)]
+    pub nats_require_tls: bool,
+
+    /// PEM file of the CA that signed the NATS server's certificate (implies TLS).
+    #[arg(long, env = "NATS_TLS_CA_FILE")]
+    pub nats_tls_ca_file: Option<std::path::PathBuf>,
+
+    /// PEM client certificate, for servers that verify clients (with NATS_TLS_KEY_FILE).
+    #[arg(long, env = "NATS_TLS_CERT_FILE", requires = "nats_tls_key_file")]
+    pub nats_tls_cert_file: Option<std::path::PathBuf>,
+
+    /// PEM key of the client certificate.
+    #[arg(long, env = "NATS_TLS_KEY_FILE", requires = "nats_tls_cert_file")]
+    pub nats_tls_key_file: Option<std::path::PathBuf>,
+
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(long, env = "NATS_CREDENTIALS_FILE")]
+    pub nats_credentials_file: Option<std::path::PathBuf>,
 }
 
 /// Counts, cohorts and the QueryExecutor.
@@ -222,6 +272,12 @@ pub struct IdentitySettings {
     #[arg(long, env = "JWT_ACCESS_TTL_SECONDS", default_value_t = 300)]
     pub access_ttl_seconds: i64,
 
+    /// How long this instance trusts its last check that an access token's user is active and
+    /// its session open, in milliseconds (0: check on every request). A session ended through
+    /// this instance is refused at once; through another one, within this delay.
+    #[arg(long, env = "SESSION_CHECK_CACHE_MS", default_value_t = 1000)]
+    pub token_check_cache_ms: u64,
+
     /// Lifetime of refresh tokens, in seconds.
     #[arg(long, env = "JWT_REFRESH_TTL_SECONDS", default_value_t = 86_400)]
     pub refresh_ttl_seconds: i64,
@@ -332,6 +388,7 @@ impl Default for IdentitySettings {
     fn default() -> Self {
         Self {
             access_ttl_seconds: 300,
+            token_check_cache_ms: 1000,
             refresh_ttl_seconds: 86_400,
             algorithms: "HS256".into(),
             rs256_public_key: None,
@@ -358,12 +415,23 @@ impl Default for IdentitySettings {
 }
 
 /// The SMTP relay e-mails go through (plain SMTP).
+/// How the SMTP connection is secured (`SMTP_SECURITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SmtpSecurityArg {
+    None,
+    Starttls,
+    Tls,
+}
+
 #[derive(Clone, clap::Args)]
 pub struct SmtpConfig {
     #[arg(long, env = "SMTP_HOST", default_value = "127.0.0.1")]
     pub smtp_host: String,
     #[arg(long, env = "SMTP_PORT", default_value_t = 25)]
     pub smtp_port: u16,
+    /// `none` (plain, to a relay), `starttls` (required) or `tls` (implicit, port 465).
+    #[arg(long, env = "SMTP_SECURITY", value_enum, default_value_t = SmtpSecurityArg::None)]
+    pub smtp_security: SmtpSecurityArg,
     #[arg(long, env = "SMTP_USERNAME")]
     pub smtp_username: Option<String>,
     #[arg(long, env = "SMTP_PASSWORD", hide_env_values = true)]
@@ -382,6 +450,7 @@ impl Default for SmtpConfig {
         Self {
             smtp_host: "127.0.0.1".into(),
             smtp_port: 25,
+            smtp_security: SmtpSecurityArg::None,
             smtp_username: None,
             smtp_password: None,
             email_sender_address: "cohort360@localhost".into(),
@@ -447,5 +516,17 @@ impl Settings {
 
     pub fn projector_poll_interval(&self) -> Duration {
         Duration::from_millis(self.projector_poll_ms.max(10))
+    }
+
+    /// How long events may wait for a relay, projector or reactor before it counts as degraded.
+    pub fn pipeline_stall_threshold(&self) -> Duration {
+        Duration::from_secs(self.pipeline_stall_seconds.max(1))
+    }
+
+    /// How often the pipeline is read for `/health/ready` and `/metrics`: a quarter of the
+    /// threshold, between 250 ms and 5 s.
+    pub fn pipeline_check_interval(&self) -> Duration {
+        (self.pipeline_stall_threshold() / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(5))
     }
 }

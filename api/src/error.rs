@@ -354,6 +354,9 @@ impl From<IdentityError> for ApiError {
             IdentityError::SessionEnded => {
                 Self::new(StatusCode::UNAUTHORIZED, "session_ended", message)
             }
+            IdentityError::UnknownUser => {
+                Self::new(StatusCode::UNAUTHORIZED, "user_unknown", message)
+            }
             IdentityError::RoleNameTaken(_) => Self {
                 field: Some("name"),
                 ..Self::bad_request("role_name_taken", message)

@@ -37,8 +37,22 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
-/// The correlation id of the request: `X-Trace-Id` or `X-Request-Id` if the client sent one.
-pub struct TraceId(pub String);
+/// The correlation id of the request (`X-Trace-Id` or `X-Request-Id` if the client sent one),
+/// and the causation id of what it writes when that is not the same: the request id of an
+/// `Idempotency-Key` claim ([`RequestId`]).
+pub struct TraceId(pub String, pub Option<String>);
+
+impl TraceId {
+    /// The causation id of the commands this request runs.
+    pub fn causation(&self) -> String {
+        self.1.clone().unwrap_or_else(|| self.0.clone())
+    }
+}
+
+/// Set by the idempotency layer: the id under which a keyed request writes (the `causation_id`
+/// of its events), so that its outcome can be found again if its answer is lost.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Uuid);
 
 impl<S: Send + Sync> FromRequestParts<S> for TraceId {
     type Rejection = ApiError;
@@ -50,10 +64,11 @@ impl<S: Send + Sync> FromRequestParts<S> for TraceId {
             .filter_map(|v| v.to_str().ok())
             .map(str::trim)
             .find(|v| !v.is_empty() && v.len() <= 128);
-        Ok(TraceId(given.map_or_else(
-            || Uuid::new_v4().to_string(),
-            str::to_string,
-        )))
+        let causation = parts.extensions.get::<RequestId>().map(|r| r.0.to_string());
+        Ok(TraceId(
+            given.map_or_else(|| Uuid::new_v4().to_string(), str::to_string),
+            causation,
+        ))
     }
 }
 
@@ -63,7 +78,7 @@ pub fn command_context(caller: &Caller, trace: &TraceId) -> CommandContext {
         user: caller.username.clone(),
         impersonator: caller.impersonator.clone(),
         correlation_id: trace.0.clone(),
-        causation_id: trace.0.clone(),
+        causation_id: trace.causation(),
         at: Utc::now(),
     }
 }

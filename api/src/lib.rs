@@ -9,6 +9,8 @@ pub mod embedded;
 pub mod error;
 pub mod export_rights;
 pub mod extract;
+pub mod idempotency;
+pub mod input_guard;
 pub mod observability;
 pub mod openapi;
 pub mod operations;

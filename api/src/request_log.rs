@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest body read for a logged request.
-const MAX_BODY: usize = 10 * 1024 * 1024;
+/// Largest body read for a logged request (the input guard refused larger ones already).
+const MAX_BODY: usize = crate::input_guard::MAX_BODY_BYTES;
 /// Larger JSON bodies are logged as their size only.
 const MAX_LOGGED_BODY: usize = 64 * 1024;
 

@@ -57,6 +57,7 @@ fn query_executor(
                 timeout: Duration::from_secs(
                     settings.cohorts.query_executor_timeout_seconds.max(1),
                 ),
+                tls: outbound_tls(settings),
             },
         )?;
         return Ok((Arc::new(http), None));
@@ -78,6 +79,7 @@ fn query_executor(
 /// else the built-in one, which writes into `EXPORT_STORAGE_DIR`.
 fn exporter(
     settings: &crate::config::ExportArgs,
+    tls: &infra::tls::TlsSettings,
     pool: &PgPool,
 ) -> anyhow::Result<Arc<dyn commands::ports::Exporter>> {
     if settings.export_api_url.trim().is_empty() {
@@ -87,7 +89,7 @@ fn exporter(
         )));
     }
     use infra::exports::export_api::{ExportApiExporter, ExportApiSettings};
-    let http = reqwest::Client::builder()
+    let http = infra::tls::http_client_builder(tls)?
         .timeout(Duration::from_secs(60))
         .build()?;
     Ok(Arc::new(ExportApiExporter::new(
@@ -110,13 +112,14 @@ fn exporter(
 /// else `EXPORT_STORAGE_DIR`.
 fn export_storage(
     settings: &crate::config::ExportArgs,
+    tls: &infra::tls::TlsSettings,
 ) -> anyhow::Result<Arc<dyn commands::ports::ExportStorage>> {
     if settings.webhdfs_url.trim().is_empty() {
         return Ok(Arc::new(infra::exports::local_storage::LocalStorage::new(
             settings.storage_dir.clone().into(),
         )));
     }
-    let http = reqwest::Client::builder().build()?;
+    let http = infra::tls::http_client_builder(tls)?.build()?;
     let storage = infra::exports::webhdfs::WebHdfsStorage::new(
         http,
         &settings.webhdfs_url,
@@ -126,20 +129,45 @@ fn export_storage(
     Ok(Arc::new(storage))
 }
 
+/// What outbound TLS (HTTP clients, SMTP) trusts beside the system's roots.
+fn outbound_tls(settings: &Settings) -> infra::tls::TlsSettings {
+    infra::tls::TlsSettings {
+        ca_file: settings.tls_ca_file.clone(),
+    }
+}
+
 /// NATS settings from the service settings.
 pub fn nats_settings(settings: &Settings) -> NatsSettings {
     NatsSettings {
         url: settings.nats_url.clone(),
         subject_prefix: settings.nats_subject_prefix.clone(),
         stream: settings.nats_stream.clone(),
+        security: infra::nats::NatsSecurity {
+            require_tls: settings.nats_tls.nats_require_tls,
+            ca_file: settings.nats_tls.nats_tls_ca_file.clone(),
+            client_cert: settings
+                .nats_tls
+                .nats_tls_cert_file
+                .clone()
+                .zip(settings.nats_tls.nats_tls_key_file.clone()),
+            credentials_file: settings.nats_tls.nats_credentials_file.clone(),
+        },
+    }
+}
+
+/// The Postgres pool's size and timeouts.
+fn pool_limits(settings: &Settings) -> infra::db::PoolLimits {
+    infra::db::PoolLimits {
+        max_connections: settings.database_max_connections,
+        acquire_timeout: Duration::from_millis(settings.database_acquire_timeout_ms.max(1)),
+        statement_timeout: Duration::from_millis(settings.database_statement_timeout_ms),
     }
 }
 
 /// Creates the database if needed, connects and migrates.
 pub async fn prepare_database(settings: &Settings) -> anyhow::Result<PgPool> {
     infra::db::ensure_database(&settings.database_url).await?;
-    let pool =
-        infra::db::connect(&settings.database_url, settings.database_max_connections).await?;
+    let pool = infra::db::connect(&settings.database_url, pool_limits(settings)).await?;
     infra::db::migrate(&pool).await?;
     Ok(pool)
 }
@@ -166,6 +194,7 @@ fn jwt_keys(settings: &Settings) -> anyhow::Result<JwtKeys> {
 /// OIDC providers and the identity service, from the settings.
 fn identity_providers(
     identity: &IdentitySettings,
+    tls: infra::tls::TlsSettings,
 ) -> anyhow::Result<infra::identity_providers::HttpIdentityProviders> {
     use infra::identity_providers::{IdentityServer, OidcProvider, ProvidersSettings};
     let settings = ProvidersSettings {
@@ -193,6 +222,7 @@ fn identity_providers(
                     .unwrap_or_default(),
             }),
         timeout: Duration::from_secs(60),
+        tls,
     };
     Ok(infra::identity_providers::HttpIdentityProviders::new(
         settings,
@@ -256,6 +286,7 @@ async fn ensure_applicative_users(
 struct Probes {
     pool: PgPool,
     nats: async_nats::Client,
+    monitor: infra::health::PipelineMonitor,
 }
 
 /// The pipeline's status from the checkpoints and this process's last errors.
@@ -274,40 +305,151 @@ impl crate::state::PipelineAdmin for Pipeline {
     }
 }
 
+/// How long `/health/ready` waits for Postgres before calling it unreachable.
+const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[async_trait]
 impl Readiness for Probes {
     async fn checks(&self) -> Vec<Check> {
-        let pg = sqlx::query_scalar::<_, i32>("SELECT 1")
-            .fetch_one(&self.pool)
-            .await;
+        let pg = tokio::time::timeout(
+            READY_PROBE_TIMEOUT,
+            sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&self.pool),
+        )
+        .await;
+        let postgres = match pg {
+            Ok(Ok(_)) => Ok("reachable".to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer within {} ms",
+                READY_PROBE_TIMEOUT.as_millis()
+            )),
+        };
         let nats_state = self.nats.connection_state();
         let nats_ok = matches!(nats_state, async_nats::connection::State::Connected);
-        let relay = match infra::relay::checkpoint(&self.pool, &RelaySettings::default().name).await
-        {
-            Ok(cp) => infra::log::count_after(&self.pool, cp)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+        let nats_detail = if nats_ok {
+            "connected".to_string()
+        } else {
+            format!(
+                "{nats_state:?}: reconnecting in the background; writes are stored and \
+                 projected from Postgres meanwhile"
+            )
         };
+        let pipeline = pipeline_check(&self.monitor);
         vec![
             Check {
                 name: "postgres",
-                ok: pg.is_ok(),
-                detail: pg.map_or_else(|e| e.to_string(), |_| "reachable".into()),
+                ok: postgres.is_ok(),
+                detail: postgres.unwrap_or_else(|e| e),
+                critical: true,
             },
             Check {
                 name: "nats",
                 ok: nats_ok,
-                detail: format!("{nats_state:?}"),
+                detail: nats_detail,
+                critical: false,
             },
-            Check {
-                name: "relay",
-                // Lag is reported, not judged: a backlog drains once NATS is back.
-                ok: relay.is_ok(),
-                detail: relay.map_or_else(|e| e, |lag| format!("{lag} events not yet published")),
-            },
+            pipeline,
         ]
     }
+}
+
+/// The relay, projectors and reactors as the monitor last read them: degraded when one of them
+/// lets events wait beyond the threshold (stalled or far behind), with the causes.
+fn pipeline_check(monitor: &infra::health::PipelineMonitor) -> Check {
+    let Some(reading) = monitor.last() else {
+        return Check {
+            name: "pipeline",
+            ok: true,
+            detail: "not read yet".into(),
+            critical: false,
+        };
+    };
+    let causes = reading.causes();
+    let age = (chrono::Utc::now() - reading.read_at).num_seconds();
+    let detail = if causes.is_empty() {
+        format!(
+            "relay, projectors and reactors keep up (read {age} s ago, threshold {} s)",
+            monitor.threshold().as_secs()
+        )
+    } else {
+        causes.join("; ")
+    };
+    Check {
+        name: "pipeline",
+        ok: causes.is_empty(),
+        detail,
+        critical: false,
+    }
+}
+
+/// How long the start waits for NATS before going on without it.
+const NATS_START_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Makes sure the events and public streams exist. When NATS answers at start, a failure is
+/// fatal (JetStream disabled, a stream of another shape): the operator must fix it. When NATS
+/// is away, the service starts degraded and a background task creates the streams once it
+/// comes (the relay also recreates its stream before retrying a failed publish).
+async fn start_streams(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+    nats: &NatsSettings,
+    public_root: &str,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let connected = || {
+        matches!(
+            client.connection_state(),
+            async_nats::connection::State::Connected
+        )
+    };
+    let deadline = tokio::time::Instant::now() + NATS_START_PATIENCE;
+    while !connected() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if connected() {
+        ensure_streams(js, nats, public_root).await?;
+        return Ok(());
+    }
+    tracing::warn!(
+        url = %nats.url,
+        "NATS does not answer: starting degraded (writes are stored and projected from \
+         Postgres; events are published once NATS is back)"
+    );
+    let (js, nats, public_root, shutdown) = (
+        js.clone(),
+        nats.clone(),
+        public_root.to_string(),
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        loop {
+            match ensure_streams(&js, &nats, &public_root).await {
+                Ok(()) => {
+                    tracing::info!("NATS streams ready");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "NATS streams not ready yet"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The events stream and the public events stream.
+async fn ensure_streams(
+    js: &async_nats::jetstream::Context,
+    nats: &NatsSettings,
+    public_root: &str,
+) -> anyhow::Result<()> {
+    infra::nats::ensure_stream(js, nats).await?;
+    infra::cohorts::reactions::ensure_public_stream(js, &nats.stream, public_root)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the public events stream: {e}"))
 }
 
 /// Everything but the HTTP listener: database, NATS, relay, projectors, services.
@@ -324,10 +466,12 @@ impl Core {
     pub async fn start(settings: &Settings, shutdown: CancellationToken) -> anyhow::Result<Self> {
         let pool = prepare_database(settings).await?;
         let nats = nats_settings(settings);
+        let public_root = format!("{}.public", settings.nats_subject_prefix);
         let client = infra::nats::connect(&nats).await?;
-        let js = infra::nats::ensure_stream(client.clone(), &nats).await?;
+        let js = infra::nats::jetstream(client.clone());
 
         let mut tasks = JoinSet::new();
+        start_streams(&client, &js, &nats, &public_root, &mut tasks, &shutdown).await?;
         let relay = Relay::new(
             pool.clone(),
             js.clone(),
@@ -335,6 +479,13 @@ impl Core {
             RelaySettings::default(),
         );
         tasks.spawn(relay.run(shutdown.clone()));
+        let monitor = infra::health::PipelineMonitor::new(settings.pipeline_stall_threshold());
+        tasks.spawn(monitor.clone().run(
+            pool.clone(),
+            projections().iter().map(|p| p.name()).collect(),
+            settings.pipeline_check_interval(),
+            shutdown.clone(),
+        ));
 
         let mut progress = Vec::new();
         let mut followed = Vec::new();
@@ -373,14 +524,22 @@ impl Core {
         );
         let jwt = Arc::new(jwt_keys(settings)?);
         let identity_reader = Arc::new(PgIdentity::new(pool.clone()));
-        let providers = Arc::new(identity_providers(&settings.identity)?);
-        let identity = Arc::new(commands::identity::Identity::new(
-            infra::stores::identity(&pool),
-            identity_reader.clone(),
-            consistency.clone(),
-            providers.clone(),
-            settings.identity.default_access_validity_days,
-        ));
+        let providers = Arc::new(identity_providers(
+            &settings.identity,
+            outbound_tls(settings),
+        )?);
+        let identity = Arc::new(
+            commands::identity::Identity::new(
+                infra::stores::identity(&pool),
+                identity_reader.clone(),
+                consistency.clone(),
+                providers.clone(),
+                settings.identity.default_access_validity_days,
+            )
+            .with_token_check_cache(Duration::from_millis(
+                settings.identity.token_check_cache_ms,
+            )),
+        );
         let applicative = applicative_tokens(&settings.identity);
         ensure_applicative_users(&identity, &applicative).await?;
         let username_regex = regex::Regex::new(&settings.identity.username_regex)
@@ -391,15 +550,22 @@ impl Core {
         );
         tasks.spawn(hub.clone().forward_from_nats(shutdown.clone()));
 
+        let smtp = &settings.identity.smtp;
         let mailer: Arc<dyn commands::ports::Mailer> =
             Arc::new(infra::mail::SmtpMailer::new(&infra::mail::SmtpSettings {
-                host: settings.identity.smtp.smtp_host.clone(),
-                port: settings.identity.smtp.smtp_port,
-                username: settings.identity.smtp.smtp_username.clone(),
-                password: settings.identity.smtp.smtp_password.clone(),
-                sender: settings.identity.smtp.email_sender_address.clone(),
+                host: smtp.smtp_host.clone(),
+                port: smtp.smtp_port,
+                username: smtp.smtp_username.clone(),
+                password: smtp.smtp_password.clone(),
+                sender: smtp.email_sender_address.clone(),
                 timeout: Duration::from_secs(30),
-            }));
+                security: match smtp.smtp_security {
+                    crate::config::SmtpSecurityArg::None => infra::mail::SmtpSecurity::None,
+                    crate::config::SmtpSecurityArg::Starttls => infra::mail::SmtpSecurity::StartTls,
+                    crate::config::SmtpSecurityArg::Tls => infra::mail::SmtpSecurity::Tls,
+                },
+                tls: outbound_tls(settings),
+            })?);
         let cohort_reader = Arc::new(PgCohorts::new(pool.clone()));
         let read_rights: Arc<dyn commands::ports::PatientReadRights> = Arc::new(
             crate::small_cells::IdentityReadRights(identity_reader.clone()),
@@ -442,10 +608,6 @@ impl Core {
                 shutdown.clone(),
             ));
         }
-        let public_root = format!("{}.public", settings.nats_subject_prefix);
-        infra::cohorts::reactions::ensure_public_stream(&js, &nats.stream, &public_root)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create the public events stream: {e}"))?;
         let cohorts_read_model = vec![(
             projections::cohorts::PROJECTION,
             cohorts_progress.ok_or_else(|| anyhow::anyhow!("the cohorts projector is missing"))?,
@@ -504,8 +666,8 @@ impl Core {
                     identity_reader.clone(),
                 )),
                 directory: export_reader.clone(),
-                exporter: exporter(&settings.exports, &pool)?,
-                storage: export_storage(&settings.exports)?,
+                exporter: exporter(&settings.exports, &outbound_tls(settings), &pool)?,
+                storage: export_storage(&settings.exports, &outbound_tls(settings))?,
                 mails: mails.clone(),
                 consistency: consistency.clone(),
             },
@@ -566,6 +728,11 @@ impl Core {
             chrono::Duration::days(settings.request_log_retention_days),
             shutdown.clone(),
         ));
+        tasks.spawn(infra::idempotency::run_purger(
+            pool.clone(),
+            Duration::from_secs(settings.idempotency_key_retention_hours.max(24) * 3600),
+            shutdown.clone(),
+        ));
         let state = AppState {
             workspace: Arc::new(workspace),
             reader,
@@ -573,6 +740,7 @@ impl Core {
             readiness: Arc::new(Probes {
                 pool: pool.clone(),
                 nats: client,
+                monitor: monitor.clone(),
             }),
             identity: identity_reader,
             identity_service: identity,
@@ -611,6 +779,7 @@ impl Core {
             ),
             read_rights,
             request_logs: Arc::new(request_logs),
+            idempotency: Arc::new(infra::idempotency::PgIdempotencyKeys::new(pool.clone())),
             metrics: crate::observability::recorder(),
             metrics_token: settings.metrics_token.clone(),
         };

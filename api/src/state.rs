@@ -24,6 +24,10 @@ pub struct Check {
     pub name: &'static str,
     pub ok: bool,
     pub detail: String,
+    /// Whether the instance cannot serve at all while this check fails (Postgres): the answer
+    /// is then 503 `unavailable`; a failed non-critical check only makes it `degraded`.
+    #[serde(skip)]
+    pub critical: bool,
 }
 
 /// Readiness probes of the dependencies (implemented by the startup code).
@@ -75,6 +79,8 @@ pub struct AppState {
     /// The clinical store, for the FHIR read API.
     pub clinical: Arc<dyn projections::clinical::ClinicalReader>,
     pub request_logs: Arc<dyn projections::request_logs::RequestLogs>,
+    /// `Idempotency-Key` claims and the answers kept for repeats.
+    pub idempotency: Arc<dyn projections::idempotency::IdempotencyKeys>,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Bearer token `/metrics` requires, if set.
     pub metrics_token: Option<String>,

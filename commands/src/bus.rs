@@ -3,6 +3,11 @@
 //! We drive cqrs-es's [`EventStore`] directly instead of `CqrsFramework::execute` because the
 //! caller needs what was committed (aggregate id and last sequence) to wait for the read models,
 //! and because read models are fed by the relay and projectors, not by inline `Query` dispatch.
+//!
+//! A commit whose answer is lost (the connection drops after Postgres committed, before it
+//! said so) is ambiguous. Every commit carries a fresh `command_id` in its events' metadata;
+//! after such a failure the bus reads the aggregate back and, if the events are there, answers
+//! the commit as done, so that a stored write is never reported as failed.
 
 use async_trait::async_trait;
 use cqrs_es::event_sink::EventSink;
@@ -53,6 +58,23 @@ impl<ES> CommandBus<ES> {
         }
     }
 }
+
+/// Read-backs of an ambiguous commit, and the pause before each.
+const COMMIT_CHECKS: [std::time::Duration; 3] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+    std::time::Duration::from_millis(1000),
+];
+
+/// Metadata key of the id each commit attempt carries.
+pub const COMMAND_ID: &str = "command_id";
+
+/// The error a store gives (inside `AggregateError::DatabaseConnectionError`) when the database
+/// could not be used at all, so that nothing can have been stored (no connection could be had):
+/// the bus then answers at once, without reading the aggregate back.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NothingStored(pub String);
 
 fn from_aggregate_error<E: std::error::Error>(err: AggregateError<E>) -> CommandError<E> {
     match err {
@@ -106,6 +128,32 @@ where
 }
 
 impl<ES> CommandBus<ES> {
+    /// After a commit failed for want of the database: the sequence of the last event that
+    /// commit `command_id` stored, if it did store them (read back a few times while the
+    /// database comes back). `None` when they are not there, or cannot be read.
+    async fn stored_commit<A>(&self, id: &str, command_id: &str) -> Option<usize>
+    where
+        A: Aggregate<Services = ()> + 'static,
+        ES: EventStore<A> + 'static,
+    {
+        for pause in COMMIT_CHECKS {
+            tokio::time::sleep(pause).await;
+            match self.store.load_events(id).await {
+                Ok(events) => {
+                    return events
+                        .iter()
+                        .filter(|e| {
+                            e.metadata.get(COMMAND_ID).map(String::as_str) == Some(command_id)
+                        })
+                        .map(|e| e.sequence)
+                        .max();
+                }
+                Err(_) => continue,
+            }
+        }
+        None
+    }
+
     /// Load, decide, commit; retried on optimistic-lock conflicts.
     async fn try_execute<A>(
         &self,
@@ -141,13 +189,22 @@ impl<ES> CommandBus<ES> {
                     last_sequence: None,
                 });
             }
-            match self.store.commit(events, context, ctx.metadata()).await {
+            let command_id = uuid::Uuid::new_v4().to_string();
+            let mut metadata = ctx.metadata();
+            metadata.insert(COMMAND_ID.to_string(), command_id.clone());
+            let lost_answer = match self.store.commit(events, context, metadata).await {
                 Ok(envelopes) => {
                     return Ok(Committed {
                         aggregate_type: A::TYPE,
                         aggregate_id: id.to_string(),
                         last_sequence: envelopes.last().map(|e| e.sequence),
                     });
+                }
+                Err(AggregateError::DatabaseConnectionError(e)) => {
+                    if e.downcast_ref::<NothingStored>().is_some() {
+                        return Err(CommandError::Unavailable(e.to_string()));
+                    }
+                    e.to_string()
                 }
                 Err(AggregateError::AggregateConflict) if attempt < self.max_attempts => {
                     metrics::counter!("cohort360_command_conflicts_total", "aggregate" => A::TYPE)
@@ -157,9 +214,24 @@ impl<ES> CommandBus<ES> {
                         attempt,
                         "optimistic lock conflict, retrying"
                     );
+                    continue;
                 }
                 Err(e) => return Err(from_aggregate_error(e)),
-            }
+            };
+            return match self.stored_commit::<A>(id, &command_id).await {
+                Some(last_sequence) => {
+                    tracing::warn!(
+                        aggregate.id = id,
+                        "the commit's answer was lost, but its events are stored"
+                    );
+                    Ok(Committed {
+                        aggregate_type: A::TYPE,
+                        aggregate_id: id.to_string(),
+                        last_sequence: Some(last_sequence),
+                    })
+                }
+                None => Err(CommandError::Unavailable(lost_answer)),
+            };
         }
     }
 }
@@ -182,6 +254,9 @@ mod tests {
         inner: MemStore<Folder>,
         conflicts: AtomicUsize,
         commits_tried: AtomicUsize,
+        /// After the conflicts: commits answer a connection error, having stored (`Some(true)`)
+        /// or not (`Some(false)`) the events.
+        connection_lost: Option<bool>,
     }
 
     impl EventStore<Folder> for Conflicting {
@@ -217,7 +292,15 @@ mod tests {
             if lost {
                 return Err(AggregateError::AggregateConflict);
             }
-            self.inner.commit(events, context, metadata).await
+            let gone = || AggregateError::DatabaseConnectionError("connection reset".into());
+            match self.connection_lost {
+                None => self.inner.commit(events, context, metadata).await,
+                Some(true) => {
+                    self.inner.commit(events, context, metadata).await?;
+                    Err(gone())
+                }
+                Some(false) => Err(gone()),
+            }
         }
     }
 
@@ -226,7 +309,35 @@ mod tests {
             inner: MemStore::default(),
             conflicts: AtomicUsize::new(conflicts),
             commits_tried: AtomicUsize::new(0),
+            connection_lost: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_stored_commit_whose_answer_was_lost_is_a_success_and_an_unstored_one_is_not() {
+        let stored = CommandBus::new(
+            Conflicting {
+                connection_lost: Some(true),
+                ..store(0)
+            },
+            5,
+        );
+        let committed = stored.execute("f", create(), &ctx()).await.unwrap();
+        assert_eq!(committed.last_sequence, Some(1));
+        let events = stored.store.inner.load_events("f").await.unwrap();
+        assert_eq!(events.len(), 1, "stored once, not retried");
+        assert!(events[0].metadata.contains_key(COMMAND_ID));
+
+        let lost = CommandBus::new(
+            Conflicting {
+                connection_lost: Some(false),
+                ..store(0)
+            },
+            5,
+        );
+        let err = lost.execute("f", create(), &ctx()).await.unwrap_err();
+        assert!(matches!(err, CommandError::Unavailable(_)), "{err:?}");
+        assert!(lost.store.inner.load_events("f").await.unwrap().is_empty());
     }
 
     fn ctx() -> CommandContext {

@@ -98,7 +98,7 @@ impl Contents {
             at: ctx.at,
         };
         let c = self.contents.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: id,
             caught_up,
@@ -124,7 +124,7 @@ impl Contents {
         };
         let command = WebContentCommand::Update { fields, at: ctx.at };
         let c = self.contents.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: (),
             caught_up,
@@ -144,7 +144,7 @@ impl Contents {
                 ctx,
             )
             .await?;
-        self.consistency.wait_for(&[c]).await?;
+        self.consistency.wait_for(&[c]).await;
         Ok(())
     }
 
@@ -172,7 +172,7 @@ impl Contents {
             at: ctx.at,
         };
         let c = self.notes.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: id,
             caught_up,
@@ -196,7 +196,7 @@ impl Contents {
             at: ctx.at,
         };
         let c = self.notes.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: (),
             caught_up,

@@ -18,8 +18,8 @@ use domain::datalab::{
 };
 use domain::export::{
     CohortFacts, Export, ExportCommand, ExportError, ExportFormat, ExportRefusal, ExportReport,
-    ExportRequest, ExportState, ExportTable, TableFilter, check_perimeter_rights, check_permission,
-    check_tables, clean_motivation, target_name,
+    ExportRequest, ExportState, ExportTable, TableFilter, check_motivation, check_perimeter_rights,
+    check_permission, check_tables, clean_motivation, target_name,
 };
 use domain::fhir_filter::FhirFilter;
 use domain::job::JobStatus;
@@ -258,7 +258,7 @@ impl Exports {
         value: T,
         committed: &[Committed],
     ) -> Result<Written<T>, ExportsError> {
-        let caught_up = self.ports.consistency.wait_for(committed).await?;
+        let caught_up = self.ports.consistency.wait_for(committed).await;
         Ok(Written { value, caught_up })
     }
 
@@ -358,6 +358,7 @@ impl Exports {
             });
         }
         check_tables(format, owner, &tables, &cohorts, false)?;
+        check_motivation(new.motivation.as_deref())?;
         let job_tables: Vec<ExportJobTable> = tables.iter().map(job_table).collect();
         self.ports
             .exporter
@@ -488,7 +489,7 @@ impl Exports {
                     .exports
                     .execute(&id.to_string(), link, ctx)
                     .await?;
-                self.ports.consistency.wait_for(&[c]).await?;
+                self.ports.consistency.wait_for(&[c]).await;
             }
             // Created unless it exists (a run interrupted between the link and the creation
             // creates it now).

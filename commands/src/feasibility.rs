@@ -109,7 +109,7 @@ impl Feasibility {
             .studies
             .execute(&id.to_string(), command, ctx)
             .await?;
-        let caught_up = self.ports.consistency.wait_for(&[c]).await?;
+        let caught_up = self.ports.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: id,
             caught_up,
@@ -187,7 +187,7 @@ impl Feasibility {
             .studies
             .execute(&id.to_string(), command, ctx)
             .await?;
-        let caught_up = self.ports.consistency.wait_for(&[c]).await?;
+        let caught_up = self.ports.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: settled,
             caught_up,

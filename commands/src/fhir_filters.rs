@@ -88,7 +88,7 @@ impl FhirFilters {
             at: ctx.at,
         };
         let c = self.bus.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: id,
             caught_up,
@@ -125,7 +125,7 @@ impl FhirFilters {
             at: ctx.at,
         };
         let c = self.bus.execute(&id.to_string(), command, ctx).await?;
-        let caught_up = self.consistency.wait_for(&[c]).await?;
+        let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: (),
             caught_up,
@@ -153,7 +153,7 @@ impl FhirFilters {
             };
             committed.push(self.bus.execute(&id.to_string(), command, ctx).await?);
         }
-        self.consistency.wait_for(&committed).await?;
+        self.consistency.wait_for(&committed).await;
         Ok(())
     }
 }

@@ -29,6 +29,7 @@ use crate::context::CommandContext;
 use crate::error::CommandError;
 use crate::passwords::{self, Verification};
 use crate::ports::{Consistency, ExternalAuthError, IdentityProviders, PortError};
+use crate::token_check::{self, HolderRecord, SessionRecord, Verdict, VerdictCache};
 use crate::workspace::Written;
 
 /// Integer-numbered aggregates.
@@ -67,6 +68,12 @@ pub trait IdentityDirectory: Send + Sync {
         perimeter_ids: &[i64],
         now: DateTime<Utc>,
     ) -> Result<Vec<i64>, PortError>;
+    /// Whether `username` exists with an active profile, and what is known of `session`.
+    async fn token_holder(
+        &self,
+        username: &str,
+        session: Option<Uuid>,
+    ) -> Result<HolderRecord, PortError>;
 }
 
 /// Who asks.
@@ -110,6 +117,8 @@ pub enum IdentityError {
     External(ExternalAuthError),
     #[error("this session has ended; log in again")]
     SessionEnded,
+    #[error("the token's user does not exist or is not active")]
+    UnknownUser,
     #[error("a role named '{0}' already exists")]
     RoleNameTaken(String),
     #[error(transparent)]
@@ -221,6 +230,9 @@ pub struct IdentityBuses {
     pub maintenances: Arc<dyn Execute<MaintenancePhase>>,
 }
 
+/// How long a verdict on an access token's holder is cached by default.
+pub const TOKEN_CHECK_CACHE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The identity application service.
 pub struct Identity {
     buses: IdentityBuses,
@@ -228,6 +240,7 @@ pub struct Identity {
     consistency: Arc<dyn Consistency>,
     providers: Arc<dyn IdentityProviders>,
     default_access_validity_days: i64,
+    verdicts: VerdictCache,
 }
 
 async fn blocking<T: Send + 'static>(
@@ -252,7 +265,15 @@ impl Identity {
             consistency,
             providers,
             default_access_validity_days,
+            verdicts: VerdictCache::new(TOKEN_CHECK_CACHE),
         }
+    }
+
+    /// Caches verdicts on access tokens' holders for `ttl` instead of [`TOKEN_CHECK_CACHE`]
+    /// (zero: ask every time).
+    pub fn with_token_check_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.verdicts = VerdictCache::new(ttl);
+        self
     }
 
     pub(crate) fn directory(&self) -> &dyn IdentityDirectory {
@@ -268,7 +289,7 @@ impl Identity {
         value: T,
         committed: &[Committed],
     ) -> Result<Written<T>, IdentityError> {
-        let caught_up = self.consistency.wait_for(committed).await?;
+        let caught_up = self.consistency.wait_for(committed).await;
         Ok(Written { value, caught_up })
     }
 
@@ -439,59 +460,38 @@ impl Identity {
             user: tokens.username.clone(),
             ..ctx.clone()
         };
-        let committed = self
-            .buses
-            .users
-            .execute(
-                &tokens.username,
-                UserCommand::RecordLogin {
-                    method: "OIDC".into(),
-                    at: ctx.at,
-                },
-                &ctx,
-            )
-            .await?;
-        self.settle((), &[committed]).await?;
+        // The provider's tokens are the session; ours records the login (and its time).
+        self.open_session(&ctx, &tokens.username, "OIDC").await?;
         Ok(tokens)
     }
 
     /// Opens a session for an already authenticated user (password, OIDC or identity hook).
+    ///
+    /// A login appends one `SessionOpened` to a new Session aggregate, and nothing to the User
+    /// aggregate: concurrent logins of one user never race on a shared aggregate (the read
+    /// model's `last_login` is folded from the sessions).
     pub async fn open_session(
         &self,
         ctx: &CommandContext,
         username: &str,
         method: &str,
     ) -> Result<SessionTicket, IdentityError> {
-        let mut committed = vec![
-            self.buses
-                .users
-                .execute(
-                    username,
-                    UserCommand::RecordLogin {
-                        method: method.to_string(),
-                        at: ctx.at,
-                    },
-                    ctx,
-                )
-                .await?,
-        ];
         let session_id = Uuid::new_v4();
-        committed.push(
-            self.buses
-                .sessions
-                .execute(
-                    &session_id.to_string(),
-                    SessionCommand::Open {
-                        username: username.to_string(),
-                        method: method.to_string(),
-                        at: ctx.at,
-                    },
-                    ctx,
-                )
-                .await?,
-        );
+        let committed = self
+            .buses
+            .sessions
+            .execute(
+                &session_id.to_string(),
+                SessionCommand::Open {
+                    username: username.to_string(),
+                    method: method.to_string(),
+                    at: ctx.at,
+                },
+                ctx,
+            )
+            .await?;
         // The login answer carries `last_login`, read back from the read model.
-        self.settle((), &committed).await?;
+        self.settle((), &[committed]).await?;
         Ok(SessionTicket {
             session_id,
             generation: 0,
@@ -508,7 +508,8 @@ impl Identity {
         generation: u32,
     ) -> Result<SessionTicket, IdentityError> {
         let id = session_id.to_string();
-        self.buses
+        let committed = self
+            .buses
             .sessions
             .execute(
                 &id,
@@ -530,6 +531,9 @@ impl Identity {
             .ok_or(IdentityError::SessionEnded)?;
         if state.revoked || state.generation != generation + 1 {
             tracing::warn!(session = %session_id, "refresh token reused: session revoked");
+            // The session's access tokens die with it, here at once (the read model first).
+            self.settle((), &[committed]).await?;
+            self.verdicts.forget_session(session_id);
             return Err(IdentityError::SessionEnded);
         }
         Ok(SessionTicket {
@@ -545,7 +549,8 @@ impl Identity {
         ctx: &CommandContext,
         session_id: Uuid,
     ) -> Result<(), IdentityError> {
-        self.buses
+        let committed = self
+            .buses
             .sessions
             .execute(
                 &session_id.to_string(),
@@ -553,7 +558,50 @@ impl Identity {
                 ctx,
             )
             .await?;
+        // The session's access tokens are refused from now on: wait for the read model, and
+        // forget what this process cached about the session.
+        self.settle((), &[committed]).await?;
+        self.verdicts.forget_session(session_id);
         Ok(())
+    }
+
+    /// Whether an access token of `username` (from login session `session`, if it names one)
+    /// may still be used: the user exists and is active, the session has not ended. Cached
+    /// for a short time (see [`crate::token_check`]).
+    pub async fn check_token_holder(
+        &self,
+        username: &str,
+        session: Option<Uuid>,
+    ) -> Result<(), IdentityError> {
+        let verdict = match self.verdicts.get(username, session) {
+            Some(verdict) => verdict,
+            None => {
+                let mut record = self.directory.token_holder(username, session).await?;
+                if record.session == Some(SessionRecord::Unknown)
+                    && let Some(id) = session
+                {
+                    // Opened, but not folded yet (a login whose read-your-writes wait timed
+                    // out): the event store knows.
+                    record.session = Some(
+                        match self.buses.sessions.load(&id.to_string()).await?.state {
+                            Some(s) if !s.revoked => SessionRecord::Open {
+                                username: s.username,
+                            },
+                            Some(_) => SessionRecord::Ended,
+                            None => SessionRecord::Unknown,
+                        },
+                    );
+                }
+                let verdict = token_check::judge(username, &record);
+                self.verdicts.put(username, session, verdict);
+                verdict
+            }
+        };
+        match verdict {
+            Verdict::Valid => Ok(()),
+            Verdict::UnknownUser => Err(IdentityError::UnknownUser),
+            Verdict::SessionEnded => Err(IdentityError::SessionEnded),
+        }
     }
 
     // ---- roles -------------------------------------------------------------------------
@@ -831,7 +879,7 @@ impl Identity {
             }
         }
         // Removals must see the writes above in the read model.
-        self.consistency.wait_for(&committed).await?;
+        self.consistency.wait_for(&committed).await;
         let gone: Vec<i64> = self
             .directory
             .live_perimeter_ids()
@@ -867,7 +915,7 @@ impl Identity {
             );
             report.removed += 1;
         }
-        self.consistency.wait_for(&committed).await?;
+        self.consistency.wait_for(&committed).await;
         Ok(report)
     }
 

@@ -21,6 +21,7 @@ pub mod mails;
 pub mod passwords;
 pub mod ports;
 pub mod refresh;
+pub mod token_check;
 pub mod trace;
 pub mod workspace;
 

@@ -23,12 +23,16 @@ pub trait WorkspaceDirectory: Send + Sync {
 }
 
 /// Read-your-writes: waits until the read models have applied what a command appended.
+///
+/// It runs after the commit, so it cannot fail: a write that is stored must never be answered
+/// with an error (a client would retry it and store it twice). Anything that prevents the wait
+/// (a timeout, the database gone) only means the read models may lag.
 #[async_trait]
 pub trait Consistency: Send + Sync {
     /// Waits, for a bounded time, until every read model has applied all of `committed`.
-    /// Returns `Ok(true)` when they have, `Ok(false)` when the wait timed out (the write is
-    /// durable all the same; the read models will catch up).
-    async fn wait_for(&self, committed: &[Committed]) -> Result<bool, PortError>;
+    /// Returns `true` when they have, `false` when they may not have (the write is durable all
+    /// the same; the read models will catch up).
+    async fn wait_for(&self, committed: &[Committed]) -> bool;
 }
 
 /// Tokens issued by an OIDC provider, and whom they name.

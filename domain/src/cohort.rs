@@ -13,7 +13,8 @@ use uuid::Uuid;
 
 use crate::EVENT_VERSION_1;
 use crate::job::{Job, JobError, JobReport, JobStatus, Settlement};
-use crate::validation::{InvalidField, required_text};
+use crate::validation::limits::DESCRIPTION_MAX_BYTES;
+use crate::validation::{InvalidField, bounded_optional_text, required_text};
 
 /// Longest cohort name accepted.
 pub const COHORT_NAME_MAX: usize = 255;
@@ -242,6 +243,11 @@ impl Cohort {
                     return Err(CohortError::AlreadyExists);
                 }
                 required_text("name", &cohort.name, COHORT_NAME_MAX)?;
+                bounded_optional_text(
+                    "description",
+                    cohort.description.as_deref(),
+                    DESCRIPTION_MAX_BYTES,
+                )?;
                 if let Some(r) = cohort.sampling_ratio
                     && !(r > 0.0 && r < 1.0)
                 {
@@ -335,6 +341,7 @@ impl Cohort {
                     .description
                     .filter(|d| Some(d) != current.description.as_ref())
                 {
+                    bounded_optional_text("description", Some(&d), DESCRIPTION_MAX_BYTES)?;
                     events.push(CohortEvent::CohortDescriptionChanged {
                         description: Some(d),
                         at,

@@ -55,6 +55,11 @@ impl ContentFields {
     pub fn validate(&self) -> Result<(), InvalidField> {
         required_text("title", &self.title, 200)?;
         required_text("page", &self.page, 100)?;
+        crate::validation::bounded_text(
+            "content",
+            &self.content,
+            crate::validation::limits::CONTENT_MAX_BYTES,
+        )?;
         if !CONTENT_TYPES.iter().any(|(t, _)| *t == self.content_type) {
             return Err(InvalidField {
                 field: "content_type",
@@ -270,6 +275,16 @@ pub struct ReleaseNote {
 
 fn validate_note(title: &str, message: &[String]) -> Result<(), InvalidField> {
     required_text("title", title, 255)?;
+    let size: usize = message.iter().map(String::len).sum();
+    if size > crate::validation::limits::MESSAGE_MAX_BYTES {
+        return Err(InvalidField {
+            field: "message",
+            reason: format!(
+                "ensure the message has no more than {} bytes (it has {size})",
+                crate::validation::limits::MESSAGE_MAX_BYTES
+            ),
+        });
+    }
     if message.iter().all(|line| line.trim().is_empty()) {
         return Err(InvalidField {
             field: "message",

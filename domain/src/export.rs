@@ -912,6 +912,16 @@ pub fn check_perimeter_rights(
     Ok(())
 }
 
+/// Refuses a motivation over [`crate::validation::limits::DESCRIPTION_MAX_BYTES`].
+pub fn check_motivation(motivation: Option<&str>) -> Result<(), ExportRefusal> {
+    crate::validation::bounded_optional_text(
+        "motivation",
+        motivation,
+        crate::validation::limits::DESCRIPTION_MAX_BYTES,
+    )
+    .map_err(|e| invalid(e.field, e.reason))
+}
+
 /// Upstream's motivation clean-up: newlines become " - ".
 pub fn clean_motivation(m: &str) -> String {
     m.replace("\r\n", "\n").replace(['\n', '\r'], " - ")

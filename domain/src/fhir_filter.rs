@@ -9,7 +9,8 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::EVENT_VERSION_1;
-use crate::validation::{InvalidField, required_text};
+use crate::validation::limits::FILTER_MAX_BYTES;
+use crate::validation::{InvalidField, bounded_text, required_text};
 
 /// Default format version of the query a filter belongs to (upstream's default).
 pub const DEFAULT_QUERY_VERSION: &str = "v1.4.4";
@@ -177,6 +178,7 @@ impl FhirFilter {
                     return Err(FhirFilterError::AlreadyExists);
                 }
                 validate(&fields)?;
+                bounded_text("filter", &filter, FILTER_MAX_BYTES)?;
                 Ok(vec![FhirFilterEvent::FhirFilterCreated {
                     filter_id,
                     owner,
@@ -211,6 +213,7 @@ impl FhirFilter {
                     .map(|f| normalize_filter(&f))
                     .filter(|f| *f != current.filter)
                 {
+                    bounded_text("filter", &filter, FILTER_MAX_BYTES)?;
                     events.push(FhirFilterEvent::FhirFilterTextChanged {
                         patch_version: current.patches + 1,
                         previous_filter: current.filter.clone(),

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::validation::{InvalidField, required_text};
+use crate::validation::limits::DESCRIPTION_MAX_BYTES;
+use crate::validation::{InvalidField, bounded_optional_text, required_text};
 use crate::{EVENT_VERSION_1, SHARED_INBOX_FOLDER_NAME};
 
 /// Longest folder name accepted (upstream column size).
@@ -140,6 +141,11 @@ impl Folder {
                     return Err(FolderError::AlreadyExists);
                 }
                 required_text("name", &name, FOLDER_NAME_MAX)?;
+                bounded_optional_text(
+                    "description",
+                    description.as_deref(),
+                    DESCRIPTION_MAX_BYTES,
+                )?;
                 Ok(vec![FolderEvent::FolderCreated {
                     folder_id,
                     owner,
@@ -163,6 +169,11 @@ impl Folder {
                 if let Some(description) =
                     description.filter(|d| Some(d) != current.description.as_ref())
                 {
+                    bounded_optional_text(
+                        "description",
+                        Some(&description),
+                        DESCRIPTION_MAX_BYTES,
+                    )?;
                     events.push(FolderEvent::FolderDescriptionChanged {
                         description: Some(description),
                         at,

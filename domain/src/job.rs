@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::validation::limits::MESSAGE_MAX_BYTES;
+
 /// Upstream's job statuses, with their exact wire strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,12 +121,15 @@ impl JobReport {
         executor_status(&self.status)
     }
 
-    /// The failure message, or a default naming the status.
+    /// The failure message (cut to [`MESSAGE_MAX_BYTES`]: it is the executor's text, kept in
+    /// an event), or a default naming the status.
     pub fn failure_message(&self) -> String {
-        self.message
+        let message = self
+            .message
             .clone()
             .filter(|m| !m.trim().is_empty())
-            .unwrap_or_else(|| format!("the executor reported {}", self.status))
+            .unwrap_or_else(|| format!("the executor reported {}", self.status));
+        crate::validation::truncated(message, MESSAGE_MAX_BYTES)
     }
 }
 

@@ -119,6 +119,11 @@ pub struct MaintenancePhase {
 
 fn validate(fields: &MaintenanceFields) -> Result<(), MaintenanceError> {
     required_text("subject", &fields.subject, 255)?;
+    crate::validation::bounded_optional_text(
+        "message",
+        fields.message.as_deref(),
+        crate::validation::limits::MESSAGE_MAX_BYTES,
+    )?;
     if fields.end_datetime < fields.start_datetime {
         return Err(MaintenanceError::EndBeforeStart);
     }

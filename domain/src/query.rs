@@ -7,6 +7,8 @@
 use serde_json::Value;
 use thiserror::Error;
 
+use crate::validation::limits::QUERY_MAX_BYTES;
+
 /// Why a `serialized_query` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum QueryError {
@@ -19,10 +21,16 @@ pub enum QueryError {
     /// An entry of the list is not a numeric id.
     #[error("sourcePopulation.caresiteCohortList must hold numeric ids, found {0}")]
     NonNumericPerimeter(String),
+    /// The text is larger than [`QUERY_MAX_BYTES`].
+    #[error("serialized_query has {0} bytes; at most {QUERY_MAX_BYTES} are accepted")]
+    TooLarge(usize),
 }
 
 /// Extracts the perimeter cohort ids from a serialized query, validating its shape.
 pub fn perimeters_ids(serialized_query: &str) -> Result<Vec<String>, QueryError> {
+    if serialized_query.len() > QUERY_MAX_BYTES {
+        return Err(QueryError::TooLarge(serialized_query.len()));
+    }
     let doc: Value =
         serde_json::from_str(serialized_query).map_err(|e| QueryError::NotJson(e.to_string()))?;
     if !doc.is_object() {
@@ -65,6 +73,13 @@ mod tests {
             Err(QueryError::NotJson(_))
         ));
         assert!(matches!(perimeters_ids("[]"), Err(QueryError::NotJson(_))));
+    }
+
+    #[test]
+    fn refuses_queries_over_the_size_cap() {
+        let padding = "x".repeat(QUERY_MAX_BYTES);
+        let q = format!(r#"{{"pad":"{padding}","sourcePopulation":{{"caresiteCohortList":[]}}}}"#);
+        assert!(matches!(perimeters_ids(&q), Err(QueryError::TooLarge(_))));
     }
 
     #[test]

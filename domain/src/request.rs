@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::EVENT_VERSION_1;
 use crate::query::{QueryError, perimeters_ids};
-use crate::validation::{InvalidField, required_text};
+use crate::validation::limits::DESCRIPTION_MAX_BYTES;
+use crate::validation::{InvalidField, bounded_optional_text, required_text};
 
 /// Longest request name accepted (upstream column size).
 pub const REQUEST_NAME_MAX: usize = 255;
@@ -278,6 +279,11 @@ impl Request {
                     return Err(RequestError::AlreadyExists);
                 }
                 required_text("name", &name, REQUEST_NAME_MAX)?;
+                bounded_optional_text(
+                    "description",
+                    description.as_deref(),
+                    DESCRIPTION_MAX_BYTES,
+                )?;
                 Ok(vec![RequestEvent::RequestCreated {
                     request_id,
                     owner,
@@ -304,6 +310,7 @@ impl Request {
                     events.push(RequestEvent::RequestRenamed { name, at });
                 }
                 if let Some(d) = description.filter(|d| Some(d) != current.description.as_ref()) {
+                    bounded_optional_text("description", Some(&d), DESCRIPTION_MAX_BYTES)?;
                     events.push(RequestEvent::RequestDescriptionChanged {
                         description: Some(d),
                         at,

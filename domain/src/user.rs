@@ -38,8 +38,6 @@ pub enum UserCommand {
     },
     /// Replaces the stored password hash (password change, or re-hash of a legacy hash).
     SetPasswordHash { hash: String, at: DateTime<Utc> },
-    /// Records a successful login.
-    RecordLogin { method: String, at: DateTime<Utc> },
 }
 
 /// What happened to a user. Persisted contract, version [`EVENT_VERSION_1`].
@@ -68,10 +66,10 @@ pub enum UserEvent {
         password_hash: String,
         at: DateTime<Utc>,
     },
-    UserLoggedIn {
-        method: String,
-        at: DateTime<Utc>,
-    },
+    /// A login, as recorded until logins moved off the User aggregate (concurrent logins of one
+    /// user raced on it): no longer emitted, still read from older logs. A login is now a
+    /// `SessionOpened` of a fresh Session, which never conflicts.
+    UserLoggedIn { method: String, at: DateTime<Utc> },
 }
 
 impl DomainEvent for UserEvent {
@@ -205,10 +203,6 @@ impl User {
                     password_hash: hash,
                     at,
                 }])
-            }
-            UserCommand::RecordLogin { method, at } => {
-                self.existing()?;
-                Ok(vec![UserEvent::UserLoggedIn { method, at }])
             }
         }
     }

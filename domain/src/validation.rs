@@ -29,6 +29,63 @@ pub fn required_text(field: &'static str, value: &str, max: usize) -> Result<(),
     Ok(())
 }
 
+/// Caps on free text, so that no request can put an unbounded value into one event (events are
+/// published to NATS, whose messages are limited to 1 MiB by default). Names keep upstream's
+/// lengths in characters; these larger texts are counted in bytes of UTF-8. Chosen from real
+/// sizes: the largest queries the front-end writes are tens of KB.
+pub mod limits {
+    /// Descriptions of folders, requests and cohorts, and an export's motivation.
+    pub const DESCRIPTION_MAX_BYTES: usize = 64 * 1024;
+    /// A serialized query (snapshots, counts, cohorts).
+    pub const QUERY_MAX_BYTES: usize = 256 * 1024;
+    /// The text of a saved FHIR filter.
+    pub const FILTER_MAX_BYTES: usize = 64 * 1024;
+    /// Messages: maintenance phases, release notes (all lines together), job failures reported
+    /// by an executor (truncated to this size rather than refused).
+    pub const MESSAGE_MAX_BYTES: usize = 64 * 1024;
+    /// The markdown of a web content.
+    pub const CONTENT_MAX_BYTES: usize = 256 * 1024;
+}
+
+/// Checks that a free text holds at most `max_bytes` bytes of UTF-8.
+pub fn bounded_text(
+    field: &'static str,
+    value: &str,
+    max_bytes: usize,
+) -> Result<(), InvalidField> {
+    if value.len() > max_bytes {
+        return Err(InvalidField {
+            field,
+            reason: format!(
+                "ensure this field has no more than {max_bytes} bytes (it has {})",
+                value.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// [`bounded_text`] for an optional value.
+pub fn bounded_optional_text(
+    field: &'static str,
+    value: Option<&str>,
+    max_bytes: usize,
+) -> Result<(), InvalidField> {
+    value.map_or(Ok(()), |v| bounded_text(field, v, max_bytes))
+}
+
+/// `text` cut to at most `max_bytes` bytes, on a character boundary.
+pub fn truncated(mut text: String, max_bytes: usize) -> String {
+    if text.len() > max_bytes {
+        let mut end = max_bytes;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Checks a username as accepted by upstream's default `USERNAME_REGEX` family: letters, digits
 /// and `.@+-_`, 1 to 30 characters.
 pub fn username(field: &'static str, value: &str) -> Result<(), InvalidField> {
@@ -127,6 +184,23 @@ mod tests {
         assert!(required_text("name", "abcde", 5).is_ok());
         // Length is counted in characters, not bytes.
         assert!(required_text("name", "ééééé", 5).is_ok());
+    }
+
+    #[test]
+    fn bounded_texts_count_bytes_and_truncation_keeps_characters_whole() {
+        assert!(bounded_text("description", "abc", 3).is_ok());
+        let err = bounded_text("description", "abcd", 3).unwrap_err();
+        assert_eq!(err.field, "description");
+        assert!(
+            err.reason.contains("no more than 3 bytes"),
+            "{}",
+            err.reason
+        );
+        assert!(bounded_text("description", "éé", 3).is_err());
+        assert!(bounded_optional_text("description", None, 0).is_ok());
+        assert_eq!(truncated("aéb".into(), 2), "a");
+        assert_eq!(truncated("aéb".into(), 3), "aé");
+        assert_eq!(truncated("ab".into(), 5), "ab");
     }
 
     #[test]

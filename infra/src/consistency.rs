@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::Committed;
-use commands::ports::{Consistency, PortError};
+use commands::ports::Consistency;
 use projections::Cursor;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -37,20 +37,23 @@ impl ProjectorConsistency {
 
 #[async_trait]
 impl Consistency for ProjectorConsistency {
-    async fn wait_for(&self, committed: &[Committed]) -> Result<bool, PortError> {
+    async fn wait_for(&self, committed: &[Committed]) -> bool {
         let mut target: Option<Cursor> = None;
         for c in committed {
             let Some(sequence) = c.last_sequence else {
                 continue;
             };
-            let sequence = i64::try_from(sequence).map_err(|e| PortError(e.to_string()))?;
-            let cursor = cursor_of(&self.pool, c.aggregate_type, &c.aggregate_id, sequence)
-                .await
-                .map_err(|e| PortError(e.to_string()))?;
-            target = target.max(cursor);
+            let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
+            match cursor_of(&self.pool, c.aggregate_type, &c.aggregate_id, sequence).await {
+                Ok(cursor) => target = target.max(cursor),
+                Err(e) => {
+                    tracing::warn!(error = %e, "read-your-writes: the write's position is unknown");
+                    return false;
+                }
+            }
         }
         let Some(target) = target else {
-            return Ok(true);
+            return true;
         };
         let deadline = tokio::time::Instant::now() + self.timeout;
         let affected = self.projectors.iter().filter(|(projection, _)| {
@@ -67,10 +70,10 @@ impl Consistency for ProjectorConsistency {
                 // Timed out, or the projector stopped: the write stands, the read model lags.
                 Ok(Err(_)) | Err(_) => {
                     tracing::warn!(target = %target, "read models did not catch up in time");
-                    return Ok(false);
+                    return false;
                 }
             }
         }
-        Ok(true)
+        true
     }
 }

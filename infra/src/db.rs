@@ -74,20 +74,68 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// How the pool waits for Postgres.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLimits {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it is answered 503: short, so that a
+    /// Postgres outage is reported at once rather than after every caller queued.
+    pub acquire_timeout: Duration,
+    /// `statement_timeout` of every connection (zero: none). Bulk work that legitimately runs
+    /// longer lifts it for its own transaction ([`without_statement_timeout`]).
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20,
+            acquire_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Opens a pool on `url`, failing fast (with what to do) if Postgres cannot be reached.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let opts = options(url)?;
+pub async fn connect(url: &str, limits: PoolLimits) -> Result<PgPool, DbError> {
+    let mut opts = options(url)?;
     let target = describe(&opts);
+    if !limits.statement_timeout.is_zero() {
+        opts = opts.options([(
+            "statement_timeout",
+            format!("{}ms", limits.statement_timeout.as_millis()),
+        )]);
+    }
     PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .max_connections(limits.max_connections)
+        .acquire_timeout(limits.acquire_timeout)
         .connect_with(opts)
         .await
         .map_err(|source| DbError::Unreachable { target, source })
 }
 
-/// Applies the pending migrations.
+/// Lifts the pool's statement timeout for the rest of the transaction `tx` runs in: bulk reads
+/// and writes that legitimately take long (the clinical index, data generation, exports, a
+/// cohort's patient list, migrations).
+pub async fn without_statement_timeout(tx: &mut sqlx::PgConnection) -> sqlx::Result<()> {
+    sqlx::query("SET LOCAL statement_timeout = 0")
+        .execute(tx)
+        .await
+        .map(|_| ())
+}
+
+/// Applies the pending migrations (on a connection without statement timeout: an index on a
+/// large table may take a while).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let result = MIGRATOR.run(&mut *conn).await;
+    // Back to the pool's setting before the connection is reused.
+    sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await?;
+    result?;
     Ok(())
 }

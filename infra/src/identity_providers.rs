@@ -53,6 +53,8 @@ pub struct ProvidersSettings {
     pub audiences: Vec<String>,
     pub identity_server: Option<IdentityServer>,
     pub timeout: Duration,
+    /// CAs trusted beside the system's (HTTPS providers on an internal CA).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// [`IdentityProviders`] over HTTP, with a per-issuer JWKS cache.
@@ -98,8 +100,8 @@ fn rejected(m: &str) -> ExternalAuthError {
 }
 
 impl HttpIdentityProviders {
-    pub fn new(settings: ProvidersSettings) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    pub fn new(settings: ProvidersSettings) -> Result<Self, crate::tls::TlsError> {
+        let http = crate::tls::http_client_builder(&settings.tls)?
             .timeout(if settings.timeout.is_zero() {
                 Duration::from_secs(60)
             } else {

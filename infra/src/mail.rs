@@ -1,4 +1,5 @@
-//! E-mails over SMTP (plain SMTP to a relay; see the README for TLS).
+//! E-mails over SMTP: plain to a local relay, or STARTTLS, or implicit TLS (`SMTP_SECURITY`),
+//! trusting the system's roots and `TLS_CA_FILE`.
 
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use commands::ports::{Mail, Mailer, PortError};
 use lettre::message::MultiPart;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::Tls;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 /// Where and as whom to send.
@@ -19,6 +21,21 @@ pub struct SmtpSettings {
     /// `From:` address.
     pub sender: String,
     pub timeout: Duration,
+    pub security: SmtpSecurity,
+    /// CAs trusted beside the system's.
+    pub tls: crate::tls::TlsSettings,
+}
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SmtpSecurity {
+    /// Plain SMTP (a relay on the same host or network).
+    #[default]
+    None,
+    /// Plain connection upgraded with STARTTLS, which is required (port 587, usually).
+    StartTls,
+    /// TLS from the first byte (port 465, usually).
+    Tls,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -38,18 +55,26 @@ pub struct SmtpMailer {
 }
 
 impl SmtpMailer {
-    pub fn new(settings: &SmtpSettings) -> Self {
+    pub fn new(settings: &SmtpSettings) -> Result<Self, crate::tls::TlsError> {
+        let tls = match settings.security {
+            SmtpSecurity::None => Tls::None,
+            SmtpSecurity::StartTls => {
+                Tls::Required(crate::tls::smtp_tls(&settings.host, &settings.tls)?)
+            }
+            SmtpSecurity::Tls => Tls::Wrapper(crate::tls::smtp_tls(&settings.host, &settings.tls)?),
+        };
         let mut builder =
             AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())
                 .port(settings.port)
-                .timeout(Some(settings.timeout));
+                .timeout(Some(settings.timeout))
+                .tls(tls);
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
         }
-        Self {
+        Ok(Self {
             transport: builder.build(),
             sender: settings.sender.clone(),
-        }
+        })
     }
 }
 

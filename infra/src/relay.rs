@@ -6,6 +6,12 @@
 //! publish and checkpoint republishes the same messages with the same `Nats-Msg-Id` (JetStream
 //! drops them inside its duplicate window; consumers drop them by cursor in any case). One relay
 //! per database publishes at a time: the others wait on an advisory lock.
+//!
+//! Nothing in the log can wedge it: an event larger than the server's `max_payload` (learnt at
+//! connect) is published as its envelope without the payload (`payload_omitted`), which
+//! consumers read from the events table. A publish that keeps failing (NATS away, the stream
+//! deleted) is retried with a backoff, recreating the stream, and reported: the last error,
+//! `cohort360_relay_consecutive_failures`, and the pipeline health (`/health/ready`).
 
 use std::time::Duration;
 
@@ -25,6 +31,12 @@ pub const NOTIFY_CHANNEL: &str = "cohort360_events";
 
 /// Advisory-lock key that elects the single active relay of a database ("c360" in ASCII).
 const RELAY_LOCK_KEY: i64 = 0x6333_3630;
+
+/// Room kept within the server's `max_payload` for the message's headers.
+const HEADER_ROOM: usize = 4 * 1024;
+
+/// Consecutive failed rounds after which each further failure is logged as an error.
+const LOUD_AFTER_FAILURES: u32 = 5;
 
 /// Tuning of the relay.
 #[derive(Debug, Clone)]
@@ -84,6 +96,18 @@ impl Relay {
         checkpoint(&self.pool, &self.settings.name).await
     }
 
+    /// The largest body a message may have: the connected server's `max_payload` (the NATS
+    /// default while it is not known), less room for the headers.
+    fn body_limit(&self) -> usize {
+        let announced = self.js.client().server_info().max_payload;
+        let max_payload = if announced == 0 {
+            crate::nats::DEFAULT_MAX_PAYLOAD
+        } else {
+            announced
+        };
+        max_payload.saturating_sub(HEADER_ROOM)
+    }
+
     /// Publishes one batch after the checkpoint; returns how many events it published.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
         let from = self.checkpoint().await?;
@@ -91,19 +115,20 @@ impl Relay {
         let Some(last) = events.last().map(|e| e.cursor()) else {
             return Ok(0);
         };
+        let limit = self.body_limit();
         // Send the whole batch, then wait for the acks: one round trip of latency per batch.
         let mut acks = Vec::with_capacity(events.len());
         let mut previous = from;
         for event in &events {
             let envelope = Envelope::new(event, previous);
             previous = event.cursor();
-            let body =
-                serde_json::to_vec(&envelope).map_err(|e| RelayError::Publish(e.to_string()))?;
+            let message_id = envelope.message_id.clone();
+            let body = message_body(envelope, limit)?;
             let mut headers = HeaderMap::new();
             headers.insert("Cohort360-Schema", crate::nats::ENVELOPE_SCHEMA);
             let message = PublishMessage::build()
                 .headers(headers)
-                .message_id(&envelope.message_id)
+                .message_id(&message_id)
                 .payload(body.into());
             let subject = self.nats.subject(&event.aggregate_type, &event.event_type);
             let ack = self
@@ -207,8 +232,15 @@ impl Relay {
         listener.listen(NOTIFY_CHANNEL).await?;
         let mut backoff = Duration::from_millis(100);
         let mut held_retry = HELD_BACK_RETRY;
+        let mut failures: u32 = 0;
         loop {
-            match self.publish_batch().await {
+            let round = self.publish_batch().await;
+            if round.is_ok() && failures > 0 {
+                tracing::info!(failures, "relay publishing again");
+                failures = 0;
+                metrics::gauge!("cohort360_relay_consecutive_failures").set(0.0);
+            }
+            match round {
                 Ok(n) if n as i64 >= self.settings.batch_size => {
                     backoff = Duration::from_millis(100);
                     continue;
@@ -233,14 +265,30 @@ impl Relay {
                     held_retry = HELD_BACK_RETRY;
                 }
                 Err(e) => {
-                    // NATS or Postgres is away: keep the checkpoint, try again later.
+                    // NATS or Postgres is away, or the stream is gone: keep the checkpoint,
+                    // try again later, and say so.
+                    failures = failures.saturating_add(1);
+                    metrics::gauge!("cohort360_relay_consecutive_failures")
+                        .set(f64::from(failures));
                     crate::health::record_error("relay", &e.to_string());
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay could not publish");
+                    let retry_in_ms = backoff.as_millis() as u64;
+                    if failures >= LOUD_AFTER_FAILURES {
+                        tracing::error!(error = %e, failures, retry_in_ms, "relay keeps failing to publish");
+                    } else {
+                        tracing::warn!(error = %e, failures, retry_in_ms, "relay could not publish");
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if matches!(e, RelayError::Publish(_)) {
+                        // A deleted (or never created, NATS being away at start) stream answers
+                        // every publish with an error: make sure it exists before the retry.
+                        if let Err(e) = crate::nats::ensure_stream(&self.js, &self.nats).await {
+                            tracing::debug!(error = %e, "stream not ensured yet");
+                        }
+                    }
                     continue;
                 }
             }
@@ -251,6 +299,32 @@ impl Relay {
             }
         }
     }
+}
+
+/// The body of the message carrying `envelope`: the whole envelope if it fits in `limit`
+/// bytes, else the envelope without its payload (and, should even that not fit, without its
+/// metadata), so that no event can hold the relay back.
+fn message_body(envelope: Envelope, limit: usize) -> Result<Vec<u8>, RelayError> {
+    let encode =
+        |e: &Envelope| serde_json::to_vec(e).map_err(|e| RelayError::Publish(e.to_string()));
+    let body = encode(&envelope)?;
+    if body.len() <= limit {
+        return Ok(body);
+    }
+    tracing::warn!(
+        message_id = %envelope.message_id,
+        bytes = body.len(),
+        limit,
+        "event larger than a NATS message: published without its payload"
+    );
+    metrics::counter!("cohort360_relay_payloads_omitted_total").increment(1);
+    let mut stub = envelope.without_payload();
+    let body = encode(&stub)?;
+    if body.len() <= limit {
+        return Ok(body);
+    }
+    stub.metadata = serde_json::Value::Null;
+    encode(&stub)
 }
 
 /// How soon the relay looks again when committed events wait behind the horizon.
@@ -265,4 +339,38 @@ pub async fn checkpoint(pool: &PgPool, name: &str) -> sqlx::Result<Cursor> {
     .fetch_optional(pool)
     .await?;
     Ok(row.map_or(Cursor::START, |(txid, position)| Cursor { txid, position }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::CommittedEvent;
+
+    fn event(payload_bytes: usize) -> CommittedEvent {
+        CommittedEvent {
+            txid: 1,
+            position: 1,
+            aggregate_type: "Folder".into(),
+            aggregate_id: "f".into(),
+            sequence: 1,
+            event_type: "FolderCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::json!({"FolderCreated": {"description": "x".repeat(payload_bytes)}}),
+            metadata: serde_json::json!({"user": "u"}),
+            recorded_at: chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_sent_without_its_payload() {
+        let small = message_body(Envelope::new(&event(10), Cursor::START), 4096).unwrap();
+        let small: Envelope = serde_json::from_slice(&small).unwrap();
+        assert!(!small.payload_omitted);
+        let big = message_body(Envelope::new(&event(10_000), Cursor::START), 4096).unwrap();
+        assert!(big.len() <= 4096);
+        let big: Envelope = serde_json::from_slice(&big).unwrap();
+        assert!(big.payload_omitted && big.payload.is_null());
+        assert_eq!(big.metadata["user"], "u");
+        assert_eq!(big.message_id, "Folder:f:1");
+    }
 }

@@ -36,6 +36,31 @@ impl PgRequestLogs {
     }
 }
 
+/// A JSON value as stored: its text.
+fn stored_text(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+/// A stored JSON text read back: the value it holds, or the text itself as a string when it is
+/// not JSON we can read (rows written by older versions), so that no row can fail a page.
+fn stored_json(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+}
+
+/// Writes a batch; if the batch is refused, writes its entries one by one, so that one entry
+/// the database refuses loses only itself.
+async fn write(pool: &PgPool, entries: &[NewRequestLog]) {
+    if insert(pool, entries).await.is_ok() {
+        return;
+    }
+    for entry in entries {
+        if let Err(e) = insert(pool, std::slice::from_ref(entry)).await {
+            metrics::counter!("cohort360_request_logs_dropped_total").increment(1);
+            tracing::warn!(error = %e, path = %entry.path, "request log not written");
+        }
+    }
+}
+
 async fn insert(pool: &PgPool, entries: &[NewRequestLog]) -> sqlx::Result<()> {
     let mut qb: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "INSERT INTO ops.request_logs (requested_at, response_ms, username, impersonating, method,
@@ -49,8 +74,8 @@ async fn insert(pool: &PgPool, entries: &[NewRequestLog]) -> sqlx::Result<()> {
             .push_bind(&e.method)
             .push_bind(&e.path)
             .push_bind(&e.view)
-            .push_bind(&e.query_params)
-            .push_bind(&e.data)
+            .push_bind(stored_text(&e.query_params))
+            .push_bind(e.data.as_ref().map(stored_text))
             .push_bind(&e.remote_addr)
             .push_bind(&e.host)
             .push_bind(e.status_code)
@@ -76,10 +101,7 @@ pub async fn run_writer(
                 if received == 0 {
                     return;
                 }
-                if let Err(e) = insert(&pool, &batch).await {
-                    metrics::counter!("cohort360_request_logs_dropped_total").increment(batch.len() as u64);
-                    tracing::warn!(error = %e, lost = batch.len(), "request logs not written");
-                }
+                write(&pool, &batch).await;
                 batch.clear();
             }
             _ = purge.tick() => {
@@ -95,9 +117,7 @@ pub async fn run_writer(
             () = shutdown.cancelled() => {
                 queue.close();
                 while queue.recv_many(&mut batch, BATCH).await > 0 {
-                    if let Err(e) = insert(&pool, &batch).await {
-                        tracing::warn!(error = %e, lost = batch.len(), "request logs not written");
-                    }
+                    write(&pool, &batch).await;
                     batch.clear();
                 }
                 return;
@@ -127,8 +147,8 @@ struct Entry {
     method: String,
     path: String,
     view: Option<String>,
-    query_params: serde_json::Value,
-    data: Option<serde_json::Value>,
+    query_params: String,
+    data: Option<String>,
     remote_addr: Option<String>,
     host: Option<String>,
     status_code: i64,
@@ -147,8 +167,8 @@ impl From<Row> for RequestLog {
                 method: e.method,
                 path: e.path,
                 view: e.view,
-                query_params: e.query_params,
-                data: e.data,
+                query_params: stored_json(e.query_params),
+                data: e.data.map(stored_json),
                 remote_addr: e.remote_addr,
                 host: e.host,
                 status_code: e.status_code,
@@ -228,5 +248,21 @@ impl RequestLogs for PgRequestLogs {
             .await
             .map_err(read_error)?;
         Ok(row.map(Into::into))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_bodies_read_back_as_written_or_as_text() {
+        let huge = serde_json::json!({"n": 1.7976931348623157e308, "s": "é"});
+        assert_eq!(stored_json(stored_text(&huge)), huge);
+        let legacy = format!("{{\"n\": 1{}}}", "0".repeat(400));
+        assert_eq!(
+            stored_json(legacy.clone()),
+            serde_json::Value::String(legacy)
+        );
     }
 }

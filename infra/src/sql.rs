@@ -10,10 +10,27 @@ pub(crate) fn read_error(e: sqlx::Error) -> ReadError {
         sqlx::Error::Database(db) if db.code().as_deref() == Some("2201B") => {
             ReadError::InvalidSearch(db.message().to_string())
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-            ReadError::Unavailable(e.to_string())
-        }
+        e if is_unavailable(e) => ReadError::Unavailable(e.to_string()),
         _ => ReadError::Internal(e.to_string()),
+    }
+}
+
+/// Whether an error means the database cannot be used right now (retry shortly: a 503), as
+/// opposed to a bug: no connection (pool timeout, closed pool, I/O, TLS), or Postgres saying so
+/// itself — SQLSTATE classes 08 (connection exception), 53 (insufficient resources: too many
+/// connections, disk full) and 57 (operator intervention: shutdown, crash recovery, a
+/// cancelled or timed-out statement).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("53") || c.starts_with("57")),
+        _ => false,
     }
 }
 

@@ -30,24 +30,31 @@ pub const SNAPSHOT_EVERY: usize = 20;
 /// Attempts of a command that keeps meeting concurrent writers before it answers "conflict".
 pub const COMMAND_ATTEMPTS: usize = 5;
 
-/// postgres-es reports a pool timeout or a closed pool as an "unexpected" error; this store
-/// reclassifies those as connection errors, so clients get a 503 to retry, not a 500.
+/// postgres-es reports a pool timeout, a closed pool or a database shutting down as an
+/// "unexpected" error; this store reclassifies those ([`crate::sql::is_unavailable`]) as
+/// connection errors, so clients get a 503 to retry, not a 500 (and the command bus checks
+/// whether a commit that failed so was stored after all).
 pub struct ClassifiedStore<ES>(ES);
 
 fn is_unavailability(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
-    matches!(
-        e.downcast_ref::<sqlx::Error>(),
-        Some(
-            sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::Io(_)
-                | sqlx::Error::WorkerCrashed
-        )
-    )
+    e.downcast_ref::<sqlx::Error>()
+        .is_some_and(crate::sql::is_unavailable)
 }
 
 fn classify<E: std::error::Error>(err: AggregateError<E>) -> AggregateError<E> {
+    let no_connection = |e: &(dyn std::error::Error + Send + Sync + 'static)| {
+        matches!(
+            e.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed)
+        )
+    };
     match err {
+        // No connection could be had: nothing was sent, so nothing can have been stored.
+        AggregateError::UnexpectedError(e) if no_connection(e.as_ref()) => {
+            AggregateError::DatabaseConnectionError(Box::new(commands::bus::NothingStored(
+                e.to_string(),
+            )))
+        }
         AggregateError::UnexpectedError(e) if is_unavailability(e.as_ref()) => {
             AggregateError::DatabaseConnectionError(e)
         }

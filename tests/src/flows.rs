@@ -80,7 +80,7 @@ pub async fn cohort_to_end(
         .await;
     assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
     let path = format!("/cohort/cohorts/{}/", cohort.body["uuid"].as_str().unwrap());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + crate::PATIENCE;
     loop {
         let seen = app.get(&path, user).await;
         if seen.body["request_job_status"] == "finished" {

@@ -9,8 +9,11 @@ pub mod executor;
 pub mod export_api;
 pub mod flows;
 pub mod identity;
+pub mod nats_server;
+pub mod pg_cluster;
 pub mod providers;
 pub mod smtp;
+pub mod tls;
 pub mod ws;
 
 use std::time::Duration;
@@ -27,6 +30,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+/// How long a test waits for an eventually consistent state (a projection, a relay, a job)
+/// before it fails. Generous on purpose: the condition itself is polled, so a healthy run never
+/// waits this long, and a loaded CI machine does not fail a test by chance.
+pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// The Postgres server tests create their databases on.
 pub fn server_url() -> String {
@@ -57,9 +65,16 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
     Settings {
         database_url,
         database_max_connections: 16,
+        // Generous: many tests share two cores, and a slow acquire is not what they test.
+        database_acquire_timeout_ms: 10_000,
+        database_statement_timeout_ms: 30_000,
         nats_url: nats_url.to_string(),
         nats_subject_prefix: format!("t{id}"),
         nats_stream: format!("T{id}_EVENTS"),
+        nats_tls: Default::default(),
+        tls_ca_file: None,
+        pipeline_stall_seconds: 30,
+        idempotency_key_retention_hours: 24,
         metrics_token: None,
         request_log_retention_days: 90,
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
@@ -105,6 +120,8 @@ pub struct TestApp {
     progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
     /// The application's services (to seed fixtures as the operator would).
     pub state: api::state::AppState,
+    /// The access token of each user a test acted as (see [`TestApp::token`]).
+    tokens: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
     shutdown: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -154,6 +171,7 @@ impl TestApp {
             jwt,
             progress,
             state,
+            tokens: Default::default(),
             shutdown,
             server: Some(server),
         }
@@ -164,7 +182,7 @@ impl TestApp {
         self.progress.clone()
     }
 
-    /// Waits (up to a minute) until every projector has applied every event committed so far.
+    /// Waits (up to [`PATIENCE`]) until every projector has applied every event committed so far.
     /// Fixtures call it when a write's read-your-writes wait timed out on a loaded machine, so
     /// that the next request sees what they wrote.
     pub async fn settle(&self) {
@@ -180,25 +198,59 @@ impl TestApp {
         let target = projections::Cursor { txid, position };
         for p in &self.progress {
             let mut p = p.clone();
-            tokio::time::timeout(Duration::from_secs(60), p.wait_for(|c| *c >= target))
+            tokio::time::timeout(PATIENCE, p.wait_for(|c| *c >= target))
                 .await
-                .expect("the projections catch up within a minute")
+                .expect("the projections catch up")
                 .expect("the projector runs");
         }
     }
 
-    /// An access token for `username`.
-    pub fn token(&self, username: &str) -> String {
-        let claims = Claims {
+    /// An access token for `username`, as a login gives one: bound to an open session of an
+    /// existing user. A user the test did not create is created first, as the operator would
+    /// (`Test User`, `<username>@example.org`, no password); tokens are reused per user.
+    pub async fn token(&self, username: &str) -> String {
+        let mut tokens = self.tokens.lock().await;
+        if let Some(token) = tokens.get(username) {
+            return token.clone();
+        }
+        let ctx = identity::system();
+        let known = self
+            .state
+            .identity
+            .user(username)
+            .await
+            .expect("user lookup")
+            .is_some();
+        if !known {
+            identity::add_user(self, username, None).await;
+        }
+        let ticket = self
+            .state
+            .identity_service
+            .open_session(&ctx, username, "JWT")
+            .await
+            .expect("session opens");
+        let token = self.mint(&Claims {
             username: username.into(),
             exp: chrono::Utc::now().timestamp() + 3600,
             iat: None,
             token_type: Some("access".into()),
             jti: None,
-            sid: None,
+            sid: Some(ticket.session_id),
             generation: None,
-        };
-        self.jwt.mint(&claims).expect("token mints")
+        });
+        tokens.insert(username.to_string(), token.clone());
+        token
+    }
+
+    /// The claims of one of the application's tokens.
+    pub fn jwt_claims(&self, token: &str) -> Claims {
+        self.jwt.decode(token).expect("token decodes")
+    }
+
+    /// Signs arbitrary claims with the application's key (tests of token checks).
+    pub fn mint(&self, claims: &Claims) -> String {
+        self.jwt.mint(claims).expect("token mints")
     }
 
     /// Sends `body` (JSON unless `None`) as `user` (anonymous if `None`).
@@ -211,7 +263,7 @@ impl TestApp {
     ) -> Answer {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(user) = user {
-            req = req.bearer_auth(self.token(user));
+            req = req.bearer_auth(self.token(user).await);
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -224,7 +276,7 @@ impl TestApp {
         let req = self
             .http
             .request(method, format!("{}{path}", self.base))
-            .bearer_auth(self.token(user))
+            .bearer_auth(self.token(user).await)
             .header("content-type", "application/json")
             .body(raw.to_string());
         Self::answer(req.send().await.expect("request sent")).await

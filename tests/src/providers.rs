@@ -210,6 +210,17 @@ impl Providers {
     pub async fn start(private_pem: &str, modulus_b64: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("address"));
+        Self::serve(private_pem, modulus_b64, listener, base)
+    }
+
+    /// Serves on `listener`, naming itself `base` (the URL clients use: behind a TLS proxy,
+    /// an `https://` one) in its issuer and tokens.
+    pub fn serve(
+        private_pem: &str,
+        modulus_b64: &str,
+        listener: TcpListener,
+        base: String,
+    ) -> Self {
         let issuer = format!("{base}/realms/test");
         let provider = Arc::new(Provider {
             issuer: issuer.clone(),

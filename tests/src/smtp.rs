@@ -42,23 +42,64 @@ fn address(line: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn session(
-    stream: tokio::net::TcpStream,
-    store: Arc<Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    write.write_all(b"220 test.local ESMTP\r\n").await?;
+/// How a test SMTP server secures its connections.
+#[derive(Clone)]
+pub enum SmtpTls {
+    /// Plain SMTP.
+    None,
+    /// Plain, with STARTTLS offered (and required before MAIL).
+    StartTls(tokio_rustls::TlsAcceptor),
+    /// TLS from the first byte.
+    Implicit(tokio_rustls::TlsAcceptor),
+}
+
+/// What a session ended with.
+enum Ended {
+    Closed,
+    /// The client asked for STARTTLS and was told to go ahead.
+    StartTls,
+}
+
+/// One SMTP conversation over `stream`; `offer_starttls` advertises (and requires) STARTTLS.
+async fn converse<S>(
+    stream: S,
+    store: &Arc<Mutex<Vec<Received>>>,
+    offer_starttls: bool,
+    greet: bool,
+) -> std::io::Result<(Ended, S)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = BufReader::new(read);
+    if greet {
+        write.write_all(b"220 test.local ESMTP\r\n").await?;
+    }
     let mut current = Received::default();
-    while let Some(line) = lines.next_line().await? {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok((Ended::Closed, reader.into_inner().unsplit(write)));
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
         let upper = line.to_ascii_uppercase();
         let reply: &[u8] = if upper.starts_with("EHLO") {
-            b"250-test.local\r\n250 8BITMIME\r\n"
+            if offer_starttls {
+                b"250-test.local\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+            } else {
+                b"250-test.local\r\n250 8BITMIME\r\n"
+            }
+        } else if upper.starts_with("STARTTLS") && offer_starttls {
+            write.write_all(b"220 go ahead\r\n").await?;
+            return Ok((Ended::StartTls, reader.into_inner().unsplit(write)));
         } else if upper.starts_with("HELO")
             || upper.starts_with("RSET")
             || upper.starts_with("NOOP")
         {
             b"250 OK\r\n"
+        } else if upper.starts_with("MAIL FROM") && offer_starttls {
+            b"530 must issue STARTTLS first\r\n"
         } else if upper.starts_with("MAIL FROM") {
             current = Received {
                 from: address(&line),
@@ -71,11 +112,17 @@ async fn session(
         } else if upper.starts_with("DATA") {
             write.write_all(b"354 end with .\r\n").await?;
             let mut data = String::new();
-            while let Some(l) = lines.next_line().await? {
-                if l == "." {
+            let mut l = String::new();
+            loop {
+                l.clear();
+                if reader.read_line(&mut l).await? == 0 {
                     break;
                 }
-                data.push_str(&l);
+                let text = l.trim_end_matches(['\r', '\n']);
+                if text == "." {
+                    break;
+                }
+                data.push_str(text);
                 data.push('\n');
             }
             current.data = data;
@@ -86,24 +133,53 @@ async fn session(
             b"250 queued\r\n"
         } else if upper.starts_with("QUIT") {
             write.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            return Ok((Ended::Closed, reader.into_inner().unsplit(write)));
         } else {
             b"502 not implemented\r\n"
         };
         write.write_all(reply).await?;
+    }
+}
+
+async fn session(
+    stream: tokio::net::TcpStream,
+    store: Arc<Mutex<Vec<Received>>>,
+    tls: SmtpTls,
+) -> std::io::Result<()> {
+    match tls {
+        SmtpTls::None => {
+            converse(stream, &store, false, true).await?;
+        }
+        SmtpTls::Implicit(acceptor) => {
+            let stream = acceptor.accept(stream).await?;
+            converse(stream, &store, false, true).await?;
+        }
+        SmtpTls::StartTls(acceptor) => {
+            let (ended, stream) = converse(stream, &store, true, true).await?;
+            if let Ended::StartTls = ended {
+                let stream = acceptor.accept(stream).await?;
+                // The client greets again (EHLO) over TLS; no banner is sent.
+                converse(stream, &store, false, false).await?;
+            }
+        }
     }
     Ok(())
 }
 
 impl SmtpServer {
     pub async fn start() -> Self {
+        Self::start_with(SmtpTls::None).await
+    }
+
+    /// A server securing its connections as `tls` says.
+    pub async fn start_with(tls: SmtpTls) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = received.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(session(stream, store.clone()));
+                tokio::spawn(session(stream, store.clone(), tls.clone()));
             }
         });
         Self {

@@ -1,7 +1,5 @@
 //! A WebSocket client for `/ws/`, as the front-end uses it.
 
-use std::time::Duration;
-
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -21,10 +19,10 @@ pub async fn connect(app: &TestApp) -> Socket {
         .0
 }
 
-/// The next JSON text message, within a few seconds.
+/// The next JSON text message (waiting up to [`crate::PATIENCE`]).
 pub async fn next_json(socket: &mut Socket) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        let msg = tokio::time::timeout(crate::PATIENCE, socket.next())
             .await
             .expect("a message arrives in time")
             .expect("socket open")

@@ -20,7 +20,7 @@ use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{
     ALL, Envelope, Params, bool_param, page_envelope, page_window, text_param,
 };
-use crate::routes::{path_int, requester, written_json};
+use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
 
 fn editable(authority: &Authority, row: &AccessRow) -> bool {
@@ -193,10 +193,8 @@ async fn respond(
         Requester::User(authority) => authority,
         _ => &nobody,
     };
-    let view = state
-        .identity
-        .access(id)
-        .await?
+    let view = after_commit(state.identity.access(id))
+        .await
         .map(|row| row.to_json(Utc::now(), Some(editable(authority, &row))));
     Ok(written_json(status, caught_up, view, json!({"id": id})))
 }

@@ -92,7 +92,7 @@ fn context(user: &str, trace: &TraceId) -> CommandContext {
         user: user.to_string(),
         impersonator: None,
         correlation_id: trace.0.clone(),
-        causation_id: trace.0.clone(),
+        causation_id: trace.causation(),
         at: Utc::now(),
     }
 }
@@ -107,7 +107,7 @@ fn token_pair(state: &AppState, ticket: &SessionTicket) -> Result<(String, Strin
         iat: Some(now),
         token_type: Some("access".into()),
         jti: Some(Uuid::new_v4().simple().to_string()),
-        sid: None,
+        sid: Some(ticket.session_id),
         generation: None,
     };
     let refresh = Claims {
@@ -176,7 +176,8 @@ pub async fn login(
             (username, access, Some(refresh))
         }
     };
-    let user = state.identity.user(&username).await?;
+    // The session is stored: a failing read must not turn the login into an error.
+    let user = crate::routes::after_commit(state.identity.user(&username)).await;
     let last_login = user.as_ref().and_then(|u| u.last_login);
     Ok(Json(json!({
         "user": user.map(|u| json!({

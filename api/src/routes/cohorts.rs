@@ -25,7 +25,7 @@ use crate::pagination::{
     Envelope, Params, bool_param, datetime_param, envelope, int_param, list_param, text_param,
     uuid_param, window,
 };
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::small_cells::protected_of_snapshot;
 use crate::state::AppState;
 
@@ -202,11 +202,13 @@ pub(super) async fn create_dated_measure(
             body.stage_details,
         )
         .await?;
-    let view = state
-        .cohort_reader
-        .dated_measure(Reader::Owner(&caller.username), w.value)
-        .await?
-        .map(|v| dated_measure_out(&state, v));
+    let view = after_commit(
+        state
+            .cohort_reader
+            .dated_measure(Reader::Owner(&caller.username), w.value),
+    )
+    .await
+    .map(|v| dated_measure_out(&state, v));
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -231,10 +233,8 @@ pub(super) async fn patch_dated_measure(
     if w.value == Settled::InvalidStatus {
         return Err(invalid_status(&body));
     }
-    let view = state
-        .cohort_reader
-        .dated_measure(Reader::Everyone, id)
-        .await?
+    let view = after_commit(state.cohort_reader.dated_measure(Reader::Everyone, id))
+        .await
         .map(|v| dated_measure_out(&state, v));
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
@@ -374,11 +374,13 @@ pub(super) async fn create_cohort(
             ));
         }
     };
-    let view = state
-        .cohort_reader
-        .cohort(Reader::Owner(&caller.username), w.value)
-        .await?
-        .map(|v| cohort_out(&state, v));
+    let view = after_commit(
+        state
+            .cohort_reader
+            .cohort(Reader::Owner(&caller.username), w.value),
+    )
+    .await
+    .map(|v| cohort_out(&state, v));
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -414,10 +416,8 @@ pub(super) async fn patch_cohort(
         if w.value == Settled::InvalidStatus {
             return Err(invalid_status(&body));
         }
-        let view = state
-            .cohort_reader
-            .cohort(Reader::Everyone, id)
-            .await?
+        let view = after_commit(state.cohort_reader.cohort(Reader::Everyone, id))
+            .await
             .map(|v| cohort_out(&state, v));
         return Ok(written(StatusCode::OK, w.caught_up, view, id));
     }
@@ -453,11 +453,13 @@ pub(super) async fn patch_cohort(
         favorite,
     };
     let w = state.cohorts.update_cohort(&ctx, id, changes).await?;
-    let view = state
-        .cohort_reader
-        .cohort(Reader::Owner(&caller.username), id)
-        .await?
-        .map(|v| cohort_out(&state, v));
+    let view = after_commit(
+        state
+            .cohort_reader
+            .cohort(Reader::Owner(&caller.username), id),
+    )
+    .await
+    .map(|v| cohort_out(&state, v));
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -15,7 +15,7 @@ use projections::parse_ordering;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{path_int, written_json};
+use super::{after_commit, path_int, written_json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
@@ -134,7 +134,7 @@ pub(super) async fn create_content(
         .contents
         .create_content(&command_context(&caller, &trace), fields)
         .await?;
-    let view = state.content_reader.content(written.value).await?;
+    let view = after_commit(state.content_reader.content(written.value)).await;
     Ok(written_json(
         StatusCode::CREATED,
         written.caught_up,
@@ -168,7 +168,7 @@ pub(super) async fn update_content(
         .contents
         .update_content(&command_context(&caller, &trace), id, patch)
         .await?;
-    let view = state.content_reader.content(id).await?;
+    let view = after_commit(state.content_reader.content(id)).await;
     Ok(written_json(
         StatusCode::OK,
         written.caught_up,
@@ -280,7 +280,7 @@ pub(super) async fn create_note(
         .contents
         .create_release_note(&command_context(&caller, &trace), title, message)
         .await?;
-    let view = state.content_reader.release_note(written.value).await?;
+    let view = after_commit(state.content_reader.release_note(written.value)).await;
     Ok(written_json(
         StatusCode::CREATED,
         written.caught_up,
@@ -312,7 +312,7 @@ pub(super) async fn update_note(
             message_lines(body.message)?,
         )
         .await?;
-    let view = state.content_reader.release_note(id).await?;
+    let view = after_commit(state.content_reader.release_note(id)).await;
     Ok(written_json(
         StatusCode::OK,
         written.caught_up,

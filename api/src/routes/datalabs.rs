@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
 use crate::pagination::{Envelope, Params, envelope, text_param, window};
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 /// What the caller may do with datalabs.
@@ -117,7 +117,7 @@ pub(super) async fn create_datalab(
     })?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.create_datalab(&ctx, name, provider).await?;
-    let view = state.export_reader.datalab(w.value).await?;
+    let view = after_commit(state.export_reader.datalab(w.value)).await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -135,7 +135,7 @@ pub(super) async fn update_datalab(
         .exports
         .change_datalab(&ctx, id, body.name, body.infrastructure_provider)
         .await?;
-    let view = state.export_reader.datalab(id).await?;
+    let view = after_commit(state.export_reader.datalab(id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 
@@ -189,7 +189,7 @@ pub(super) async fn create_provider(
         .ok_or_else(|| ApiError::invalid_field("name", "name is required"))?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.create_provider(&ctx, name).await?;
-    let view = state.export_reader.provider(w.value).await?;
+    let view = after_commit(state.export_reader.provider(w.value)).await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -207,7 +207,7 @@ pub(super) async fn update_provider(
         .ok_or_else(|| ApiError::invalid_field("name", "name is required"))?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.rename_provider(&ctx, id, name).await?;
-    let view = state.export_reader.provider(id).await?;
+    let view = after_commit(state.export_reader.provider(id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
-use crate::routes::{is_full_admin, require_full_admin, written_json};
+use crate::routes::{after_commit, is_full_admin, require_full_admin, written_json};
 use crate::state::AppState;
 
 fn export_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -144,10 +144,8 @@ pub(super) async fn create(
     };
     let ctx = command_context(&caller, &trace);
     let w = state.exports.request(&ctx, new).await?;
-    let view = state
-        .export_reader
-        .export(w.value)
-        .await?
+    let view = after_commit(state.export_reader.export(w.value))
+        .await
         .map(|s| export_view(&s, keep_days(&state)));
     Ok(written_json(
         StatusCode::CREATED,
@@ -219,10 +217,8 @@ pub(super) async fn retry(
     require_full_admin(&state, &caller, "only full administrators retry exports").await?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.retry(&ctx, id).await?;
-    let view = state
-        .export_reader
-        .export(id)
-        .await?
+    let view = after_commit(state.export_reader.export(id))
+        .await
         .map(|s| export_view(&s, keep_days(&state)));
     Ok(written_json(
         StatusCode::OK,
@@ -244,10 +240,8 @@ pub(super) async fn relaunch(
     require_full_admin(&state, &caller, "only full administrators relaunch exports").await?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.relaunch(&ctx, id).await?;
-    let view = state
-        .export_reader
-        .export(w.value)
-        .await?
+    let view = after_commit(state.export_reader.export(w.value))
+        .await
         .map(|s| export_view(&s, keep_days(&state)));
     Ok(written_json(
         StatusCode::CREATED,

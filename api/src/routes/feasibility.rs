@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
 use crate::pagination::{Envelope, Params, envelope, window};
 use crate::routes::cohorts::{invalid_status, is_executor, reader};
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -76,10 +76,12 @@ pub(super) async fn create(
         })?;
     let ctx = command_context(&caller, &trace);
     let w = state.feasibility.request(&ctx, snapshot).await?;
-    let view = state
-        .cohort_reader
-        .study(Reader::Owner(&caller.username), w.value)
-        .await?;
+    let view = after_commit(
+        state
+            .cohort_reader
+            .study(Reader::Owner(&caller.username), w.value),
+    )
+    .await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -106,7 +108,7 @@ pub(super) async fn patch(
     if w.value == Settled::InvalidStatus {
         return Err(invalid_status(&body));
     }
-    let view = state.cohort_reader.study(Reader::Everyone, id).await?;
+    let view = after_commit(state.cohort_reader.study(Reader::Everyone, id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::folders::check_owner;
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -120,10 +120,7 @@ pub(super) async fn create(
     };
     let ctx = command_context(&caller, &trace);
     let w = state.fhir_filters.create(&ctx, new).await?;
-    let view = state
-        .cohort_reader
-        .fhir_filter(&caller.username, w.value)
-        .await?;
+    let view = after_commit(state.cohort_reader.fhir_filter(&caller.username, w.value)).await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -146,10 +143,7 @@ pub(super) async fn update(
     };
     let ctx = command_context(&caller, &trace);
     let w = state.fhir_filters.update(&ctx, id, changes).await?;
-    let view = state
-        .cohort_reader
-        .fhir_filter(&caller.username, id)
-        .await?;
+    let view = after_commit(state.cohort_reader.fhir_filter(&caller.username, id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -12,7 +12,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
 use crate::pagination::{Envelope, Params, datetime_param, envelope, text_param, window};
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -87,7 +87,7 @@ pub(super) async fn create(
         .workspace
         .create_folder(&ctx, body.name, body.description)
         .await?;
-    let view = state.reader.folder(&caller.username, w.value).await?;
+    let view = after_commit(state.reader.folder(&caller.username, w.value)).await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -105,7 +105,7 @@ pub(super) async fn update(
         .workspace
         .update_folder(&ctx, id, body.name, body.description)
         .await?;
-    let view = state.reader.folder(&caller.username, id).await?;
+    let view = after_commit(state.reader.folder(&caller.username, id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

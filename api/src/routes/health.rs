@@ -12,17 +12,17 @@ pub(super) async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Postgres, NATS and the relay are usable: 200, else 503 with each check.
+/// Whether this instance can serve: `ok`; `degraded` (200) when it serves but something is
+/// wrong (NATS away, a relay, projector or reactor stalled or far behind), with each cause;
+/// `unavailable` (503) when it cannot serve (Postgres unreachable).
 pub(super) async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let checks = state.readiness.checks().await;
-    let ok = checks.iter().all(|c| c.ok);
-    let status = if ok {
-        StatusCode::OK
+    let (status, word) = if checks.iter().any(|c| c.critical && !c.ok) {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if checks.iter().any(|c| !c.ok) {
+        (StatusCode::OK, "degraded")
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::OK, "ok")
     };
-    (
-        status,
-        Json(json!({ "status": if ok { "ok" } else { "unavailable" }, "checks": checks })),
-    )
+    (status, Json(json!({ "status": word, "checks": checks })))
 }

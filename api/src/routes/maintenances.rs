@@ -20,7 +20,7 @@ use crate::auth::{Caller, bearer};
 use crate::error::{ApiError, maintenance_refusal};
 use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{Envelope, Params, datetime_param, page_envelope, page_window, text_param};
-use crate::routes::{path_int, requester, written_json};
+use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
 use crate::ws::ALL;
 
@@ -142,7 +142,7 @@ pub(super) async fn create(
         .schedule_maintenance(&ctx, &by, fields)
         .await?;
     state.maintenance_gate.invalidate().await;
-    let view = announce(&state, written.value).await?;
+    let view = after_commit(announce(&state, written.value)).await;
     Ok(written_json(
         StatusCode::CREATED,
         written.caught_up,
@@ -173,7 +173,7 @@ pub(super) async fn update(
         .change_maintenance(&ctx, &by, id, Some(patch))
         .await?;
     state.maintenance_gate.invalidate().await;
-    let view = announce(&state, id).await?;
+    let view = after_commit(announce(&state, id)).await;
     Ok(written_json(
         StatusCode::OK,
         written.caught_up,

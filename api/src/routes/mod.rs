@@ -74,6 +74,25 @@ pub(crate) async fn require_full_admin(
     Ok(())
 }
 
+/// Runs the reads that build a write's answer, after the write is stored. Their failure must
+/// not become the answer: the client would retry a write that is already stored. It is logged,
+/// and the answer becomes the pending one ([`written`] without a view).
+pub(crate) async fn after_commit<T, E: Into<ApiError>>(
+    read: impl std::future::Future<Output = Result<Option<T>, E>>,
+) -> Option<T> {
+    match read.await {
+        Ok(view) => view,
+        Err(e) => {
+            let e: ApiError = e.into();
+            tracing::warn!(
+                code = e.code,
+                "the answer of a stored write could not be read; answering it as pending"
+            );
+            None
+        }
+    }
+}
+
 /// Like [`written`], for objects identified by something other than a uuid.
 pub(crate) fn written_json<T: serde::Serialize>(
     status: StatusCode,
@@ -373,8 +392,14 @@ pub fn router(state: AppState) -> Router {
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            crate::idempotency::layer,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             crate::request_log::capture,
         ))
+        // Outside the request log: refused input is never logged (nor could it be stored).
+        .route_layer(axum::middleware::from_fn(crate::input_guard::guard))
         .route_layer(axum::middleware::from_fn(crate::observability::measure))
         .merge(crate::openapi::routes())
         .fallback(not_found)

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -112,10 +112,7 @@ pub(super) async fn create(
         .schedules
         .create(&ctx, snapshot, at, every, body.notify_owner)
         .await?;
-    let view = state
-        .cohort_reader
-        .schedule(&caller.username, w.value)
-        .await?;
+    let view = after_commit(state.cohort_reader.schedule(&caller.username, w.value)).await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -138,7 +135,7 @@ pub(super) async fn update(
     };
     let ctx = command_context(&caller, &trace);
     let w = state.schedules.update(&ctx, id, changes).await?;
-    let view = state.cohort_reader.schedule(&caller.username, id).await?;
+    let view = after_commit(state.cohort_reader.schedule(&caller.username, id)).await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -18,7 +18,7 @@ use crate::pagination::{
     Envelope, Params, bool_param, datetime_param, envelope, text_param, uuid_param, window,
 };
 use crate::routes::folders::check_owner;
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::small_cells::protect_of_snapshot;
 use crate::state::AppState;
 
@@ -184,8 +184,11 @@ async fn create_with(
         parent_folder,
     };
     let w = state.workspace.create_request(&ctx, new).await?;
-    let view = state.reader.request(&caller.username, w.value).await?;
-    let view = protected_view(state, caller, view).await?;
+    let view = after_commit(async {
+        let view = state.reader.request(&caller.username, w.value).await?;
+        protected_view(state, caller, view).await
+    })
+    .await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -226,8 +229,11 @@ pub(super) async fn update(
         parent_folder: body.parent_folder.or(body.parent_folder_id),
     };
     let w = state.workspace.update_request(&ctx, id, changes).await?;
-    let view = state.reader.request(&caller.username, id).await?;
-    let view = protected_view(&state, &caller, view).await?;
+    let view = after_commit(async {
+        let view = state.reader.request(&caller.username, id).await?;
+        protected_view(&state, &caller, view).await
+    })
+    .await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
-use crate::routes::{path_int, requester, written_json};
+use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
 
 /// `GET /accesses/rights/`: the catalogue grouped by category.
@@ -149,7 +149,7 @@ pub(super) async fn create(
         .identity_service
         .create_role(&ctx, &by, name, rights)
         .await?;
-    let view = state.identity.role(written.value).await?;
+    let view = after_commit(state.identity.role(written.value)).await;
     Ok(written_json(
         StatusCode::CREATED,
         written.caught_up,
@@ -174,7 +174,7 @@ pub(super) async fn update(
         .identity_service
         .update_role(&ctx, &by, id, name, &changes)
         .await?;
-    let view = state.identity.role(id).await?;
+    let view = after_commit(state.identity.role(id)).await;
     Ok(written_json(
         StatusCode::OK,
         written.caught_up,

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
-use crate::routes::written;
+use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -242,8 +242,11 @@ async fn create_with(
     }
     let ctx = command_context(caller, trace);
     let w = state.workspace.save_snapshot(&ctx, new).await?;
-    let view = state.reader.snapshot(&caller.username, w.value).await?;
-    let view = one_with_jobs(state, caller, view).await?;
+    let view = after_commit(async {
+        let view = state.reader.snapshot(&caller.username, w.value).await?;
+        one_with_jobs(state, caller, view).await
+    })
+    .await;
     Ok(written(StatusCode::CREATED, w.caught_up, view, w.value))
 }
 
@@ -303,8 +306,11 @@ pub(super) async fn update(
         .workspace
         .update_snapshot(&ctx, id, body.name, body.serialized_query)
         .await?;
-    let view = state.reader.snapshot(&caller.username, id).await?;
-    let view = one_with_jobs(&state, &caller, view).await?;
+    let view = after_commit(async {
+        let view = state.reader.snapshot(&caller.username, id).await?;
+        one_with_jobs(&state, &caller, view).await
+    })
+    .await;
     Ok(written(StatusCode::OK, w.caught_up, view, id))
 }
 

@@ -18,7 +18,7 @@ use crate::extract::{JsonBody, TraceId, command_context};
 use crate::pagination::{
     Envelope, Params, bool_param, envelope, page_envelope, page_window, text_param, window,
 };
-use crate::routes::{requester, written_json};
+use crate::routes::{after_commit, requester, written_json};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -126,7 +126,7 @@ pub(super) async fn create(
             },
         )
         .await?;
-    let view = state.identity.user(&written.value).await?;
+    let view = after_commit(state.identity.user(&written.value)).await;
     Ok(written_json(
         StatusCode::CREATED,
         written.caught_up,
@@ -157,7 +157,7 @@ pub(super) async fn update(
             },
         )
         .await?;
-    let view = state.identity.user(&username).await?;
+    let view = after_commit(state.identity.user(&username)).await;
     Ok(written_json(
         StatusCode::OK,
         written.caught_up,

@@ -242,6 +242,9 @@ impl Inner {
     ) -> Result<(i64, u64), JobFailure> {
         let fail = |e: sqlx::Error| format!("cannot store the cohort's patients: {e}");
         let mut tx = self.pool.begin().await.map_err(fail)?;
+        crate::db::without_statement_timeout(&mut tx)
+            .await
+            .map_err(fail)?;
         let existing: Option<(i64, i64)> =
             sqlx::query_as("SELECT group_id, size FROM clinical.cohort_lists WHERE target = $1")
                 .bind(target)

@@ -103,6 +103,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
         return Err(GenerateError::NoPerimeter);
     }
     let mut tx = pool.begin().await?;
+    crate::db::without_statement_timeout(&mut tx).await?;
     sqlx::raw_sql(
         "TRUNCATE clinical.patients, clinical.encounters, clinical.facts;
          DROP INDEX IF EXISTS clinical.facts_code;

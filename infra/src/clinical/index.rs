@@ -133,8 +133,9 @@ async fn copy_lines(
     statement: &str,
     mut line: impl FnMut(&[&str]),
 ) -> Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let mut stream = conn.copy_out_raw(statement).await?;
+    let mut tx = pool.begin().await?;
+    crate::db::without_statement_timeout(&mut tx).await?;
+    let mut stream = tx.copy_out_raw(statement).await?;
     let mut pending: Vec<u8> = Vec::new();
     while let Some(chunk) = stream.next().await {
         pending.extend_from_slice(&chunk?);

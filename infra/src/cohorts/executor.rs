@@ -18,6 +18,8 @@ pub struct ExecutorSettings {
     /// `QUERY_EXECUTOR_URL`, without a trailing slash.
     pub url: String,
     pub timeout: Duration,
+    /// CAs trusted beside the system's.
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// The HTTP QueryExecutor adapter.
@@ -27,9 +29,9 @@ pub struct HttpQueryExecutor {
 }
 
 impl HttpQueryExecutor {
-    pub fn new(settings: &ExecutorSettings) -> Result<Self, reqwest::Error> {
+    pub fn new(settings: &ExecutorSettings) -> Result<Self, crate::tls::TlsError> {
         Ok(Self {
-            http: reqwest::Client::builder()
+            http: crate::tls::http_client_builder(&settings.tls)?
                 .timeout(settings.timeout)
                 .connect_timeout(settings.timeout.min(Duration::from_secs(5)))
                 .build()?,

@@ -752,9 +752,15 @@ async fn read_tables(
     scope: &ReadScope,
     tx: mpsc::Sender<Batch>,
 ) -> Result<(), ReadFailure> {
+    let sql = |e: sqlx::Error| ReadFailure::Sql(format!("cannot read the export's tables: {e}"));
+    // One transaction: the tables are read from the same snapshot, and may take long.
+    let mut conn = pool.begin().await.map_err(sql)?;
+    crate::db::without_statement_timeout(&mut conn)
+        .await
+        .map_err(sql)?;
     for t in &plan.tables {
         let mut q = table_query(t, scope).map_err(ReadFailure::Sql)?;
-        let mut rows = q.build().fetch(pool);
+        let mut rows = q.build().fetch(&mut *conn);
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         while let Some(row) = rows.next().await {
             let row =

@@ -1,4 +1,5 @@
-//! Folds user, role, perimeter, access and maintenance events into the `identity` schema.
+//! Folds user, login session, role, perimeter, access and maintenance events into the
+//! `identity` schema.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -7,11 +8,12 @@ use domain::access::{Access, AccessEvent};
 use domain::maintenance::{MaintenanceEvent, MaintenanceFields, MaintenancePhase};
 use domain::perimeter::{Perimeter, PerimeterEvent, PerimeterFields};
 use domain::role::{Role, RoleEvent};
+use domain::session::{Session, SessionEvent};
 use domain::user::{User, UserEvent};
 use sqlx::PgConnection;
 
 use crate::log::CommittedEvent;
-use crate::projector::{Projection, ProjectionError, actor, aggregate_int, decode};
+use crate::projector::{Projection, ProjectionError, actor, aggregate_int, aggregate_uuid, decode};
 
 /// Name of the identity projection (and of its schema).
 pub const PROJECTION: &str = "identity";
@@ -29,6 +31,7 @@ impl Projection for IdentityProjection {
     fn reads(&self, aggregate_type: &str) -> bool {
         [
             User::TYPE,
+            Session::TYPE,
             Role::TYPE,
             Perimeter::TYPE,
             Access::TYPE,
@@ -45,6 +48,7 @@ impl Projection for IdentityProjection {
         let by = actor(event);
         match event.aggregate_type.as_str() {
             User::TYPE => apply_user(conn, &event.aggregate_id, by, decode(event)?).await,
+            Session::TYPE => apply_session(conn, aggregate_uuid(event)?, decode(event)?).await,
             Role::TYPE => apply_role(conn, aggregate_int(event)?, decode(event)?).await,
             Perimeter::TYPE => apply_perimeter(conn, aggregate_int(event)?, decode(event)?).await,
             Access::TYPE => apply_access(conn, aggregate_int(event)?, by, decode(event)?).await,
@@ -125,6 +129,48 @@ async fn apply_user(
         UserEvent::UserLoggedIn { at, .. } => {
             sqlx::query("UPDATE users SET last_login = $2 WHERE username = $1")
                 .bind(username)
+                .bind(at)
+                .execute(conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A session row per login; `last_login` of its user follows the sessions opened.
+async fn apply_session(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    event: SessionEvent,
+) -> Result<(), ProjectionError> {
+    match event {
+        SessionEvent::SessionOpened {
+            username,
+            method,
+            at,
+        } => {
+            sqlx::query(
+                "INSERT INTO sessions (id, username, method, opened_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(&username)
+            .bind(method)
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE users SET last_login = GREATEST(last_login, $2) WHERE username = $1",
+            )
+            .bind(username)
+            .bind(at)
+            .execute(conn)
+            .await?;
+        }
+        SessionEvent::SessionRefreshed { .. } => {}
+        SessionEvent::SessionLoggedOut { at } | SessionEvent::SessionReuseDetected { at, .. } => {
+            sqlx::query("UPDATE sessions SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL")
+                .bind(id)
                 .bind(at)
                 .execute(conn)
                 .await?;

@@ -848,4 +848,33 @@ impl commands::identity::IdentityDirectory for PgIdentity {
         .await
         .map_err(port_error)
     }
+
+    async fn token_holder(
+        &self,
+        username: &str,
+        session: Option<uuid::Uuid>,
+    ) -> Result<commands::token_check::HolderRecord, commands::ports::PortError> {
+        use commands::token_check::{HolderRecord, SessionRecord};
+        // One round trip: the user's standing and the session's.
+        let (user_active, holder, ended): (bool, Option<String>, Option<bool>) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM identity.profiles WHERE username = $1 AND is_active),
+                    s.username, s.ended_at IS NOT NULL
+               FROM (SELECT 1) one
+               LEFT JOIN identity.sessions s ON s.id = $2",
+        )
+        .bind(username)
+        .bind(session)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let session = session.map(|_| match (holder, ended) {
+            (Some(username), Some(false)) => SessionRecord::Open { username },
+            (Some(_), _) => SessionRecord::Ended,
+            (None, _) => SessionRecord::Unknown,
+        });
+        Ok(HolderRecord {
+            user_active,
+            session,
+        })
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use commands::ports::{Consistency, PortError};
+use commands::ports::Consistency;
 use commands::workspace::{NewSnapshot, Workspace};
 use commands::{CommandContext, Committed};
 use futures::TryStreamExt;
@@ -25,8 +25,8 @@ struct NoWait;
 
 #[async_trait::async_trait]
 impl Consistency for NoWait {
-    async fn wait_for(&self, _: &[Committed]) -> Result<bool, PortError> {
-        Ok(true)
+    async fn wait_for(&self, _: &[Committed]) -> bool {
+        true
     }
 }
 
@@ -296,7 +296,7 @@ async fn count_round_trips(app: &TestApp, n: usize) -> (Histogram<u64>, Histogra
         )
         .await;
     let snapshot_id = snapshot.body["uuid"].clone();
-    let mut socket = tests::ws::connect_as(app, &app.token(user)).await;
+    let mut socket = tests::ws::connect_as(app, &app.token(user).await).await;
     let mut round_trip = Histogram::<u64>::new(3).expect("histogram");
     let mut accepted = Histogram::<u64>::new(3).expect("histogram");
     for _ in 0..n {

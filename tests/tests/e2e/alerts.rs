@@ -67,10 +67,7 @@ async fn expiry_alerts_reach_holders_30_and_2_days_before_and_only_once() {
 
     // The scheduler (every second here) sends one mail per due user.
     assert!(
-        eventually(Duration::from_secs(20), || async {
-            smtp.received().len() >= 2
-        })
-        .await,
+        eventually(tests::PATIENCE, || async { smtp.received().len() >= 2 }).await,
         "two alerts arrive"
     );
     // Several more runs pass: nothing is sent twice.

@@ -546,7 +546,7 @@ async fn the_audit_right_is_needed_and_every_read_is_recorded_and_paged() {
     let traced = app
         .send(
             app.request(reqwest::Method::GET, "/audit/events/?limit=1")
-                .bearer_auth(app.token("auditor"))
+                .bearer_auth(app.token("auditor").await)
                 .header("x-trace-id", "audit-trace-42"),
         )
         .await;
@@ -630,7 +630,7 @@ async fn stored_version_1_role_events_are_upcast_for_aggregates_projections_and_
     // The projection folds them: a version-1 full admin has every right of today.
     // (Three separate transactions: wait for the last one, the change of 90002.)
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(tests::PATIENCE, || async {
             app.get("/accesses/roles/90002/", "admin").await.body["right_read_patient_nominative"]
                 == true
         })

@@ -88,13 +88,19 @@ async fn password_login_refresh_rotation_reuse_and_logout() {
         .status,
         StatusCode::OK
     );
-    // Replaying the first refresh token revokes the whole family.
+    // Replaying the first refresh token revokes the whole family, and its access tokens: both
+    // the first one and the rotated one, although neither has expired.
     let replay = refresh(&app, &first_refresh).await;
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert_eq!(replay.body["code"], "session_ended");
     let after_replay = refresh(&app, &second_refresh).await;
     assert_eq!(after_replay.status, StatusCode::UNAUTHORIZED);
     assert_eq!(after_replay.body["code"], "session_ended");
+    for token in [&access, &text(&rotated.body, "access_token")] {
+        let dead = get_with_token(&app, "/cohort/folders/", token).await;
+        assert_eq!(dead.status, StatusCode::UNAUTHORIZED, "{:?}", dead.body);
+        assert_eq!(dead.body["code"], "session_ended");
+    }
 
     // Logout ends a fresh session's family.
     let login = login_json(&app, "jdupont", "correct horse").await;
@@ -110,6 +116,10 @@ async fn password_login_refresh_rotation_reuse_and_logout() {
     let after_logout = refresh(&app, &refresh_token).await;
     assert_eq!(after_logout.status, StatusCode::UNAUTHORIZED);
     assert_eq!(after_logout.body["code"], "session_ended");
+    // The session's access token dies with it, at once.
+    let dead = get_with_token(&app, "/cohort/folders/", &text(&login.body, "access_token")).await;
+    assert_eq!(dead.status, StatusCode::UNAUTHORIZED, "{:?}", dead.body);
+    assert_eq!(dead.body["code"], "session_ended");
 
     // The sessions are audited as events.
     let reuse: i64 = sqlx::query_scalar(
@@ -217,7 +227,8 @@ async fn forged_expired_and_confused_tokens_are_refused_with_stable_codes() {
         )
         .unwrap()
     };
-    // An externally minted RS256 token is accepted.
+    // An externally minted RS256 token of a known user is accepted (it has no session here).
+    tests::identity::add_user(&app, "extuser", None).await;
     let external = rs256(&claims("extuser", 300));
     assert_eq!(
         get_with_token(&app, "/cohort/folders/", &external)
@@ -273,6 +284,10 @@ async fn forged_expired_and_confused_tokens_are_refused_with_stable_codes() {
         ),
         ("garbage", "not.a.token".to_string(), "token_invalid"),
     ];
+    // Not for a user that does not exist.
+    let ghost = get_with_token(&app, "/cohort/folders/", &rs256(&claims("ghost", 300))).await;
+    assert_eq!(ghost.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(ghost.body["code"], "user_unknown", "{:?}", ghost.body);
     for (what, token, code) in cases {
         let answer = get_with_token(&app, "/cohort/folders/", &token).await;
         assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}");
@@ -348,7 +363,7 @@ async fn full_admins_impersonate_others_cannot_and_events_record_both_users() {
     let as_boss = app
         .send(
             app.request(Method::POST, "/cohort/folders/")
-                .bearer_auth(app.token("boss"))
+                .bearer_auth(app.token("boss").await)
                 .header("X-Impersonate", "target")
                 .json(&json!({"name": "made for target"})),
         )
@@ -366,7 +381,7 @@ async fn full_admins_impersonate_others_cannot_and_events_record_both_users() {
     let refused = app
         .send(
             app.request(Method::GET, "/cohort/folders/")
-                .bearer_auth(app.token("reader"))
+                .bearer_auth(app.token("reader").await)
                 .header("X-Impersonate", "target"),
         )
         .await;
@@ -376,7 +391,7 @@ async fn full_admins_impersonate_others_cannot_and_events_record_both_users() {
     let unknown = app
         .send(
             app.request(Method::GET, "/cohort/folders/")
-                .bearer_auth(app.token("boss"))
+                .bearer_auth(app.token("boss").await)
                 .header("X-Impersonate", "ghost"),
         )
         .await;

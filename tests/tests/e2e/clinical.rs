@@ -2,8 +2,6 @@
 //! straightforward SQL evaluation of the same question on the same Postgres; cohorts are stored
 //! and usable as source populations; the front-end's count flow runs with no external service.
 
-use std::time::Duration;
-
 use infra::clinical::EmbeddedExecutor;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -462,7 +460,7 @@ async fn a_created_cohort_is_stored_sampled_deterministically_and_usable_as_a_po
     let sampled = uuid::Uuid::new_v4();
     let accepted = exec.submit(job(sampled, Some(0.5))).await.unwrap();
     assert_eq!(accepted.status, "RUNNING");
-    let done = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+    let done = tokio::time::timeout(tests::PATIENCE, rx.recv())
         .await
         .unwrap()
         .unwrap();
@@ -1021,7 +1019,7 @@ async fn a_cohort_over_the_size_limit_does_not_stay_long_pending() {
     let path = format!("/cohort/cohorts/{}/", cohort.body["uuid"].as_str().unwrap());
     // Upstream's open-source stack leaves such a cohort `long_pending` for an ETL that never
     // calls back; the embedded executor stores it and finishes it.
-    let done = tests::eventually(Duration::from_secs(20), || async {
+    let done = tests::eventually(tests::PATIENCE, || async {
         app.get(&path, "nora").await.body["request_job_status"] == "finished"
     })
     .await;

@@ -11,7 +11,7 @@ use tests::smtp::SmtpServer;
 use tests::ws::{connect_as, next_job_status};
 use tests::{TestApp, eventually, nats_url, query, settings, unique_id};
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = tests::PATIENCE;
 
 /// An application wired to a loopback executor, with applicative tokens for the executor and
 /// the ETL, the fixture tree, and `alice` (nominative reader on the whole tree, password "pw").
@@ -594,7 +594,7 @@ async fn a_large_cohort_stays_long_pending_until_the_etl_finishes_it() {
         "finished",
     )
     .await;
-    let mut socket = connect_as(app, &app.token("alice")).await;
+    let mut socket = connect_as(app, &app.token("alice").await).await;
     w.executor.set_behaviour(Behaviour::LongPending);
     let cohort = app
         .post(
@@ -1089,7 +1089,7 @@ async fn saved_fhir_filters_are_owner_scoped_unique_and_keep_their_history() {
     let foreign = app
         .send(
             app.request(Method::DELETE, "/cohort/fhir-filters/delete_multiple/")
-                .bearer_auth(app.token("mallory"))
+                .bearer_auth(app.token("mallory").await)
                 .json(&json!({"uuids": [id]})),
         )
         .await;
@@ -1101,7 +1101,7 @@ async fn saved_fhir_filters_are_owner_scoped_unique_and_keep_their_history() {
     let deleted = app
         .send(
             app.request(Method::DELETE, "/cohort/fhir-filters/delete_multiple/")
-                .bearer_auth(app.token("alice"))
+                .bearer_auth(app.token("alice").await)
                 .json(&json!({"uuids": [id]})),
         )
         .await;
@@ -1165,7 +1165,7 @@ async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
                 Method::GET,
                 &format!("/cohort/feasibility-studies/{id}/download/"),
             )
-            .bearer_auth(app.token("alice")),
+            .bearer_auth(app.token("alice").await),
         )
         .await;
     assert_eq!(download.status, StatusCode::OK);
@@ -1175,7 +1175,7 @@ async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
             Method::GET,
             &format!("/cohort/feasibility-studies/{id}/download/"),
         )
-        .bearer_auth(app.token("alice"))
+        .bearer_auth(app.token("alice").await)
         .send()
         .await
         .unwrap()

@@ -1,7 +1,5 @@
 //! Web contents, release notes and request logs.
 
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tests::identity::{APHP, add_user, seed, user_with};
@@ -228,7 +226,7 @@ async fn request_logs_keep_writes_and_logins_with_secrets_redacted() {
     app.get("/cohort/folders/", "alice").await;
 
     assert!(
-        eventually(Duration::from_secs(10), || async {
+        eventually(tests::PATIENCE, || async {
             logs(&app, "?method=POST").await["count"] == 4
         })
         .await,

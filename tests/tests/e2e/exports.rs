@@ -95,7 +95,7 @@ async fn datalab(app: &TestApp, manager: &str, provider: &str, name: &str) -> Va
 
 /// Waits until the export reaches an end state; returns it.
 async fn export_to_end(app: &TestApp, owner: &str, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    let deadline = tokio::time::Instant::now() + tests::PATIENCE;
     loop {
         let seen = app.get(&format!("/exports/{id}/"), owner).await;
         assert_eq!(seen.status, StatusCode::OK, "{:?}", seen.body);
@@ -115,7 +115,7 @@ async fn export_to_end(app: &TestApp, owner: &str, id: &str) -> Value {
 async fn download(app: &TestApp, owner: &str, id: &str) -> reqwest::Response {
     app.http
         .get(format!("{}/exports/{id}/download/", app.base))
-        .bearer_auth(app.token(owner))
+        .bearer_auth(app.token(owner).await)
         .send()
         .await
         .expect("download answers")
@@ -328,7 +328,7 @@ async fn a_filtered_csv_export_goes_from_cohort_to_downloaded_files() {
         (PATIENTS / 10) as i64
     );
     assert!(
-        tests::eventually(Duration::from_secs(20), || async {
+        tests::eventually(tests::PATIENCE, || async {
             let received = smtp.received();
             let to_alice: Vec<String> = received
                 .iter()
@@ -784,7 +784,7 @@ async fn a_failing_subset_fails_the_export_and_tells_the_owner_and_the_admins() 
         "never sent to the exporter"
     );
     assert!(
-        tests::eventually(Duration::from_secs(20), || async {
+        tests::eventually(tests::PATIENCE, || async {
             let r = smtp.received();
             r.iter().any(|m| {
                 m.to.contains(&"alice@example.org".to_string()) && m.unfolded().contains("/exports")
@@ -896,7 +896,7 @@ async fn files_are_downloadable_within_the_retention_window_then_cleaned() {
         "{events:?}"
     );
     assert!(
-        tests::eventually(Duration::from_secs(20), || async {
+        tests::eventually(tests::PATIENCE, || async {
             smtp.received()
                 .iter()
                 .any(|m| m.unfolded().contains("supprim"))
@@ -906,7 +906,7 @@ async fn files_are_downloadable_within_the_retention_window_then_cleaned() {
     );
     // The cleaner runs in the background: its write reaches the read model shortly after.
     assert!(
-        tests::eventually(Duration::from_secs(10), || async {
+        tests::eventually(tests::PATIENCE, || async {
             let seen = app.get(&format!("/exports/{id}/"), "alice").await;
             !seen.body["clean_datetime"].is_null()
         })
@@ -1032,7 +1032,7 @@ async fn through_the_export_api_exports_are_polled_to_their_end_and_failures_are
     assert_eq!(hive_job["pseudo"], "lab_t2d");
     assert_eq!(hive_job["output"]["databaseName"], hive["target_name"]);
     assert!(
-        tests::eventually(Duration::from_secs(10), || async {
+        tests::eventually(tests::PATIENCE, || async {
             let chowns = fake.requests_to("/hadoop/hdfs/chown_directory");
             chowns.len() == 2
                 && chowns[0].param("uid") == Some("hive")
@@ -1096,7 +1096,7 @@ async fn through_the_export_api_exports_are_polled_to_their_end_and_failures_are
     let created = app.post("/exports/", "alice", body.clone()).await;
     let running = created.body["uuid"].as_str().unwrap().to_string();
     assert!(
-        tests::eventually(Duration::from_secs(20), || async {
+        tests::eventually(tests::PATIENCE, || async {
             let seen = app.get(&format!("/exports/{running}/"), "alice").await;
             seen.body["request_job_status"] == "pending" && !seen.body["request_job_id"].is_null()
         })

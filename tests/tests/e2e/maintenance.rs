@@ -38,7 +38,7 @@ async fn websocket_handshake_and_maintenance_broadcasts() {
     let mut socket = connect(&app).await;
     socket
         .send(Message::Text(
-            json!({"token": app.token("someone"), "auth_method": "JWT"})
+            json!({"token": app.token("someone").await, "auth_method": "JWT"})
                 .to_string()
                 .into(),
         ))
@@ -198,7 +198,7 @@ async fn websocket_pushes_reach_sockets_held_by_another_instance() {
         .0;
     socket
         .send(Message::Text(
-            json!({"token": app.token("watcher"), "auth_method": "JWT"})
+            json!({"token": app.token("watcher").await, "auth_method": "JWT"})
                 .to_string()
                 .into(),
         ))

@@ -15,7 +15,7 @@ use tests::{
     settings, unique_id,
 };
 
-const WAIT: Duration = Duration::from_secs(15);
+const WAIT: Duration = tests::PATIENCE;
 
 #[tokio::test]
 async fn trace_ids_reach_events_logs_and_the_executor_and_metrics_count_everything() {
@@ -36,7 +36,7 @@ async fn trace_ids_reach_events_logs_and_the_executor_and_metrics_count_everythi
     let folder = app
         .send(
             app.request(Method::POST, "/cohort/folders/")
-                .bearer_auth(app.token("alice"))
+                .bearer_auth(app.token("alice").await)
                 .header("x-trace-id", "trace-folder-1")
                 .json(&json!({"name": "Traced"})),
         )
@@ -76,7 +76,7 @@ async fn trace_ids_reach_events_logs_and_the_executor_and_metrics_count_everythi
     let count = app
         .send(
             app.request(Method::POST, "/cohort/dated-measures/")
-                .bearer_auth(app.token("alice"))
+                .bearer_auth(app.token("alice").await)
                 .header("x-trace-id", "trace-count-7")
                 .json(&json!({"request_query_snapshot_id": snapshot.body["uuid"]})),
         )

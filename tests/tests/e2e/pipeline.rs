@@ -77,6 +77,11 @@ async fn assert_published_exactly_once(pool: &PgPool, nats: &str, stream: &str) 
 async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish_every_event_once()
 {
     let app = Arc::new(TestApp::spawn().await);
+    // The writers' users and sessions, before the count.
+    for w in 0..8 {
+        app.token(&format!("writer{w}")).await;
+    }
+    let before = app.event_count().await;
     let mut writers = Vec::new();
     for w in 0..8 {
         let app = app.clone();
@@ -109,7 +114,7 @@ async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish
         w.await.expect("writer finished");
     }
     let events = app.event_count().await;
-    assert_eq!(events, 8 * 500);
+    assert_eq!(events - before, 8 * 500);
 
     // Every command waited for the projector, so the read model is complete now.
     let snapshots: i64 = sqlx::query_scalar("SELECT count(*) FROM workspace.query_snapshots")
@@ -136,7 +141,7 @@ async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish
     let stream = app.settings.nats_stream.clone();
     let nats = app.settings.nats_url.clone();
     assert!(
-        eventually(Duration::from_secs(20), || async {
+        eventually(tests::PATIENCE, || async {
             stream_len(&nats, &stream).await == events as u64
         })
         .await,
@@ -161,6 +166,18 @@ async fn an_event_committed_late_is_published_and_projected_in_order_once_its_tr
     let mut s = settings(&id, &nats_url());
     s.read_your_writes_timeout_ms = 300;
     let app = TestApp::spawn_with(s, id).await;
+    // Alice's user and session exist before the open transaction holds the read models back.
+    app.token("alice").await;
+    let base = app.event_count().await;
+    let nats = app.settings.nats_url.clone();
+    let stream = app.settings.nats_stream.clone();
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            stream_len(&nats, &stream).await == base as u64
+                && projection_checkpoint(&app.pool, "workspace").await.1 == base
+        })
+        .await
+    );
 
     // A writer draws its position, then stays open.
     let mut held = app.pool.begin().await.unwrap();
@@ -196,36 +213,34 @@ async fn an_event_committed_late_is_published_and_projected_in_order_once_its_tr
         );
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let nats = app.settings.nats_url.clone();
-    let stream = app.settings.nats_stream.clone();
     assert_eq!(
         stream_len(&nats, &stream).await,
-        0,
+        base as u64,
         "nothing after the open transaction is published"
     );
     let (_, applied) = projection_checkpoint(&app.pool, "workspace").await;
     assert_eq!(
-        applied, 0,
+        applied, base,
         "nothing after the open transaction is projected"
     );
 
     held.commit().await.unwrap();
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            stream_len(&nats, &stream).await == 4
+        eventually(tests::PATIENCE, || async {
+            stream_len(&nats, &stream).await == base as u64 + 4
         })
         .await
     );
     let messages = published(&nats, &stream).await;
     assert_eq!(
-        messages[0].envelope.aggregate_id,
+        messages[base as usize].envelope.aggregate_id,
         held_folder.to_string(),
         "the earlier event goes first"
     );
     assert_published_exactly_once(&app.pool, &nats, &stream).await;
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            projection_checkpoint(&app.pool, "workspace").await.1 == 4
+        eventually(tests::PATIENCE, || async {
+            projection_checkpoint(&app.pool, "workspace").await.1 == base + 4
         })
         .await
     );
@@ -248,9 +263,13 @@ async fn bare_pipeline() -> (
     let pool = api::startup::prepare_database(&s).await.expect("database");
     let nats = api::startup::nats_settings(&s);
     let client = infra::nats::connect(&nats).await.expect("nats");
-    let js = infra::nats::ensure_stream(client, &nats)
-        .await
-        .expect("stream");
+    let js = infra::nats::jetstream(client);
+    // The client connects in the background: retry until the stream is there.
+    let created = tests::eventually(tests::PATIENCE, || async {
+        infra::nats::ensure_stream(&js, &nats).await.is_ok()
+    })
+    .await;
+    assert!(created, "the stream is created");
     (id, s, pool, js)
 }
 
@@ -279,7 +298,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() 
         relay_settings.clone(),
     );
     // Poll tightly so the kill lands while batches are still flowing.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let deadline = tokio::time::Instant::now() + tests::PATIENCE;
     while checker
         .checkpoint()
         .await
@@ -347,7 +366,7 @@ async fn a_projector_killed_mid_stream_and_restarted_applies_every_event_once() 
         relay.drain().await.unwrap();
     }
     assert!(
-        eventually(Duration::from_secs(20), || async {
+        eventually(tests::PATIENCE, || async {
             projection_checkpoint(&pool, "workspace").await.1 > 300
         })
         .await
@@ -366,7 +385,7 @@ async fn a_projector_killed_mid_stream_and_restarted_applies_every_event_once() 
         tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
     relay.drain().await.unwrap();
     assert!(
-        eventually(Duration::from_secs(20), || async {
+        eventually(tests::PATIENCE, || async {
             projection_checkpoint(&pool, "workspace").await.1 == 4000
         })
         .await,

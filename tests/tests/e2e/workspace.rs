@@ -318,7 +318,7 @@ async fn events_carry_the_acting_user_and_the_correlation_id() {
     let res = app
         .http
         .post(format!("{}/cohort/folders/", app.base))
-        .bearer_auth(app.token("olga"))
+        .bearer_auth(app.token("olga").await)
         .header("X-Trace-Id", "trace-123")
         .json(&json!({"name": "Traced"}))
         .send()

@@ -141,16 +141,17 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
         None => return next.run(request).await,
     };
     let (mut parts, body) = request.into_parts();
-    // Whom the key belongs to. Unauthenticated requests go on, to be refused as usual.
+    // Whom the key belongs to. A caller who cannot be authenticated gets the answer the
+    // handler would give (every keyed route needs a caller), without asking twice.
     let method = crate::auth::Method::of(&parts.headers);
     let caller = match (crate::auth::bearer(&parts), method) {
         (Ok(token), Ok(method)) => crate::auth::authenticate(&state, token, method).await,
         (Err(e), _) | (_, Err(e)) => Err(e),
     };
-    let Ok(caller) = caller else {
-        return next.run(Request::from_parts(parts, body)).await;
+    let username = match caller {
+        Ok(caller) => caller.username,
+        Err(e) => return e.into_response(),
     };
-    let username = caller.username;
     // Bodies were read whole by the input guard already: this only collects them.
     let Ok(bytes) = to_bytes(body, crate::input_guard::MAX_BODY_BYTES).await else {
         return ApiError::bad_request("invalid_body", "the body could not be read").into_response();

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use crate::sql::read_error;
 
 /// A claimed key whose request has not answered after this long is presumed dead (requests
-/// time out after 30 s): a repeat then looks for what it wrote.
-const ABANDONED_AFTER_SECONDS: f64 = 60.0;
+/// time out after 30 s; a commit sent just before can still land in the next few seconds): a
+/// repeat then looks for what it wrote.
+const ABANDONED_AFTER_SECONDS: f64 = 35.0;
 
 /// The Postgres store of idempotency keys.
 #[derive(Debug, Clone)]

@@ -12,6 +12,7 @@ pub mod identity;
 pub mod nats_server;
 pub mod pg_cluster;
 pub mod providers;
+pub mod service;
 pub mod smtp;
 pub mod tls;
 pub mod ws;

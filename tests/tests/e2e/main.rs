@@ -9,6 +9,7 @@ mod cohorts;
 mod content;
 mod export_api;
 mod exports;
+mod faults;
 mod hardening;
 mod maintenance;
 mod oidc;

@@ -265,6 +265,75 @@ async fn raw_lookups(pool: &sqlx::PgPool, clients: usize, duration: Duration) ->
     total as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Phase J1: `POST /cohort/folders/` by `clients` clients for `duration`, each request with a
+/// fresh `Idempotency-Key` when `keyed`.
+async fn folder_writes(
+    app: &Arc<TestApp>,
+    clients: usize,
+    keyed: bool,
+    duration: Duration,
+) -> (f64, Histogram<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (app, stop) = (app.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let user = format!("bench.keys{c}");
+            let token = app.token(&user).await;
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut request = app
+                    .request(reqwest::Method::POST, "/cohort/folders/")
+                    .bearer_auth(&token)
+                    .json(&json!({"name": format!("f{n}")}));
+                if keyed {
+                    request = request.header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
+                }
+                let t = Instant::now();
+                let answer = app.send(request).await;
+                assert_eq!(
+                    answer.status,
+                    reqwest::StatusCode::CREATED,
+                    "{:?}",
+                    answer.body
+                );
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                n += 1;
+            }
+            (n, hist)
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for t in tasks {
+        let (n, h) = t.await.expect("client ran");
+        total += n;
+        hist.add(h).ok();
+    }
+    (total as f64 / started.elapsed().as_secs_f64(), hist)
+}
+
+/// Phase J2: `n` sequential checks of an access token's holder (user active, session open).
+async fn holder_checks(app: &TestApp, user: &str, n: usize) -> Histogram<u64> {
+    let token = app.token(user).await;
+    let session = app.jwt_claims(&token).sid;
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let t = Instant::now();
+        app.state
+            .identity_service
+            .check_token_holder(user, session)
+            .await
+            .expect("valid holder");
+        hist.record(t.elapsed().as_nanos() as u64).ok();
+    }
+    hist
+}
+
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
@@ -687,6 +756,72 @@ async fn main() -> anyhow::Result<()> {
         "\n## Audit paging through the whole log (1 000 events per page)\n\n| path | events | events/s |\n|---|---|---|\n| `AuditReader::events` | {direct} | {direct_rate:.0} |\n| `GET /audit/events/` (JSON, read recorded) | {over_http} | {http_rate:.0} |\n| ratio (HTTP / reader) | | {:.3} |\n",
         http_rate / direct_rate
     ));
+
+    // J: what the hardening costs: idempotency keys per command, the session check per request.
+    report.push_str(
+        "\n## Idempotency keys: `POST /cohort/folders/` at 4 clients, with and without a fresh `Idempotency-Key` each\n\n\
+         | | commands/s | p50 ms | p99 ms |\n|---|---|---|---|\n",
+    );
+    let (plain, plain_hist) = folder_writes(&app, 4, false, duration).await;
+    let (keyed, keyed_hist) = folder_writes(&app, 4, true, duration).await;
+    for (label, rate, hist) in [
+        ("without a key", plain, &plain_hist),
+        ("with a key", keyed, &keyed_hist),
+    ] {
+        report.push_str(&format!(
+            "| {label} | {rate:.0} | {:.2} | {:.2} |\n",
+            ms(hist.value_at_quantile(0.5)),
+            ms(hist.value_at_quantile(0.99))
+        ));
+    }
+    report.push_str(&format!(
+        "| ratio (with / without) | {:.3} | {:.2} | |\n",
+        keyed / plain,
+        keyed_hist.value_at_quantile(0.5) as f64 / plain_hist.value_at_quantile(0.5) as f64
+    ));
+    // The same read with the check cached (1 s, the default) and made on every request.
+    let id = unique_id();
+    let mut uncached_settings = settings(&id, &tests::nats_url());
+    uncached_settings.identity.token_check_cache_ms = 0;
+    uncached_settings.database_max_connections = 40;
+    let uncached = Arc::new(TestApp::spawn_with(uncached_settings, id).await);
+    let cached_checks = holder_checks(&app, "bench.session", 2000).await;
+    let uncached_checks = holder_checks(&uncached, "bench.session", 2000).await;
+    let (cached_rate, cached_hist) = reads(
+        &app,
+        "/cohort/folders/?limit=20",
+        "bench.session",
+        16,
+        duration,
+    )
+    .await;
+    let (uncached_rate, uncached_hist) = reads(
+        &uncached,
+        "/cohort/folders/?limit=20",
+        "bench.session",
+        16,
+        duration,
+    )
+    .await;
+    report.push_str(&format!(
+        "\n## Session check (the token's user active, its session open)\n\n\
+         | check | one check p50 µs | p99 µs | `GET /cohort/folders/?limit=20` at 16 clients, requests/s | p50 ms |\n|---|---|---|---|---|\n\
+         | cached 1 s (default) | {:.1} | {:.1} | {cached_rate:.0} | {:.2} |\n\
+         | every request (`SESSION_CHECK_CACHE_MS=0`) | {:.1} | {:.1} | {uncached_rate:.0} | {:.2} |\n\
+         | ratio (every request / cached) | | | {:.3} | |\n",
+        cached_checks.value_at_quantile(0.5) as f64 / 1000.0,
+        cached_checks.value_at_quantile(0.99) as f64 / 1000.0,
+        ms(cached_hist.value_at_quantile(0.5)),
+        uncached_checks.value_at_quantile(0.5) as f64 / 1000.0,
+        uncached_checks.value_at_quantile(0.99) as f64 / 1000.0,
+        ms(uncached_hist.value_at_quantile(0.5)),
+        uncached_rate / cached_rate
+    ));
+    Arc::try_unwrap(uncached)
+        .ok()
+        .expect("sole owner")
+        .stop()
+        .await;
 
     #[expect(clippy::print_stdout, reason = "the report is the output")]
     {

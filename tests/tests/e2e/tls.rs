@@ -230,3 +230,46 @@ async fn nats_is_reached_over_tls() {
     drop(nats);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn nats_in_decentralized_auth_mode_is_reached_with_a_credentials_file() {
+    let dir = scratch("creds");
+    let (nats, creds) = NatsProcess::start_with_credentials(free_port(), &dir).await;
+    // Without the credentials, the server refuses the connection.
+    let anonymous = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(2))
+        .connect(nats.url())
+        .await;
+    assert!(anonymous.is_err(), "an anonymous client is refused");
+
+    let id = unique_id();
+    let mut s = settings(&id, &nats.url());
+    s.nats_tls.nats_credentials_file = Some(creds.clone());
+    let app = TestApp::spawn_with(s.clone(), id).await;
+    let folder = app
+        .post("/cohort/folders/", "cora", json!({"name": "Authenticated"}))
+        .await;
+    assert_eq!(folder.status, StatusCode::CREATED);
+    let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .expect("credentials read")
+        .connect(nats.url())
+        .await
+        .expect("the credentials are accepted");
+    let js = async_nats::jetstream::new(client);
+    let stored = app.event_count().await as u64;
+    let stream = s.nats_stream.clone();
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            match js.get_stream(&stream).await {
+                Ok(mut st) => st.info().await.is_ok_and(|i| i.state.messages == stored),
+                Err(_) => false,
+            }
+        })
+        .await,
+        "every event published with the credentials"
+    );
+    app.stop().await;
+    drop(nats);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -28,8 +28,14 @@ pub enum Outcome {
 /// A consumer of the event log with its own checkpoint.
 #[async_trait]
 pub trait LogConsumer: Send + Sync + 'static {
-    /// Its name (also the name of its durable JetStream consumer, after the stream's).
+    /// Its name.
     fn name(&self) -> &str;
+    /// The name of its durable JetStream consumer on `stream`. Each log consumer needs one of
+    /// its own: two sharing a durable consumer would split its messages between them (each then
+    /// waits for its poll to find the other half in Postgres).
+    fn durable_name(&self, stream: &str) -> String {
+        format!("{stream}_{}", self.name())
+    }
     /// How often to check the event table when NATS brings nothing.
     fn poll_interval(&self) -> Duration;
     /// Handles everything committed after the checkpoint. Returns how many events it read.
@@ -38,8 +44,8 @@ pub trait LogConsumer: Send + Sync + 'static {
     async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String>;
 }
 
-/// Runs `consumer` until `shutdown`: catches up, then follows JetStream (durable consumer
-/// `<stream>_<name>`); without JetStream, polls the table.
+/// Runs `consumer` until `shutdown`: catches up, then follows JetStream (its durable consumer,
+/// [`LogConsumer::durable_name`]); without JetStream, polls the table.
 pub async fn run<C: LogConsumer>(
     consumer: C,
     js: Option<jetstream::Context>,
@@ -92,9 +98,9 @@ async fn poll<C: LogConsumer>(consumer: &C, shutdown: &CancellationToken) -> Res
     }
 }
 
-/// Subscribes the durable consumer of `name`.
+/// Subscribes the durable consumer named `durable`.
 async fn subscribe(
-    name: &str,
+    durable: String,
     js: &jetstream::Context,
     nats: &NatsSettings,
 ) -> Result<consumer::pull::Stream, String> {
@@ -102,7 +108,6 @@ async fn subscribe(
         .get_stream(&nats.stream)
         .await
         .map_err(|e| e.to_string())?;
-    let durable = format!("{}_{}", nats.stream, name);
     let consumer: consumer::PullConsumer = stream
         .get_or_create_consumer(
             &durable,
@@ -132,7 +137,7 @@ async fn follow<C: LogConsumer>(
 ) -> Result<(), String> {
     // Subscribing waits on NATS; keep up from Postgres meanwhile.
     let mut messages = tokio::select! {
-        subscribed = subscribe(consumer.name(), js, nats) => subscribed?,
+        subscribed = subscribe(consumer.durable_name(&nats.stream), js, nats) => subscribed?,
         polled = poll(consumer, shutdown) => return polled,
     };
     loop {

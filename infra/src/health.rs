@@ -150,27 +150,37 @@ impl PipelineReading {
 
     /// One line per unhealthy consumer: what waits, for how long, and its last error.
     pub fn causes(&self) -> Vec<String> {
-        self.unhealthy()
-            .map(|c| {
-                let s = &c.status;
-                let verdict = match c.progress {
-                    Progress::Stalled => "has not advanced",
-                    _ => "is behind",
-                };
-                let mut line = format!(
-                    "{} {} {verdict}: {} events waiting, the oldest for {:.0} s",
-                    s.kind, s.name, s.behind, s.lag_seconds
-                );
-                if let Some(e) = &s.last_error {
-                    line.push_str(&format!(
-                        "; last error at {}: {}",
-                        e.at.to_rfc3339(),
-                        e.message
-                    ));
-                }
-                line
-            })
-            .collect()
+        self.unhealthy().map(ConsumerHealth::cause).collect()
+    }
+}
+
+impl ConsumerHealth {
+    /// `<kind> <name>`, e.g. `relay jetstream`.
+    pub fn label(&self) -> String {
+        format!("{} {}", self.status.kind, self.status.name)
+    }
+
+    /// Why it is unhealthy: what waits, for how long, and its last error.
+    pub fn cause(&self) -> String {
+        let s = &self.status;
+        let verdict = match self.progress {
+            Progress::Stalled => "has not advanced",
+            _ => "is behind",
+        };
+        let mut line = format!(
+            "{} {verdict}: {} events waiting, the oldest for {:.0} s",
+            self.label(),
+            s.behind,
+            s.lag_seconds
+        );
+        if let Some(e) = &s.last_error {
+            line.push_str(&format!(
+                "; last error at {}: {}",
+                e.at.to_rfc3339(),
+                e.message
+            ));
+        }
+        line
     }
 }
 
@@ -253,7 +263,8 @@ impl PipelineMonitor {
         Ok(reading)
     }
 
-    /// Reads every `interval` until `shutdown`; a failed reading is logged and retried.
+    /// Reads every `interval` until `shutdown`; a failed reading is logged and retried. A
+    /// consumer turning unhealthy is logged once (with the cause), and again when it recovers.
     pub async fn run(
         self,
         pool: PgPool,
@@ -261,12 +272,22 @@ impl PipelineMonitor {
         interval: std::time::Duration,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        let mut unhealthy: BTreeMap<String, Progress> = BTreeMap::new();
         loop {
             match self.read(&pool, &projections).await {
                 Ok(reading) => {
-                    for cause in reading.causes() {
-                        tracing::warn!(cause = %cause, "pipeline degraded");
+                    let mut now = BTreeMap::new();
+                    for consumer in reading.unhealthy() {
+                        let label = consumer.label();
+                        if unhealthy.get(&label) != Some(&consumer.progress) {
+                            tracing::warn!(cause = %consumer.cause(), "pipeline degraded");
+                        }
+                        now.insert(label, consumer.progress);
                     }
+                    for name in unhealthy.keys().filter(|n| !now.contains_key(*n)) {
+                        tracing::info!(consumer = %name, "pipeline consumer caught up");
+                    }
+                    unhealthy = now;
                 }
                 Err(e) => tracing::debug!(error = %e, "pipeline not read"),
             }

@@ -27,7 +27,7 @@ const CATCH_UP_BATCH: i64 = 200;
 /// One kind of side effect.
 #[async_trait]
 pub trait Reaction: Send + Sync + 'static {
-    /// The reactor's name (its checkpoint row and durable consumer).
+    /// The reactor's name (its checkpoint row and, prefixed, its durable consumer).
     fn name(&self) -> &'static str;
     /// Whether this reaction does something for `event` (a cheap test of its type).
     fn handles(&self, event: &CommittedEvent) -> bool;
@@ -53,10 +53,17 @@ pub struct Reactor {
     reaction: Arc<dyn Reaction>,
     settings: ReactorSettings,
     /// Where this instance got to. Events the reaction ignores move only this; the stored
-    /// checkpoint follows when an event is handled or a catch-up ends, which spares two queries
-    /// per ignored event (a restart re-reads a few ignored events, harmlessly).
+    /// checkpoint follows when an event is handled, a catch-up ends, or at most
+    /// [`SEEN_FLUSH`] after the last save, which spares two queries per ignored event (a
+    /// restart re-reads a few ignored events, harmlessly) while keeping the stored checkpoint
+    /// (what the pipeline health reads) close behind.
     seen: Mutex<Option<Cursor>>,
+    /// When the checkpoint was last stored.
+    saved_at: Mutex<std::time::Instant>,
 }
+
+/// How stale the stored checkpoint may get while only ignored events flow.
+const SEEN_FLUSH: Duration = Duration::from_secs(1);
 
 impl Reactor {
     /// A reactor; [`Reactor::start`] creates its checkpoint at the end of the log if needed.
@@ -66,6 +73,7 @@ impl Reactor {
             reaction,
             settings,
             seen: Mutex::new(None),
+            saved_at: Mutex::new(std::time::Instant::now()),
         }
     }
 
@@ -120,7 +128,17 @@ impl Reactor {
         .bind(handled)
         .execute(&self.pool)
         .await?;
+        *self.saved_at.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Whether the stored checkpoint is due for a refresh (see [`SEEN_FLUSH`]).
+    fn save_due(&self) -> bool {
+        self.saved_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= SEEN_FLUSH
     }
 
     /// Waits until the projections this reaction reads have applied `cursor`.
@@ -180,6 +198,12 @@ impl LogConsumer for Reactor {
         self.reaction.name()
     }
 
+    /// `<stream>_reactor_<name>`: reactors and projections may share a name (`exports`), never
+    /// a durable consumer.
+    fn durable_name(&self, stream: &str) -> String {
+        format!("{stream}_reactor_{}", self.reaction.name())
+    }
+
     fn poll_interval(&self) -> Duration {
         self.settings.poll_interval
     }
@@ -219,6 +243,11 @@ impl LogConsumer for Reactor {
         // An ignored event that follows what this instance saw: nothing to read or write.
         if !self.reaction.handles(event) && self.seen() == Some(previous) {
             self.see(event.cursor());
+            if self.save_due() {
+                self.save(event.cursor(), 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
             return Ok(Outcome::Applied);
         }
         let checkpoint = self.checkpoint().await.map_err(|e| e.to_string())?;
@@ -255,7 +284,7 @@ pub async fn checkpoints(pool: &PgPool) -> sqlx::Result<Vec<(String, Cursor)>> {
 }
 
 impl Reactor {
-    /// Runs until `shutdown`, following the log (durable consumer `<stream>_<reactor>`).
+    /// Runs until `shutdown`, following the log (durable consumer `<stream>_reactor_<name>`).
     pub async fn run(
         self,
         js: Option<async_nats::jetstream::Context>,

@@ -573,3 +573,40 @@ async fn concurrent_commands_on_one_request_lose_no_update() {
     );
     Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
 }
+
+#[tokio::test]
+async fn every_projector_and_reactor_follows_nats_on_a_durable_consumer_of_its_own() {
+    // Two log consumers on one durable consumer would split its messages: each would see half
+    // of the live feed and find the rest only at its next poll of Postgres.
+    let app = TestApp::spawn().await;
+    let written = app
+        .post("/cohort/folders/", "dora", json!({"name": "followed"}))
+        .await;
+    assert_eq!(written.status, StatusCode::CREATED);
+    let reactors: i64 = sqlx::query_scalar("SELECT count(*) FROM reactor_checkpoints")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let expected = api::startup::projections().len() + reactors as usize;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&app.settings.nats_stream).await.unwrap();
+    let names = || async {
+        use futures::TryStreamExt;
+        stream
+            .consumer_names()
+            .try_collect::<Vec<String>>()
+            .await
+            .unwrap_or_default()
+    };
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            names().await.len() >= expected
+        })
+        .await,
+        "{:?}",
+        names().await
+    );
+    assert_eq!(names().await.len(), expected, "{:?}", names().await);
+    app.stop().await;
+}

@@ -192,6 +192,22 @@ async fn postgres_is_reached_over_tls_with_its_certificate_verified() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Waits until `stream`, read through `client`, holds every event of `app`'s log.
+async fn assert_published(client: async_nats::Client, app: &TestApp, stream: &str) {
+    let js = async_nats::jetstream::new(client);
+    let stored = app.event_count().await as u64;
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            match js.get_stream(stream).await {
+                Ok(mut st) => st.info().await.is_ok_and(|i| i.state.messages == stored),
+                Err(_) => false,
+            }
+        })
+        .await,
+        "every event published"
+    );
+}
+
 #[tokio::test]
 async fn nats_is_reached_over_tls() {
     let dir = scratch("nats");
@@ -211,19 +227,7 @@ async fn nats_is_reached_over_tls() {
         .connect(nats.url())
         .await
         .expect("a TLS client connects");
-    let js = async_nats::jetstream::new(client);
-    let stored = app.event_count().await as u64;
-    let stream = s.nats_stream.clone();
-    assert!(
-        eventually(tests::PATIENCE, || async {
-            match js.get_stream(&stream).await {
-                Ok(mut st) => st.info().await.is_ok_and(|i| i.state.messages == stored),
-                Err(_) => false,
-            }
-        })
-        .await,
-        "every event published over TLS"
-    );
+    assert_published(client, &app, &s.nats_stream).await;
     let ready = app.call(Method::GET, "/health/ready", None, None).await;
     assert_eq!(ready.body["status"], "ok", "{:?}", ready.body);
     app.stop().await;
@@ -256,19 +260,7 @@ async fn nats_in_decentralized_auth_mode_is_reached_with_a_credentials_file() {
         .connect(nats.url())
         .await
         .expect("the credentials are accepted");
-    let js = async_nats::jetstream::new(client);
-    let stored = app.event_count().await as u64;
-    let stream = s.nats_stream.clone();
-    assert!(
-        eventually(tests::PATIENCE, || async {
-            match js.get_stream(&stream).await {
-                Ok(mut st) => st.info().await.is_ok_and(|i| i.state.messages == stored),
-                Err(_) => false,
-            }
-        })
-        .await,
-        "every event published with the credentials"
-    );
+    assert_published(client, &app, &s.nats_stream).await;
     app.stop().await;
     drop(nats);
     let _ = std::fs::remove_dir_all(dir);

@@ -78,6 +78,16 @@ async fn http_snapshots(
     }
     // Let clients set up, then measure a fixed window.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    measure(&stop, tasks, duration).await
+}
+
+/// Lets the clients run for `duration`, stops them, and totals what they did: operations per
+/// second over the window, and their latencies.
+async fn measure(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
+    duration: Duration,
+) -> (f64, Histogram<u64>) {
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
@@ -221,17 +231,7 @@ async fn reads(
             (n, hist)
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
-    for t in tasks {
-        let (n, h) = t.await.expect("client ran");
-        total += n;
-        hist.add(h).ok();
-    }
-    (total as f64 / started.elapsed().as_secs_f64(), hist)
+    measure(&stop, tasks, duration).await
 }
 
 /// Yardstick of phase F: primary-key lookups per second at the same concurrency.
@@ -304,17 +304,7 @@ async fn folder_writes(
             (n, hist)
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new(3).expect("histogram");
-    for t in tasks {
-        let (n, h) = t.await.expect("client ran");
-        total += n;
-        hist.add(h).ok();
-    }
-    (total as f64 / started.elapsed().as_secs_f64(), hist)
+    measure(&stop, tasks, duration).await
 }
 
 /// Phase J2: `n` sequential checks of an access token's holder (user active, session open).

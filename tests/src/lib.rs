@@ -80,7 +80,10 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         request_log_retention_days: 90,
         listen_addr: "127.0.0.1:0".parse().expect("valid address"),
         jwt_signing_key: Some(format!("test-key-{id}")),
-        read_your_writes_timeout_ms: 10_000,
+        // A test's next request relies on read-your-writes: on a loaded machine, wait for the
+        // read models as long as for any other eventual state (tests of the pending answer
+        // set a short timeout of their own).
+        read_your_writes_timeout_ms: PATIENCE.as_millis() as u64,
         projector_poll_ms: 200,
         log_format: LogFormat::Text,
         // No applicative token by default: their users would add events at startup.

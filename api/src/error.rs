@@ -79,6 +79,41 @@ impl ApiError {
         )
     }
 
+    /// A body over the size limit.
+    pub fn payload_too_large(limit_bytes: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {limit_bytes} bytes"),
+        )
+    }
+
+    /// Text Postgres cannot store (U+0000), found in `place`.
+    pub fn invalid_text(place: &str) -> Self {
+        Self::bad_request(
+            "invalid_text",
+            format!("the {place} contains the character U+0000, which cannot be stored"),
+        )
+    }
+
+    /// An `Idempotency-Key` first used for another request.
+    pub fn idempotency_key_reused() -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used for another request (another path or body)",
+        )
+    }
+
+    /// An `Idempotency-Key` whose first request has not answered yet (retry shortly).
+    pub fn idempotency_key_in_progress() -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_in_progress",
+            "a request with this Idempotency-Key is still running; retry shortly",
+        )
+    }
+
     /// The caller is known but may not do this.
     pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
@@ -145,7 +180,9 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if self.status == StatusCode::SERVICE_UNAVAILABLE
+            || self.code == "idempotency_key_in_progress"
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -168,26 +168,8 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     let request_id = match claim {
         Claim::Run { request_id } => request_id,
         Claim::Answered(answer) => return replay(answer),
-        Claim::Mismatch => {
-            return ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for another request (another path or body)",
-            )
-            .into_response();
-        }
-        Claim::InProgress => {
-            let mut response = ApiError::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_progress",
-                "a request with this Idempotency-Key is still running; retry shortly",
-            )
-            .into_response();
-            response
-                .headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
-            return response;
-        }
+        Claim::Mismatch => return ApiError::idempotency_key_reused().into_response(),
+        Claim::InProgress => return ApiError::idempotency_key_in_progress().into_response(),
         Claim::Interrupted {
             request_id,
             aggregate_type,

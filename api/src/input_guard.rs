@@ -38,14 +38,7 @@ impl Place {
 }
 
 fn refused(place: Place) -> Response {
-    ApiError::bad_request(
-        "invalid_text",
-        format!(
-            "the {} contains the character U+0000, which cannot be stored",
-            place.name()
-        ),
-    )
-    .into_response()
+    ApiError::invalid_text(place.name()).into_response()
 }
 
 /// Whether a percent-encoded URI part (path or query) decodes to a NUL. Raw NULs cannot reach
@@ -95,14 +88,7 @@ pub async fn guard(request: Request, next: Next) -> Response {
     let (parts, body) = request.into_parts();
     let bytes: Bytes = match to_bytes(body, MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return ApiError::new(
-                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
-            )
-            .into_response();
-        }
+        Err(_) => return ApiError::payload_too_large(MAX_BODY_BYTES).into_response(),
     };
     if body_has_nul(&content_type, &bytes) {
         return refused(Place::Body);

@@ -106,12 +106,7 @@ pub async fn capture(State(state): State<AppState>, request: Request, next: Next
     let requested_at = Utc::now();
     let (mut parts, body) = request.into_parts();
     let Ok(bytes) = to_bytes(body, MAX_BODY).await else {
-        return ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request bodies are limited to {MAX_BODY} bytes"),
-        )
-        .into_response();
+        return ApiError::payload_too_large(MAX_BODY).into_response();
     };
     let data = logged_body(&parts.headers, &bytes);
     let query_params =

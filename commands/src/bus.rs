@@ -59,11 +59,15 @@ impl<ES> CommandBus<ES> {
     }
 }
 
-/// Read-backs of an ambiguous commit, and the pause before each.
-const COMMIT_CHECKS: [std::time::Duration; 3] = [
+/// Read-backs of an ambiguous commit, and the pause before each: about 7.5 s in all, enough for
+/// a crashed Postgres to recover and answer, so that a commit that was stored is answered as such
+/// rather than as unavailable.
+const COMMIT_CHECKS: [std::time::Duration; 5] = [
     std::time::Duration::from_millis(100),
     std::time::Duration::from_millis(400),
     std::time::Duration::from_millis(1000),
+    std::time::Duration::from_millis(2000),
+    std::time::Duration::from_millis(4000),
 ];
 
 /// Metadata key of the id each commit attempt carries.

@@ -91,6 +91,19 @@ ensure_test_tools() {
     echo "openapi-spec-validator is missing: python3 -m pip install 'openapi-spec-validator==0.9.0'" >&2
     return 1
   fi
+  # Schemathesis fuzzes the API from its OpenAPI document; it lives in a virtualenv of its own
+  # under target/ (its dependencies are many and pinned by it, not by the system's Python).
+  local st_venv="${CARGO_TARGET_DIR:-target}/test-tools/schemathesis"
+  case "$st_venv" in /*) ;; *) st_venv="$PWD/$st_venv" ;; esac
+  if [ -z "${SCHEMATHESIS:-}" ] && [ ! -x "$st_venv/bin/schemathesis" ]; then
+    echo "Installing schemathesis (PyPI) into $st_venv for the API fuzzing test ..." >&2
+    python3 -m venv "$st_venv" >&2 && "$st_venv/bin/pip" install --quiet 'schemathesis==4.32.5' >&2 || true
+  fi
+  export SCHEMATHESIS="${SCHEMATHESIS:-$st_venv/bin/schemathesis}"
+  if ! "$SCHEMATHESIS" --version >/dev/null 2>&1; then
+    echo "schemathesis is missing: python3 -m venv $st_venv && $st_venv/bin/pip install 'schemathesis==4.32.5' (or set SCHEMATHESIS)" >&2
+    return 1
+  fi
   if ! command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "Installing Debian's chromium for the Swagger UI test ..." >&2

@@ -512,6 +512,15 @@ impl From<commands::content::ContentFailure> for ApiError {
     }
 }
 
+impl From<commands::authz::AuthzError> for ApiError {
+    fn from(e: commands::authz::AuthzError) -> Self {
+        match e {
+            commands::authz::AuthzError::Refused(r) => Self::forbidden(r.code, r.message),
+            commands::authz::AuthzError::Unavailable(detail) => Self::unavailable(&detail.0),
+        }
+    }
+}
+
 impl From<ReadError> for ApiError {
     fn from(e: ReadError) -> Self {
         match e {

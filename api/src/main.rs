@@ -6,9 +6,11 @@
 
 use std::process::ExitCode;
 
-use api::config::Settings;
-use api::startup::{Application, prepare_database, projections};
+use api::startup::Application;
 use clap::{Parser, Subcommand};
+use infra::runtime::config::Settings;
+use infra::runtime::contexts::projections;
+use infra::runtime::{Runtime, Services, operations, prepare_database};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -84,15 +86,15 @@ fn new_user_password() -> anyhow::Result<Option<String>> {
     Ok(Some(password).filter(|p| !p.is_empty()))
 }
 
-/// Runs an operator command against a started core, then stops it.
-async fn with_core<T>(
+/// Runs an operator command against a started runtime, then stops it.
+async fn with_runtime<T>(
     settings: &Settings,
-    op: impl AsyncFnOnce(&api::state::AppState) -> anyhow::Result<T>,
+    op: impl AsyncFnOnce(&Services) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let shutdown = CancellationToken::new();
-    let core = api::startup::Core::start(settings, shutdown.clone()).await?;
-    let result = op(&core.state).await;
-    core.stop(shutdown).await;
+    let runtime = Runtime::start(settings, shutdown.clone()).await?;
+    let result = op(&runtime.services).await;
+    runtime.stop(shutdown).await;
     result
 }
 
@@ -182,8 +184,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 email,
                 password,
             };
-            with_core(&settings, async |state| {
-                api::operations::create_user(state, user, admin).await
+            with_runtime(&settings, async |state| {
+                operations::create_user(state, user, admin).await
             })
             .await?;
             tracing::info!(user = %username, admin, "user created");
@@ -192,9 +194,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ImportPerimeters { file } => {
             let input = std::fs::File::open(&file)
                 .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", file.display()))?;
-            let rows = api::operations::parse_perimeters(input)?;
-            let report = with_core(&settings, async |state| {
-                Ok(api::operations::import_perimeters(state, rows).await?)
+            let rows = operations::parse_perimeters(input)?;
+            let report = with_runtime(&settings, async |state| {
+                Ok(operations::import_perimeters(state, rows).await?)
             })
             .await?;
             tracing::info!(
@@ -221,10 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::SeedDemo => {
-            with_core(&settings, async |state| {
-                api::operations::seed_demo(state).await
-            })
-            .await?;
+            with_runtime(&settings, async |state| operations::seed_demo(state).await).await?;
             tracing::info!("demo tree and roles seeded");
             // A demo counts something: clinical data, unless some is there already.
             let pool = prepare_database(&settings).await?;
@@ -247,8 +246,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    cli.settings.identity.oidc_providers = api::config::oidc_providers_from_env();
-    api::telemetry::init(cli.settings.log_format);
+    cli.settings.identity.oidc_providers = infra::runtime::config::oidc_providers_from_env();
+    infra::runtime::telemetry::init(cli.settings.log_format);
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

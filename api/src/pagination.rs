@@ -55,9 +55,12 @@ pub fn page_window(params: &Params) -> Result<Window, ApiError> {
     if page < 1 {
         return Err(ApiError::invalid_field("page", "page must be 1 or more"));
     }
+    let offset = (page - 1)
+        .checked_mul(PAGE_SIZE)
+        .ok_or_else(|| ApiError::invalid_field("page", "page is too large"))?;
     Ok(Window {
         limit: PAGE_SIZE,
-        offset: (page - 1) * PAGE_SIZE,
+        offset,
     })
 }
 
@@ -81,7 +84,7 @@ pub fn page_envelope<T>(
     };
     Envelope {
         count: page.count,
-        next: (window.offset + PAGE_SIZE < page.count).then(|| at(number + 1)),
+        next: (window.offset.saturating_add(PAGE_SIZE) < page.count).then(|| at(number + 1)),
         previous: (number > 1).then(|| at(number - 1)),
         results: page.results,
     }
@@ -141,7 +144,7 @@ pub fn envelope<T>(
     params: &Params,
 ) -> Envelope<T> {
     let Window { limit, offset } = window;
-    let next = (limit > 0 && offset + limit < page.count)
+    let next = (limit > 0 && offset.saturating_add(limit) < page.count)
         .then(|| link(uri, headers, params, limit, offset + limit));
     let previous = (limit > 0 && offset > 0)
         .then(|| link(uri, headers, params, limit, (offset - limit).max(0)));

@@ -24,7 +24,7 @@ const MAX_LOGGED_BODY: usize = 64 * 1024;
 /// `(user, impersonator)` as the log records them.
 type LoggedUser = (String, Option<String>);
 
-/// Where the [`crate::auth::Caller`] extractor leaves the authenticated user for the log.
+/// Where the caller extractor leaves the authenticated user for the log.
 #[derive(Debug, Clone, Default)]
 pub struct CallerSlot(Arc<Mutex<Option<LoggedUser>>>);
 

@@ -1,46 +1,37 @@
-//! What every handler can reach.
+//! What every handler can reach: the services and readers the runtime built, the token keys,
+//! and the few settings answers depend on.
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use commands::authz::AccessControl;
 use commands::cohorts::Cohorts;
 use commands::identity::Identity;
-use commands::ports::{IdentityProviders, Mailer};
+use commands::ports::{IdentityProviders, Mailer, Notifier, PushFeed};
 use commands::workspace::Workspace;
 use projections::audit::AuditReader;
 use projections::cohorts::CohortReader;
+use projections::health::{PipelineAdmin, Readiness};
 use projections::identity::IdentityReader;
 use projections::workspace::WorkspaceReader;
-use serde::Serialize;
 
-use crate::auth::{ApplicativeToken, JwtKeys};
-use crate::config::{CohortArgs, IdentitySettings};
-use crate::routes::maintenances::MaintenanceGate;
-use crate::ws::Hub;
+use crate::maintenance_gate::MaintenanceGate;
+use crate::tokens::{ApplicativeToken, JwtKeys};
 
-/// One dependency's state in `/health/ready`.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-    /// Whether the instance cannot serve at all while this check fails (Postgres): the answer
-    /// is then 503 `unavailable`; a failed non-critical check only makes it `degraded`.
-    #[serde(skip)]
-    pub critical: bool,
-}
-
-/// Readiness probes of the dependencies (implemented by the startup code).
-#[async_trait]
-pub trait Readiness: Send + Sync {
-    async fn checks(&self) -> Vec<Check>;
-}
-
-/// Where the log consumers stand (implemented by the startup code).
-#[async_trait]
-pub trait PipelineAdmin: Send + Sync {
-    /// Each projector's, reactor's and the relay's checkpoint, backlog, lag and last error.
-    async fn status(&self) -> Result<serde_json::Value, String>;
+/// The settings the HTTP answers depend on.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Lifetime of access tokens, in seconds.
+    pub access_ttl_seconds: i64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_ttl_seconds: i64,
+    /// Days before its end an access is listed as expiring.
+    pub access_expiry_first_alert_days: i64,
+    /// Patients above which a cohort cannot be created.
+    pub cohort_size_limit: i64,
+    /// Hours a count stays fresh.
+    pub last_count_validity_hours: i64,
+    /// The front-end's URL (links in reports).
+    pub frontend_url: String,
 }
 
 /// Shared handler state.
@@ -52,10 +43,15 @@ pub struct AppState {
     pub readiness: Arc<dyn Readiness>,
     pub identity: Arc<dyn IdentityReader>,
     pub identity_service: Arc<Identity>,
+    /// The authorization rules, applied with the callers' current rights.
+    pub access: AccessControl,
     pub applicative: Arc<Vec<ApplicativeToken>>,
-    pub identity_settings: Arc<IdentitySettings>,
+    pub settings: Arc<EdgeSettings>,
     pub username_regex: Arc<regex::Regex>,
-    pub hub: Hub,
+    /// Pushes to websocket sessions (maintenance announcements).
+    pub notifier: Arc<dyn Notifier>,
+    /// The pushes this instance's sockets receive.
+    pub pushes: Arc<dyn PushFeed>,
     pub maintenance_gate: Arc<MaintenanceGate>,
     pub audit: Arc<dyn AuditReader>,
     /// Records each read of the audit API.
@@ -69,7 +65,6 @@ pub struct AppState {
     pub export_reader: Arc<dyn projections::exports::ExportReader>,
     pub fhir_filters: Arc<commands::fhir_filters::FhirFilters>,
     pub cohort_reader: Arc<dyn CohortReader>,
-    pub cohort_settings: Arc<CohortArgs>,
     pub pipeline: Arc<dyn PipelineAdmin>,
     pub contents: Arc<commands::content::Contents>,
     pub content_reader: Arc<dyn projections::content::ContentReader>,

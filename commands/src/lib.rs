@@ -8,6 +8,7 @@
 //! projection progress) is declared here as traits in [`ports`] and implemented by `infra`.
 
 pub mod alerts;
+pub mod authz;
 pub mod bus;
 pub mod cohorts;
 pub mod content;

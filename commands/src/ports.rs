@@ -215,10 +215,28 @@ pub trait CohortDirectory: Send + Sync {
     ) -> Result<Vec<StaleJob>, PortError>;
 }
 
+/// The websocket group every socket joins.
+pub const ALL_SOCKETS: &str = "__all__";
+
+/// A message for the websocket sessions of one group (a username, or [`ALL_SOCKETS`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Push {
+    pub group: String,
+    pub message: serde_json::Value,
+}
+
 /// Pushes a message to a user's websocket sessions, on whichever instance holds them.
 #[async_trait]
 pub trait Notifier: Send + Sync {
     async fn push(&self, username: &str, message: serde_json::Value);
+
+    /// Tells every socket about a maintenance phase (created, changed, started or ended).
+    async fn announce_maintenance(&self, phase: &domain::maintenance::MaintenanceNotice);
+}
+
+/// The pushes this instance delivers to the websocket sessions it holds.
+pub trait PushFeed: Send + Sync {
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Push>;
 }
 
 /// A job's result from an in-process executor: what the executor's callback would carry.

@@ -32,6 +32,19 @@ pub struct MaintenanceFields {
 }
 
 /// A change to some fields; `None` keeps the stored value.
+/// A maintenance phase as the websocket announces it (the hub gives it its wire shape).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaintenanceNotice {
+    pub id: i64,
+    pub subject: String,
+    pub message: Option<String>,
+    /// `partial` or `full`.
+    pub kind: String,
+    pub maintenance_start: DateTime<Utc>,
+    pub maintenance_end: DateTime<Utc>,
+    pub active: bool,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MaintenancePatch {
     pub subject: Option<String>,

@@ -57,7 +57,7 @@ pub async fn run<C: LogConsumer>(
             return;
         }
         if let Err(e) = consumer.catch_up().await {
-            crate::health::record_error(consumer.name(), &e);
+            crate::pipeline_signals::record_error(consumer.name(), &e);
             tracing::error!(consumer = consumer.name(), error = %e, "catch-up failed");
             if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
                 return;
@@ -71,13 +71,13 @@ pub async fn run<C: LogConsumer>(
         match followed {
             Ok(()) => return,
             Err(e) => {
-                crate::health::record_error(consumer.name(), &e);
+                crate::pipeline_signals::record_error(consumer.name(), &e);
                 tracing::warn!(consumer = consumer.name(), error = %e, "live feed interrupted; polling the event table meanwhile");
                 // Keep up from Postgres while NATS is away.
                 let until = tokio::time::Instant::now() + Duration::from_secs(2);
                 while tokio::time::Instant::now() < until {
                     if let Err(e) = consumer.catch_up().await {
-                        crate::health::record_error(consumer.name(), &e);
+                        crate::pipeline_signals::record_error(consumer.name(), &e);
                         tracing::warn!(consumer = consumer.name(), error = %e, "catch-up failed");
                     }
                     if sleep_or_stop(&shutdown, consumer.poll_interval()).await {

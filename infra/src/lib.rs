@@ -8,7 +8,9 @@
 //! * [`projector`]: the runtime that folds events into read models, checkpointed and rebuildable;
 //! * [`workspace`]: the workspace projection (SQL fold) and its readers;
 //! * [`identity`]: users, roles, perimeters, accesses and maintenance: fold, readers, passwords;
-//! * [`consistency`]: read-your-writes for the command side.
+//! * [`consistency`]: read-your-writes for the command side;
+//! * [`runtime`]: the composition root: settings, one builder per context, the relay, projectors,
+//!   reactors and schedulers running, the websocket fan-out.
 //!
 //! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
 
@@ -27,10 +29,12 @@ pub mod identity_providers;
 pub mod log;
 pub mod mail;
 pub mod nats;
+pub mod pipeline_signals;
 pub mod projector;
 pub mod reactor;
 pub mod relay;
 pub mod request_logs;
+pub mod runtime;
 mod sql;
 pub mod stores;
 pub mod tls;

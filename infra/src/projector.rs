@@ -250,7 +250,7 @@ impl Projector {
             self.observe(reached);
             let fresh: Vec<CommittedEvent> =
                 events.into_iter().filter(|e| e.cursor() > from).collect();
-            crate::health::observe_lag(
+            crate::pipeline_signals::observe_lag(
                 "cohort360_projection_lag_seconds",
                 "projection",
                 schema,
@@ -286,7 +286,7 @@ impl Projector {
         save_checkpoint(&mut tx, event.cursor(), 1).await?;
         tx.commit().await?;
         self.observe(event.cursor());
-        crate::health::observe_lag(
+        crate::pipeline_signals::observe_lag(
             "cohort360_projection_lag_seconds",
             "projection",
             schema,

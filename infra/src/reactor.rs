@@ -182,7 +182,7 @@ impl Reactor {
                 event.message_id()
             )
         })?;
-        crate::health::observe_lag(
+        crate::pipeline_signals::observe_lag(
             "cohort360_reaction_lag_seconds",
             "reactor",
             self.reaction.name(),

@@ -154,7 +154,12 @@ impl Relay {
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
         .execute(&self.pool)
         .await?;
-        crate::health::observe_lag("cohort360_relay_lag_seconds", "relay", "jetstream", &events);
+        crate::pipeline_signals::observe_lag(
+            "cohort360_relay_lag_seconds",
+            "relay",
+            "jetstream",
+            &events,
+        );
         Ok(events.len())
     }
 
@@ -270,7 +275,7 @@ impl Relay {
                     failures = failures.saturating_add(1);
                     metrics::gauge!("cohort360_relay_consecutive_failures")
                         .set(f64::from(failures));
-                    crate::health::record_error("relay", &e.to_string());
+                    crate::pipeline_signals::record_error("relay", &e.to_string());
                     let retry_in_ms = backoff.as_millis() as u64;
                     if failures >= LOUD_AFTER_FAILURES {
                         tracing::error!(error = %e, failures, retry_in_ms, "relay keeps failing to publish");

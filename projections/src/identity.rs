@@ -49,7 +49,7 @@ pub const MAINTENANCE_ORDERING: &[(&str, &str)] = &[
 ];
 
 /// A user (`/users/`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct UserView {
     pub username: String,
     pub firstname: String,
@@ -80,7 +80,7 @@ pub struct UserFilter {
 }
 
 /// A profile (`/accesses/profiles/`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProfileView {
     pub id: i64,
     pub source: String,
@@ -94,11 +94,12 @@ pub struct ProfileView {
 }
 
 /// A role (`/accesses/roles/`): its rights are flattened into the object.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RoleView {
     pub id: i64,
     pub name: String,
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub rights: Rights,
     pub help_text: Vec<String>,
 }
@@ -295,7 +296,7 @@ pub struct AccessFilter {
 }
 
 /// A maintenance phase (`/maintenances/`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct MaintenanceView {
     pub id: i64,
     pub subject: String,
@@ -309,6 +310,21 @@ pub struct MaintenanceView {
     pub active: bool,
     pub insert_datetime: DateTime<Utc>,
     pub update_datetime: DateTime<Utc>,
+}
+
+impl MaintenanceView {
+    /// The phase as the websocket hub announces it.
+    pub fn notice(&self) -> domain::maintenance::MaintenanceNotice {
+        domain::maintenance::MaintenanceNotice {
+            id: self.id,
+            subject: self.subject.clone(),
+            message: self.message.clone(),
+            kind: self.kind.clone(),
+            maintenance_start: self.maintenance_start,
+            maintenance_end: self.maintenance_end,
+            active: self.active,
+        }
+    }
 }
 
 /// `/maintenances/` filters.

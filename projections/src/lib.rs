@@ -10,6 +10,7 @@ pub mod cohorts;
 pub mod content;
 pub mod cursor;
 pub mod exports;
+pub mod health;
 pub mod idempotency;
 pub mod identity;
 pub mod request_logs;

@@ -119,9 +119,11 @@ impl Fixture {
 
 /// Imports the fixture tree and creates the role catalogue.
 pub async fn seed(app: &TestApp) -> Fixture {
-    let rows = api::operations::parse_perimeters(api::operations::DEMO_PERIMETERS.as_bytes())
-        .expect("fixture tree parses");
-    api::operations::import_perimeters(&app.state, rows)
+    let rows = infra::runtime::operations::parse_perimeters(
+        infra::runtime::operations::DEMO_PERIMETERS.as_bytes(),
+    )
+    .expect("fixture tree parses");
+    infra::runtime::operations::import_perimeters(&app.services, rows)
         .await
         .expect("fixture tree imports");
     let mut roles = HashMap::new();

@@ -19,10 +19,10 @@ pub mod ws;
 
 use std::time::Duration;
 
-use api::auth::{Claims, JwtKeys};
-use api::config::{LogFormat, Settings};
 use api::startup::Application;
+use api::tokens::{Claims, JwtKeys};
 use infra::nats::NatsSettings;
+use infra::runtime::config::{LogFormat, Settings};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -87,16 +87,16 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
         projector_poll_ms: 200,
         log_format: LogFormat::Text,
         // No applicative token by default: their users would add events at startup.
-        identity: api::config::IdentitySettings::default(),
+        identity: infra::runtime::config::IdentitySettings::default(),
         // Nothing listens there: tests that count start a loopback executor and point here.
-        cohorts: api::config::CohortArgs {
+        cohorts: infra::runtime::config::CohortArgs {
             query_executor_url: "http://127.0.0.1:9".into(),
             query_executor_timeout_seconds: 2,
             ..Default::default()
         },
         // The built-in exporter, in a directory of this test's own; polled often, cleaned only
         // when a test asks.
-        exports: api::config::ExportArgs {
+        exports: infra::runtime::config::ExportArgs {
             storage_dir: std::env::temp_dir()
                 .join(format!("c360_exports_{id}"))
                 .to_string_lossy()
@@ -110,7 +110,7 @@ pub fn settings(id: &str, nats_url: &str) -> Settings {
 
 /// NATS settings matching [`settings`].
 pub fn nats_settings(s: &Settings) -> NatsSettings {
-    api::startup::nats_settings(s)
+    infra::runtime::nats_settings(s)
 }
 
 /// A running application and an HTTP client for it.
@@ -124,6 +124,8 @@ pub struct TestApp {
     progress: Vec<tokio::sync::watch::Receiver<projections::Cursor>>,
     /// The application's services (to seed fixtures as the operator would).
     pub state: api::state::AppState,
+    /// The runtime's services (operator commands run on them).
+    pub services: infra::runtime::Services,
     /// The access token of each user a test acted as (see [`TestApp::token`]).
     tokens: tokio::sync::Mutex<std::collections::HashMap<String, String>>,
     shutdown: CancellationToken,
@@ -148,7 +150,7 @@ impl TestApp {
     /// Starts an application with explicit settings.
     pub async fn spawn_with(settings: Settings, id: String) -> Self {
         if std::env::var_os("TEST_LOG").is_some() {
-            api::telemetry::init(LogFormat::Text);
+            infra::runtime::telemetry::init(LogFormat::Text);
         }
         let shutdown = CancellationToken::new();
         let app = Application::build(&settings, shutdown.clone())
@@ -158,6 +160,7 @@ impl TestApp {
         let pool = app.pool();
         let jwt = app.jwt();
         let state = app.state();
+        let services = app.services();
         let progress = app.progress();
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {
@@ -175,6 +178,7 @@ impl TestApp {
             jwt,
             progress,
             state,
+            services,
             tokens: Default::default(),
             shutdown,
             server: Some(server),

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
+use axum::routing;
 use chrono::{DateTime, Duration, Utc};
 use commands::identity::{NewAccess, Requester};
 use domain::access::AccessCommand;
@@ -17,20 +18,24 @@ use serde_json::{Map, Value, json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{
     ALL, Envelope, Params, bool_param, page_envelope, page_window, text_param,
 };
 use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
+use commands::authz::{self, Permission};
 
+fn perimeter_of(row: &AccessRow) -> PerimeterRef<'_> {
+    PerimeterRef {
+        id: row.perimeter.id,
+        ancestors: &row.perimeter.ancestors,
+    }
+}
+
+/// The `editable` flag of an access in an answer (`commands::authz::may_edit_access`).
 fn editable(authority: &Authority, row: &AccessRow) -> bool {
-    authority.can_manage(
-        PerimeterRef {
-            id: row.perimeter.id,
-            ancestors: &row.perimeter.ancestors,
-        },
-        &row.role.rights,
-    )
+    authz::may_edit_access(authority, perimeter_of(row), &row.role.rights)
 }
 
 fn int_param(params: &Params, key: &'static str) -> Result<Option<i64>, ApiError> {
@@ -42,37 +47,6 @@ fn int_param(params: &Params, key: &'static str) -> Result<Option<i64>, ApiError
         .transpose()
 }
 
-/// The perimeters whose accesses a non-admin manager may list: where their managing grants
-/// sit, and everything below.
-fn managed_scope(authority: &Authority) -> Option<Vec<i64>> {
-    if authority.is_full_admin() {
-        return None;
-    }
-    Some(
-        authority
-            .grants()
-            .iter()
-            .filter(|g| g.rights.manages_accesses_at_some_level())
-            .map(|g| g.perimeter_id)
-            .collect(),
-    )
-}
-
-/// Whether a manager may see an access: full admins see all, others what lies at or under
-/// their managing grants (editable or not).
-fn in_scope(authority: &Authority, row: &AccessRow) -> bool {
-    match managed_scope(authority) {
-        None => true,
-        Some(scope) => {
-            let target = PerimeterRef {
-                id: row.perimeter.id,
-                ancestors: &row.perimeter.ancestors,
-            };
-            scope.iter().any(|p| target.is_at_or_under(*p))
-        }
-    }
-}
-
 pub(super) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -81,20 +55,15 @@ pub(super) async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Envelope<Value>>, ApiError> {
     let now = Utc::now();
-    let authority = state.identity.authority(&caller.username, now).await?;
-    if !authority.may_list_accesses() {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "you are not allowed to list accesses",
-        ));
-    }
+    super::require(&state, &caller, Permission::ListAccesses).await?;
+    let authority = state.access.authority(&caller).await?;
     let window = page_window(&params)?;
     let mut filter = AccessFilter {
         source: text_param(&params, "source"),
         role_id: int_param(&params, "role_id")?,
         profile_id: int_param(&params, "profile_id")?,
         search: text_param(&params, "search"),
-        within: managed_scope(&authority),
+        within: authz::access_listing_scope(&authority),
         ordering: parse_ordering(params.get("ordering").map(String::as_str), ACCESS_ORDERING),
         ..AccessFilter::default()
     };
@@ -139,12 +108,14 @@ pub(super) async fn retrieve(
 ) -> Result<Json<Value>, ApiError> {
     let id = path_int(&id, "access", "access_not_found")?;
     let now = Utc::now();
-    let authority = state.identity.authority(&caller.username, now).await?;
+    let authority = state.access.authority(&caller).await?;
     let row = state
         .identity
         .access(id)
         .await?
-        .filter(|a| a.username == caller.username || in_scope(&authority, a))
+        .filter(|a| {
+            a.username == caller.username || authz::sees_access(&authority, perimeter_of(a))
+        })
         .ok_or_else(|| ApiError::not_found("access_not_found", "access"))?;
     let can = editable(&authority, &row);
     Ok(Json(row.to_json(now, Some(can))))
@@ -321,7 +292,7 @@ pub(super) async fn mine(
             accesses.iter().map(|a| a.to_json(now, None)).collect(),
         )));
     }
-    let days = state.identity_settings.access_expiry_first_alert_days;
+    let days = state.settings.access_expiry_first_alert_days;
     let horizon = now + Duration::days(days);
     // The earliest-ending access per perimeter, among those ending within the horizon.
     let mut soonest: BTreeMap<i64, &AccessRow> = BTreeMap::new();
@@ -398,4 +369,73 @@ pub(super) async fn my_data_rights(
             })
             .collect(),
     ))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/accesses/accesses/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Accesses", User, 200, "Accesses the caller may see")
+                    .answers(Shape::Page(None))
+                    .query(&[
+                        param("source", ParamType::Text),
+                        param("role_id", ParamType::Integer),
+                        param("profile_id", ParamType::Integer),
+                        param("search", ParamType::Text),
+                        param("perimeter_id", ParamType::Integer),
+                        param("include_parents", ParamType::Boolean),
+                        param("include_children", ParamType::Boolean),
+                        param("ordering", ParamType::Text),
+                        param("page", ParamType::Integer),
+                    ]),
+                op(
+                    "POST",
+                    "Accesses",
+                    User,
+                    201,
+                    "Grant an access (managing rules apply)",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/accesses/accesses/my-accesses/",
+            routing::get(mine),
+            [
+                op("GET", "Accesses", User, 200, "The caller's valid accesses")
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/accesses/accesses/my-data-rights/",
+            routing::get(my_data_rights),
+            [op("GET", "Accesses", User, 200, "The caller's data rights")
+                .answers(Shape::List(None))
+                .query(&[param("perimeters_ids", ParamType::Text)])],
+        )
+        .route(
+            "/accesses/accesses/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Accesses", User, 200, "One access").answers(Shape::Json),
+                op("PATCH", "Accesses", User, 200, "Change an access's dates").answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Accesses",
+                    User,
+                    204,
+                    "Withdraw an access that has not started",
+                ),
+            ],
+        )
+        .route(
+            "/accesses/accesses/{id}/close/",
+            routing::patch(close),
+            [op("PATCH", "Accesses", User, 200, "End an access now")
+                .answers(Shape::Json)
+                .reads(None)],
+        )
 }

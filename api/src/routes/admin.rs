@@ -2,12 +2,15 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::routing;
 use chrono::Utc;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::{Documented, FullAdmin, Shape, op};
 use crate::state::AppState;
+use commands::authz::Permission;
 
 /// `GET /admin/projections/`: each projector's, reactor's and the relay's checkpoint, how many
 /// events it is behind, the age of the oldest of those (`lag_seconds`) and the last error this
@@ -16,12 +19,7 @@ pub(super) async fn projections(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may read the pipeline's status",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ReadPipeline).await?;
     let consumers = state.pipeline.status().await.map_err(|e| {
         tracing::warn!(error = %e, "pipeline status unavailable");
         ApiError::new(
@@ -31,4 +29,20 @@ pub(super) async fn projections(
         )
     })?;
     Ok(Json(json!({ "at": Utc::now(), "consumers": consumers })))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new().route(
+        "/admin/projections/",
+        routing::get(projections),
+        [op(
+            "GET",
+            "Operations",
+            FullAdmin,
+            200,
+            "Each projection's, reactor's and the relay's position, backlog, lag and last error",
+        )
+        .answers(Shape::Json)],
+    )
 }

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, MatchedPath, OriginalUri, Path, Query, State};
 use axum::http::Uri;
 use axum::http::request::Parts;
+use axum::routing;
 use chrono::{DateTime, Utc};
 use domain::audit_read::AuditReadCommand;
 use projections::Cursor;
@@ -17,6 +18,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::{Auditor, Documented, ParamType, Shape, op, param};
 use crate::pagination::{Params, datetime_param, int_param, text_param};
 use crate::state::AppState;
 
@@ -80,17 +82,7 @@ impl AuditRequest {
     /// The caller may read the audit trail; the read is recorded before anything is answered.
     async fn authorize_and_record(&self, state: &AppState) -> Result<(), ApiError> {
         let caller = &self.caller;
-        let authority = state
-            .identity
-            .authority(&caller.username, Utc::now())
-            .await?;
-        if caller.applicative || !(authority.is_full_admin() || authority.global().right_read_audit)
-        {
-            return Err(ApiError::forbidden(
-                "permission_denied",
-                "reading the audit trail needs right_read_audit or full administration",
-            ));
-        }
+        super::require(state, caller, commands::authz::Permission::ReadAudit).await?;
         let at = Utc::now();
         let record = AuditReadCommand::Record {
             reader: caller.username.clone(),
@@ -507,4 +499,133 @@ pub(super) async fn cohort_lineage(
         "counts": counts,
         "query_version": query_version,
     })))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/audit/events/",
+            routing::get(events),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "The event log, filtered and paged by cursor",
+            )
+            .answers(Shape::Object(None))
+            .query(&[
+                param("after", ParamType::Text),
+                param("limit", ParamType::Integer),
+                param("aggregate_type", ParamType::Text),
+                param("aggregate_id", ParamType::Text),
+                param("event_type", ParamType::Text),
+                param("actor", ParamType::Text),
+                param("impersonator", ParamType::Text),
+                param("recorded_from", ParamType::DateTime),
+                param("recorded_before", ParamType::DateTime),
+            ])],
+        )
+        .route(
+            "/audit/users/{username}/accesses/",
+            routing::get(user_accesses),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "Every event of every access granted to a user",
+            )
+            .returns_list::<AuditEvent>()],
+        )
+        .route(
+            "/audit/users/{username}/grants/",
+            routing::get(user_grants),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "A user's accesses in force at a date (at=)",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/audit/perimeters/{id}/readers/",
+            routing::get(perimeter_readers),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "Who could read a perimeter at a date (at=), through which grant",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/audit/requests/{id}/versions/",
+            routing::get(request_versions),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "A request's query-version tree",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/audit/requests/{id}/diff/",
+            routing::get(request_diff),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "What changed between two query versions (from=, to=)",
+            )
+            .answers(Shape::Json)
+            .query(&[param("to", ParamType::Text), param("from", ParamType::Text)])],
+        )
+        .route(
+            "/audit/cohorts/{id}/lineage/",
+            routing::get(cohort_lineage),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "A cohort's query version, counts and jobs",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/audit/{aggregate_type}/{id}/events/",
+            routing::get(aggregate_history),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "One aggregate's stored events",
+            )
+            .returns_list::<AuditEvent>()],
+        )
+        .route(
+            "/audit/{aggregate_type}/{id}/state/",
+            routing::get(aggregate_state),
+            [op(
+                "GET",
+                "Audit",
+                Auditor,
+                200,
+                "One aggregate's state as of a version (version=) or a time (at=)",
+            )
+            .answers(Shape::Object(None))
+            .query(&[
+                param("version", ParamType::Integer),
+                param("at", ParamType::DateTime),
+            ])],
+        )
 }

@@ -9,16 +9,19 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::routing;
 use chrono::Utc;
 use commands::CommandContext;
 use commands::identity::SessionTicket;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::auth::{Claims, Method};
+use crate::auth::Method;
 use crate::error::ApiError;
 use crate::extract::TraceId;
+use crate::openapi::{Anyone, Documented, Shape, op};
 use crate::state::AppState;
+use crate::tokens::Claims;
 
 /// The fields of a form or JSON body, as strings.
 async fn body_fields(state: &AppState, req: Request) -> Result<HashMap<String, String>, ApiError> {
@@ -100,7 +103,7 @@ fn context(user: &str, trace: &TraceId) -> CommandContext {
 /// Mints the access and refresh tokens of a session ticket.
 fn token_pair(state: &AppState, ticket: &SessionTicket) -> Result<(String, String), ApiError> {
     let now = Utc::now().timestamp();
-    let settings = &state.identity_settings;
+    let settings = &state.settings;
     let access = Claims {
         username: ticket.username.clone(),
         exp: now + settings.access_ttl_seconds,
@@ -267,4 +270,48 @@ pub async fn logout(
         .logout(&ctx, presented.session)
         .await?;
     Ok(Json(json!({})))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/auth/login/",
+            routing::post(login),
+            [op(
+                "POST",
+                "Authentication",
+                Anyone,
+                200,
+                "Log in (JWT: username and password; OIDC: authorization code)",
+            )
+            .answers(Shape::Json)
+            .reads(None)],
+        )
+        .route(
+            "/auth/refresh/",
+            routing::post(refresh),
+            [op(
+                "POST",
+                "Authentication",
+                Anyone,
+                200,
+                "Exchange a refresh token for a new pair",
+            )
+            .answers(Shape::Json)
+            .reads(None)],
+        )
+        .route(
+            "/auth/logout/",
+            routing::post(logout),
+            [op(
+                "POST",
+                "Authentication",
+                Anyone,
+                200,
+                "End the session of a refresh token",
+            )
+            .answers(Shape::Json)
+            .reads(None)],
+        )
 }

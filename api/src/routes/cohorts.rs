@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::{Duration, Utc};
 use commands::cohorts::{NewCohort, NewSample, Settled, report_from_wire};
 use domain::authz::PerimeterRef;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::openapi::{Documented, ParamType, Shape, User, UserOrApplicative, op, param};
 use crate::pagination::{
     Envelope, Params, bool_param, datetime_param, envelope, int_param, list_param, text_param,
     uuid_param, window,
@@ -28,37 +30,15 @@ use crate::pagination::{
 use crate::routes::{after_commit, written};
 use crate::small_cells::protected_of_snapshot;
 use crate::state::AppState;
+use commands::authz::{JobReporter, Permission};
 
-/// Who may report job results: the QueryExecutor and the Solr ETL.
-enum Callback {
-    Executor,
-    Etl,
-}
-
-fn callback_caller(state: &AppState, caller: &Caller) -> Option<Callback> {
-    if !caller.applicative {
-        return None;
-    }
-    let ids = &state.identity_settings;
-    if caller.username == ids.query_executor_username {
-        Some(Callback::Executor)
-    } else if caller.username == ids.solr_etl_username {
-        Some(Callback::Etl)
+/// The owner scoping of `commands::authz` (`Principal::reads_every_owner`) as the cohorts
+/// reader takes it.
+pub(crate) fn reader(caller: &Caller) -> Reader<'_> {
+    if caller.reads_every_owner() {
+        Reader::Everyone
     } else {
-        None
-    }
-}
-
-/// Whether the caller is the QueryExecutor's applicative user.
-pub(crate) fn is_executor(state: &AppState, caller: &Caller) -> bool {
-    matches!(callback_caller(state, caller), Some(Callback::Executor))
-}
-
-/// Owners read their own objects; the executor and the ETL read all (their callbacks need it).
-pub(crate) fn reader<'a>(state: &AppState, caller: &'a Caller) -> Reader<'a> {
-    match callback_caller(state, caller) {
-        Some(_) => Reader::Everyone,
-        None => Reader::Owner(&caller.username),
+        Reader::Owner(&caller.username)
     }
 }
 
@@ -72,10 +52,10 @@ pub(crate) struct DatedMeasureOut {
 }
 
 fn dated_measure_out(state: &AppState, view: DatedMeasureView) -> DatedMeasureOut {
-    let validity = Duration::hours(state.cohort_settings.last_count_validity_hours);
+    let validity = Duration::hours(state.settings.last_count_validity_hours);
     DatedMeasureOut {
         count_outdated: Utc::now() - view.created_at > validity,
-        cohort_limit: state.cohort_settings.cohort_size_limit,
+        cohort_limit: state.settings.cohort_size_limit,
         view,
     }
 }
@@ -89,7 +69,7 @@ pub(crate) struct CohortOut {
 }
 
 fn cohort_out(state: &AppState, view: CohortView) -> CohortOut {
-    let limit = state.cohort_settings.cohort_size_limit;
+    let limit = state.settings.cohort_size_limit;
     CohortOut {
         exportable: view.result_size.is_some_and(|n| n <= limit),
         view,
@@ -115,7 +95,7 @@ pub(crate) fn snapshot_children(
 
 // ---- dated measures ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateCount {
     request_query_snapshot: Option<Uuid>,
     request_query_snapshot_id: Option<Uuid>,
@@ -144,7 +124,7 @@ pub(super) async fn list_dated_measures(
     };
     let page = state
         .cohort_reader
-        .list_dated_measures(reader(&state, &caller), &filter, window)
+        .list_dated_measures(reader(&caller), &filter, window)
         .await?;
     let mut results = Vec::with_capacity(page.results.len());
     for v in page.results {
@@ -167,7 +147,7 @@ pub(super) async fn retrieve_dated_measure(
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
     let v = state
         .cohort_reader
-        .dated_measure(reader(&state, &caller), id)
+        .dated_measure(reader(&caller), id)
         .await?
         .ok_or_else(|| ApiError::not_found("dated_measure_not_found", "dated measure"))?;
     let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
@@ -221,12 +201,7 @@ pub(super) async fn patch_dated_measure(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
-    if !is_executor(&state, &caller) {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "only the query executor reports the result of a count",
-        ));
-    }
+    super::require(&state, &caller, Permission::ReportJobResult).await?;
     let report = report_from_wire(&body);
     let ctx = command_context(&caller, &trace);
     let w = state.cohorts.settle_count(&ctx, id, report).await?;
@@ -254,7 +229,7 @@ pub(crate) fn invalid_status(body: &Value) -> ApiError {
 
 // ---- cohorts ----
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateCohort {
     name: Option<String>,
     description: Option<String>,
@@ -278,7 +253,7 @@ pub(super) async fn list_cohorts(
     headers: HeaderMap,
 ) -> Result<Json<Envelope<Value>>, ApiError> {
     let window = window(&params)?;
-    let limit = state.cohort_settings.cohort_size_limit;
+    let limit = state.settings.cohort_size_limit;
     let filter = CohortFilter {
         name: text_param(&params, "name"),
         min_result_size: int_param(&params, "min_result_size")?,
@@ -297,7 +272,7 @@ pub(super) async fn list_cohorts(
     };
     let page = state
         .cohort_reader
-        .list_cohorts(reader(&state, &caller), &filter, window)
+        .list_cohorts(reader(&caller), &filter, window)
         .await?;
     let mut results = Vec::with_capacity(page.results.len());
     for v in page.results {
@@ -320,7 +295,7 @@ pub(super) async fn retrieve_cohort(
     let id = path_uuid(&id, "cohort", "cohort_not_found")?;
     let v = state
         .cohort_reader
-        .cohort(reader(&state, &caller), id)
+        .cohort(reader(&caller), id)
         .await?
         .ok_or_else(|| ApiError::not_found("cohort_not_found", "cohort"))?;
     let (owner, snapshot) = (v.owner.clone(), v.request_query_snapshot);
@@ -406,9 +381,9 @@ pub(super) async fn patch_cohort(
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "cohort", "cohort_not_found")?;
     let ctx = command_context(&caller, &trace);
-    if let Some(kind) = callback_caller(&state, &caller) {
+    if let Some(kind) = caller.job_reporter() {
         let report = report_from_wire(&body);
-        let via_etl = matches!(kind, Callback::Etl);
+        let via_etl = kind == JobReporter::SolrEtl;
         let w = state
             .cohorts
             .settle_cohort(&ctx, id, report, via_etl)
@@ -547,4 +522,128 @@ pub(super) async fn cohort_rights(
         }));
     }
     Ok(Json(Value::Array(answer)))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/dated-measures/",
+            routing::get(list_dated_measures).post(create_dated_measure),
+            [
+                op("GET", "Cohorts", User, 200, "The caller's counts")
+                    .answers(Shape::Page(None))
+                    .query(&[
+                        param("request_query_snapshot", ParamType::Uuid),
+                        param("request_id", ParamType::Uuid),
+                        param("request", ParamType::Uuid),
+                        param("request_job_status", ParamType::List),
+                        param("ordering", ParamType::Text),
+                        param("limit", ParamType::Integer),
+                        param("offset", ParamType::Integer),
+                    ]),
+                op("POST", "Cohorts", User, 201, "Count a query version")
+                    .body::<CreateCount>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/dated-measures/{id}/",
+            routing::get(retrieve_dated_measure).patch(patch_dated_measure),
+            [
+                op("GET", "Cohorts", User, 200, "One count").answers(Shape::Json),
+                op(
+                    "PATCH",
+                    "Cohorts",
+                    UserOrApplicative,
+                    200,
+                    "QueryExecutor callback with a count's result",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/cohorts/",
+            routing::get(list_cohorts).post(create_cohort),
+            [
+                op("GET", "Cohorts", User, 200, "The caller's cohorts")
+                    .answers(Shape::Page(None))
+                    .query(&[
+                        param("name", ParamType::Text),
+                        param("min_result_size", ParamType::Integer),
+                        param("max_result_size", ParamType::Integer),
+                        param("min_created_at", ParamType::DateTime),
+                        param("max_created_at", ParamType::DateTime),
+                        param("request_id", ParamType::Uuid),
+                        param("favorite", ParamType::Boolean),
+                        param("group_id", ParamType::List),
+                        param("status", ParamType::List),
+                        param("parent_cohort", ParamType::Uuid),
+                        param("is_sample", ParamType::Boolean),
+                        param("exportable", ParamType::Boolean),
+                        param("search", ParamType::Text),
+                        param("ordering", ParamType::Text),
+                        param("limit", ParamType::Integer),
+                        param("offset", ParamType::Integer),
+                    ]),
+                op(
+                    "POST",
+                    "Cohorts",
+                    User,
+                    201,
+                    "Create a cohort (or a sample of one)",
+                )
+                .body::<CreateCohort>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/cohorts/jobs/active/",
+            routing::get(active_jobs),
+            [op(
+                "GET",
+                "Cohorts",
+                User,
+                200,
+                "How many cohort jobs are running",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/cohort/cohorts/cohort-rights/",
+            routing::get(cohort_rights),
+            [op(
+                "GET",
+                "Cohorts",
+                User,
+                200,
+                "The caller's rights on the perimeters of given cohorts",
+            )
+            .answers(Shape::Json)
+            .query(&[param("group_id", ParamType::List)])],
+        )
+        .route(
+            "/cohort/cohorts/{id}/",
+            routing::get(retrieve_cohort)
+                .patch(patch_cohort)
+                .delete(delete_cohorts),
+            [
+                op("GET", "Cohorts", User, 200, "One cohort").answers(Shape::Json),
+                op(
+                    "PATCH",
+                    "Cohorts",
+                    UserOrApplicative,
+                    200,
+                    "Rename a cohort, or the executor's / ETL's callback",
+                )
+                .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Cohorts",
+                    User,
+                    204,
+                    "Delete cohorts (comma list of uuids)",
+                ),
+            ],
+        )
 }

@@ -8,6 +8,7 @@ use axum::Json;
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use axum::routing;
 use commands::content::ContentPatch;
 use domain::content::{CONTENT_TYPES, ContentFields};
 use projections::content::{CONTENT_ORDERINGS, ContentFilter, ReleaseNoteView, WebContentView};
@@ -19,11 +20,13 @@ use super::{after_commit, path_int, written_json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
+use crate::openapi::{Anyone, Documented, FullAdmin, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, list_param, page_envelope, page_window, text_param};
 use crate::state::AppState;
+use commands::authz::Permission;
 
 /// Body of a content write. Metadata values may be strings or numbers (`"order": 1`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ContentBody {
     title: Option<String>,
@@ -114,12 +117,7 @@ pub(super) async fn create_content(
     trace: TraceId,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may write web contents",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ManageContent).await?;
     let required = |v: Option<String>, field: &'static str| {
         v.ok_or_else(|| ApiError::invalid_field(field, format!("{field} is required")))
     };
@@ -150,12 +148,7 @@ pub(super) async fn update_content(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may write web contents",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "content", "content_not_found")?;
     let patch = ContentPatch {
         title: body.title,
@@ -183,12 +176,7 @@ pub(super) async fn delete_content(
     trace: TraceId,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may write web contents",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "content", "content_not_found")?;
     state
         .contents
@@ -198,7 +186,7 @@ pub(super) async fn delete_content(
 }
 
 /// Body of a release-note write.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NoteBody {
     title: Option<String>,
@@ -265,12 +253,7 @@ pub(super) async fn create_note(
     trace: TraceId,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may write release notes",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ManageContent).await?;
     let title = body
         .title
         .ok_or_else(|| ApiError::invalid_field("title", "title is required"))?;
@@ -296,12 +279,7 @@ pub(super) async fn update_note(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    super::require_full_admin(
-        &state,
-        &caller,
-        "only full administrators may write release notes",
-    )
-    .await?;
+    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "release note", "release_note_not_found")?;
     let written = state
         .contents
@@ -319,4 +297,121 @@ pub(super) async fn update_note(
         view,
         json!({"id": id}),
     ))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/webcontent/contents/",
+            routing::get(list_contents).post(create_content),
+            [
+                op(
+                    "GET",
+                    "Web content",
+                    Anyone,
+                    200,
+                    "Banners and news (filters: content_type, page_source, search, ordering)",
+                )
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("content_type", ParamType::List),
+                    param("page_source", ParamType::List),
+                    param("search", ParamType::Text),
+                    param("ordering", ParamType::Text),
+                    param("page", ParamType::Integer),
+                ]),
+                op(
+                    "POST",
+                    "Web content",
+                    FullAdmin,
+                    201,
+                    "Create a web content",
+                )
+                .body::<ContentBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/webcontent/contents/content_types/",
+            routing::get(content_types),
+            [op(
+                "GET",
+                "Web content",
+                Anyone,
+                200,
+                "Content types and their labels",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/webcontent/contents/{id}/",
+            routing::get(retrieve_content)
+                .patch(update_content)
+                .delete(delete_content),
+            [
+                op("GET", "Web content", Anyone, 200, "One web content")
+                    .returns::<WebContentView>(),
+                op(
+                    "PATCH",
+                    "Web content",
+                    FullAdmin,
+                    200,
+                    "Change a web content",
+                )
+                .body::<ContentBody>()
+                .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Web content",
+                    FullAdmin,
+                    204,
+                    "Delete a web content",
+                ),
+            ],
+        )
+        .route(
+            "/release-notes/",
+            routing::get(list_notes).post(create_note),
+            [
+                op(
+                    "GET",
+                    "Web content",
+                    User,
+                    200,
+                    "Release notes, newest first (search)",
+                )
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("search", ParamType::Text),
+                    param("page", ParamType::Integer),
+                ]),
+                op(
+                    "POST",
+                    "Web content",
+                    FullAdmin,
+                    201,
+                    "Create a release note",
+                )
+                .body::<NoteBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/release-notes/{id}/",
+            routing::get(retrieve_note).patch(update_note),
+            [
+                op("GET", "Web content", User, 200, "One release note")
+                    .returns::<ReleaseNoteView>(),
+                op(
+                    "PATCH",
+                    "Web content",
+                    FullAdmin,
+                    200,
+                    "Change a release note",
+                )
+                .body::<NoteBody>()
+                .answers(Shape::Json),
+            ],
+        )
 }

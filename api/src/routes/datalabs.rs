@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
-use chrono::Utc;
+use axum::routing;
 use projections::exports::{DatalabView, ProviderView};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -14,33 +14,20 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
+use commands::authz::Permission;
 
-/// What the caller may do with datalabs.
+/// Refuses unless the caller may read (or, with `write`, manage) datalabs.
 async fn require(state: &AppState, caller: &Caller, write: bool) -> Result<(), ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    let rights = authority.global();
-    let full = rights.right_full_admin;
-    let read = full || rights.right_read_datalabs;
-    let manage = full || (read && rights.right_manage_datalabs);
-    let allowed = !caller.applicative && if write { manage } else { read };
-    if allowed {
-        Ok(())
+    let permission = if write {
+        Permission::ManageDatalabs
     } else {
-        Err(ApiError::forbidden(
-            "permission_denied",
-            if write {
-                "managing datalabs needs right_read_datalabs and right_manage_datalabs"
-            } else {
-                "reading datalabs needs right_read_datalabs"
-            },
-        ))
-    }
+        Permission::ReadDatalabs
+    };
+    super::require(state, caller, permission).await
 }
 
 fn datalab_id(raw: &str) -> Result<Uuid, ApiError> {
@@ -93,7 +80,7 @@ pub(super) async fn retrieve_datalab(
         .ok_or_else(|| ApiError::not_found("datalab_not_found", "datalab"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct DatalabBody {
     name: Option<String>,
     infrastructure_provider: Option<Uuid>,
@@ -172,7 +159,7 @@ pub(super) async fn retrieve_provider(
         })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct ProviderBody {
     name: Option<String>,
 }
@@ -222,4 +209,114 @@ pub(super) async fn delete_provider(
     let ctx = command_context(&caller, &trace);
     state.exports.delete_provider(&ctx, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/exports/datalabs/",
+            routing::get(list_datalabs).post(create_datalab),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "Datalabs (needs right_read_datalabs)",
+                )
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("infra_provider", ParamType::Text),
+                    param("name", ParamType::Text),
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ]),
+                op(
+                    "POST",
+                    "Exports",
+                    User,
+                    201,
+                    "Create a datalab (needs right_read_datalabs and right_manage_datalabs)",
+                )
+                .body::<DatalabBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/datalabs/{id}/",
+            routing::get(retrieve_datalab).patch(update_datalab),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "One datalab (needs right_read_datalabs)",
+                )
+                .answers(Shape::Object(None)),
+                op(
+                    "PATCH",
+                    "Exports",
+                    User,
+                    200,
+                    "Rename a datalab or move it to another provider",
+                )
+                .body::<DatalabBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/infrastructure-providers/",
+            routing::get(list_providers).post(create_provider),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "Infrastructure providers (needs right_read_datalabs)",
+                )
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ]),
+                op(
+                    "POST",
+                    "Exports",
+                    User,
+                    201,
+                    "Create an infrastructure provider",
+                )
+                .body::<ProviderBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/infrastructure-providers/{id}/",
+            routing::get(retrieve_provider)
+                .patch(update_provider)
+                .delete(delete_provider),
+            [
+                op("GET", "Exports", User, 200, "One infrastructure provider")
+                    .returns::<ProviderView>(),
+                op(
+                    "PATCH",
+                    "Exports",
+                    User,
+                    200,
+                    "Rename an infrastructure provider",
+                )
+                .body::<ProviderBody>()
+                .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Exports",
+                    User,
+                    204,
+                    "Delete an infrastructure provider no datalab uses",
+                ),
+            ],
+        )
 }

@@ -6,6 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::Utc;
 use commands::exports::{NewExport, NewExportTable};
 use domain::export::ExportFormat;
@@ -19,9 +20,11 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
+use crate::openapi::{Documented, FullAdmin, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
-use crate::routes::{after_commit, is_full_admin, require_full_admin, written_json};
+use crate::routes::{after_commit, require, written_json};
 use crate::state::AppState;
+use commands::authz::Permission;
 
 fn export_id(raw: &str) -> Result<Uuid, ApiError> {
     path_uuid(raw, "export", "export_not_found")
@@ -40,9 +43,9 @@ pub(super) async fn list(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let window = window(&params)?;
-    let admin = is_full_admin(&state, &caller).await?;
+    let owner = state.access.export_owner(&caller).await?;
     let filter = ExportFilter {
-        owner: (!admin).then(|| caller.username.clone()),
+        owner,
         output_format: text_param(&params, "output_format"),
         statuses: text_param(&params, "status")
             .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
@@ -71,7 +74,7 @@ pub(super) async fn list(
     Ok(Json(envelope(page, window, &uri, &headers, &params)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateTable {
     table_name: Option<String>,
     name: Option<String>,
@@ -87,7 +90,7 @@ pub(super) struct CreateTable {
     pivot_merge_ids: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateExport {
     output_format: Option<String>,
     nominative: Option<bool>,
@@ -214,7 +217,7 @@ pub(super) async fn retry(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = export_id(&id)?;
-    require_full_admin(&state, &caller, "only full administrators retry exports").await?;
+    require(&state, &caller, Permission::AdministerExports).await?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.retry(&ctx, id).await?;
     let view = after_commit(state.export_reader.export(id))
@@ -237,7 +240,7 @@ pub(super) async fn relaunch(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = export_id(&id)?;
-    require_full_admin(&state, &caller, "only full administrators relaunch exports").await?;
+    require(&state, &caller, Permission::AdministerExports).await?;
     let ctx = command_context(&caller, &trace);
     let w = state.exports.relaunch(&ctx, id).await?;
     let view = after_commit(state.export_reader.export(w.value))
@@ -258,7 +261,7 @@ pub(super) async fn logs(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = export_id(&id)?;
-    require_full_admin(&state, &caller, "only full administrators read export logs").await?;
+    require(&state, &caller, Permission::AdministerExports).await?;
     match state.exports.logs(id).await? {
         None => Ok((StatusCode::OK, "no logs").into_response()),
         Some(logs) => Ok((
@@ -298,7 +301,7 @@ pub(super) async fn stats(
     headers: HeaderMap,
 ) -> Result<Json<Envelope<projections::exports::ExportStatView>>, ApiError> {
     let window = window(&params)?;
-    let admin = is_full_admin(&state, &caller).await?;
+    let owner = state.access.export_owner(&caller).await?;
     let export = match text_param(&params, "export") {
         Some(raw) => Some(
             raw.parse::<Uuid>()
@@ -307,7 +310,7 @@ pub(super) async fn stats(
         None => None,
     };
     let filter = StatFilter {
-        owner: (!admin).then(|| caller.username.clone()),
+        owner,
         export,
         name: text_param(&params, "name"),
         kind: text_param(&params, "type"),
@@ -324,9 +327,9 @@ pub(super) async fn export_stats(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<projections::exports::ExportStatView>>, ApiError> {
     let id = export_id(&id)?;
-    let admin = is_full_admin(&state, &caller).await?;
+    let owner = state.access.export_owner(&caller).await?;
     let filter = StatFilter {
-        owner: (!admin).then(|| caller.username.clone()),
+        owner,
         export: Some(id),
         ..Default::default()
     };
@@ -344,4 +347,149 @@ pub(super) async fn export_stats(
         return Err(ApiError::not_found("export_not_found", "export"));
     }
     Ok(Json(page.results))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/exports/",
+            routing::get(list).post(create),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "The caller's exports (every export for full admins); `return_full_objects=true` for full objects",
+                )
+                .answers(Shape::Json)
+                .query(&[param("output_format", ParamType::Text), param("status", ParamType::Text), param("motivation", ParamType::Text), param("search", ParamType::Text), param("return_full_objects", ParamType::Boolean), param("ordering", ParamType::Text), param("limit", ParamType::Integer), param("offset", ParamType::Integer)]),
+                op(
+                    "POST",
+                    "Exports",
+                    User,
+                    201,
+                    "Request an export (validated against the owner's rights on every perimeter of its cohorts)",
+                )
+                .body::<CreateExport>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/cohorts/",
+            routing::get(cohorts),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "The caller's created cohorts, which may be exported",
+                )
+                .returns_page::<projections::exports::ExportableCohort>()
+                .query(&[param("limit", ParamType::Integer), param("offset", ParamType::Integer)]),
+            ],
+        )
+        .route(
+            "/exports/export-stats/",
+            routing::get(stats),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "Statistics of the caller's finished exports",
+                )
+                .returns_page::<projections::exports::ExportStatView>()
+                .query(&[param("export", ParamType::Text), param("name", ParamType::Text), param("type", ParamType::Text), param("export_target_name", ParamType::Text), param("limit", ParamType::Integer), param("offset", ParamType::Integer)]),
+            ],
+        )
+        .route(
+            "/exports/export-stats/{id}/",
+            routing::get(export_stats),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "Statistics of one of the caller's exports",
+                )
+                .returns_list::<projections::exports::ExportStatView>(),
+            ],
+        )
+        .route(
+            "/exports/{id}/",
+            routing::get(retrieve),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "One of the caller's exports",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/{id}/download/",
+            routing::get(download),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    User,
+                    200,
+                    "The export's files as export_{group_id}.zip (owner only, within the retention window)",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/exports/{id}/retry/",
+            routing::post(retry),
+            [
+                op(
+                    "POST",
+                    "Exports",
+                    FullAdmin,
+                    200,
+                    "Run a finished or failed export again",
+                )
+                .answers(Shape::Json)
+                .reads(None),
+            ],
+        )
+        .route(
+            "/exports/{id}/relaunch/",
+            routing::post(relaunch),
+            [
+                op(
+                    "POST",
+                    "Exports",
+                    FullAdmin,
+                    201,
+                    "A new export copying this one, for the same owner",
+                )
+                .answers(Shape::Json)
+                .reads(None),
+            ],
+        )
+        .route(
+            "/exports/{id}/logs/",
+            routing::get(logs),
+            [
+                op(
+                    "GET",
+                    "Exports",
+                    FullAdmin,
+                    200,
+                    "The exporter's logs of an export",
+                )
+                .answers(Shape::Json),
+            ],
+        )
 }

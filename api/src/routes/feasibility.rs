@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use commands::cohorts::{Settled, report_from_wire};
 use commands::mails::escape_html;
 use domain::feasibility::{ReportNode, StudyState};
@@ -19,12 +20,13 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
+use crate::openapi::{Documented, ParamType, Shape, User, UserOrApplicative, op, param};
 use crate::pagination::{Envelope, Params, envelope, window};
-use crate::routes::cohorts::{invalid_status, is_executor, reader};
+use crate::routes::cohorts::{invalid_status, reader};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateStudy {
     request_query_snapshot: Option<Uuid>,
     request_query_snapshot_id: Option<Uuid>,
@@ -40,7 +42,7 @@ pub(super) async fn list(
     let window = window(&params)?;
     let page = state
         .cohort_reader
-        .list_studies(reader(&state, &caller), window)
+        .list_studies(reader(&caller), window)
         .await?;
     Ok(Json(envelope(page, window, &uri, &headers, &params)))
 }
@@ -53,7 +55,7 @@ pub(super) async fn retrieve(
     let id = path_uuid(&id, "feasibility study", "feasibility_study_not_found")?;
     state
         .cohort_reader
-        .study(reader(&state, &caller), id)
+        .study(reader(&caller), id)
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::not_found("feasibility_study_not_found", "feasibility study"))
@@ -94,12 +96,12 @@ pub(super) async fn patch(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "feasibility study", "feasibility_study_not_found")?;
-    if !is_executor(&state, &caller) {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "only the query executor reports the result of a feasibility study",
-        ));
-    }
+    super::require(
+        &state,
+        &caller,
+        commands::authz::Permission::ReportJobResult,
+    )
+    .await?;
     let ctx = command_context(&caller, &trace);
     let w = state
         .feasibility
@@ -127,7 +129,7 @@ pub(super) async fn download(
         .filter(|s| s.job.status == JobStatus::Finished)
         .ok_or_else(not_found)?;
     let name = report_name(&study);
-    let zip = report_zip(&study, &name, &state.cohort_settings.frontend_url)
+    let zip = report_zip(&study, &name, &state.settings.frontend_url)
         .map_err(|e| ApiError::bug(&format!("report archive: {e}")))?;
     Ok((
         [
@@ -221,4 +223,57 @@ fn report_zip(
     zip.start_file(format!("{name}.json"), options)?;
     zip.write_all(&json)?;
     Ok(zip.finish()?.into_inner())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/feasibility-studies/",
+            routing::get(list).post(create),
+            [
+                op(
+                    "GET",
+                    "Cohorts",
+                    User,
+                    200,
+                    "The caller's feasibility studies",
+                )
+                .returns_page::<StudyView>()
+                .query(&[
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ]),
+                op("POST", "Cohorts", User, 201, "Request a feasibility report")
+                    .body::<CreateStudy>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/feasibility-studies/{id}/",
+            routing::get(retrieve).patch(patch),
+            [
+                op("GET", "Cohorts", User, 200, "One feasibility study").returns::<StudyView>(),
+                op(
+                    "PATCH",
+                    "Cohorts",
+                    UserOrApplicative,
+                    200,
+                    "QueryExecutor callback with a study's report",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/feasibility-studies/{id}/download/",
+            routing::get(download),
+            [op(
+                "GET",
+                "Cohorts",
+                User,
+                200,
+                "The report as a zip (HTML and JSON)",
+            )
+            .answers(Shape::Json)],
+        )
 }

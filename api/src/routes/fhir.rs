@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::{DateTime, Utc};
 use domain::cohort_query::fhir_search::{SearchParam, parse_search};
 use projections::clinical::{
@@ -15,7 +16,9 @@ use projections::clinical::{
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
+use crate::openapi::{Documented, Shape, User, op};
 use crate::state::AppState;
+use commands::authz::AuthzError;
 
 /// Default and largest page sizes (`_count`).
 const DEFAULT_COUNT: i64 = 20;
@@ -83,32 +86,30 @@ fn fhir_json(body: Value) -> Response {
     ([("content-type", "application/fhir+json")], Json(body)).into_response()
 }
 
-/// The perimeters the caller reads patient data on; 403 when there are none.
+/// The perimeters the caller reads patient data on (`commands::authz::patient_read_scope`);
+/// 403 when there are none.
 async fn scope(state: &AppState, caller: &Caller) -> Result<ReadScope, FhirError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    let mut scope = ReadScope::default();
-    if !caller.applicative {
-        for g in authority.grants() {
-            if g.rights.reads_patient_data() {
-                scope.readable.push(g.perimeter_id);
-            }
-            if g.rights.right_read_patient_nominative {
-                scope.nominative.push(g.perimeter_id);
-            }
-        }
-    }
-    if scope.readable.is_empty() {
-        return Err(FhirError::new(
+    match state.access.patient_read_scope(caller).await {
+        Ok(scope) => Ok(ReadScope {
+            readable: scope.readable,
+            nominative: scope.nominative,
+        }),
+        Err(AuthzError::Refused(r)) => Err(FhirError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "permission_denied",
-            "reading patient data needs a nominative or pseudonymized reading right on a perimeter",
-        ));
+            r.code,
+            r.message,
+        )),
+        Err(AuthzError::Unavailable(e)) => {
+            tracing::error!(error = %e.0, "rights cannot be read for a FHIR search");
+            Err(FhirError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "transient",
+                "read_model_unavailable",
+                "reading rights cannot be checked now",
+            ))
+        }
     }
-    Ok(scope)
 }
 
 /// `GET /fhir/metadata` (authenticated): what this server answers.
@@ -374,4 +375,51 @@ fn to_fhir(record: &FhirRecord) -> Value {
             v
         }
     }
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/fhir/metadata",
+            routing::get(metadata),
+            [
+                op(
+                    "GET",
+                    "FHIR",
+                    User,
+                    200,
+                    "The FHIR CapabilityStatement of the clinical store",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/fhir/{resource}",
+            routing::get(search),
+            [
+                op(
+                    "GET",
+                    "FHIR",
+                    User,
+                    200,
+                    "FHIR search (Patient, Encounter, Condition, Observation, MedicationRequest, Procedure) within the caller's reading perimeters",
+                )
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/fhir/{resource}/{id}",
+            routing::get(read),
+            [
+                op(
+                    "GET",
+                    "FHIR",
+                    User,
+                    200,
+                    "FHIR read of one resource, or List/{group_id} and Group/{group_id} for a created cohort",
+                )
+                .answers(Shape::Json),
+            ],
+        )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use commands::fhir_filters::NewFhirFilter;
 use domain::fhir_filter::{DEFAULT_QUERY_VERSION, FhirFilterChanges, FhirFilterFields};
 use projections::cohorts::{FHIR_FILTER_ORDERING, FhirFilterQuery, FhirFilterView};
@@ -14,12 +15,13 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::folders::check_owner;
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateFilter {
     fhir_resource: Option<String>,
     fhir_version: Option<String>,
@@ -33,7 +35,7 @@ pub(super) struct CreateFilter {
     owner: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateFilter {
     fhir_resource: Option<String>,
     fhir_version: Option<String>,
@@ -44,7 +46,7 @@ pub(super) struct UpdateFilter {
     owner: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct DeleteMany {
     uuids: Vec<Uuid>,
 }
@@ -172,4 +174,95 @@ pub(super) async fn delete_multiple(
     let ctx = command_context(&caller, &trace);
     state.fhir_filters.delete(&ctx, &body.uuids).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/exports/fhir-filters/",
+            routing::get(list),
+            [op(
+                "GET",
+                "Exports",
+                User,
+                200,
+                "The caller's saved FHIR filters, for export tables",
+            )
+            .returns_page::<FhirFilterView>()
+            .query(&[
+                param("owner", ParamType::Text),
+                param("name", ParamType::Text),
+                param("fhir_resource", ParamType::Text),
+                param("fhir_filter", ParamType::Text),
+                param("query_version", ParamType::Text),
+                param("identifying", ParamType::Boolean),
+                param("ordering", ParamType::Text),
+                param("limit", ParamType::Integer),
+                param("offset", ParamType::Integer),
+            ])],
+        )
+        .route(
+            "/exports/fhir-filters/{id}/",
+            routing::get(retrieve),
+            [op(
+                "GET",
+                "Exports",
+                User,
+                200,
+                "One of the caller's saved FHIR filters",
+            )
+            .returns::<FhirFilterView>()],
+        )
+        .route(
+            "/cohort/fhir-filters/",
+            routing::get(list).post(create),
+            [
+                op(
+                    "GET",
+                    "Cohorts",
+                    User,
+                    200,
+                    "The caller's saved FHIR filters",
+                )
+                .returns_page::<FhirFilterView>()
+                .query(&[
+                    param("owner", ParamType::Text),
+                    param("name", ParamType::Text),
+                    param("fhir_resource", ParamType::Text),
+                    param("fhir_filter", ParamType::Text),
+                    param("query_version", ParamType::Text),
+                    param("identifying", ParamType::Boolean),
+                    param("ordering", ParamType::Text),
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ]),
+                op("POST", "Cohorts", User, 201, "Save a FHIR filter")
+                    .body::<CreateFilter>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/fhir-filters/delete_multiple/",
+            routing::delete(delete_multiple),
+            [op(
+                "DELETE",
+                "Cohorts",
+                User,
+                204,
+                "Delete several of the caller's filters (uuids in the body)",
+            )
+            .reads(Some(Shape::Json))],
+        )
+        .route(
+            "/cohort/fhir-filters/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Cohorts", User, 200, "One saved filter").returns::<FhirFilterView>(),
+                op("PATCH", "Cohorts", User, 200, "Change a saved filter")
+                    .body::<UpdateFilter>()
+                    .answers(Shape::Json),
+                op("DELETE", "Cohorts", User, 204, "Delete a saved filter"),
+            ],
+        )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use projections::parse_ordering;
 use projections::workspace::{FOLDER_ORDERING, FolderFilter, FolderView};
 use serde::Deserialize;
@@ -11,18 +12,19 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, datetime_param, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateFolder {
     name: String,
     description: Option<String>,
     owner: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateFolder {
     name: Option<String>,
     description: Option<String>,
@@ -119,4 +121,52 @@ pub(super) async fn delete(
     let ctx = command_context(&caller, &trace);
     state.workspace.delete_folders(&ctx, &ids).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/folders/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Workspace", User, 200, "The caller's folders")
+                    .returns_page::<FolderView>()
+                    .query(&[
+                        param("name", ParamType::Text),
+                        param("min_created_at", ParamType::DateTime),
+                        param("max_created_at", ParamType::DateTime),
+                        param("search", ParamType::Text),
+                        param("ordering", ParamType::Text),
+                        param("limit", ParamType::Integer),
+                        param("offset", ParamType::Integer),
+                    ]),
+                op("POST", "Workspace", User, 201, "Create a folder")
+                    .body::<CreateFolder>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/folders/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Workspace", User, 200, "One folder").returns::<FolderView>(),
+                op(
+                    "PATCH",
+                    "Workspace",
+                    User,
+                    200,
+                    "Rename or describe a folder",
+                )
+                .body::<UpdateFolder>()
+                .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Workspace",
+                    User,
+                    204,
+                    "Delete folders (comma list of uuids) and their requests",
+                ),
+            ],
+        )
 }

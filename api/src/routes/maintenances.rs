@@ -1,38 +1,47 @@
 //! `/maintenances/` and the maintenance gate.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use axum::Json;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::{DateTime, Utc};
 use domain::maintenance::{MaintenanceFields, MaintenanceKind, MaintenancePatch};
 use projections::identity::{MAINTENANCE_ORDERING, MaintenanceFilter, MaintenanceView};
 use projections::parse_ordering;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 use crate::auth::{Caller, bearer};
 use crate::error::{ApiError, maintenance_refusal};
 use crate::extract::{JsonBody, TraceId, command_context};
+use crate::openapi::{Anyone, Documented, FullAdmin, ParamType, Shape, op, param};
 use crate::pagination::{Envelope, Params, datetime_param, page_envelope, page_window, text_param};
 use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
-use crate::ws::ALL;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct MaintenanceBody {
     subject: Option<String>,
     #[serde(default, with = "double_option")]
     message: Option<Option<String>>,
     #[serde(rename = "type")]
+    #[schema(value_type = Option<MaintenanceKindSchema>)]
     kind: Option<MaintenanceKind>,
     start_datetime: Option<DateTime<Utc>>,
     end_datetime: Option<DateTime<Utc>>,
+}
+
+/// The wire values of `MaintenanceKind`, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[schema(as = MaintenanceKind)]
+#[allow(dead_code, reason = "only its schema is used")]
+enum MaintenanceKindSchema {
+    #[schema(rename = "partial")]
+    Partial,
+    #[schema(rename = "full")]
+    Full,
 }
 
 /// Tells "absent" (keep) from `null` (clear) for optional text fields.
@@ -44,22 +53,6 @@ mod double_option {
     ) -> Result<Option<Option<String>>, D::Error> {
         Option::<String>::deserialize(d).map(Some)
     }
-}
-
-/// The websocket message announcing a phase's state.
-pub(crate) fn broadcast_message(m: &MaintenanceView) -> Value {
-    json!({
-        "type": "maintenance",
-        "info": {
-            "id": m.id,
-            "subject": m.subject,
-            "maintenance_start": m.maintenance_start,
-            "maintenance_end": m.maintenance_end,
-            "active": m.active,
-            "type": m.kind,
-            "message": m.message,
-        }
-    })
 }
 
 pub(super) async fn list(
@@ -111,7 +104,7 @@ pub(super) async fn next(State(state): State<AppState>) -> Result<Json<Value>, A
 async fn announce(state: &AppState, id: i64) -> Result<Option<MaintenanceView>, ApiError> {
     let view = state.identity.maintenance(id, Utc::now()).await?;
     if let Some(m) = &view {
-        state.hub.push(ALL, broadcast_message(m)).await;
+        state.notifier.announce_maintenance(&m.notice()).await;
     }
     Ok(view)
 }
@@ -200,45 +193,9 @@ pub(super) async fn delete(
     // Deleting the running phase ends it: tell the clients.
     if let Some(mut m) = before.filter(|m| m.active) {
         m.active = false;
-        state.hub.push(ALL, broadcast_message(&m)).await;
+        state.notifier.announce_maintenance(&m.notice()).await;
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// How long the gate trusts its copy of the current phase.
-const GATE_TTL: Duration = Duration::from_secs(1);
-
-/// The current maintenance phase, cached for [`GATE_TTL`] so that the gate costs no query on
-/// most requests.
-#[derive(Default)]
-pub struct MaintenanceGate {
-    cached: Mutex<Option<(Instant, Option<MaintenanceView>)>>,
-}
-
-impl MaintenanceGate {
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
-    async fn current(&self, state: &AppState) -> Result<Option<MaintenanceView>, ApiError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((at, value)) = cached.as_ref()
-            && at.elapsed() < GATE_TTL
-        {
-            return Ok(value.clone().filter(|m| {
-                let now = Utc::now();
-                m.start_datetime < now && now < m.end_datetime
-            }));
-        }
-        let value = state.identity.next_maintenance(Utc::now()).await?;
-        *cached = Some((Instant::now(), value.clone()));
-        Ok(value.filter(|m| m.active))
-    }
-
-    /// Forgets the cached phase (after a maintenance write on this instance).
-    pub async fn invalidate(&self) {
-        *self.cached.lock().await = None;
-    }
 }
 
 fn always_open(path: &str) -> bool {
@@ -254,7 +211,11 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
     if always_open(path) {
         return next.run(req).await;
     }
-    let phase = match state.maintenance_gate.current(&state).await {
+    let phase = match state
+        .maintenance_gate
+        .current(state.identity.as_ref())
+        .await
+    {
         Ok(phase) => phase,
         Err(e) => return e.into_response(),
     };
@@ -283,39 +244,68 @@ pub async fn gate(State(state): State<AppState>, req: Request, next: Next) -> Re
     )
 }
 
-/// How often the announcer looks for phases starting or ending.
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
-
-/// Broadcasts "maintenance started" and "maintenance ended" to every socket when the current
-/// phase changes (each instance announces to the sockets of every instance; a client may see
-/// the same transition once per instance).
-pub async fn announce_transitions(state: AppState, shutdown: tokio_util::sync::CancellationToken) {
-    let mut current: Option<MaintenanceView> = None;
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
-        }
-        let active = match state.identity.next_maintenance(Utc::now()).await {
-            Ok(next) => next.filter(|m| m.active),
-            Err(e) => {
-                tracing::debug!(error = %e, "maintenance announcer: read failed");
-                continue;
-            }
-        };
-        let changed = active.as_ref().map(|m| m.id) != current.as_ref().map(|m| m.id);
-        if !changed {
-            continue;
-        }
-        match (&current, &active) {
-            (_, Some(started)) => state.hub.push(ALL, broadcast_message(started)).await,
-            (Some(ended), None) => {
-                let mut ended = ended.clone();
-                ended.active = false;
-                state.hub.push(ALL, broadcast_message(&ended)).await;
-            }
-            (None, None) => {}
-        }
-        current = active;
-    }
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/maintenances/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Maintenance", Anyone, 200, "Maintenance phases")
+                    .returns_page::<MaintenanceView>()
+                    .query(&[
+                        param("subject", ParamType::Text),
+                        param("min_start_datetime", ParamType::DateTime),
+                        param("max_end_datetime", ParamType::DateTime),
+                        param("search", ParamType::Text),
+                        param("ordering", ParamType::Text),
+                        param("page", ParamType::Integer),
+                    ]),
+                op(
+                    "POST",
+                    "Maintenance",
+                    FullAdmin,
+                    201,
+                    "Schedule a maintenance phase",
+                )
+                .body::<MaintenanceBody>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/maintenances/next/",
+            routing::get(next),
+            [op(
+                "GET",
+                "Maintenance",
+                Anyone,
+                200,
+                "The current or next maintenance phase",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/maintenances/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Maintenance", Anyone, 200, "One maintenance phase")
+                    .returns::<MaintenanceView>(),
+                op(
+                    "PATCH",
+                    "Maintenance",
+                    FullAdmin,
+                    200,
+                    "Change a maintenance phase",
+                )
+                .body::<MaintenanceBody>()
+                .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Maintenance",
+                    FullAdmin,
+                    204,
+                    "Delete a maintenance phase",
+                ),
+            ],
+        )
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Uri};
+use axum::routing;
 use chrono::Utc;
 use domain::authz::{Manageable, PerimeterRef, ReadMode};
 use projections::identity::{PERIMETER_ORDERING, PerimeterFilter, PerimeterRow};
@@ -13,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{ALL, Envelope, Params, envelope, list_param, text_param, window};
 use crate::routes::path_int;
 use crate::state::AppState;
@@ -252,4 +254,112 @@ pub(super) async fn read_check(
         ApiError::not_found("no_reading_right", "reading right on these perimeters")
     })?;
     Ok(Json(serde_json::to_value(permission).unwrap_or_default()))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/accesses/perimeters/",
+            routing::get(list),
+            [op("GET", "Perimeters", User, 200, "Perimeters")
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                    param("name", ParamType::Text),
+                    param("source_value", ParamType::Text),
+                    param("type_source_value", ParamType::List),
+                    param("cohort_id", ParamType::List),
+                    param("parent_id", ParamType::List),
+                    param("local_id", ParamType::List),
+                    param("search", ParamType::Text),
+                    param("ordering", ParamType::Text),
+                ])],
+        )
+        .route(
+            "/accesses/perimeters/manageable/",
+            routing::get(manageable),
+            [op(
+                "GET",
+                "Perimeters",
+                User,
+                200,
+                "Perimeters the caller manages",
+            )
+            .answers(Shape::List(None))
+            .query(&[
+                param("name", ParamType::Text),
+                param("source_value", ParamType::Text),
+                param("type_source_value", ParamType::List),
+                param("cohort_id", ParamType::List),
+                param("parent_id", ParamType::List),
+                param("local_id", ParamType::List),
+                param("search", ParamType::Text),
+                param("ordering", ParamType::Text),
+            ])],
+        )
+        .route(
+            "/accesses/perimeters/patient-data/rights/",
+            routing::get(data_rights),
+            [op(
+                "GET",
+                "Perimeters",
+                User,
+                200,
+                "The caller's data rights per perimeter",
+            )
+            .answers(Shape::Page(None))
+            .query(&[
+                param("limit", ParamType::Integer),
+                param("offset", ParamType::Integer),
+                param("name", ParamType::Text),
+                param("source_value", ParamType::Text),
+                param("type_source_value", ParamType::List),
+                param("cohort_id", ParamType::List),
+                param("parent_id", ParamType::List),
+                param("local_id", ParamType::List),
+                param("search", ParamType::Text),
+                param("ordering", ParamType::Text),
+            ])],
+        )
+        .route(
+            "/accesses/perimeters/patient-data/read/",
+            routing::get(read_check),
+            [op(
+                "GET",
+                "Perimeters",
+                User,
+                200,
+                "Whether the caller may read given perimeters or cohorts",
+            )
+            .answers(Shape::Json)
+            .query(&[
+                param("cohort_ids", ParamType::List),
+                param("mode", ParamType::Text),
+            ])],
+        )
+        .route(
+            "/accesses/perimeters/{id}/",
+            routing::get(retrieve),
+            [op("GET", "Perimeters", User, 200, "One perimeter").answers(Shape::Json)],
+        )
+        .route(
+            "/accesses/perimeters/{id}/children/",
+            routing::get(children),
+            [op("GET", "Perimeters", User, 200, "A perimeter's children")
+                .answers(Shape::Page(None))
+                .query(&[
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                    param("name", ParamType::Text),
+                    param("source_value", ParamType::Text),
+                    param("type_source_value", ParamType::List),
+                    param("cohort_id", ParamType::List),
+                    param("parent_id", ParamType::List),
+                    param("local_id", ParamType::List),
+                    param("search", ParamType::Text),
+                    param("ordering", ParamType::Text),
+                ])],
+        )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::NaiveTime;
 use commands::refresh::ScheduleChanges;
 use domain::refresh::Frequency;
@@ -14,11 +15,12 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateSchedule {
     request_snapshot: Option<Uuid>,
     request_snapshot_id: Option<Uuid>,
@@ -28,7 +30,7 @@ pub(super) struct CreateSchedule {
     notify_owner: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateSchedule {
     refresh_time: Option<String>,
     refresh_frequency: Option<String>,
@@ -149,4 +151,50 @@ pub(super) async fn delete(
     let ctx = command_context(&caller, &trace);
     state.schedules.delete(&ctx, &ids).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/refresh-schedules/",
+            routing::get(list).post(create),
+            [
+                op(
+                    "GET",
+                    "Cohorts",
+                    User,
+                    200,
+                    "The caller's refresh schedules",
+                )
+                .returns_page::<ScheduleView>()
+                .query(&[
+                    param("request_snapshot_id", ParamType::Uuid),
+                    param("refresh_time", ParamType::Text),
+                    param("refresh_frequency", ParamType::Text),
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ]),
+                op(
+                    "POST",
+                    "Cohorts",
+                    User,
+                    201,
+                    "Schedule the recount of a query version",
+                )
+                .body::<CreateSchedule>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/refresh-schedules/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Cohorts", User, 200, "One refresh schedule").returns::<ScheduleView>(),
+                op("PATCH", "Cohorts", User, 200, "Change a refresh schedule")
+                    .body::<UpdateSchedule>()
+                    .answers(Shape::Json),
+                op("DELETE", "Cohorts", User, 204, "Delete a refresh schedule"),
+            ],
+        )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use commands::workspace::{NewRequest, RequestChanges};
 use projections::parse_ordering;
 use projections::workspace::{REQUEST_ORDERING, RequestFilter, RequestView};
@@ -14,6 +15,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
+use crate::openapi::{Documented, Shape, User, op};
 use crate::pagination::{
     Envelope, Params, bool_param, datetime_param, envelope, text_param, uuid_param, window,
 };
@@ -22,7 +24,7 @@ use crate::routes::{after_commit, written};
 use crate::small_cells::protect_of_snapshot;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateRequest {
     name: String,
     description: Option<String>,
@@ -32,7 +34,7 @@ pub(super) struct CreateRequest {
     owner: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateRequest {
     name: Option<String>,
     description: Option<String>,
@@ -247,4 +249,54 @@ pub(super) async fn delete(
     let ctx = command_context(&caller, &trace);
     state.workspace.delete_requests(&ctx, &ids).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/folders/{id}/requests/",
+            routing::get(list_in_folder).post(create_in_folder),
+            [
+                op("GET", "Workspace", User, 200, "Requests of a folder")
+                    .answers(Shape::Page(None)),
+                op(
+                    "POST",
+                    "Workspace",
+                    User,
+                    201,
+                    "Create a request in a folder",
+                )
+                .body::<CreateRequest>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/requests/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Workspace", User, 200, "The caller's requests")
+                    .answers(Shape::Page(None)),
+                op("POST", "Workspace", User, 201, "Create a request")
+                    .body::<CreateRequest>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/requests/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Workspace", User, 200, "One request").answers(Shape::Json),
+                op("PATCH", "Workspace", User, 200, "Change a request")
+                    .body::<UpdateRequest>()
+                    .answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Workspace",
+                    User,
+                    204,
+                    "Delete requests (comma list of uuids)",
+                ),
+            ],
+        )
 }

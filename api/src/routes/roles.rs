@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::Utc;
 use domain::authz::PerimeterRef;
 use domain::rights::{CATALOGUE, Rights};
@@ -14,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
+use crate::openapi::{Documented, FullAdmin, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
@@ -205,16 +207,7 @@ pub(super) async fn holders(
     Query(params): Query<Params>,
 ) -> Result<Response, ApiError> {
     let id = path_int(&id, "role", "role_not_found")?;
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    if !authority.may_list_accesses() {
-        return Err(ApiError::forbidden(
-            "permission_denied",
-            "you are not allowed to list the holders of a role",
-        ));
-    }
+    super::require(&state, &caller, commands::authz::Permission::ListAccesses).await?;
     let order = params
         .get("order")
         .map(String::as_str)
@@ -268,4 +261,85 @@ pub(super) async fn assignable(
             .filter(|r| authority.can_manage(target, &r.rights))
             .collect(),
     ))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/accesses/rights/",
+            routing::get(rights),
+            [op(
+                "GET",
+                "Accesses",
+                User,
+                200,
+                "The rights catalogue by category",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/accesses/rights/{id}/",
+            routing::get(right),
+            [op("GET", "Accesses", User, 200, "One right").answers(Shape::Json)],
+        )
+        .route(
+            "/accesses/roles/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Accesses", User, 200, "Roles")
+                    .returns_page::<RoleView>()
+                    .query(&[
+                        param("name", ParamType::Text),
+                        param("ordering", ParamType::Text),
+                        param("limit", ParamType::Integer),
+                        param("offset", ParamType::Integer),
+                    ]),
+                op("POST", "Accesses", FullAdmin, 201, "Create a role").answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/accesses/roles/assignable/",
+            routing::get(assignable),
+            [op(
+                "GET",
+                "Accesses",
+                User,
+                200,
+                "Roles the caller may grant on a perimeter",
+            )
+            .returns_list::<RoleView>()
+            .query(&[param("perimeter_id", ParamType::Text)])],
+        )
+        .route(
+            "/accesses/roles/{id}/",
+            routing::get(retrieve).patch(update).delete(delete),
+            [
+                op("GET", "Accesses", User, 200, "One role").returns::<RoleView>(),
+                op("PATCH", "Accesses", FullAdmin, 200, "Change a role").answers(Shape::Json),
+                op(
+                    "DELETE",
+                    "Accesses",
+                    FullAdmin,
+                    204,
+                    "Delete an unused role",
+                ),
+            ],
+        )
+        .route(
+            "/accesses/roles/{id}/users/",
+            routing::get(holders),
+            [op(
+                "GET",
+                "Accesses",
+                User,
+                200,
+                "Holders of a role on the perimeters the caller manages",
+            )
+            .answers(Shape::Json)
+            .query(&[
+                param("filter_by_name", ParamType::Text),
+                param("order", ParamType::Text),
+            ])],
+        )
 }

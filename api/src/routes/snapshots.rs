@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use commands::workspace::NewSnapshot;
 use projections::parse_ordering;
 use projections::workspace::{SNAPSHOT_ORDERING, SnapshotFilter, SnapshotView};
@@ -14,11 +15,12 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
+use crate::openapi::{Documented, Shape, User, op};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateSnapshot {
     serialized_query: String,
     request: Option<Uuid>,
@@ -28,7 +30,7 @@ pub(super) struct CreateSnapshot {
     name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateSnapshot {
     name: Option<String>,
     serialized_query: Option<String>,
@@ -39,7 +41,7 @@ pub(super) struct UpdateSnapshot {
     previous_snapshot_id: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct Share {
     recipients: String,
     name: Option<String>,
@@ -338,4 +340,89 @@ pub(super) async fn share(
         Json(json!({ "shared_requests": w.value })),
     )
         .into_response())
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/cohort/requests/{id}/query-snapshots/",
+            routing::get(list_of_request).post(create_for_request),
+            [
+                op("GET", "Workspace", User, 200, "Query versions of a request")
+                    .returns_page::<SnapshotView>(),
+                op(
+                    "POST",
+                    "Workspace",
+                    User,
+                    201,
+                    "Save a query version of a request",
+                )
+                .body::<CreateSnapshot>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/request-query-snapshots/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Workspace", User, 200, "The caller's query versions")
+                    .returns_page::<SnapshotView>(),
+                op("POST", "Workspace", User, 201, "Save a query version")
+                    .body::<CreateSnapshot>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/request-query-snapshots/{id}/",
+            routing::get(retrieve).patch(update),
+            [
+                op("GET", "Workspace", User, 200, "One query version").returns::<SnapshotView>(),
+                op(
+                    "PATCH",
+                    "Workspace",
+                    User,
+                    200,
+                    "Rename a query version or patch its query",
+                )
+                .body::<UpdateSnapshot>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/request-query-snapshots/{id}/next-snapshots/",
+            routing::get(list_next).post(create_next),
+            [
+                op(
+                    "GET",
+                    "Workspace",
+                    User,
+                    200,
+                    "Versions saved from this one",
+                )
+                .returns_page::<SnapshotView>(),
+                op(
+                    "POST",
+                    "Workspace",
+                    User,
+                    201,
+                    "Save a version from this one",
+                )
+                .body::<CreateSnapshot>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/cohort/request-query-snapshots/{id}/share/",
+            routing::post(share),
+            [op(
+                "POST",
+                "Workspace",
+                User,
+                201,
+                "Share a query version with other users",
+            )
+            .body::<Share>()
+            .answers(Shape::Json)],
+        )
 }

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use axum::routing;
 use chrono::Utc;
 use commands::identity::{NewUser, UserPatch};
 use commands::ports::ExternalAuthError;
@@ -15,13 +16,14 @@ use serde_json::json;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
+use crate::openapi::{Documented, ParamType, Shape, User, op, param};
 use crate::pagination::{
     Envelope, Params, bool_param, envelope, page_envelope, page_window, text_param, window,
 };
 use crate::routes::{after_commit, requester, written_json};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct CreateUser {
     username: String,
     firstname: String,
@@ -30,7 +32,7 @@ pub(super) struct CreateUser {
     password: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct UpdateUser {
     firstname: Option<String>,
     lastname: Option<String>,
@@ -41,14 +43,7 @@ pub(super) struct UpdateUser {
 /// Others (the share dialog of every researcher) get names only; upstream shows everything to
 /// everyone.
 async fn sees_contacts(state: &AppState, caller: &Caller) -> Result<bool, ApiError> {
-    if caller.applicative {
-        return Ok(true);
-    }
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
-    Ok(authority.global().right_manage_users || authority.may_list_accesses())
+    Ok(state.access.sees_user_contacts(caller).await?)
 }
 
 fn names_only(mut user: UserView) -> UserView {
@@ -248,4 +243,76 @@ pub(super) async fn retrieve_profile(
         profile.email = None;
     }
     Ok(Json(profile))
+}
+
+/// The routes of this module, with their documentation.
+pub(super) fn routes() -> Documented {
+    Documented::new()
+        .route(
+            "/users/",
+            routing::get(list).post(create),
+            [
+                op("GET", "Users", User, 200, "List users")
+                    .returns_page::<UserView>()
+                    .query(&[
+                        param("username", ParamType::Text),
+                        param("firstname", ParamType::Text),
+                        param("lastname", ParamType::Text),
+                        param("email", ParamType::Text),
+                        param("manual_only", ParamType::Boolean),
+                        param("with_access", ParamType::Boolean),
+                        param("search", ParamType::Text),
+                        param("ordering", ParamType::Text),
+                        param("page", ParamType::Integer),
+                    ]),
+                op(
+                    "POST",
+                    "Users",
+                    User,
+                    201,
+                    "Create a user (right_manage_users)",
+                )
+                .body::<CreateUser>()
+                .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/users/{username}/",
+            routing::get(retrieve).patch(update),
+            [
+                op("GET", "Users", User, 200, "One user").returns::<UserView>(),
+                op("PATCH", "Users", User, 200, "Change a user's details")
+                    .body::<UpdateUser>()
+                    .answers(Shape::Json),
+            ],
+        )
+        .route(
+            "/users/{username}/check/",
+            routing::get(check),
+            [op(
+                "GET",
+                "Users",
+                User,
+                200,
+                "Whether a username is known, here or by the identity service",
+            )
+            .answers(Shape::Json)],
+        )
+        .route(
+            "/accesses/profiles/",
+            routing::get(list_profiles),
+            [op("GET", "Accesses", User, 200, "Profiles")
+                .returns_page::<ProfileView>()
+                .query(&[
+                    param("user_id", ParamType::Text),
+                    param("search", ParamType::Text),
+                    param("limit", ParamType::Integer),
+                    param("offset", ParamType::Integer),
+                ])],
+        )
+        .route(
+            "/accesses/profiles/{id}/",
+            routing::get(retrieve_profile),
+            [op("GET", "Accesses", User, 200, "One profile").returns::<ProfileView>()],
+        )
 }

@@ -7,6 +7,8 @@ pub mod export_api;
 pub mod local_storage;
 pub mod reactions;
 pub mod read_model;
+pub mod rights;
 pub mod webhdfs;
 
 pub use read_model::{ExportsProjection, PgExports};
+pub use rights::IdentityExportRights;

@@ -1,9 +1,11 @@
 //! The identity side: the `identity` read model (fold and queries) and the id sequences of integer-numbered aggregates.
 
 pub mod projection;
+pub mod read_rights;
 pub mod reader;
 
 pub use projection::IdentityProjection;
+pub use read_rights::{IdentityAuthorities, IdentityReadRights};
 pub use reader::PgIdentity;
 
 use commands::identity::IdKind;

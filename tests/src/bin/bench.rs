@@ -521,7 +521,7 @@ async fn main() -> anyhow::Result<()> {
     let tree = big_tree();
     let size = tree.len();
     let started = Instant::now();
-    api::operations::import_perimeters(&app.state, tree).await?;
+    infra::runtime::operations::import_perimeters(&app.services, tree).await?;
     let import_rate = size as f64 / started.elapsed().as_secs_f64();
     let fixture_role = |name: &str, rights: domain::rights::Rights| {
         let app = app.clone();

@@ -14,8 +14,9 @@ async fn expiry_alerts_reach_holders_30_and_2_days_before_and_only_once() {
     let id = unique_id();
     let mut s = settings(&id, &nats_url());
     s.identity.smtp.smtp_port = smtp.port;
-    s.identity.enable_access_expiry_alerts = true;
-    s.identity.access_expiry_check_seconds = 1;
+    // The accesses are granted first, with no scheduler running: a run between two grants of
+    // one user would rightly alert about each access in its own mail.
+    s.identity.enable_access_expiry_alerts = false;
     let app = TestApp::spawn_with(s, id).await;
     let fixture = seed(&app).await;
     let now = Utc::now();
@@ -64,8 +65,17 @@ async fn expiry_alerts_reach_holders_30_and_2_days_before_and_only_once() {
     )
     .await;
     user_with(&app, &fixture, "calm", "nominative_reader", APHP).await;
+    app.settle().await;
 
-    // The scheduler (every second here) sends one mail per due user.
+    // A second instance runs the scheduler (every second here): one mail per due user.
+    let mut alerting = app.settings.clone();
+    alerting.identity.enable_access_expiry_alerts = true;
+    alerting.identity.access_expiry_check_seconds = 1;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let scheduler = api::startup::Application::build(&alerting, shutdown.clone())
+        .await
+        .expect("the alerting instance builds");
+    let scheduler = tokio::spawn(scheduler.run_until_stopped(shutdown.clone()));
     assert!(
         eventually(tests::PATIENCE, || async { smtp.received().len() >= 2 }).await,
         "two alerts arrive"
@@ -114,6 +124,8 @@ async fn expiry_alerts_reach_holders_30_and_2_days_before_and_only_once() {
     .await
     .unwrap();
     assert_eq!(claims, 3, "one claim per access");
+    shutdown.cancel();
+    scheduler.await.unwrap().unwrap();
     app.stop().await;
     smtp.stop();
 }

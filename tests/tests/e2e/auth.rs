@@ -1,6 +1,6 @@
 //! Login, refresh rotation, logout, token verification and impersonation.
 
-use api::auth::Claims;
+use api::tokens::Claims;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};

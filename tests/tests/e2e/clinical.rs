@@ -22,7 +22,7 @@ async fn app_with_data() -> (TestApp, Fixture) {
 async fn app_with(
     patients: u64,
     seed_value: u64,
-    tune: impl FnOnce(&mut api::config::Settings),
+    tune: impl FnOnce(&mut infra::runtime::config::Settings),
 ) -> (TestApp, Fixture) {
     let id = unique_id();
     let mut s = settings(&id, &tests::nats_url());

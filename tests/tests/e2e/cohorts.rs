@@ -22,7 +22,7 @@ struct World {
     etl_token: String,
 }
 
-async fn world_with(tune: impl FnOnce(&mut api::config::Settings)) -> World {
+async fn world_with(tune: impl FnOnce(&mut infra::runtime::config::Settings)) -> World {
     let id = unique_id();
     let qe_token = format!("qe-{id}");
     let etl_token = format!("etl-{id}");

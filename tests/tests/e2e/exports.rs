@@ -19,7 +19,7 @@ const PATIENTS: u64 = 1000;
 
 /// An application with the embedded executor and the built-in exporter, the fixture tree and
 /// generated data.
-async fn app_with(tune: impl FnOnce(&mut api::config::Settings)) -> (TestApp, Fixture) {
+async fn app_with(tune: impl FnOnce(&mut infra::runtime::config::Settings)) -> (TestApp, Fixture) {
     let id = unique_id();
     let mut s = settings(&id, &tests::nats_url());
     s.cohorts.query_executor_url = String::new();

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use api::auth::Claims;
+use api::tokens::Claims;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tests::identity::{APHP, add_user, seed, user_with};

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real Postgres and NATS (see `tests/src/lib.rs` for isolation).
 
 mod alerts;
+mod asyncapi;
 mod audit;
 mod auth;
 mod bad_input;
@@ -19,6 +20,7 @@ mod operator;
 mod outage;
 mod pipeline;
 mod rights;
+mod schemathesis;
 mod secrets;
 mod tls;
 mod tree;

@@ -1,6 +1,6 @@
 //! OIDC login end to end against a provider on loopback, and the external identity service.
 
-use api::config::OidcProviderSettings;
+use infra::runtime::config::OidcProviderSettings;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tests::identity::add_user;

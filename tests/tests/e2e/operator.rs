@@ -16,18 +16,20 @@ async fn create_user_admin_bootstraps_a_full_administrator_on_the_imported_tree(
         password: Some("first-admin-pass".into()),
     };
     // Without a tree there is nothing to administer: the command says what to do first.
-    let refused = api::operations::create_user(&app.state, user(), true)
+    let refused = infra::runtime::operations::create_user(&app.services, user(), true)
         .await
         .unwrap_err()
         .to_string();
     assert!(refused.contains("import-perimeters"), "{refused}");
 
-    api::operations::seed_demo(&app.state).await.unwrap();
+    infra::runtime::operations::seed_demo(&app.services)
+        .await
+        .unwrap();
     let second = NewUser {
         username: "second.admin".into(),
         ..user()
     };
-    api::operations::create_user(&app.state, second, true)
+    infra::runtime::operations::create_user(&app.services, second, true)
         .await
         .unwrap();
     let login = app
@@ -47,7 +49,9 @@ async fn create_user_admin_bootstraps_a_full_administrator_on_the_imported_tree(
     assert_eq!(mine.body[0]["role"]["right_full_admin"], true);
     assert_eq!(mine.body[0]["perimeter"]["id"], 9999);
     // The demo seed is idempotent.
-    api::operations::seed_demo(&app.state).await.unwrap();
+    infra::runtime::operations::seed_demo(&app.services)
+        .await
+        .unwrap();
     let roles = app
         .send(
             app.request(Method::GET, "/accesses/roles/")

@@ -254,14 +254,16 @@ async fn an_event_committed_late_is_published_and_projected_in_order_once_its_tr
 /// A database and a stream without the HTTP application.
 async fn bare_pipeline() -> (
     String,
-    api::config::Settings,
+    infra::runtime::config::Settings,
     PgPool,
     async_nats::jetstream::Context,
 ) {
     let id = unique_id();
     let s = settings(&id, &nats_url());
-    let pool = api::startup::prepare_database(&s).await.expect("database");
-    let nats = api::startup::nats_settings(&s);
+    let pool = infra::runtime::prepare_database(&s)
+        .await
+        .expect("database");
+    let nats = infra::runtime::nats_settings(&s);
     let client = infra::nats::connect(&nats).await.expect("nats");
     let js = infra::nats::jetstream(client);
     // The client connects in the background: retry until the stream is there.
@@ -276,7 +278,7 @@ async fn bare_pipeline() -> (
 #[tokio::test]
 async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
     let (id, s, pool, js) = bare_pipeline().await;
-    let nats = api::startup::nats_settings(&s);
+    let nats = infra::runtime::nats_settings(&s);
     append_folders(&pool, 40, 100).await;
     let relay_settings = RelaySettings {
         batch_size: 50,
@@ -343,7 +345,7 @@ async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() 
 #[tokio::test]
 async fn a_projector_killed_mid_stream_and_restarted_applies_every_event_once() {
     let (id, s, pool, js) = bare_pipeline().await;
-    let nats = api::startup::nats_settings(&s);
+    let nats = infra::runtime::nats_settings(&s);
     let relay = Relay::new(
         pool.clone(),
         js.clone(),
@@ -587,7 +589,7 @@ async fn every_projector_and_reactor_follows_nats_on_a_durable_consumer_of_its_o
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    let expected = api::startup::projections().len() + reactors as usize;
+    let expected = infra::runtime::contexts::projections().len() + reactors as usize;
     let client = async_nats::connect(nats_url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let stream = js.get_stream(&app.settings.nats_stream).await.unwrap();

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use api::config::OidcProviderSettings;
 use commands::ports::{Mail, Mailer};
 use infra::mail::{SmtpMailer, SmtpSecurity, SmtpSettings};
+use infra::runtime::config::OidcProviderSettings;
 use infra::tls::TlsSettings;
 use reqwest::{Method, StatusCode};
 use serde_json::json;

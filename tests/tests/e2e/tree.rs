@@ -6,17 +6,19 @@ use tests::identity::{APHP, seed, user_with};
 use tests::{TestApp, dump_schema};
 
 fn tree_without_p10_subtree_and_p4_moved_under_p1() -> Vec<domain::perimeter::PerimeterFields> {
-    api::operations::parse_perimeters(api::operations::DEMO_PERIMETERS.as_bytes())
-        .unwrap()
-        .into_iter()
-        .filter(|p| ![10, 13, 14].contains(&p.id))
-        .map(|mut p| {
-            if p.id == 4 {
-                p.parent_id = Some(1);
-            }
-            p
-        })
-        .collect()
+    infra::runtime::operations::parse_perimeters(
+        infra::runtime::operations::DEMO_PERIMETERS.as_bytes(),
+    )
+    .unwrap()
+    .into_iter()
+    .filter(|p| ![10, 13, 14].contains(&p.id))
+    .map(|mut p| {
+        if p.id == 4 {
+            p.parent_id = Some(1);
+        }
+        p
+    })
+    .collect()
 }
 
 #[tokio::test]
@@ -34,15 +36,17 @@ async fn reimport_moves_subtrees_removes_perimeters_closes_their_accesses_and_re
     assert_eq!(p4.body["inferior_levels_ids"], "11,12");
 
     // Re-importing the same file changes nothing.
-    let same =
-        api::operations::parse_perimeters(api::operations::DEMO_PERIMETERS.as_bytes()).unwrap();
-    let report = api::operations::import_perimeters(&app.state, same)
+    let same = infra::runtime::operations::parse_perimeters(
+        infra::runtime::operations::DEMO_PERIMETERS.as_bytes(),
+    )
+    .unwrap();
+    let report = infra::runtime::operations::import_perimeters(&app.services, same)
         .await
         .unwrap();
     assert_eq!((report.written, report.removed), (0, 0));
 
-    let report = api::operations::import_perimeters(
-        &app.state,
+    let report = infra::runtime::operations::import_perimeters(
+        &app.services,
         tree_without_p10_subtree_and_p4_moved_under_p1(),
     )
     .await

@@ -2,7 +2,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use super::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are no-ops.
 pub fn init(format: LogFormat) {

@@ -1,6 +1,6 @@
 //! Operator commands: create users, import the perimeter tree, seed a demo.
 //!
-//! They run against a [`Core`] (relay and projectors included) and act as the `system` user,
+//! They run against a [`super::Runtime`]'s services (relay and projectors included) and act as the `system` user,
 //! so everything they do is an ordinary, audited event.
 
 use std::io::Read;
@@ -14,7 +14,7 @@ use projections::Window;
 use projections::identity::RoleFilter;
 use serde::Deserialize;
 
-use crate::state::AppState;
+use super::Services;
 
 /// Name of the role `create-user --admin` grants.
 pub const FULL_ADMIN_ROLE: &str = "Administrateur complet";
@@ -72,17 +72,17 @@ pub fn parse_perimeters(input: impl Read) -> anyhow::Result<Vec<PerimeterFields>
 /// Imports a perimeter file: new and changed perimeters are written, missing ones removed (and
 /// their accesses closed).
 pub async fn import_perimeters(
-    state: &AppState,
+    state: &Services,
     rows: Vec<PerimeterFields>,
 ) -> Result<ImportReport, IdentityError> {
     state
-        .identity_service
+        .identity
         .import_perimeters(&system_context("import-perimeters"), rows)
         .await
 }
 
 /// The id of the full-admin role, created if missing.
-async fn full_admin_role(state: &AppState) -> anyhow::Result<i64> {
+async fn full_admin_role(state: &Services) -> anyhow::Result<i64> {
     let filter = RoleFilter {
         rights: vec![("right_full_admin", true)],
         ..RoleFilter::default()
@@ -92,7 +92,7 @@ async fn full_admin_role(state: &AppState) -> anyhow::Result<i64> {
         offset: 0,
     };
     if let Some(role) = state
-        .identity
+        .identity_reader
         .list_roles(&filter, all)
         .await?
         .results
@@ -101,7 +101,7 @@ async fn full_admin_role(state: &AppState) -> anyhow::Result<i64> {
         return Ok(role.id);
     }
     let written = state
-        .identity_service
+        .identity
         .create_role(
             &system_context("create-role"),
             &Requester::System,
@@ -113,17 +113,17 @@ async fn full_admin_role(state: &AppState) -> anyhow::Result<i64> {
 }
 
 /// Creates a user; with `admin`, also grants them the full-admin role on every root perimeter.
-pub async fn create_user(state: &AppState, user: NewUser, admin: bool) -> anyhow::Result<()> {
+pub async fn create_user(state: &Services, user: NewUser, admin: bool) -> anyhow::Result<()> {
     let username = user.username.clone();
     let ctx = system_context("create-user");
     state
-        .identity_service
+        .identity
         .create_user(&ctx, &Requester::System, user)
         .await?;
     if !admin {
         return Ok(());
     }
-    let roots = state.identity.roots().await?;
+    let roots = state.identity_reader.roots().await?;
     if roots.is_empty() {
         anyhow::bail!(
             "user {username} created, but no perimeter exists to make them an administrator on: \
@@ -133,14 +133,14 @@ pub async fn create_user(state: &AppState, user: NewUser, admin: bool) -> anyhow
     }
     let role_id = full_admin_role(state).await?;
     let profile_id = state
-        .identity
+        .identity_reader
         .manual_profile(&username)
         .await?
         .ok_or_else(|| anyhow::anyhow!("user {username} has no Manual profile"))?;
     for root in roots {
         // Ten years: an operator account, renewed deliberately.
         state
-            .identity_service
+            .identity
             .grant_access(
                 &ctx,
                 &Requester::System,
@@ -158,7 +158,7 @@ pub async fn create_user(state: &AppState, user: NewUser, admin: bool) -> anyhow
 }
 
 /// The demo tree (upstream's test fixture: APHP → P0…P14).
-pub const DEMO_PERIMETERS: &str = include_str!("../fixtures/demo_perimeters.csv");
+pub const DEMO_PERIMETERS: &str = include_str!("../../fixtures/demo_perimeters.csv");
 
 /// A catalogue of typical roles (name, rights).
 pub fn demo_roles() -> Vec<(&'static str, Rights)> {
@@ -226,13 +226,13 @@ pub fn demo_roles() -> Vec<(&'static str, Rights)> {
 }
 
 /// Seeds the demo tree and roles (idempotent: existing role names are skipped).
-pub async fn seed_demo(state: &AppState) -> anyhow::Result<()> {
+pub async fn seed_demo(state: &Services) -> anyhow::Result<()> {
     let rows = parse_perimeters(DEMO_PERIMETERS.as_bytes())?;
     import_perimeters(state, rows).await?;
     let ctx = system_context("seed-demo");
     for (name, rights) in demo_roles() {
         match state
-            .identity_service
+            .identity
             .create_role(&ctx, &Requester::System, name.into(), rights)
             .await
         {

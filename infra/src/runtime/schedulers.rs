@@ -1,4 +1,4 @@
-//! Scheduled jobs of the service.
+//! Scheduled jobs of the service, started by [`spawn`] as its settings say.
 
 use std::time::Duration;
 
@@ -6,13 +6,18 @@ use chrono::Utc;
 use commands::CommandContext;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::AppState;
+use super::Services;
+use super::config::Settings;
+use tokio::task::JoinSet;
 
 /// Sends the access-expiry e-mails every `ACCESS_EXPIRY_CHECK_SECONDS` (first run right away).
 /// Each alert is claimed on its access before it is sent, so several runs a day, or several
 /// instances, send it once.
-pub async fn expiry_alerts(state: AppState, shutdown: CancellationToken) {
-    let settings = state.identity_settings.clone();
+async fn expiry_alerts(
+    state: Services,
+    settings: crate::runtime::config::IdentitySettings,
+    shutdown: CancellationToken,
+) {
     let every = Duration::from_secs(settings.access_expiry_check_seconds.max(1));
     let days = [
         settings.access_expiry_first_alert_days,
@@ -27,7 +32,7 @@ pub async fn expiry_alerts(state: AppState, shutdown: CancellationToken) {
             at: Utc::now(),
         };
         match state
-            .identity_service
+            .identity
             .send_expiry_alerts(&ctx, ctx.at.date_naive(), &days, state.mailer.as_ref())
             .await
         {
@@ -46,8 +51,11 @@ pub async fn expiry_alerts(state: AppState, shutdown: CancellationToken) {
 
 /// Every `EXECUTOR_RECONCILE_EVERY_SECONDS`, asks the executor about the jobs without news for
 /// `EXECUTOR_RECONCILE_AFTER_SECONDS` (a lost callback, a forgotten job, an interrupted submission).
-pub async fn reconcile_jobs(state: AppState, shutdown: CancellationToken) {
-    let settings = state.cohort_settings.clone();
+async fn reconcile_jobs(
+    state: Services,
+    settings: crate::runtime::config::CohortArgs,
+    shutdown: CancellationToken,
+) {
     let every = Duration::from_secs(settings.reconcile_every_seconds.max(1));
     let after = chrono::Duration::seconds(settings.reconcile_after_seconds as i64);
     loop {
@@ -73,8 +81,7 @@ pub async fn reconcile_jobs(state: AppState, shutdown: CancellationToken) {
 }
 
 /// Every `REFRESH_SCHEDULE_CHECK_SECONDS`, requests a count for each due refresh schedule.
-pub async fn refresh_counts(state: AppState, shutdown: CancellationToken) {
-    let every = Duration::from_secs(state.cohort_settings.refresh_check_seconds.max(1));
+async fn refresh_counts(state: Services, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -109,7 +116,7 @@ fn scheduler_context(name: &str) -> CommandContext {
 
 /// Every `EXPORT_POLL_MS`, asks the exporter about the running exports (and re-checks the
 /// exports waiting for their subsets).
-pub async fn poll_exports(state: AppState, every: Duration, shutdown: CancellationToken) {
+async fn poll_exports(state: Services, every: Duration, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -126,7 +133,7 @@ pub async fn poll_exports(state: AppState, every: Duration, shutdown: Cancellati
 
 /// Every `EXPORT_CLEAN_EVERY_SECONDS` (first run right away), deletes the files of exports past
 /// `DAYS_TO_KEEP_EXPORTED_FILES` and records it.
-pub async fn clean_exports(state: AppState, every: Duration, shutdown: CancellationToken) {
+async fn clean_exports(state: Services, every: Duration, shutdown: CancellationToken) {
     loop {
         let ctx = scheduler_context("clean-exports");
         match state.exports.clean_expired(&ctx).await {
@@ -138,5 +145,49 @@ pub async fn clean_exports(state: AppState, every: Duration, shutdown: Cancellat
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+    }
+}
+
+/// Starts the scheduled jobs the settings enable.
+pub fn spawn(
+    tasks: &mut JoinSet<()>,
+    services: &Services,
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) {
+    if settings.identity.enable_access_expiry_alerts {
+        tasks.spawn(expiry_alerts(
+            services.clone(),
+            settings.identity.clone(),
+            shutdown.clone(),
+        ));
+    } else {
+        tracing::info!("access-expiry e-mails are disabled (ENABLE_ACCESS_EXPIRY_ALERTS)");
+    }
+    if settings.cohorts.refresh_check_seconds > 0 {
+        tasks.spawn(refresh_counts(
+            services.clone(),
+            Duration::from_secs(settings.cohorts.refresh_check_seconds.max(1)),
+            shutdown.clone(),
+        ));
+    }
+    if settings.cohorts.reconcile_every_seconds > 0 {
+        tasks.spawn(reconcile_jobs(
+            services.clone(),
+            settings.cohorts.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.spawn(poll_exports(
+        services.clone(),
+        Duration::from_millis(settings.exports.poll_ms.max(1)),
+        shutdown.clone(),
+    ));
+    if settings.exports.clean_every_seconds > 0 {
+        tasks.spawn(clean_exports(
+            services.clone(),
+            Duration::from_secs(settings.exports.clean_every_seconds),
+            shutdown.clone(),
+        ));
     }
 }

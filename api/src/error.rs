@@ -303,13 +303,7 @@ impl From<CohortsError> for ApiError {
                 ..Self::bad_request("fhir_filter_name_taken", e.to_string())
             },
             CohortsError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
-            CohortsError::Conflict => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                "the object was modified concurrently; retry",
-            ),
-            CohortsError::Unavailable(detail) => Self::unavailable(&detail),
-            CohortsError::Internal(detail) => Self::internal(&detail),
+            CohortsError::Technical(t) => t.into(),
         }
     }
 }
@@ -346,13 +340,7 @@ impl From<commands::exports::ExportsError> for ApiError {
             }
             E::Exporter(_) => Self::new(StatusCode::BAD_GATEWAY, "exporter_error", message),
             E::Cohorts(e) => e.into(),
-            E::Conflict => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                "the object was modified concurrently; retry",
-            ),
-            E::Unavailable(detail) => Self::unavailable(&detail),
-            E::Internal(detail) => Self::internal(&detail),
+            E::Technical(t) => t.into(),
         }
     }
 }
@@ -363,13 +351,7 @@ impl From<WorkspaceError> for ApiError {
             WorkspaceError::Folder(e) => e.into(),
             WorkspaceError::Request(e) => e.into(),
             WorkspaceError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
-            WorkspaceError::Conflict => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                "the object was modified concurrently; retry",
-            ),
-            WorkspaceError::Unavailable(detail) => Self::unavailable(&detail),
-            WorkspaceError::Internal(detail) => Self::internal(&detail),
+            WorkspaceError::Technical(t) => t.into(),
         }
     }
 }
@@ -448,13 +430,7 @@ impl From<IdentityError> for ApiError {
             },
             IdentityError::Perimeter(e) => Self::bad_request("invalid_perimeter", e.to_string()),
             IdentityError::Invalid(f) => Self::invalid_field(f.field, f.to_string()),
-            IdentityError::Conflict => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                "the object was modified concurrently; retry",
-            ),
-            IdentityError::Unavailable(detail) => Self::unavailable(&detail),
-            IdentityError::Internal(detail) => Self::internal(&detail),
+            IdentityError::Technical(t) => t.into(),
         }
     }
 }
@@ -501,13 +477,8 @@ impl From<commands::content::ContentFailure> for ApiError {
             ContentFailure::Rejected(ContentError::Invalid(f)) => {
                 Self::invalid_field(f.field, f.to_string())
             }
-            ContentFailure::Conflict => Self::new(
-                StatusCode::CONFLICT,
-                "concurrent_modification",
-                "the object was modified concurrently; retry",
-            ),
-            ContentFailure::Unavailable(detail) => Self::unavailable(&detail),
-            ContentFailure::Internal(detail) => Self::internal(&detail),
+            ContentFailure::Authz(e) => e.into(),
+            ContentFailure::Technical(t) => t.into(),
         }
     }
 }
@@ -517,6 +488,22 @@ impl From<commands::authz::AuthzError> for ApiError {
         match e {
             commands::authz::AuthzError::Refused(r) => Self::forbidden(r.code, r.message),
             commands::authz::AuthzError::Unavailable(detail) => Self::unavailable(&detail.0),
+        }
+    }
+}
+
+/// The technical half of every service error, mapped once.
+impl From<commands::error::Technical> for ApiError {
+    fn from(e: commands::error::Technical) -> Self {
+        use commands::error::Technical;
+        match e {
+            Technical::Conflict => Self::new(
+                StatusCode::CONFLICT,
+                "concurrent_modification",
+                "the object was modified concurrently; retry",
+            ),
+            Technical::Unavailable(detail) => Self::unavailable(&detail),
+            Technical::Internal(detail) => Self::internal(&detail),
         }
     }
 }
@@ -536,24 +523,28 @@ impl From<ReadError> for ApiError {
 
 #[cfg(test)]
 mod tests {
+    use commands::error::Technical;
+
     use super::*;
 
     #[test]
     fn conflicts_unavailability_and_bugs_map_to_their_statuses_without_leaking_details() {
-        let conflict = ApiError::from(WorkspaceError::Conflict);
+        let conflict = ApiError::from(WorkspaceError::from(Technical::Conflict));
         assert_eq!(
             (conflict.status, conflict.code),
             (StatusCode::CONFLICT, "concurrent_modification")
         );
-        let down = ApiError::from(WorkspaceError::Unavailable(
+        let down = ApiError::from(WorkspaceError::from(Technical::Unavailable(
             "pool timed out at 10.0.0.3".into(),
-        ));
+        )));
         assert_eq!(
             (down.status, down.code),
             (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
         );
         assert!(!down.message.contains("10.0.0.3"));
-        let bug = ApiError::from(WorkspaceError::Internal("column x does not exist".into()));
+        let bug = ApiError::from(WorkspaceError::from(Technical::Internal(
+            "column x does not exist".into(),
+        )));
         assert_eq!(
             (bug.status, bug.code),
             (StatusCode::INTERNAL_SERVER_ERROR, "internal")

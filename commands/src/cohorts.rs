@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::bus::{Committed, Execute};
 use crate::context::CommandContext;
-use crate::error::CommandError;
+use crate::error::{CommandError, Technical};
 use crate::ports::{
     CancelOutcome, CohortDirectory, Consistency, ExecutorError, ExecutorMode, JobSubmission,
     Notifier, PatientReadRights, PortError, QueryExecutor, StaleJob, WorkspaceDirectory,
@@ -50,54 +50,38 @@ pub enum CohortsError {
     FilterNameTaken,
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-    #[error("the object was modified concurrently; retry")]
-    Conflict,
-    #[error("a required service is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-/// Maps a command's failure, the refusal through `rejected`.
-pub(crate) fn from_command<E: std::error::Error>(
-    e: CommandError<E>,
-    rejected: impl FnOnce(E) -> CohortsError,
-) -> CohortsError {
-    match e {
-        CommandError::Rejected(e) => rejected(e),
-        CommandError::Conflict => CohortsError::Conflict,
-        CommandError::Unavailable(m) => CohortsError::Unavailable(m),
-        CommandError::Internal(m) => CohortsError::Internal(m),
-    }
+    /// Conflict, unavailability, bug.
+    #[error(transparent)]
+    Technical(#[from] Technical),
 }
 
 impl From<CommandError<CountError>> for CohortsError {
     fn from(e: CommandError<CountError>) -> Self {
-        from_command(e, CohortsError::Count)
+        crate::error::from_command(e, CohortsError::Count)
     }
 }
 
 impl From<CommandError<CohortError>> for CohortsError {
     fn from(e: CommandError<CohortError>) -> Self {
-        from_command(e, CohortsError::Cohort)
+        crate::error::from_command(e, CohortsError::Cohort)
     }
 }
 
 impl From<CommandError<RequestError>> for CohortsError {
     fn from(e: CommandError<RequestError>) -> Self {
-        from_command(e, CohortsError::Request)
+        crate::error::from_command(e, CohortsError::Request)
     }
 }
 
 impl From<CommandError<FhirFilterError>> for CohortsError {
     fn from(e: CommandError<FhirFilterError>) -> Self {
-        from_command(e, CohortsError::FhirFilter)
+        crate::error::from_command(e, CohortsError::FhirFilter)
     }
 }
 
 impl From<PortError> for CohortsError {
     fn from(e: PortError) -> Self {
-        CohortsError::Unavailable(e.0)
+        Technical::from(e).into()
     }
 }
 
@@ -1016,42 +1000,6 @@ pub fn sample_query(parent_query: &str, parent_group_id: &str) -> String {
     .to_string()
 }
 
-/// Reads a job report in the executor's wire format: a callback body
-/// (`request_job_status`, `count`, `minimum`, `maximum`, `extra`, `group.id`, `group.count`,
-/// `message`) or an entry of `GET /jobs/{id}`'s `result` (with `status`). Numbers may come as
-/// strings, as the executor sends them.
-pub fn report_from_wire(body: &Value) -> JobReport {
-    let text = |key: &str| -> Option<String> {
-        match body.get(key)? {
-            Value::String(s) => Some(s.clone()),
-            Value::Null => None,
-            other => Some(other.to_string()),
-        }
-    };
-    let number = |key: &str| -> Option<i64> {
-        match body.get(key)? {
-            Value::Number(n) => n.as_i64(),
-            Value::String(s) => s.trim().parse().ok(),
-            _ => None,
-        }
-    };
-    let extra = match body.get("extra") {
-        Some(Value::Object(map)) => map.clone().into_iter().collect(),
-        _ => Default::default(),
-    };
-    JobReport {
-        status: text("request_job_status")
-            .or_else(|| text("status"))
-            .unwrap_or_default(),
-        count: number("count").or_else(|| number("group.count")),
-        minimum: number("minimum"),
-        maximum: number("maximum"),
-        extra,
-        group_id: text("group.id").or_else(|| text("group_id")),
-        message: text("message").or_else(|| text("request_job_fail_msg")),
-    }
-}
-
 /// The query of an export subset: the source group's patients, restricted to one saved filter.
 pub fn subset_query(
     source_query: &str,
@@ -1124,22 +1072,6 @@ pub fn cohort_job_status(cohort: &CohortState, global: Option<&CountState>) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_reports_accept_numbers_as_strings() {
-        let r = report_from_wire(&json!({
-            "request_job_status": "FINISHED", "group.id": "123", "group.count": "456",
-            "extra": {"criteria_count_1": "10"}
-        }));
-        assert_eq!(r.status, "FINISHED");
-        assert_eq!(r.group_id.as_deref(), Some("123"));
-        assert_eq!(r.count, Some(456));
-        assert_eq!(r.extra["criteria_count_1"], json!("10"));
-        let r = report_from_wire(
-            &json!({"request_job_status": "FINISHED", "count": 7, "minimum": "1"}),
-        );
-        assert_eq!((r.count, r.minimum), (Some(7), Some(1)));
-    }
 
     #[test]
     fn global_estimates_count_on_the_root_population() {

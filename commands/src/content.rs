@@ -1,5 +1,5 @@
-//! Web contents and release notes: written by full administrators (the API checks), ids drawn
-//! from database sequences like upstream's integer ids.
+//! Web contents and release notes: written by full administrators only (checked here, with
+//! `Permission::ManageContent`), ids drawn from database sequences like upstream's integer ids.
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use domain::content::{
     ContentError, ContentFields, ReleaseNote, ReleaseNoteCommand, WebContent, WebContentCommand,
 };
 
+use crate::authz::{AccessControl, AuthzError, Permission, Principal};
 use crate::bus::Execute;
 use crate::context::CommandContext;
-use crate::error::CommandError;
+use crate::error::{CommandError, Technical};
 use crate::ports::{Consistency, PortError};
 use crate::workspace::Written;
 
@@ -26,28 +27,23 @@ pub trait ContentIds: Send + Sync {
 pub enum ContentFailure {
     #[error(transparent)]
     Rejected(#[from] ContentError),
-    #[error("the object was modified concurrently; retry")]
-    Conflict,
-    #[error("a required service is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// The caller may not write contents (or their rights cannot be read now).
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
+    /// Conflict, unavailability, bug.
+    #[error(transparent)]
+    Technical(#[from] Technical),
 }
 
 impl From<CommandError<ContentError>> for ContentFailure {
     fn from(e: CommandError<ContentError>) -> Self {
-        match e {
-            CommandError::Rejected(e) => Self::Rejected(e),
-            CommandError::Conflict => Self::Conflict,
-            CommandError::Unavailable(m) => Self::Unavailable(m),
-            CommandError::Internal(m) => Self::Internal(m),
-        }
+        crate::error::from_command(e, Self::Rejected)
     }
 }
 
 impl From<PortError> for ContentFailure {
     fn from(e: PortError) -> Self {
-        Self::Unavailable(e.0)
+        Technical::from(e).into()
     }
 }
 
@@ -67,6 +63,7 @@ pub struct Contents {
     notes: Arc<dyn Execute<ReleaseNote>>,
     ids: Arc<dyn ContentIds>,
     consistency: Arc<dyn Consistency>,
+    access: AccessControl,
 }
 
 impl Contents {
@@ -75,8 +72,10 @@ impl Contents {
         notes: Arc<dyn Execute<ReleaseNote>>,
         ids: Arc<dyn ContentIds>,
         consistency: Arc<dyn Consistency>,
+        access: AccessControl,
     ) -> Self {
         Self {
+            access,
             contents,
             notes,
             ids,
@@ -87,8 +86,10 @@ impl Contents {
     pub async fn create_content(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         fields: ContentFields,
     ) -> Result<Written<i64>, ContentFailure> {
+        self.access.require(by, Permission::ManageContent).await?;
         // Validate before drawing an id, so that refusals do not burn ids.
         fields.validate().map_err(ContentError::from)?;
         let id = self.ids.next_content_id().await?;
@@ -108,9 +109,11 @@ impl Contents {
     pub async fn update_content(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         id: i64,
         patch: ContentPatch,
     ) -> Result<Written<()>, ContentFailure> {
+        self.access.require(by, Permission::ManageContent).await?;
         let current = self.contents.load(&id.to_string()).await?;
         let Some(stored) = current.fields.filter(|_| !current.deleted) else {
             return Err(ContentError::NotFound.into());
@@ -134,8 +137,10 @@ impl Contents {
     pub async fn delete_content(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         id: i64,
     ) -> Result<(), ContentFailure> {
+        self.access.require(by, Permission::ManageContent).await?;
         let c = self
             .contents
             .execute(
@@ -151,9 +156,11 @@ impl Contents {
     pub async fn create_release_note(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         title: String,
         message: Vec<String>,
     ) -> Result<Written<i64>, ContentFailure> {
+        self.access.require(by, Permission::ManageContent).await?;
         let probe = ReleaseNote::default();
         // Validate before drawing an id (the probe has no state: only the rules run).
         probe.decide(ReleaseNoteCommand::Create {
@@ -182,10 +189,12 @@ impl Contents {
     pub async fn update_release_note(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         id: i64,
         title: Option<String>,
         message: Option<Vec<String>>,
     ) -> Result<Written<()>, ContentFailure> {
+        self.access.require(by, Permission::ManageContent).await?;
         let current = self.notes.load(&id.to_string()).await?;
         let Some((stored_title, stored_message)) = current.note else {
             return Err(ContentError::NoteNotFound.into());

@@ -30,7 +30,7 @@ use uuid::Uuid;
 use crate::bus::{Committed, Execute};
 use crate::cohorts::{Cohorts, CohortsError};
 use crate::context::CommandContext;
-use crate::error::CommandError;
+use crate::error::{CommandError, Technical};
 use crate::mails::{Mails, Recipient};
 use crate::ports::{
     Consistency, ExportJob, ExportJobTable, ExportStorage, Exporter, ExporterError, PortError,
@@ -63,41 +63,26 @@ pub enum ExportsError {
     Exporter(String),
     #[error(transparent)]
     Cohorts(#[from] CohortsError),
-    #[error("the object was modified concurrently; retry")]
-    Conflict,
-    #[error("a required service is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-fn from_command<E: std::error::Error>(
-    e: CommandError<E>,
-    rejected: impl FnOnce(E) -> ExportsError,
-) -> ExportsError {
-    match e {
-        CommandError::Rejected(e) => rejected(e),
-        CommandError::Conflict => ExportsError::Conflict,
-        CommandError::Unavailable(m) => ExportsError::Unavailable(m),
-        CommandError::Internal(m) => ExportsError::Internal(m),
-    }
+    /// Conflict, unavailability, bug.
+    #[error(transparent)]
+    Technical(#[from] Technical),
 }
 
 impl From<CommandError<ExportError>> for ExportsError {
     fn from(e: CommandError<ExportError>) -> Self {
-        from_command(e, ExportsError::Export)
+        crate::error::from_command(e, ExportsError::Export)
     }
 }
 
 impl From<CommandError<DatalabError>> for ExportsError {
     fn from(e: CommandError<DatalabError>) -> Self {
-        from_command(e, ExportsError::Datalab)
+        crate::error::from_command(e, ExportsError::Datalab)
     }
 }
 
 impl From<PortError> for ExportsError {
     fn from(e: PortError) -> Self {
-        ExportsError::Unavailable(e.0)
+        Technical::from(e).into()
     }
 }
 
@@ -309,7 +294,7 @@ impl Exports {
                         .filters
                         .load(&id.to_string())
                         .await
-                        .map_err(|e| ExportsError::Unavailable(e.to_string()))?;
+                        .map_err(|e| ExportsError::from(Technical::Unavailable(e.to_string())))?;
                     let Some(f) = f.owned_by(owner) else {
                         return Err(invalid(
                             "fhir_filter",
@@ -374,7 +359,7 @@ impl Exports {
                     .datalabs
                     .load(&id.to_string())
                     .await
-                    .map_err(|e| ExportsError::Unavailable(e.to_string()))?;
+                    .map_err(|e| ExportsError::from(Technical::Unavailable(e.to_string())))?;
                 if d.id.is_none() {
                     return Err(invalid("datalab", format!("datalab {id} does not exist")));
                 }

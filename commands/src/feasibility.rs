@@ -32,7 +32,7 @@ pub trait ReportPerimeters: Send + Sync {
 
 impl From<CommandError<StudyError>> for CohortsError {
     fn from(e: CommandError<StudyError>) -> Self {
-        crate::cohorts::from_command(e, CohortsError::Study)
+        crate::error::from_command(e, CohortsError::Study)
     }
 }
 

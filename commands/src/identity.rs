@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::bus::{Committed, Execute};
 use crate::context::CommandContext;
-use crate::error::CommandError;
+use crate::error::{CommandError, Technical};
 use crate::passwords::{self, Verification};
 use crate::ports::{Consistency, ExternalAuthError, IdentityProviders, PortError};
 use crate::token_check::{self, HolderRecord, SessionRecord, Verdict, VerdictCache};
@@ -133,29 +133,14 @@ pub enum IdentityError {
     Perimeter(PerimeterError),
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-    #[error("the object was modified concurrently; retry")]
-    Conflict,
-    #[error("a required service is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Conflict, unavailability, bug.
+    #[error(transparent)]
+    Technical(#[from] Technical),
 }
 
 impl From<PortError> for IdentityError {
     fn from(e: PortError) -> Self {
-        IdentityError::Unavailable(e.0)
-    }
-}
-
-fn command_error<E: std::error::Error>(
-    e: CommandError<E>,
-    rejected: impl FnOnce(E) -> IdentityError,
-) -> IdentityError {
-    match e {
-        CommandError::Rejected(e) => rejected(e),
-        CommandError::Conflict => IdentityError::Conflict,
-        CommandError::Unavailable(m) => IdentityError::Unavailable(m),
-        CommandError::Internal(m) => IdentityError::Internal(m),
+        Technical::from(e).into()
     }
 }
 
@@ -163,7 +148,7 @@ macro_rules! from_command_error {
     ($error:ty, $variant:expr) => {
         impl From<CommandError<$error>> for IdentityError {
             fn from(e: CommandError<$error>) -> Self {
-                command_error(e, $variant)
+                crate::error::from_command(e, $variant)
             }
         }
     };
@@ -248,7 +233,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, IdentityError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| IdentityError::Internal(format!("hashing task failed: {e}")))
+        .map_err(|e| IdentityError::from(Technical::Internal(format!("hashing task failed: {e}"))))
 }
 
 impl Identity {

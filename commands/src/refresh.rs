@@ -31,7 +31,7 @@ pub trait ScheduleDirectory: Send + Sync {
 
 impl From<CommandError<ScheduleError>> for CohortsError {
     fn from(e: CommandError<ScheduleError>) -> Self {
-        crate::cohorts::from_command(e, CohortsError::Schedule)
+        crate::error::from_command(e, CohortsError::Schedule)
     }
 }
 

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::bus::{Committed, Execute};
 use crate::context::CommandContext;
-use crate::error::CommandError;
+use crate::error::{CommandError, Technical};
 use crate::ports::{Consistency, PortError, WorkspaceDirectory};
 
 /// Namespace of the deterministic ids of users' shared-inbox folders.
@@ -31,41 +31,26 @@ pub enum WorkspaceError {
     /// Input that no aggregate owns (routing fields, recipient lists, …).
     #[error(transparent)]
     Invalid(#[from] InvalidField),
-    #[error("the object was modified concurrently; retry")]
-    Conflict,
-    #[error("a required service is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Conflict, unavailability, bug.
+    #[error(transparent)]
+    Technical(#[from] Technical),
 }
 
 impl From<CommandError<FolderError>> for WorkspaceError {
     fn from(e: CommandError<FolderError>) -> Self {
-        from_command(e, WorkspaceError::Folder)
+        crate::error::from_command(e, WorkspaceError::Folder)
     }
 }
 
 impl From<CommandError<RequestError>> for WorkspaceError {
     fn from(e: CommandError<RequestError>) -> Self {
-        from_command(e, WorkspaceError::Request)
+        crate::error::from_command(e, WorkspaceError::Request)
     }
 }
 
 impl From<PortError> for WorkspaceError {
     fn from(e: PortError) -> Self {
-        WorkspaceError::Unavailable(e.0)
-    }
-}
-
-fn from_command<E: std::error::Error>(
-    e: CommandError<E>,
-    rejected: impl FnOnce(E) -> WorkspaceError,
-) -> WorkspaceError {
-    match e {
-        CommandError::Rejected(e) => rejected(e),
-        CommandError::Conflict => WorkspaceError::Conflict,
-        CommandError::Unavailable(m) => WorkspaceError::Unavailable(m),
-        CommandError::Internal(m) => WorkspaceError::Internal(m),
+        Technical::from(e).into()
     }
 }
 

@@ -690,23 +690,6 @@ impl Aggregate for Export {
     }
 }
 
-/// The Export API's task statuses (spec §2.8); anything else is unknown.
-pub fn export_api_status(s: &str) -> JobStatus {
-    match s {
-        "Received" => JobStatus::New,
-        "Pending" | "Retry" => JobStatus::Pending,
-        "Running" => JobStatus::Started,
-        "FinishedSuccessfully" => JobStatus::Finished,
-        "FinishedWithError"
-        | "FinishedWithTimeout"
-        | "flowerNotAccessible"
-        | "Failure"
-        | "NotFound" => JobStatus::Failed,
-        "Revoked" => JobStatus::Cancelled,
-        _ => JobStatus::Unknown,
-    }
-}
-
 /// A cohort named by an export table, as validation needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CohortFacts {
@@ -1298,13 +1281,5 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         assert_eq!(target_name("alice", t), "alice_20261201_101112345678");
-        assert_eq!(
-            export_api_status("FinishedSuccessfully"),
-            JobStatus::Finished
-        );
-        assert_eq!(export_api_status("Retry"), JobStatus::Pending);
-        assert_eq!(export_api_status("flowerNotAccessible"), JobStatus::Failed);
-        assert_eq!(export_api_status("Revoked"), JobStatus::Cancelled);
-        assert_eq!(export_api_status("whatever"), JobStatus::Unknown);
     }
 }

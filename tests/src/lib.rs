@@ -140,6 +140,28 @@ pub struct Answer {
     pub headers: reqwest::header::HeaderMap,
 }
 
+impl Answer {
+    /// The `uuid` of the object a write answered (panics, with the answer, when there is none).
+    pub fn uuid(&self) -> String {
+        match self.body["uuid"].as_str() {
+            Some(uuid) => uuid.to_string(),
+            None => panic!("no uuid in the answer {} {}", self.status, self.body),
+        }
+    }
+
+    /// The body as a typed response (panics, with the answer, when it does not have that shape).
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> T {
+        serde_json::from_value(self.body.clone()).unwrap_or_else(|e| {
+            panic!(
+                "the answer {} is not a {}: {e}\n{}",
+                self.status,
+                std::any::type_name::<T>(),
+                self.body
+            )
+        })
+    }
+}
+
 impl TestApp {
     /// Starts an application on a fresh database and stream.
     pub async fn spawn() -> Self {

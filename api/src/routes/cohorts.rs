@@ -7,7 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
 use chrono::{Duration, Utc};
-use commands::cohorts::{NewCohort, NewSample, Settled, report_from_wire};
+use commands::cohorts::{NewCohort, NewSample, Settled};
 use domain::authz::PerimeterRef;
 use domain::cohort::CohortChanges;
 use projections::cohorts::{
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::job_callback::JobCallback;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
@@ -202,7 +203,7 @@ pub(super) async fn patch_dated_measure(
 ) -> Result<Response, ApiError> {
     let id = path_uuid(&id, "dated measure", "dated_measure_not_found")?;
     super::require(&state, &caller, Permission::ReportJobResult).await?;
-    let report = report_from_wire(&body);
+    let report = JobCallback::read(&body).report();
     let ctx = command_context(&caller, &trace);
     let w = state.cohorts.settle_count(&ctx, id, report).await?;
     if w.value == Settled::InvalidStatus {
@@ -382,7 +383,7 @@ pub(super) async fn patch_cohort(
     let id = path_uuid(&id, "cohort", "cohort_not_found")?;
     let ctx = command_context(&caller, &trace);
     if let Some(kind) = caller.job_reporter() {
-        let report = report_from_wire(&body);
+        let report = JobCallback::read(&body).report();
         let via_etl = kind == JobReporter::SolrEtl;
         let w = state
             .cohorts
@@ -559,7 +560,8 @@ pub(super) fn routes() -> Documented {
                     200,
                     "QueryExecutor callback with a count's result",
                 )
-                .answers(Shape::Json),
+                .answers(Shape::Json)
+                .body::<JobCallback>(),
             ],
         )
         .route(

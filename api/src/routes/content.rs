@@ -23,7 +23,6 @@ use crate::extract::{JsonBody, TraceId, command_context};
 use crate::openapi::{Anyone, Documented, FullAdmin, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, list_param, page_envelope, page_window, text_param};
 use crate::state::AppState;
-use commands::authz::Permission;
 
 /// Body of a content write. Metadata values may be strings or numbers (`"order": 1`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -117,7 +116,6 @@ pub(super) async fn create_content(
     trace: TraceId,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    super::require(&state, &caller, Permission::ManageContent).await?;
     let required = |v: Option<String>, field: &'static str| {
         v.ok_or_else(|| ApiError::invalid_field(field, format!("{field} is required")))
     };
@@ -130,7 +128,7 @@ pub(super) async fn create_content(
     };
     let written = state
         .contents
-        .create_content(&command_context(&caller, &trace), fields)
+        .create_content(&command_context(&caller, &trace), &caller, fields)
         .await?;
     let view = after_commit(state.content_reader.content(written.value)).await;
     Ok(written_json(
@@ -148,7 +146,6 @@ pub(super) async fn update_content(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ContentBody>,
 ) -> Result<Response, ApiError> {
-    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "content", "content_not_found")?;
     let patch = ContentPatch {
         title: body.title,
@@ -159,7 +156,7 @@ pub(super) async fn update_content(
     };
     let written = state
         .contents
-        .update_content(&command_context(&caller, &trace), id, patch)
+        .update_content(&command_context(&caller, &trace), &caller, id, patch)
         .await?;
     let view = after_commit(state.content_reader.content(id)).await;
     Ok(written_json(
@@ -176,11 +173,10 @@ pub(super) async fn delete_content(
     trace: TraceId,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "content", "content_not_found")?;
     state
         .contents
-        .delete_content(&command_context(&caller, &trace), id)
+        .delete_content(&command_context(&caller, &trace), &caller, id)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -253,7 +249,6 @@ pub(super) async fn create_note(
     trace: TraceId,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    super::require(&state, &caller, Permission::ManageContent).await?;
     let title = body
         .title
         .ok_or_else(|| ApiError::invalid_field("title", "title is required"))?;
@@ -261,7 +256,7 @@ pub(super) async fn create_note(
         .ok_or_else(|| ApiError::invalid_field("message", "message is required"))?;
     let written = state
         .contents
-        .create_release_note(&command_context(&caller, &trace), title, message)
+        .create_release_note(&command_context(&caller, &trace), &caller, title, message)
         .await?;
     let view = after_commit(state.content_reader.release_note(written.value)).await;
     Ok(written_json(
@@ -279,12 +274,12 @@ pub(super) async fn update_note(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NoteBody>,
 ) -> Result<Response, ApiError> {
-    super::require(&state, &caller, Permission::ManageContent).await?;
     let id = path_int(&id, "release note", "release_note_not_found")?;
     let written = state
         .contents
         .update_release_note(
             &command_context(&caller, &trace),
+            &caller,
             id,
             body.title,
             message_lines(body.message)?,

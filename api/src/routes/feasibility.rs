@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
-use commands::cohorts::{Settled, report_from_wire};
+use commands::cohorts::Settled;
 use commands::mails::escape_html;
 use domain::feasibility::{ReportNode, StudyState};
 use domain::job::JobStatus;
@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::job_callback::JobCallback;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
@@ -105,7 +106,7 @@ pub(super) async fn patch(
     let ctx = command_context(&caller, &trace);
     let w = state
         .feasibility
-        .settle(&ctx, id, report_from_wire(&body))
+        .settle(&ctx, id, JobCallback::read(&body).report())
         .await?;
     if w.value == Settled::InvalidStatus {
         return Err(invalid_status(&body));
@@ -261,7 +262,8 @@ pub(super) fn routes() -> Documented {
                     200,
                     "QueryExecutor callback with a study's report",
                 )
-                .answers(Shape::Json),
+                .answers(Shape::Json)
+                .body::<JobCallback>(),
             ],
         )
         .route(

@@ -13,6 +13,7 @@ pub(crate) mod fhir;
 mod fhir_filters;
 pub(crate) mod folders;
 mod health;
+mod job_callback;
 mod logs;
 pub mod maintenances;
 mod perimeters;
@@ -184,6 +185,7 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
+            .filter(|p| p["in"] == "path")
             .map(|p| p["name"].as_str().unwrap())
             .collect();
         assert_eq!(params, vec!["aggregate_type", "id"]);

@@ -217,7 +217,6 @@ pub(super) async fn retrieve(
 ) -> Result<Json<SnapshotView>, ApiError> {
     let id = snapshot_id(&id)?;
     let view = state.reader.snapshot(&caller.username, id).await?;
-    let view = one_with_jobs(&state, &caller, view).await?;
     one_with_jobs(&state, &caller, view)
         .await?
         .map(Json)

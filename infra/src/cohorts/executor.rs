@@ -5,7 +5,6 @@ use crate::trace::Traced;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use commands::cohorts::report_from_wire;
 use commands::ports::{
     CancelOutcome, ExecutorError, ExecutorMode, JobAccepted, JobSubmission, QueryExecutor,
 };
@@ -217,8 +216,58 @@ impl QueryExecutor for HttpQueryExecutor {
     }
 }
 
+/// One result entry of the executor's job status (upstream's fields, read leniently: numbers may
+/// come as strings, the group as `group.id`/`group.count`).
+fn report_from_wire(body: &Value) -> JobReport {
+    let text = |key: &str| -> Option<String> {
+        match body.get(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }
+    };
+    let number = |key: &str| -> Option<i64> {
+        match body.get(key)? {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    };
+    let extra = match body.get("extra") {
+        Some(Value::Object(map)) => map.clone().into_iter().collect(),
+        _ => Default::default(),
+    };
+    JobReport {
+        status: text("request_job_status")
+            .or_else(|| text("status"))
+            .unwrap_or_default(),
+        count: number("count").or_else(|| number("group.count")),
+        minimum: number("minimum"),
+        maximum: number("maximum"),
+        extra,
+        group_id: text("group.id").or_else(|| text("group_id")),
+        message: text("message").or_else(|| text("request_job_fail_msg")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wire_reports_accept_numbers_as_strings() {
+        let r = report_from_wire(&json!({
+            "request_job_status": "FINISHED", "group.id": "123", "group.count": "456",
+            "extra": {"criteria_count_1": "10"}
+        }));
+        assert_eq!(r.status, "FINISHED");
+        assert_eq!(r.group_id.as_deref(), Some("123"));
+        assert_eq!(r.count, Some(456));
+        assert_eq!(r.extra["criteria_count_1"], json!("10"));
+        let r = report_from_wire(
+            &json!({"request_job_status": "FINISHED", "count": 7, "minimum": "1"}),
+        );
+        assert_eq!((r.count, r.minimum), (Some(7), Some(1)));
+    }
+
     use super::*;
 
     #[test]

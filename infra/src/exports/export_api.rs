@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use commands::ports::{ExportJob, ExportJobTable, Exporter, ExporterError};
-use domain::export::{ExportFormat, ExportReport, export_api_status};
+use domain::export::{ExportFormat, ExportReport};
 use domain::job::JobStatus;
 use serde_json::{Map, Value, json};
 
@@ -486,6 +486,23 @@ pub fn database_location(job: &ExportJob) -> String {
     format!("{}.db", job.target_full_path())
 }
 
+/// The Export API's task statuses (spec §2.8); anything else is unknown.
+fn export_api_status(s: &str) -> JobStatus {
+    match s {
+        "Received" => JobStatus::New,
+        "Pending" | "Retry" => JobStatus::Pending,
+        "Running" => JobStatus::Started,
+        "FinishedSuccessfully" => JobStatus::Finished,
+        "FinishedWithError"
+        | "FinishedWithTimeout"
+        | "flowerNotAccessible"
+        | "Failure"
+        | "NotFound" => JobStatus::Failed,
+        "Revoked" => JobStatus::Cancelled,
+        _ => JobStatus::Unknown,
+    }
+}
+
 /// What a task status answer reports: `task_status` mapped as upstream does (absent → unknown);
 /// for a failed, cancelled or unknown task a message, the end of its error log when the answer
 /// has one, else the raw status.
@@ -636,6 +653,22 @@ fn output(job: &ExportJob) -> Value {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn export_api_statuses_map_to_job_statuses() {
+        use domain::job::JobStatus;
+        assert_eq!(
+            super::export_api_status("FinishedSuccessfully"),
+            JobStatus::Finished
+        );
+        assert_eq!(super::export_api_status("Retry"), JobStatus::Pending);
+        assert_eq!(
+            super::export_api_status("flowerNotAccessible"),
+            JobStatus::Failed
+        );
+        assert_eq!(super::export_api_status("Revoked"), JobStatus::Cancelled);
+        assert_eq!(super::export_api_status("whatever"), JobStatus::Unknown);
+    }
     use super::*;
     use uuid::Uuid;
 

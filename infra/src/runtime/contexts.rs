@@ -322,13 +322,14 @@ pub struct ContentContext {
     pub reader: Arc<crate::content::PgContent>,
 }
 
-pub fn content(shared: &Shared) -> ContentContext {
+pub fn content(shared: &Shared, identity: &IdentityContext) -> ContentContext {
     let reader = Arc::new(crate::content::PgContent::new(shared.pool.clone()));
     let service = commands::content::Contents::new(
         crate::stores::web_contents(&shared.pool),
         crate::stores::release_notes(&shared.pool),
         reader.clone(),
         shared.consistency.clone(),
+        identity.access.clone(),
     );
     ContentContext {
         service: Arc::new(service),

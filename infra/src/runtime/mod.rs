@@ -189,7 +189,7 @@ impl Runtime {
             &mut tasks,
         )?;
         let exports = contexts::exports(settings, &shared, &identity, &cohorts)?;
-        let content = contexts::content(&shared);
+        let content = contexts::content(&shared, &identity);
         let clinical = contexts::clinical(&shared);
 
         if let Some(completions) = cohorts.completions {

@@ -36,7 +36,7 @@ async fn new_request(app: &TestApp, owner: &str) -> String {
         )
         .await;
     assert_eq!(request.status, StatusCode::CREATED, "{:?}", request.body);
-    request.body["uuid"].as_str().unwrap().to_string()
+    request.uuid()
 }
 
 /// Folds the stored events (as the audit API lists them) of a request with the domain's own
@@ -357,7 +357,7 @@ async fn the_version_tree_and_the_diff_name_the_criteria_added_and_removed() {
         )
         .await;
     assert_eq!(v1.status, StatusCode::CREATED, "{:?}", v1.body);
-    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let v1_id = v1.uuid();
     let v2 = app
         .post(
             &format!("/cohort/request-query-snapshots/{v1_id}/next-snapshots/"),
@@ -368,7 +368,7 @@ async fn the_version_tree_and_the_diff_name_the_criteria_added_and_removed() {
         )
         .await;
     assert_eq!(v2.status, StatusCode::CREATED, "{:?}", v2.body);
-    let v2_id = v2.body["uuid"].as_str().unwrap().to_string();
+    let v2_id = v2.uuid();
 
     let tree = app
         .get(&format!("/audit/requests/{request}/versions/"), "auditor")

@@ -10,7 +10,7 @@ async fn bad_input_is_refused_with_a_stable_code_and_no_event_is_written() {
     let folder = app
         .post("/cohort/folders/", "gina", json!({"name": "Mine"}))
         .await;
-    let folder_id = folder.body["uuid"].as_str().unwrap().to_string();
+    let folder_id = folder.uuid();
     let request = app
         .post(
             "/cohort/requests/",
@@ -18,7 +18,7 @@ async fn bad_input_is_refused_with_a_stable_code_and_no_event_is_written() {
             json!({"name": "R", "parent_folder": folder_id}),
         )
         .await;
-    let request_id = request.body["uuid"].as_str().unwrap().to_string();
+    let request_id = request.uuid();
     let v1 = app
         .post(
             "/cohort/request-query-snapshots/",
@@ -26,7 +26,7 @@ async fn bad_input_is_refused_with_a_stable_code_and_no_event_is_written() {
             json!({"request": request_id, "serialized_query": query(&["1"])}),
         )
         .await;
-    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let v1_id = v1.uuid();
     let unknown = uuid::Uuid::new_v4().to_string();
     // Mallory's first request creates her user and session: before the count.
     app.token("mallory").await;

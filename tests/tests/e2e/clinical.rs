@@ -577,7 +577,7 @@ async fn the_front_end_count_flow_gives_the_real_number_with_no_external_service
         )
         .await;
     assert_eq!(dm.status, StatusCode::CREATED, "{:?}", dm.body);
-    let dm_id = dm.body["uuid"].as_str().unwrap().to_string();
+    let dm_id = dm.uuid();
 
     let message = next_job_status(&mut socket, &dm_id).await;
     let expected = sql_count(
@@ -613,7 +613,7 @@ async fn the_front_end_count_flow_gives_the_real_number_with_no_external_service
         )
         .await;
     assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
-    let cohort_id = cohort.body["uuid"].as_str().unwrap().to_string();
+    let cohort_id = cohort.uuid();
     let created = next_job_status(&mut socket, &cohort_id).await;
     assert_eq!(created["status"], "finished", "{created}");
     let body = app

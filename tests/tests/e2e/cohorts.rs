@@ -54,28 +54,8 @@ async fn world() -> World {
 
 /// A folder, a request and its first snapshot, owned by `user`: `(request, snapshot)`.
 async fn snapshot(app: &TestApp, user: &str) -> (String, String) {
-    let folder = app
-        .post("/cohort/folders/", user, json!({"name": "Diabetes"}))
-        .await;
-    assert_eq!(folder.status, StatusCode::CREATED, "{:?}", folder.body);
-    let request = app
-        .post(
-            "/cohort/requests/",
-            user,
-            json!({"name": "HbA1c over 8%", "parent_folder": folder.body["uuid"]}),
-        )
-        .await;
-    assert_eq!(request.status, StatusCode::CREATED, "{:?}", request.body);
-    let request_id = request.body["uuid"].as_str().unwrap().to_string();
-    let snap = app
-        .post(
-            "/cohort/request-query-snapshots/",
-            user,
-            json!({"request": request_id, "serialized_query": query(&["0", "1"])}),
-        )
-        .await;
-    assert_eq!(snap.status, StatusCode::CREATED, "{:?}", snap.body);
-    (request_id, snap.body["uuid"].as_str().unwrap().to_string())
+    let saved = tests::flows::saved_query(app, user, "HbA1c over 8%", &query(&["0", "1"])).await;
+    (saved.request, saved.snapshot)
 }
 
 async fn count(app: &TestApp, user: &str, snapshot: &str) -> String {
@@ -87,7 +67,7 @@ async fn count(app: &TestApp, user: &str, snapshot: &str) -> String {
         )
         .await;
     assert_eq!(dm.status, StatusCode::CREATED, "{:?}", dm.body);
-    dm.body["uuid"].as_str().unwrap().to_string()
+    dm.uuid()
 }
 
 /// Waits until the dated measure (or cohort) at `path` has `status`; returns its body.
@@ -160,7 +140,7 @@ async fn a_count_then_a_cohort_go_from_login_to_the_cohort_created_event() {
         )
         .await;
     assert_eq!(dm.status, StatusCode::CREATED, "{:?}", dm.body);
-    let dm_id = dm.body["uuid"].as_str().unwrap().to_string();
+    let dm_id = dm.uuid();
     assert_eq!(dm.body["count_outdated"], false);
     assert_eq!(dm.body["cohort_limit"], 20_000);
 
@@ -214,7 +194,7 @@ async fn a_count_then_a_cohort_go_from_login_to_the_cohort_created_event() {
         )
         .await;
     assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
-    let cohort_id = cohort.body["uuid"].as_str().unwrap().to_string();
+    let cohort_id = cohort.uuid();
 
     let event = tokio::time::timeout(WAIT, created.next())
         .await
@@ -563,7 +543,7 @@ async fn a_lost_callback_is_reconciled_with_the_executor() {
             json!({"request_query_snapshot": snapshot_id}),
         )
         .await;
-    let study_id = study.body["uuid"].as_str().unwrap().to_string();
+    let study_id = study.uuid();
     let body = until_status(
         app,
         "alice",
@@ -604,7 +584,7 @@ async fn a_large_cohort_stays_long_pending_until_the_etl_finishes_it() {
         )
         .await;
     assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
-    let id = cohort.body["uuid"].as_str().unwrap().to_string();
+    let id = cohort.uuid();
     let message = next_job_status(&mut socket, &id).await;
     assert_eq!(message["status"], "long_pending", "{message}");
     // Pushed once the read model shows it.
@@ -764,7 +744,7 @@ async fn samples_cohort_rights_and_owner_scoping() {
             json!({"name": "Parent", "dated_measure": dm}),
         )
         .await;
-    let parent_id = parent.body["uuid"].as_str().unwrap().to_string();
+    let parent_id = parent.uuid();
     let parent = until_status(
         app,
         "alice",
@@ -792,7 +772,7 @@ async fn samples_cohort_rights_and_owner_scoping() {
         )
         .await;
     assert_eq!(sample.status, StatusCode::CREATED, "{:?}", sample.body);
-    let sample_id = sample.body["uuid"].as_str().unwrap().to_string();
+    let sample_id = sample.uuid();
     until_status(
         app,
         "alice",
@@ -1013,7 +993,7 @@ async fn saved_fhir_filters_are_owner_scoped_unique_and_keep_their_history() {
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     assert_eq!(created.body["filter"], "code=E11", "stripped of & and =");
     assert_eq!(created.body["query_version"], "v1.4.4");
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
 
     let twin = app
         .post(
@@ -1134,7 +1114,7 @@ async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
         )
         .await;
     assert_eq!(study.status, StatusCode::CREATED, "{:?}", study.body);
-    let id = study.body["uuid"].as_str().unwrap().to_string();
+    let id = study.uuid();
     let done = until_status(
         app,
         "alice",
@@ -1235,7 +1215,7 @@ async fn a_feasibility_study_reports_bucketed_counts_per_perimeter() {
             json!({"request_query_snapshot": snapshot_id}),
         )
         .await;
-    let empty_id = empty.body["uuid"].as_str().unwrap().to_string();
+    let empty_id = empty.uuid();
     let failed = until_status(
         app,
         "alice",
@@ -1285,7 +1265,7 @@ async fn a_refresh_schedule_appends_a_new_count_at_each_run() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     assert_eq!(created.body["refresh_time"], soon.as_str());
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     let twice = app
         .post(
             "/cohort/refresh-schedules/",
@@ -1451,7 +1431,7 @@ async fn deleting_a_cohort_being_created_kills_its_job() {
             json!({"name": "Doomed", "dated_measure": dm}),
         )
         .await;
-    let id = cohort.body["uuid"].as_str().unwrap().to_string();
+    let id = cohort.uuid();
     until_status(app, "alice", &format!("/cohort/cohorts/{id}/"), "started").await;
     let deleted = app.delete(&format!("/cohort/cohorts/{id}/"), "alice").await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
@@ -1503,7 +1483,7 @@ async fn replaying_every_event_to_the_reactors_submits_and_mails_nothing_twice()
             json!({"name": "Big", "dated_measure": dm}),
         )
         .await;
-    let id = cohort.body["uuid"].as_str().unwrap().to_string();
+    let id = cohort.uuid();
     until_status(
         app,
         "alice",

@@ -69,7 +69,7 @@ async fn filter(app: &TestApp, owner: &str, resource: &str, name: &str, fhir: &s
         )
         .await;
     assert_eq!(f.status, StatusCode::CREATED, "{:?}", f.body);
-    f.body["uuid"].as_str().unwrap().to_string()
+    f.uuid()
 }
 
 /// A datalab named `name` on a new provider `provider`, created by the datalab manager `manager`.
@@ -210,7 +210,7 @@ async fn a_filtered_csv_export_goes_from_cohort_to_downloaded_files() {
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     assert_eq!(created.body["motivation"], "Study - of diabetes");
     assert_eq!(created.body["request_job_status"], "new");
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     assert!(
         created.body["target_name"]
             .as_str()
@@ -396,7 +396,7 @@ async fn an_xlsx_export_opens_in_a_spreadsheet_library() {
         )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     let done = export_to_end(&app, "alice", &id).await;
     assert_eq!(done["request_job_status"], "finished", "{done}");
     let files = unzip(&download(&app, "alice", &id).await.bytes().await.unwrap());
@@ -476,7 +476,7 @@ async fn a_pseudonymized_datalab_export_holds_no_identifier() {
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let target = created.body["target_name"].as_str().unwrap().to_string();
     assert!(target.starts_with("lab_diabetes_"), "{target}");
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     let done = export_to_end(&app, "bob", &id).await;
     assert_eq!(done["request_job_status"], "finished", "{done}");
     let answer = download(&app, "bob", &id).await;
@@ -771,7 +771,7 @@ async fn a_failing_subset_fails_the_export_and_tells_the_owner_and_the_admins() 
         )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     let done = export_to_end(&app, "alice", &id).await;
     assert_eq!(done["request_job_status"], "failed", "{done}");
     let message = done["request_job_fail_msg"].as_str().unwrap();
@@ -861,7 +861,7 @@ async fn files_are_downloadable_within_the_retention_window_then_cleaned() {
                 {"table_name": "person", "cohort_result_source": cohort["uuid"]}]}),
         )
         .await;
-    let id = created.body["uuid"].as_str().unwrap().to_string();
+    let id = created.uuid();
     let done = export_to_end(&app, "alice", &id).await;
     assert_eq!(done["request_job_status"], "finished", "{done}");
     let archive = std::path::Path::new(&app.settings.exports.storage_dir).join(format!(
@@ -1094,7 +1094,7 @@ async fn through_the_export_api_exports_are_polled_to_their_end_and_failures_are
     // The API going down while a task runs: five unanswered polls in a row fail the export.
     fake2.script_statuses(&["Pending"]);
     let created = app.post("/exports/", "alice", body.clone()).await;
-    let running = created.body["uuid"].as_str().unwrap().to_string();
+    let running = created.uuid();
     assert!(
         tests::eventually(tests::PATIENCE, || async {
             let seen = app.get(&format!("/exports/{running}/"), "alice").await;

@@ -455,14 +455,16 @@ async fn postgres_crashed_and_restarted_under_write_load_answers_fast_and_recove
     let ledger = load.stop().await;
     assert!(rig.service.is_running(), "the service did not exit");
     verify(&rig, &ledger).await;
-    // Errors came fast (a short pool timeout, not a queue of callers), and only as 503s.
+    // Errors came bounded, and only as 503s: a short pool timeout, or a commit whose outcome is
+    // read back for about 7.5 s (`commands::bus::COMMIT_CHECKS`), never a queue of callers held
+    // until the 30 s request timeout. The bound leaves room for a loaded machine.
     assert!(
         ledger.refused.iter().all(|(_, status, _)| *status == 503),
         "{:?}",
         ledger.refused
     );
     assert!(
-        ledger.slowest_error < Duration::from_secs(5),
+        ledger.slowest_error < Duration::from_secs(15),
         "the slowest error answer took {:?}",
         ledger.slowest_error
     );

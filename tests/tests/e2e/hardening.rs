@@ -66,7 +66,7 @@ async fn no_request_can_put_an_unbounded_value_in_an_event_and_no_event_can_wedg
     let folder = app
         .post("/cohort/folders/", "olive", json!({"name": "F"}))
         .await;
-    let folder_id = folder.body["uuid"].as_str().unwrap().to_string();
+    let folder_id = folder.uuid();
     let request = app
         .post(
             "/cohort/requests/",

@@ -82,7 +82,7 @@ async fn trace_ids_reach_events_logs_and_the_executor_and_metrics_count_everythi
         )
         .await;
     assert_eq!(count.status, StatusCode::CREATED, "{:?}", count.body);
-    let count_id = count.body["uuid"].as_str().unwrap().to_string();
+    let count_id = count.uuid();
     assert!(
         eventually(WAIT, || async { !executor.jobs_for(&count_id).is_empty() }).await,
         "the count reached the executor"
@@ -178,7 +178,7 @@ async fn a_rebuild_under_load_fails_no_request_and_swaps_in_a_fresh_fold() {
                     failures.push(format!("POST {}: {:?}", created.status, created.body));
                     continue;
                 }
-                let uuid = created.body["uuid"].as_str().unwrap().to_string();
+                let uuid = created.uuid();
                 let renamed = app
                     .patch(
                         &format!("/cohort/folders/{uuid}/"),

@@ -95,7 +95,7 @@ async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish
                     .post("/cohort/requests/", &user, json!({"name": format!("R{r}"), "parent_folder": folder.body["uuid"]}))
                     .await;
                 assert_eq!(req.status, StatusCode::CREATED);
-                requests.push((req.body["uuid"].as_str().unwrap().to_string(), None::<String>));
+                requests.push((req.uuid(), None::<String>));
             }
             // 1 folder + 9 requests + 490 snapshot commands = 500 commands per writer.
             for i in 0..490 {
@@ -106,7 +106,7 @@ async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish
                 };
                 let s = app.post("/cohort/request-query-snapshots/", &user, body).await;
                 assert_eq!(s.status, StatusCode::CREATED, "{:?}", s.body);
-                *last = Some(s.body["uuid"].as_str().unwrap().to_string());
+                *last = Some(s.uuid());
             }
         }));
     }
@@ -530,7 +530,7 @@ async fn concurrent_commands_on_one_request_lose_no_update() {
             json!({"request": r.body["uuid"], "serialized_query": query(&["1"])}),
         )
         .await;
-    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let v1_id = v1.uuid();
     let mut tasks = Vec::new();
     for i in 0..16 {
         let app = app.clone();

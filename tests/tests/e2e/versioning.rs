@@ -14,7 +14,7 @@ async fn versions_and_previous_links_follow_upstream_and_each_write_is_visible_a
         .post("/cohort/folders/", alice, json!({"name": "Diabète"}))
         .await;
     assert_eq!(folder.status, StatusCode::CREATED, "{:?}", folder.body);
-    let folder_id = folder.body["uuid"].as_str().unwrap().to_string();
+    let folder_id = folder.uuid();
     assert_eq!(folder.body["requests_count"], 0);
 
     let request = app
@@ -25,7 +25,7 @@ async fn versions_and_previous_links_follow_upstream_and_each_write_is_visible_a
         )
         .await;
     assert_eq!(request.status, StatusCode::CREATED, "{:?}", request.body);
-    let request_id = request.body["uuid"].as_str().unwrap().to_string();
+    let request_id = request.uuid();
     assert_eq!(request.body["parent_folder"]["uuid"], folder_id.as_str());
 
     // When v1 is saved against the request, then v2 and v3 each from the previous one, and a
@@ -38,7 +38,7 @@ async fn versions_and_previous_links_follow_upstream_and_each_write_is_visible_a
         )
         .await;
     assert_eq!(v1.status, StatusCode::CREATED, "{:?}", v1.body);
-    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let v1_id = v1.uuid();
     let mut chain = vec![v1_id.clone()];
     for perimeter in ["2", "3"] {
         let prev = chain.last().unwrap().clone();
@@ -51,7 +51,7 @@ async fn versions_and_previous_links_follow_upstream_and_each_write_is_visible_a
             .await;
         assert_eq!(next.status, StatusCode::CREATED, "{:?}", next.body);
         // Visible by the very next GET.
-        let id = next.body["uuid"].as_str().unwrap().to_string();
+        let id = next.uuid();
         let read = app
             .get(&format!("/cohort/request-query-snapshots/{id}/"), alice)
             .await;
@@ -157,7 +157,7 @@ async fn patching_a_query_keeps_its_history_as_events_and_patch_rows() {
             json!({"request": request.body["uuid"], "serialized_query": query(&["1"])}),
         )
         .await;
-    let id = v1.body["uuid"].as_str().unwrap().to_string();
+    let id = v1.uuid();
 
     let renamed = app
         .patch(

@@ -132,7 +132,7 @@ async fn deleting_a_folder_cascades_to_its_requests_and_multi_delete_is_all_or_n
             json!({"request": r, "serialized_query": query(&["1"])}),
         )
         .await;
-    let s_id = s.body["uuid"].as_str().unwrap().to_string();
+    let s_id = s.uuid();
 
     let gone = app.delete(&format!("/cohort/folders/{f}/"), "jade").await;
     assert_eq!(gone.status, StatusCode::NO_CONTENT);
@@ -262,7 +262,7 @@ async fn sharing_copies_the_snapshot_into_each_recipients_inbox_folder() {
             json!({"request": r, "serialized_query": query(&["7", "8"])}),
         )
         .await;
-    let v1_id = v1.body["uuid"].as_str().unwrap().to_string();
+    let v1_id = v1.uuid();
 
     for _ in 0..2 {
         let shared = app

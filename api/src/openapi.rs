@@ -64,6 +64,9 @@ pub enum Shape {
     List(Option<SchemaFn>),
     /// The `{count, next, previous, results}` envelope of a paginated list.
     Page(Option<SchemaFn>),
+    /// The answer of a write: the object as the read models show it, or, when they have not
+    /// caught up in time, its bare id (`X-Cohort360-Consistency: pending`).
+    Written(SchemaFn),
     /// Any JSON value.
     Json,
     /// A file or text of the given media type.
@@ -172,6 +175,12 @@ impl Operation {
     /// The success answer is a page of `T`.
     pub fn returns_page<T: utoipa::ToSchema>(mut self) -> Self {
         self.response = Shape::Page(Some(schema_of::<T>));
+        self
+    }
+
+    /// The success answer is the written object of type `T` (or its id, pending).
+    pub fn writes<T: utoipa::ToSchema>(mut self) -> Self {
+        self.response = Shape::Written(schema_of::<T>);
         self
     }
 
@@ -333,6 +342,37 @@ fn body_schema(shape: Shape, components: &mut Components) -> Option<(&'static st
                 .property("results", ArrayBuilder::new().items(item(f, components)))
                 .required("results");
             (json, page.into())
+        }
+        Shape::Written(f) => {
+            let pending = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(
+                    "The write is stored but the read models had not caught up: the object's id \
+                     (`uuid`, or `id` for integer-numbered objects), with the header \
+                     `X-Cohort360-Consistency: pending`.",
+                ))
+                .property(
+                    "uuid",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::Custom("uuid".into()))),
+                )
+                .property(
+                    "id",
+                    ObjectBuilder::new().schema_type(
+                        utoipa::openapi::schema::SchemaType::from_iter([
+                            Type::Integer,
+                            Type::String,
+                        ]),
+                    ),
+                );
+            (
+                json,
+                utoipa::openapi::schema::AnyOfBuilder::new()
+                    .item(f(components))
+                    .item(pending)
+                    .into(),
+            )
         }
         Shape::Json => (
             json,

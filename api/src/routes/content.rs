@@ -324,7 +324,7 @@ pub(super) fn routes() -> Documented {
                     "Create a web content",
                 )
                 .body::<ContentBody>()
-                .answers(Shape::Json),
+                .writes::<WebContentView>(),
             ],
         )
         .route(
@@ -355,7 +355,7 @@ pub(super) fn routes() -> Documented {
                     "Change a web content",
                 )
                 .body::<ContentBody>()
-                .answers(Shape::Json),
+                .writes::<WebContentView>(),
                 op(
                     "DELETE",
                     "Web content",
@@ -389,7 +389,7 @@ pub(super) fn routes() -> Documented {
                     "Create a release note",
                 )
                 .body::<NoteBody>()
-                .answers(Shape::Json),
+                .writes::<ReleaseNoteView>(),
             ],
         )
         .route(
@@ -406,7 +406,7 @@ pub(super) fn routes() -> Documented {
                     "Change a release note",
                 )
                 .body::<NoteBody>()
-                .answers(Shape::Json),
+                .writes::<ReleaseNoteView>(),
             ],
         )
 }

@@ -240,7 +240,7 @@ pub(super) fn routes() -> Documented {
                     "Create a datalab (needs right_read_datalabs and right_manage_datalabs)",
                 )
                 .body::<DatalabBody>()
-                .answers(Shape::Json),
+                .writes::<DatalabView>(),
             ],
         )
         .route(
@@ -263,7 +263,7 @@ pub(super) fn routes() -> Documented {
                     "Rename a datalab or move it to another provider",
                 )
                 .body::<DatalabBody>()
-                .answers(Shape::Json),
+                .writes::<DatalabView>(),
             ],
         )
         .route(
@@ -290,7 +290,7 @@ pub(super) fn routes() -> Documented {
                     "Create an infrastructure provider",
                 )
                 .body::<ProviderBody>()
-                .answers(Shape::Json),
+                .writes::<ProviderView>(),
             ],
         )
         .route(
@@ -309,7 +309,7 @@ pub(super) fn routes() -> Documented {
                     "Rename an infrastructure provider",
                 )
                 .body::<ProviderBody>()
-                .answers(Shape::Json),
+                .writes::<ProviderView>(),
                 op(
                     "DELETE",
                     "Exports",

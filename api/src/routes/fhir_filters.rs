@@ -239,7 +239,7 @@ pub(super) fn routes() -> Documented {
                 ]),
                 op("POST", "Cohorts", User, 201, "Save a FHIR filter")
                     .body::<CreateFilter>()
-                    .answers(Shape::Json),
+                    .writes::<FhirFilterView>(),
             ],
         )
         .route(
@@ -261,7 +261,7 @@ pub(super) fn routes() -> Documented {
                 op("GET", "Cohorts", User, 200, "One saved filter").returns::<FhirFilterView>(),
                 op("PATCH", "Cohorts", User, 200, "Change a saved filter")
                     .body::<UpdateFilter>()
-                    .answers(Shape::Json),
+                    .writes::<FhirFilterView>(),
                 op("DELETE", "Cohorts", User, 204, "Delete a saved filter"),
             ],
         )

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, ParamType, User, op, param};
 use crate::pagination::{Envelope, Params, datetime_param, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
@@ -143,7 +143,7 @@ pub(super) fn routes() -> Documented {
                     ]),
                 op("POST", "Workspace", User, 201, "Create a folder")
                     .body::<CreateFolder>()
-                    .answers(Shape::Json),
+                    .writes::<FolderView>(),
             ],
         )
         .route(
@@ -159,7 +159,7 @@ pub(super) fn routes() -> Documented {
                     "Rename or describe a folder",
                 )
                 .body::<UpdateFolder>()
-                .answers(Shape::Json),
+                .writes::<FolderView>(),
                 op(
                     "DELETE",
                     "Workspace",

@@ -269,7 +269,7 @@ pub(super) fn routes() -> Documented {
                     "Schedule a maintenance phase",
                 )
                 .body::<MaintenanceBody>()
-                .answers(Shape::Json),
+                .writes::<MaintenanceView>(),
             ],
         )
         .route(
@@ -298,7 +298,7 @@ pub(super) fn routes() -> Documented {
                     "Change a maintenance phase",
                 )
                 .body::<MaintenanceBody>()
-                .answers(Shape::Json),
+                .writes::<MaintenanceView>(),
                 op(
                     "DELETE",
                     "Maintenance",

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, ParamType, User, op, param};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
@@ -183,7 +183,7 @@ pub(super) fn routes() -> Documented {
                     "Schedule the recount of a query version",
                 )
                 .body::<CreateSchedule>()
-                .answers(Shape::Json),
+                .writes::<ScheduleView>(),
             ],
         )
         .route(
@@ -193,7 +193,7 @@ pub(super) fn routes() -> Documented {
                 op("GET", "Cohorts", User, 200, "One refresh schedule").returns::<ScheduleView>(),
                 op("PATCH", "Cohorts", User, 200, "Change a refresh schedule")
                     .body::<UpdateSchedule>()
-                    .answers(Shape::Json),
+                    .writes::<ScheduleView>(),
                 op("DELETE", "Cohorts", User, 204, "Delete a refresh schedule"),
             ],
         )

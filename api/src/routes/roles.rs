@@ -295,7 +295,7 @@ pub(super) fn routes() -> Documented {
                         param("limit", ParamType::Integer),
                         param("offset", ParamType::Integer),
                     ]),
-                op("POST", "Accesses", FullAdmin, 201, "Create a role").answers(Shape::Json),
+                op("POST", "Accesses", FullAdmin, 201, "Create a role").writes::<RoleView>(),
             ],
         )
         .route(
@@ -316,7 +316,7 @@ pub(super) fn routes() -> Documented {
             routing::get(retrieve).patch(update).delete(delete),
             [
                 op("GET", "Accesses", User, 200, "One role").returns::<RoleView>(),
-                op("PATCH", "Accesses", FullAdmin, 200, "Change a role").answers(Shape::Json),
+                op("PATCH", "Accesses", FullAdmin, 200, "Change a role").writes::<RoleView>(),
                 op(
                     "DELETE",
                     "Accesses",

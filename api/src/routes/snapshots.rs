@@ -358,7 +358,7 @@ pub(super) fn routes() -> Documented {
                     "Save a query version of a request",
                 )
                 .body::<CreateSnapshot>()
-                .answers(Shape::Json),
+                .writes::<SnapshotView>(),
             ],
         )
         .route(
@@ -369,7 +369,7 @@ pub(super) fn routes() -> Documented {
                     .returns_page::<SnapshotView>(),
                 op("POST", "Workspace", User, 201, "Save a query version")
                     .body::<CreateSnapshot>()
-                    .answers(Shape::Json),
+                    .writes::<SnapshotView>(),
             ],
         )
         .route(
@@ -385,7 +385,7 @@ pub(super) fn routes() -> Documented {
                     "Rename a query version or patch its query",
                 )
                 .body::<UpdateSnapshot>()
-                .answers(Shape::Json),
+                .writes::<SnapshotView>(),
             ],
         )
         .route(
@@ -408,7 +408,7 @@ pub(super) fn routes() -> Documented {
                     "Save a version from this one",
                 )
                 .body::<CreateSnapshot>()
-                .answers(Shape::Json),
+                .writes::<SnapshotView>(),
             ],
         )
         .route(

@@ -273,7 +273,7 @@ pub(super) fn routes() -> Documented {
                     "Create a user (right_manage_users)",
                 )
                 .body::<CreateUser>()
-                .answers(Shape::Json),
+                .writes::<UserView>(),
             ],
         )
         .route(
@@ -283,7 +283,7 @@ pub(super) fn routes() -> Documented {
                 op("GET", "Users", User, 200, "One user").returns::<UserView>(),
                 op("PATCH", "Users", User, 200, "Change a user's details")
                     .body::<UpdateUser>()
-                    .answers(Shape::Json),
+                    .writes::<UserView>(),
             ],
         )
         .route(

@@ -431,23 +431,8 @@ mod tests {
             assert_eq!(refused.message, permission.refusal());
             // Every other right together is not full administration.
             let all_but_full = holding(Rights {
-                right_manage_users: true,
-                right_manage_data_accesses_same_level: true,
-                right_manage_data_accesses_inferior_levels: true,
-                right_manage_admin_accesses_same_level: true,
-                right_manage_admin_accesses_inferior_levels: true,
-                right_read_patient_nominative: true,
-                right_read_patient_pseudonymized: true,
-                right_search_patients_by_ipp: true,
-                right_search_patients_unlimited: true,
-                right_search_opposed_patients: true,
-                right_export_jupyter_nominative: true,
-                right_export_jupyter_pseudonymized: true,
-                right_export_csv_xlsx_nominative: true,
-                right_manage_datalabs: true,
-                right_read_datalabs: true,
-                right_read_audit: true,
                 right_full_admin: false,
+                ..Rights::ALL
             });
             assert!(decide(&alice(), &all_but_full, permission).is_err());
             // Applicative tokens never are, whatever their user holds.

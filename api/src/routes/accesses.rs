@@ -332,10 +332,7 @@ pub(super) async fn my_data_rights(
     caller: Caller,
     Query(params): Query<Params>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     let ids: Vec<i64> = match text_param(&params, "perimeters_ids") {
         Some(raw) => raw
             .split(',')

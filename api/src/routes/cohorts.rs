@@ -488,10 +488,7 @@ pub(super) async fn cohort_rights(
     if cohorts.is_empty() {
         return Err(ApiError::not_found("cohort_not_found", "cohort"));
     }
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     let mut answer = Vec::new();
     for cohort in cohorts {
         let perimeters = state

@@ -6,7 +6,6 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::routing;
-use chrono::Utc;
 use domain::authz::{Manageable, PerimeterRef, ReadMode};
 use projections::identity::{PERIMETER_ORDERING, PerimeterFilter, PerimeterRow};
 use projections::parse_ordering;
@@ -109,10 +108,7 @@ pub(super) async fn manageable(
     caller: Caller,
     Query(params): Query<Params>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     let tops: Vec<PerimeterRow> = match authority.manageable() {
         Manageable::Roots => state.identity.roots().await?,
         Manageable::Perimeters { tops, children_of } => {
@@ -148,10 +144,7 @@ pub(super) async fn data_rights(
     headers: HeaderMap,
 ) -> Result<Json<Envelope<Value>>, ApiError> {
     let window = window(&params)?;
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     let reading: Vec<i64> = authority.reading_perimeters();
     let f = filter(&params)?;
     let scoped = if f.is_filtered() {
@@ -221,10 +214,7 @@ pub(super) async fn read_check(
         .unwrap_or("max")
         .parse()
         .map_err(|_| ApiError::invalid_field("mode", "mode must be 'min' or 'max'"))?;
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     // Cohort group ids stand for the perimeters of their snapshot.
     let cohorts = state
         .cohort_reader

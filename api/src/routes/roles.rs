@@ -242,10 +242,7 @@ pub(super) async fn assignable(
         .perimeter(perimeter_id)
         .await?
         .ok_or_else(|| ApiError::not_found("perimeter_not_found", "perimeter"))?;
-    let authority = state
-        .identity
-        .authority(&caller.username, Utc::now())
-        .await?;
+    let authority = state.access.authority(&caller).await?;
     let roles = state
         .identity
         .list_roles(&RoleFilter::default(), crate::pagination::ALL)

@@ -24,13 +24,7 @@ async fn expiry_alerts(
         settings.access_expiry_second_alert_days,
     ];
     loop {
-        let ctx = CommandContext {
-            user: "system".into(),
-            impersonator: None,
-            correlation_id: "scheduler:expiry-alerts".into(),
-            causation_id: "scheduler:expiry-alerts".into(),
-            at: Utc::now(),
-        };
+        let ctx = scheduler_context("expiry-alerts");
         match state
             .identity
             .send_expiry_alerts(&ctx, ctx.at.date_naive(), &days, state.mailer.as_ref())
@@ -63,13 +57,7 @@ async fn reconcile_jobs(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let ctx = CommandContext {
-            user: "system".into(),
-            impersonator: None,
-            correlation_id: "scheduler:reconcile-jobs".into(),
-            causation_id: "scheduler:reconcile-jobs".into(),
-            at: Utc::now(),
-        };
+        let ctx = scheduler_context("reconcile-jobs");
         let jobs = state.cohorts.reconcile(&ctx, ctx.at - after).await;
         let studies = state.feasibility.reconcile(&ctx, ctx.at - after).await;
         match jobs.and_then(|j| studies.map(|s| j + s)) {
@@ -87,13 +75,7 @@ async fn refresh_counts(state: Services, every: Duration, shutdown: Cancellation
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let ctx = CommandContext {
-            user: "system".into(),
-            impersonator: None,
-            correlation_id: "scheduler:refresh-counts".into(),
-            causation_id: "scheduler:refresh-counts".into(),
-            at: Utc::now(),
-        };
+        let ctx = scheduler_context("refresh-counts");
         match state.schedules.run_all_due(&ctx, ctx.at).await {
             Ok(counts) if !counts.is_empty() => {
                 tracing::info!(counts = counts.len(), "scheduled counts requested")

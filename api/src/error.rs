@@ -340,6 +340,7 @@ impl From<commands::exports::ExportsError> for ApiError {
             }
             E::Exporter(_) => Self::new(StatusCode::BAD_GATEWAY, "exporter_error", message),
             E::Cohorts(e) => e.into(),
+            E::Authz(e) => e.into(),
             E::Technical(t) => t.into(),
         }
     }

@@ -27,6 +27,7 @@ use domain::rights::Rights;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::authz::{AccessControl, AuthzError, Permission, Principal};
 use crate::bus::{Committed, Execute};
 use crate::cohorts::{Cohorts, CohortsError};
 use crate::context::CommandContext;
@@ -63,6 +64,9 @@ pub enum ExportsError {
     Exporter(String),
     #[error(transparent)]
     Cohorts(#[from] CohortsError),
+    /// The caller may not do this (or their rights cannot be read now).
+    #[error(transparent)]
+    Authz(#[from] AuthzError),
     /// Conflict, unavailability, bug.
     #[error(transparent)]
     Technical(#[from] Technical),
@@ -126,6 +130,8 @@ pub struct ExportPorts {
     pub rights: Arc<dyn ExportRights>,
     pub directory: Arc<dyn ExportDirectory>,
     pub exporter: Arc<dyn Exporter>,
+    /// The authorization rules (retrying, relaunching and reading logs are for full admins).
+    pub access: AccessControl,
     pub storage: Arc<dyn ExportStorage>,
     pub mails: Arc<Mails>,
     pub consistency: Arc<dyn Consistency>,
@@ -692,7 +698,16 @@ impl Exports {
     }
 
     /// Puts a finished or failed export back to `new` (full admins).
-    pub async fn retry(&self, ctx: &CommandContext, id: Uuid) -> Result<Written<()>, ExportsError> {
+    pub async fn retry(
+        &self,
+        ctx: &CommandContext,
+        by: &Principal,
+        id: Uuid,
+    ) -> Result<Written<()>, ExportsError> {
+        self.ports
+            .access
+            .require(by, Permission::AdministerExports)
+            .await?;
         let command = ExportCommand::Retry {
             by: ctx.user.clone(),
             at: ctx.at,
@@ -710,8 +725,13 @@ impl Exports {
     pub async fn relaunch(
         &self,
         ctx: &CommandContext,
+        by: &Principal,
         id: Uuid,
     ) -> Result<Written<Uuid>, ExportsError> {
+        self.ports
+            .access
+            .require(by, Permission::AdministerExports)
+            .await?;
         let Some(original) = self.export(None, id).await? else {
             return Err(ExportsError::Export(ExportError::NotFound));
         };
@@ -771,7 +791,15 @@ impl Exports {
 
     /// The exporter's logs of an export (full admins): `None` for a finished export (upstream
     /// answers "no logs").
-    pub async fn logs(&self, id: Uuid) -> Result<Option<serde_json::Value>, ExportsError> {
+    pub async fn logs(
+        &self,
+        by: &Principal,
+        id: Uuid,
+    ) -> Result<Option<serde_json::Value>, ExportsError> {
+        self.ports
+            .access
+            .require(by, Permission::AdministerExports)
+            .await?;
         let export = self
             .export(None, id)
             .await?

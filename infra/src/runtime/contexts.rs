@@ -275,6 +275,7 @@ pub fn exports(
             )),
             directory: reader.clone(),
             exporter: exporter(args, &shared.tls, pool)?,
+            access: identity.access.clone(),
             storage: export_storage(args, &shared.tls)?,
             mails: cohorts.mails.clone(),
             consistency: shared.consistency.clone(),

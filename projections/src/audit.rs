@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::{Cursor, ReadError};
 
 /// One stored event, as an auditor sees it (secrets redacted).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     pub position: i64,
     pub aggregate_type: String,
@@ -47,7 +47,7 @@ pub enum AsOf {
 }
 
 /// An aggregate's state at a point of its history, folded from its events.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AggregateState {
     pub aggregate_type: String,
     pub aggregate_id: String,

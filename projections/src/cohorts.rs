@@ -144,7 +144,7 @@ pub const FHIR_FILTER_ORDERING: &[(&str, &str)] = &[
 ];
 
 /// One saved FHIR filter.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FhirFilterView {
     pub uuid: Uuid,
     pub owner: String,
@@ -172,7 +172,7 @@ pub struct FhirFilterQuery {
 }
 
 /// One feasibility study.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StudyView {
     pub uuid: Uuid,
     pub owner: String,
@@ -184,7 +184,7 @@ pub struct StudyView {
 }
 
 /// One refresh schedule, with what its newest run gave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ScheduleView {
     pub uuid: Uuid,
     pub owner: String,

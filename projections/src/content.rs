@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{Page, ReadError, SortKey, Window};
 
 /// A web content as `/webcontent/contents/` serves it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct WebContentView {
     pub id: i64,
     pub title: String,
@@ -23,7 +23,7 @@ pub struct WebContentView {
 }
 
 /// A release note as `/release-notes/` serves it.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReleaseNoteView {
     pub id: i64,
     pub title: String,

@@ -112,7 +112,7 @@ pub const EXPORT_ORDERINGS: &[(&str, &str)] = &[
 ];
 
 /// A statistic of a finished export (`/exports/export-stats/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ExportStatView {
     pub export: Uuid,
     pub name: String,
@@ -133,7 +133,7 @@ pub struct StatFilter {
 }
 
 /// An infrastructure provider.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ProviderView {
     pub uuid: Uuid,
     pub name: String,
@@ -142,14 +142,14 @@ pub struct ProviderView {
 }
 
 /// The provider embedded in a datalab.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ProviderRef {
     pub uuid: Uuid,
     pub name: String,
 }
 
 /// A datalab.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DatalabView {
     pub uuid: Uuid,
     pub name: String,
@@ -159,7 +159,7 @@ pub struct DatalabView {
 }
 
 /// A cohort that may be exported (`/exports/cohorts/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ExportableCohort {
     pub uuid: Uuid,
     pub owner: String,

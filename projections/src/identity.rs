@@ -49,7 +49,7 @@ pub const MAINTENANCE_ORDERING: &[(&str, &str)] = &[
 ];
 
 /// A user (`/users/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub username: String,
     pub firstname: String,
@@ -80,7 +80,7 @@ pub struct UserFilter {
 }
 
 /// A profile (`/accesses/profiles/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ProfileView {
     pub id: i64,
     pub source: String,
@@ -94,7 +94,7 @@ pub struct ProfileView {
 }
 
 /// A role (`/accesses/roles/`): its rights are flattened into the object.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RoleView {
     pub id: i64,
     pub name: String,
@@ -296,7 +296,7 @@ pub struct AccessFilter {
 }
 
 /// A maintenance phase (`/maintenances/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct MaintenanceView {
     pub id: i64,
     pub subject: String,

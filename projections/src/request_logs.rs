@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{Page, ReadError, SortKey, Window};
 
 /// One logged request, as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RequestLog {
     pub id: i64,
     #[serde(flatten)]
@@ -19,7 +19,7 @@ pub struct RequestLog {
 }
 
 /// A request to log (the id is drawn when it is stored).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NewRequestLog {
     pub requested_at: DateTime<Utc>,
     pub response_ms: i64,

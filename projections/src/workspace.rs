@@ -31,7 +31,7 @@ pub const SNAPSHOT_ORDERING: &[(&str, &str)] = &[
 ];
 
 /// A folder (`/cohort/folders/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FolderView {
     pub uuid: Uuid,
     pub owner: String,
@@ -83,7 +83,7 @@ pub struct RequestView {
 }
 
 /// A query snapshot (`/cohort/request-query-snapshots/`).
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct SnapshotView {
     pub uuid: Uuid,
     pub owner: String,

@@ -1,7 +1,9 @@
 //! Folders and requests as users see them: owner scoping, lists, cascades, sharing.
 
+use projections::workspace::FolderView;
 use reqwest::StatusCode;
 use serde_json::json;
+use tests::flows::Page;
 use tests::{TestApp, query};
 
 #[tokio::test]
@@ -29,31 +31,26 @@ async fn lists_are_owner_scoped_paginated_filtered_and_ordered() {
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
     }
 
-    let all = app.get("/cohort/folders/?ordering=name", "hana").await;
-    assert_eq!(all.body["count"], 3, "ivan's folder is invisible");
-    let names: Vec<&str> = all.body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["name"].as_str().unwrap())
-        .collect();
+    // Typed answers: the read model's own view type.
+    let all: Page<FolderView> = app
+        .get("/cohort/folders/?ordering=name", "hana")
+        .await
+        .json();
+    assert_eq!(all.count, 3, "ivan's folder is invisible");
+    let names: Vec<&str> = all.results.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, vec!["Asthme", "Cardio", "Diabète"]);
-    let diabete = all.body["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["name"] == "Diabète")
-        .unwrap();
-    assert_eq!(diabete["requests_count"], 3);
+    let diabete = all.results.iter().find(|f| f.name == "Diabète").unwrap();
+    assert_eq!(diabete.requests_count, 3);
 
-    let page = app
+    let page: Page<FolderView> = app
         .get("/cohort/folders/?ordering=-name&limit=2&offset=1", "hana")
-        .await;
-    assert_eq!(page.body["count"], 3);
-    assert_eq!(page.body["results"].as_array().unwrap().len(), 2);
-    assert_eq!(page.body["results"][0]["name"], "Cardio");
-    assert!(page.body["next"].is_null());
-    assert!(page.body["previous"].as_str().unwrap().contains("limit=2"));
+        .await
+        .json();
+    assert_eq!(page.count, 3);
+    assert_eq!(page.results.len(), 2);
+    assert_eq!(page.results[0].name, "Cardio");
+    assert!(page.next.is_none());
+    assert!(page.previous.unwrap().contains("limit=2"));
     let count_only = app.get("/cohort/folders/?limit=0", "hana").await;
     assert_eq!(count_only.body["count"], 3);
     assert_eq!(count_only.body["results"], json!([]));

@@ -23,7 +23,9 @@ use super::job_callback::JobCallback;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, Shape, User, UserOrApplicative, op, param};
+use crate::openapi::{
+    Documented, LIMIT_OFFSET, ParamType, Shape, User, UserOrApplicative, op, param,
+};
 use crate::pagination::{
     Envelope, Params, bool_param, datetime_param, envelope, int_param, list_param, text_param,
     uuid_param, window,
@@ -537,9 +539,8 @@ pub(super) fn routes() -> Documented {
                         param("request", ParamType::Uuid),
                         param("request_job_status", ParamType::List),
                         param("ordering", ParamType::Text),
-                        param("limit", ParamType::Integer),
-                        param("offset", ParamType::Integer),
-                    ]),
+                    ])
+                    .query(LIMIT_OFFSET),
                 op("POST", "Cohorts", User, 201, "Count a query version")
                     .body::<CreateCount>()
                     .answers(Shape::Json),
@@ -582,9 +583,8 @@ pub(super) fn routes() -> Documented {
                         param("exportable", ParamType::Boolean),
                         param("search", ParamType::Text),
                         param("ordering", ParamType::Text),
-                        param("limit", ParamType::Integer),
-                        param("offset", ParamType::Integer),
-                    ]),
+                    ])
+                    .query(LIMIT_OFFSET),
                 op(
                     "POST",
                     "Cohorts",

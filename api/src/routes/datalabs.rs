@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
@@ -229,9 +229,8 @@ pub(super) fn routes() -> Documented {
                 .query(&[
                     param("infra_provider", ParamType::Text),
                     param("name", ParamType::Text),
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ]),
+                ])
+                .query(LIMIT_OFFSET),
                 op(
                     "POST",
                     "Exports",
@@ -278,10 +277,7 @@ pub(super) fn routes() -> Documented {
                     "Infrastructure providers (needs right_read_datalabs)",
                 )
                 .answers(Shape::Page(None))
-                .query(&[
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ]),
+                .query(LIMIT_OFFSET),
                 op(
                     "POST",
                     "Exports",

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
-use crate::openapi::{Documented, FullAdmin, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, FullAdmin, LIMIT_OFFSET, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::{after_commit, written_json};
 use crate::state::AppState;
@@ -360,7 +360,8 @@ pub(super) fn routes() -> Documented {
                     "The caller's exports (every export for full admins); `return_full_objects=true` for full objects",
                 )
                 .answers(Shape::Json)
-                .query(&[param("output_format", ParamType::Text), param("status", ParamType::Text), param("motivation", ParamType::Text), param("search", ParamType::Text), param("return_full_objects", ParamType::Boolean), param("ordering", ParamType::Text), param("limit", ParamType::Integer), param("offset", ParamType::Integer)]),
+                .query(&[param("output_format", ParamType::Text), param("status", ParamType::Text), param("motivation", ParamType::Text), param("search", ParamType::Text), param("return_full_objects", ParamType::Boolean), param("ordering", ParamType::Text)])
+                .query(LIMIT_OFFSET),
                 op(
                     "POST",
                     "Exports",
@@ -399,7 +400,8 @@ pub(super) fn routes() -> Documented {
                     "Statistics of the caller's finished exports",
                 )
                 .returns_page::<projections::exports::ExportStatView>()
-                .query(&[param("export", ParamType::Text), param("name", ParamType::Text), param("type", ParamType::Text), param("export_target_name", ParamType::Text), param("limit", ParamType::Integer), param("offset", ParamType::Integer)]),
+                .query(&[param("export", ParamType::Text), param("name", ParamType::Text), param("type", ParamType::Text), param("export_target_name", ParamType::Text)])
+                .query(LIMIT_OFFSET),
             ],
         )
         .route(

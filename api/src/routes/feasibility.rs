@@ -21,7 +21,7 @@ use super::job_callback::JobCallback;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid};
-use crate::openapi::{Documented, ParamType, Shape, User, UserOrApplicative, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, Shape, User, UserOrApplicative, op};
 use crate::pagination::{Envelope, Params, envelope, window};
 use crate::routes::cohorts::{invalid_status, reader};
 use crate::routes::{after_commit, written};
@@ -241,10 +241,7 @@ pub(super) fn routes() -> Documented {
                     "The caller's feasibility studies",
                 )
                 .returns_page::<StudyView>()
-                .query(&[
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ]),
+                .query(LIMIT_OFFSET),
                 op("POST", "Cohorts", User, 201, "Request a feasibility report")
                     .body::<CreateStudy>()
                     .answers(Shape::Json),

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::folders::check_owner;
 use crate::routes::{after_commit, written};
@@ -198,9 +198,8 @@ pub(super) fn routes() -> Documented {
                 param("query_version", ParamType::Text),
                 param("identifying", ParamType::Boolean),
                 param("ordering", ParamType::Text),
-                param("limit", ParamType::Integer),
-                param("offset", ParamType::Integer),
-            ])],
+            ])
+            .query(LIMIT_OFFSET)],
         )
         .route(
             "/exports/fhir-filters/{id}/",
@@ -234,9 +233,8 @@ pub(super) fn routes() -> Documented {
                     param("query_version", ParamType::Text),
                     param("identifying", ParamType::Boolean),
                     param("ordering", ParamType::Text),
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ]),
+                ])
+                .query(LIMIT_OFFSET),
                 op("POST", "Cohorts", User, 201, "Save a FHIR filter")
                     .body::<CreateFilter>()
                     .writes::<FhirFilterView>(),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, User, op, param};
 use crate::pagination::{Envelope, Params, datetime_param, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
@@ -138,9 +138,8 @@ pub(super) fn routes() -> Documented {
                         param("max_created_at", ParamType::DateTime),
                         param("search", ParamType::Text),
                         param("ordering", ParamType::Text),
-                        param("limit", ParamType::Integer),
-                        param("offset", ParamType::Integer),
-                    ]),
+                    ])
+                    .query(LIMIT_OFFSET),
                 op("POST", "Workspace", User, 201, "Create a folder")
                     .body::<CreateFolder>()
                     .writes::<FolderView>(),

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, Param, ParamType, Shape, User, op, param};
 use crate::pagination::{ALL, Envelope, Params, envelope, list_param, text_param, window};
 use crate::routes::path_int;
 use crate::state::AppState;
@@ -246,6 +246,18 @@ pub(super) async fn read_check(
     Ok(Json(serde_json::to_value(permission).unwrap_or_default()))
 }
 
+/// The query parameters `filter` reads.
+const PERIMETER_FILTERS: &[Param] = &[
+    param("name", ParamType::Text),
+    param("source_value", ParamType::Text),
+    param("type_source_value", ParamType::List),
+    param("cohort_id", ParamType::List),
+    param("parent_id", ParamType::List),
+    param("local_id", ParamType::List),
+    param("search", ParamType::Text),
+    param("ordering", ParamType::Text),
+];
+
 /// The routes of this module, with their documentation.
 pub(super) fn routes() -> Documented {
     Documented::new()
@@ -254,18 +266,8 @@ pub(super) fn routes() -> Documented {
             routing::get(list),
             [op("GET", "Perimeters", User, 200, "Perimeters")
                 .answers(Shape::Page(None))
-                .query(&[
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                    param("name", ParamType::Text),
-                    param("source_value", ParamType::Text),
-                    param("type_source_value", ParamType::List),
-                    param("cohort_id", ParamType::List),
-                    param("parent_id", ParamType::List),
-                    param("local_id", ParamType::List),
-                    param("search", ParamType::Text),
-                    param("ordering", ParamType::Text),
-                ])],
+                .query(LIMIT_OFFSET)
+                .query(PERIMETER_FILTERS)],
         )
         .route(
             "/accesses/perimeters/manageable/",
@@ -278,16 +280,7 @@ pub(super) fn routes() -> Documented {
                 "Perimeters the caller manages",
             )
             .answers(Shape::List(None))
-            .query(&[
-                param("name", ParamType::Text),
-                param("source_value", ParamType::Text),
-                param("type_source_value", ParamType::List),
-                param("cohort_id", ParamType::List),
-                param("parent_id", ParamType::List),
-                param("local_id", ParamType::List),
-                param("search", ParamType::Text),
-                param("ordering", ParamType::Text),
-            ])],
+            .query(PERIMETER_FILTERS)],
         )
         .route(
             "/accesses/perimeters/patient-data/rights/",
@@ -300,18 +293,8 @@ pub(super) fn routes() -> Documented {
                 "The caller's data rights per perimeter",
             )
             .answers(Shape::Page(None))
-            .query(&[
-                param("limit", ParamType::Integer),
-                param("offset", ParamType::Integer),
-                param("name", ParamType::Text),
-                param("source_value", ParamType::Text),
-                param("type_source_value", ParamType::List),
-                param("cohort_id", ParamType::List),
-                param("parent_id", ParamType::List),
-                param("local_id", ParamType::List),
-                param("search", ParamType::Text),
-                param("ordering", ParamType::Text),
-            ])],
+            .query(LIMIT_OFFSET)
+            .query(PERIMETER_FILTERS)],
         )
         .route(
             "/accesses/perimeters/patient-data/read/",
@@ -339,17 +322,7 @@ pub(super) fn routes() -> Documented {
             routing::get(children),
             [op("GET", "Perimeters", User, 200, "A perimeter's children")
                 .answers(Shape::Page(None))
-                .query(&[
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                    param("name", ParamType::Text),
-                    param("source_value", ParamType::Text),
-                    param("type_source_value", ParamType::List),
-                    param("cohort_id", ParamType::List),
-                    param("parent_id", ParamType::List),
-                    param("local_id", ParamType::List),
-                    param("search", ParamType::Text),
-                    param("ordering", ParamType::Text),
-                ])],
+                .query(LIMIT_OFFSET)
+                .query(PERIMETER_FILTERS)],
         )
 }

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context, path_uuid, path_uuid_list};
-use crate::openapi::{Documented, ParamType, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, User, op, param};
 use crate::pagination::{Envelope, Params, envelope, text_param, uuid_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
@@ -172,9 +172,8 @@ pub(super) fn routes() -> Documented {
                     param("request_snapshot_id", ParamType::Uuid),
                     param("refresh_time", ParamType::Text),
                     param("refresh_frequency", ParamType::Text),
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ]),
+                ])
+                .query(LIMIT_OFFSET),
                 op(
                     "POST",
                     "Cohorts",

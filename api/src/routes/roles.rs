@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
-use crate::openapi::{Documented, FullAdmin, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, FullAdmin, LIMIT_OFFSET, ParamType, Shape, User, op, param};
 use crate::pagination::{Envelope, Params, bool_param, envelope, text_param, window};
 use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
@@ -289,9 +289,8 @@ pub(super) fn routes() -> Documented {
                     .query(&[
                         param("name", ParamType::Text),
                         param("ordering", ParamType::Text),
-                        param("limit", ParamType::Integer),
-                        param("offset", ParamType::Integer),
-                    ]),
+                    ])
+                    .query(LIMIT_OFFSET),
                 op("POST", "Accesses", FullAdmin, 201, "Create a role").writes::<RoleView>(),
             ],
         )

@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, TraceId, command_context};
-use crate::openapi::{Documented, ParamType, Shape, User, op, param};
+use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, Shape, User, op, param};
 use crate::pagination::{
     Envelope, Params, bool_param, envelope, page_envelope, page_window, text_param, window,
 };
@@ -306,9 +306,8 @@ pub(super) fn routes() -> Documented {
                 .query(&[
                     param("user_id", ParamType::Text),
                     param("search", ParamType::Text),
-                    param("limit", ParamType::Integer),
-                    param("offset", ParamType::Integer),
-                ])],
+                ])
+                .query(LIMIT_OFFSET)],
         )
         .route(
             "/accesses/profiles/{id}/",

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-
-use crate::pipeline_signals::{LastError, last_error};
 use projections::Cursor;
 use serde::Serialize;
 use sqlx::PgPool;
+
+use crate::pipeline_signals::{LastError, last_error};
 
 /// Where one log consumer stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing;
 use chrono::{DateTime, Duration, Utc};
+use commands::authz::{self, Permission};
 use commands::identity::{NewAccess, Requester};
 use domain::access::AccessCommand;
 use domain::authz::{Authority, PerimeterRef};
@@ -24,7 +25,6 @@ use crate::pagination::{
 };
 use crate::routes::{after_commit, path_int, requester, written_json};
 use crate::state::AppState;
-use commands::authz::{self, Permission};
 
 fn perimeter_of(row: &AccessRow) -> PerimeterRef<'_> {
     PerimeterRef {

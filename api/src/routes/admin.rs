@@ -4,13 +4,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::routing;
 use chrono::Utc;
+use commands::authz::Permission;
 use serde_json::{Value, json};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi::{Documented, FullAdmin, Shape, op};
 use crate::state::AppState;
-use commands::authz::Permission;
 
 /// `GET /admin/projections/`: each projector's, reactor's and the relay's checkpoint, how many
 /// events it is behind, the age of the oldest of those (`lag_seconds`) and the last error this

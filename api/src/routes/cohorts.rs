@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing;
 use chrono::{Duration, Utc};
+use commands::authz::{JobReporter, Permission};
 use commands::cohorts::{NewCohort, NewSample, Settled};
 use domain::authz::PerimeterRef;
 use domain::cohort::CohortChanges;
@@ -33,7 +34,6 @@ use crate::pagination::{
 use crate::routes::{after_commit, written};
 use crate::small_cells::protected_of_snapshot;
 use crate::state::AppState;
-use commands::authz::{JobReporter, Permission};
 
 /// The owner scoping of `commands::authz` (`Principal::reads_every_owner`) as the cohorts
 /// reader takes it.

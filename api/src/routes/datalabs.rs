@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing;
+use commands::authz::Permission;
 use projections::exports::{DatalabView, ProviderView};
 use serde::Deserialize;
 use uuid::Uuid;
@@ -18,7 +19,6 @@ use crate::openapi::{Documented, LIMIT_OFFSET, ParamType, Shape, User, op, param
 use crate::pagination::{Envelope, Params, envelope, text_param, window};
 use crate::routes::{after_commit, written};
 use crate::state::AppState;
-use commands::authz::Permission;
 
 /// Refuses unless the caller may read (or, with `write`, manage) datalabs.
 async fn require(state: &AppState, caller: &Caller, write: bool) -> Result<(), ApiError> {

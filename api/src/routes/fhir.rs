@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing;
 use chrono::{DateTime, Utc};
+use commands::authz::AuthzError;
 use domain::cohort_query::fhir_search::{SearchParam, parse_search};
 use projections::clinical::{
     FhirRecord, FhirSearch, FhirSearchError, FhirType, PatientRecord, ReadScope,
@@ -18,7 +19,6 @@ use serde_json::{Value, json};
 use crate::auth::Caller;
 use crate::openapi::{Documented, Shape, User, op};
 use crate::state::AppState;
-use commands::authz::AuthzError;
 
 /// Default and largest page sizes (`_count`).
 const DEFAULT_COUNT: i64 = 20;

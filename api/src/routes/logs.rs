@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::routing;
+use commands::authz::Permission;
 use projections::parse_ordering;
 use projections::request_logs::{ORDERINGS, RequestLog, RequestLogFilter};
 
@@ -14,7 +15,6 @@ use crate::pagination::{
     Envelope, Params, datetime_param, int_param, list_param, page_envelope, page_window, text_param,
 };
 use crate::state::AppState;
-use commands::authz::Permission;
 
 /// `GET /logs/`: page-numbered (20 per page), newest first unless `ordering` says otherwise.
 pub(super) async fn list(

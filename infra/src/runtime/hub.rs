@@ -5,13 +5,14 @@
 //! The sockets themselves (handshake, delivery to one connection) are the HTTP edge's
 //! (`api::ws`); it reads this instance's pushes through the [`PushFeed`] port.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use commands::ports::{ALL_SOCKETS, Notifier, Push, PushFeed};
 use domain::maintenance::MaintenanceNotice;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 

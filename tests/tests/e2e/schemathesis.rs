@@ -20,16 +20,26 @@ fn schemathesis() -> String {
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_answer_outside_its_schema() {
+    let installed = Command::new(schemathesis()).arg("--version").output();
+    assert!(
+        installed.is_ok_and(|o| o.status.success()),
+        "schemathesis does not run: run scripts/test (it installs it), or `pip install \
+         schemathesis==4.32.5` and set SCHEMATHESIS to its executable"
+    );
     let app = TestApp::spawn().await;
     let fixture = seed(&app).await;
     user_with(&app, &fixture, "fuzzer", "full_admin", APHP).await;
     app.settle().await;
     let token = app.token("fuzzer").await;
+    // Its reports and its cache (`.schemathesis/`, written in the working directory) stay out of
+    // the source tree.
     let report = std::env::temp_dir().join(format!("schemathesis-{}", app.id));
+    std::fs::create_dir_all(&report).expect("schemathesis directory");
     let schema_url = format!("{}/schema", app.base);
     let authorization = format!("Authorization: Bearer {token}");
     let run = tokio::task::spawn_blocking(move || {
         Command::new("timeout")
+            .current_dir(&report)
             .arg("600")
             .arg(schemathesis())
             .args(["run", &schema_url, "-H", &authorization])
@@ -61,12 +71,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_outside_its_schema() {
     })
     .await
     .expect("schemathesis thread");
-    let out = run.unwrap_or_else(|e| {
-        panic!(
-            "schemathesis does not run ({e}): run scripts/test, or `pip install schemathesis` \
-             and set SCHEMATHESIS to its executable"
-        )
-    });
+    let out = run.unwrap_or_else(|e| panic!("coreutils' timeout does not run: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

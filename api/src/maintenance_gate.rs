@@ -12,7 +12,7 @@ use crate::error::ApiError;
 /// How long the gate trusts its copy of the current phase.
 const GATE_TTL: Duration = Duration::from_secs(1);
 
-/// The current maintenance phase, cached for [`GATE_TTL`] so that the gate costs no query on
+/// The current maintenance phase, cached for `GATE_TTL` so that the gate costs no query on
 /// most requests.
 #[derive(Default)]
 pub struct MaintenanceGate {

@@ -4,7 +4,7 @@
 //! `{"type": "handshake", "status": "accepted"|"pending"|"forbidden", "details"}`; once
 //! accepted it receives what is pushed to its user's group and to everyone (`__all__`).
 //!
-//! What reaches the sockets comes from the [`PushFeed`] port: the runtime's hub fans pushes out
+//! What reaches the sockets comes from the [`commands::ports::PushFeed`] port: the runtime's hub fans pushes out
 //! over NATS so that every instance delivers to the sockets it holds.
 
 use axum::extract::State;

@@ -3,6 +3,8 @@
 //! The HTTP layer (and, later, NATS reactors) call these services; they build domain commands,
 //! run them through the [`bus::CommandBus`] (load, decide, append, retry on conflict) and wait for
 //! the read models to catch up ([`ports::Consistency`]) so that a client's next read sees its write.
+//! Every authorization rule is here too ([`authz`]): the edge hands over the caller as a
+//! principal and decides no permission.
 //!
 //! May depend on: `domain`, cqrs-es traits. What it needs from outside (read-model lookups, the
 //! projection progress) is declared here as traits in [`ports`] and implemented by `infra`.

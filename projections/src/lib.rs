@@ -2,7 +2,8 @@
 //! ordered, and the cursor that orders the event log for projectors.
 //!
 //! The SQL that folds events into these rows and reads them back lives in `infra`; this crate is
-//! the contract between it and the API. May depend on: `domain`, serde, chrono, uuid.
+//! the contract between it and the API; the rows derive `utoipa::ToSchema`, from which the
+//! OpenAPI document describes the answers. May depend on: `domain`, serde, chrono, uuid, utoipa.
 
 pub mod audit;
 pub mod clinical;

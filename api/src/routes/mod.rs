@@ -1,4 +1,7 @@
 //! The HTTP routes. Paths keep upstream's mandatory trailing slash.
+//!
+//! Each module declares its routes with their documented operations (`fn routes()`, see
+//! [`crate::openapi::Documented`]); [`documented`] gathers them, [`router`] adds the layers.
 
 mod accesses;
 mod admin;

@@ -1,5 +1,5 @@
 //! One builder per bounded context: each returns its service(s), its reader and the reactions
-//! that follow its events. The projections are listed in [`projections`]; they start before the
+//! that follow its events. The projections are listed in [`projections()`]; they start before the
 //! services, which wait on them for read-your-writes.
 
 use std::collections::BTreeMap;

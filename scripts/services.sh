@@ -99,9 +99,13 @@ ensure_test_tools() {
     echo "Installing schemathesis (PyPI) into $st_venv for the API fuzzing test ..." >&2
     python3 -m venv "$st_venv" >&2 && "$st_venv/bin/pip" install --quiet 'schemathesis==4.32.5' >&2 || true
   fi
+  # Without a working venv module (Debian's python3-venv missing), an installed one will do.
+  if [ -z "${SCHEMATHESIS:-}" ] && [ ! -x "$st_venv/bin/schemathesis" ] && command -v schemathesis >/dev/null 2>&1; then
+    SCHEMATHESIS="$(command -v schemathesis)"
+  fi
   export SCHEMATHESIS="${SCHEMATHESIS:-$st_venv/bin/schemathesis}"
   if ! "$SCHEMATHESIS" --version >/dev/null 2>&1; then
-    echo "schemathesis is missing: python3 -m venv $st_venv && $st_venv/bin/pip install 'schemathesis==4.32.5' (or set SCHEMATHESIS)" >&2
+    echo "schemathesis is missing: python3 -m venv $st_venv && $st_venv/bin/pip install 'schemathesis==4.32.5' (Debian: apt-get install python3-venv first), or set SCHEMATHESIS to an installed one" >&2
     return 1
   fi
   if ! command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then

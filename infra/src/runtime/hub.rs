@@ -23,27 +23,24 @@ struct WirePush {
     message: Value,
 }
 
-/// Fans pushes out to this instance's sockets, through NATS when connected.
+/// Fans pushes out through NATS to the sockets of every instance (this one's when NATS refuses
+/// the publication).
 #[derive(Clone)]
 pub struct Hub {
     local: broadcast::Sender<Push>,
-    nats: Option<(async_nats::Client, Arc<str>)>,
+    client: async_nats::Client,
+    subject: Arc<str>,
 }
 
 impl Hub {
-    /// A hub that only reaches this process's sockets.
-    pub fn local() -> Self {
-        let (local, _) = broadcast::channel(1024);
-        Self { local, nats: None }
-    }
-
     /// A hub whose pushes reach every instance subscribed to `subject`. Run
     /// [`Hub::forward_from_nats`] to deliver them here.
     pub fn over_nats(client: async_nats::Client, subject: String) -> Self {
         let (local, _) = broadcast::channel(1024);
         Self {
             local,
-            nats: Some((client, subject.into())),
+            client,
+            subject: subject.into(),
         }
     }
 
@@ -53,31 +50,25 @@ impl Hub {
             group: group.to_string(),
             message,
         };
-        match &self.nats {
-            Some((client, subject)) => {
-                let wire = WirePush {
-                    group: push.group.clone(),
-                    message: push.message.clone(),
-                };
-                let body = serde_json::to_vec(&wire).unwrap_or_default();
-                if let Err(e) = client.publish(subject.to_string(), body.into()).await {
-                    tracing::warn!(error = %e, "websocket push not published; delivering locally");
-                    let _ = self.local.send(push);
-                }
-            }
-            None => {
-                // No receiver is not an error: nobody is connected.
-                let _ = self.local.send(push);
-            }
+        let wire = WirePush {
+            group: push.group.clone(),
+            message: push.message.clone(),
+        };
+        let body = serde_json::to_vec(&wire).unwrap_or_default();
+        if let Err(e) = self
+            .client
+            .publish(self.subject.to_string(), body.into())
+            .await
+        {
+            tracing::warn!(error = %e, "websocket push not published; delivering locally");
+            // No receiver is not an error: nobody is connected.
+            let _ = self.local.send(push);
         }
     }
 
     /// Delivers the pushes published on NATS (by any instance) to this instance's sockets.
     pub async fn forward_from_nats(self, shutdown: CancellationToken) {
-        let Some((client, subject)) = self.nats.clone() else {
-            return;
-        };
-        let mut sub = match client.subscribe(subject.to_string()).await {
+        let mut sub = match self.client.subscribe(self.subject.to_string()).await {
             Ok(sub) => sub,
             Err(e) => {
                 tracing::error!(error = %e, "websocket fan-out: cannot subscribe");

@@ -332,18 +332,20 @@ impl AccessControl {
             .map_err(AuthzError::Unavailable)
     }
 
-    /// Refuses the operation unless `permission`'s rule allows it.
+    /// Refuses the operation unless `permission`'s rule allows it; returns the rights it read
+    /// (none for rules that do not read them), for callers that scope their answer with them.
     pub async fn require(
         &self,
         principal: &Principal,
         permission: Permission,
-    ) -> Result<(), AuthzError> {
+    ) -> Result<Authority, AuthzError> {
         let authority = if permission.reads_authority() {
             self.authority(principal).await?
         } else {
             Authority::new(Vec::new())
         };
-        decide(principal, &authority, permission).map_err(AuthzError::Refused)
+        decide(principal, &authority, permission).map_err(AuthzError::Refused)?;
+        Ok(authority)
     }
 
     /// The identity service's requester for this caller.

@@ -55,8 +55,7 @@ pub(super) async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Envelope<Value>>, ApiError> {
     let now = Utc::now();
-    super::require(&state, &caller, Permission::ListAccesses).await?;
-    let authority = state.access.authority(&caller).await?;
+    let authority = super::require(&state, &caller, Permission::ListAccesses).await?;
     let window = page_window(&params)?;
     let mut filter = AccessFilter {
         source: text_param(&params, "source"),

@@ -27,7 +27,7 @@ async fn require(state: &AppState, caller: &Caller, write: bool) -> Result<(), A
     } else {
         Permission::ReadDatalabs
     };
-    super::require(state, caller, permission).await
+    super::require(state, caller, permission).await.map(drop)
 }
 
 fn datalab_id(raw: &str) -> Result<Uuid, ApiError> {

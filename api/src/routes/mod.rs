@@ -42,12 +42,12 @@ pub(crate) async fn requester(state: &AppState, caller: &Caller) -> Result<Reque
 }
 
 /// Refuses the operation unless the caller holds `permission` (the rule is in
-/// `commands::authz`).
+/// `commands::authz`); returns the caller's rights as the rule read them.
 pub(crate) async fn require(
     state: &AppState,
     caller: &Caller,
     permission: commands::authz::Permission,
-) -> Result<(), ApiError> {
+) -> Result<domain::authz::Authority, ApiError> {
     Ok(state.access.require(caller, permission).await?)
 }
 

@@ -57,6 +57,11 @@ enum Command {
     /// source_value, type_source_value, parent_id, cohort_id, cohort_size). Perimeters missing
     /// from the file are removed and their accesses closed.
     ImportPerimeters { file: std::path::PathBuf },
+    /// Load terminologies (FHIR CodeSystem / ValueSet JSON, a Bundle of them, or a CSV with the
+    /// columns system, code, display, parent). Each code system in the file replaces the stored
+    /// one of its url (new, changed and missing concepts are applied); the built-in catalogue
+    /// never overwrites what is imported.
+    ImportTerminology { file: std::path::PathBuf },
     /// Seed a demo: upstream's test tree (APHP, P0…P14) and typical roles (replacing the tree),
     /// and 10 000 generated patients when the clinical store is empty.
     SeedDemo,
@@ -189,6 +194,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await?;
             tracing::info!(user = %username, admin, "user created");
+            Ok(())
+        }
+        Command::ImportTerminology { file } => {
+            let content = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let terminologies = infra::terminology::import::parse(&content)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let pool = prepare_database(&settings).await?;
+            let report = infra::terminology::store::apply(
+                &pool,
+                &terminologies,
+                infra::terminology::store::Origin::Import,
+            )
+            .await?;
+            tracing::info!(
+                code_systems = report.code_systems,
+                value_sets = report.value_sets,
+                added = report.added,
+                changed = report.changed,
+                removed = report.removed,
+                "terminologies imported"
+            );
             Ok(())
         }
         Command::ImportPerimeters { file } => {

@@ -149,6 +149,7 @@ pub async fn app_state(settings: &Settings, services: &Services) -> anyhow::Resu
         small_cells: domain::small_cells::SmallCells::new(settings.cohorts.small_cell_threshold),
         read_rights: s.read_rights,
         clinical: s.clinical,
+        terminology: s.terminology,
         request_logs: s.request_logs,
         idempotency: s.idempotency,
         metrics: crate::observability::recorder(),

@@ -73,6 +73,8 @@ pub struct AppState {
     pub read_rights: Arc<dyn commands::ports::PatientReadRights>,
     /// The clinical store, for the FHIR read API.
     pub clinical: Arc<dyn projections::clinical::ClinicalReader>,
+    /// Code systems and value sets, for the FHIR terminology API.
+    pub terminology: Arc<dyn projections::terminology::TerminologyReader>,
     pub request_logs: Arc<dyn projections::request_logs::RequestLogs>,
     /// `Idempotency-Key` claims and the answers kept for repeats.
     pub idempotency: Arc<dyn projections::idempotency::IdempotencyKeys>,

@@ -33,6 +33,7 @@ pub mod rights;
 pub mod role;
 pub mod session;
 pub mod small_cells;
+pub mod terminology;
 pub mod upcast;
 pub mod user;
 pub mod validation;

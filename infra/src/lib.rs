@@ -37,6 +37,7 @@ pub mod request_logs;
 pub mod runtime;
 mod sql;
 pub mod stores;
+pub mod terminology;
 pub mod tls;
 pub mod trace;
 pub mod workspace;

@@ -106,8 +106,83 @@ pub struct FhirSearch {
     pub params: Vec<SearchParam>,
     pub count: i64,
     pub offset: i64,
-    /// Newest first (`_sort=-date` and the like); otherwise by id.
-    pub newest_first: bool,
+    /// `_sort`, in order (ties are always broken by id).
+    pub sort: Vec<FhirSort>,
+    /// Facets to compute over every match (not only the page).
+    pub facets: Vec<Facet>,
+}
+
+/// What a search can be sorted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortField {
+    Id,
+    Family,
+    Given,
+    BirthDate,
+    Gender,
+    DeathDate,
+    /// The resource's own date (an encounter's start).
+    Date,
+    /// An encounter's end.
+    End,
+    Class,
+    Code,
+}
+
+impl SortField {
+    /// `_sort`'s name for a type (`family`, `-date`, …).
+    pub fn parse(t: FhirType, name: &str) -> Option<Self> {
+        Some(match (t, name) {
+            (_, "_id" | "id") => Self::Id,
+            (FhirType::Patient, "family" | "name") => Self::Family,
+            (FhirType::Patient, "given") => Self::Given,
+            (FhirType::Patient, "birthdate" | "age-month" | "age-day") => Self::BirthDate,
+            (FhirType::Patient, "gender") => Self::Gender,
+            (FhirType::Patient, "death-date" | "deceased") => Self::DeathDate,
+            (FhirType::Patient, _) => return None,
+            (FhirType::Encounter, "date" | "period-start" | "start-date") => Self::Date,
+            (FhirType::Encounter, "period-end" | "end-date") => Self::End,
+            (FhirType::Encounter, "class") => Self::Class,
+            (FhirType::Encounter, _) => return None,
+            (
+                _,
+                "date"
+                | "recorded-date"
+                | "onset-date"
+                | "effective-date"
+                | "authored-on"
+                | "performed-date"
+                | "validity-period-start",
+            ) => Self::Date,
+            (_, "code") => Self::Code,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FhirSort {
+    pub field: SortField,
+    pub descending: bool,
+}
+
+/// A dashboard facet (AP-HP's FHIR extensions), counted over a search's matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Facet {
+    /// `facet=<field>`: matches per value of a field (`gender`, `deceased`, `class`, …).
+    Field(String),
+    /// `pivot-facet=<a>_<b>`: matches per pair of values.
+    Pivot(String, String),
+    /// `unique-facet=<field>`: how many distinct values (e.g. `subject`: distinct patients).
+    Unique(String),
+}
+
+/// A computed facet: counts per value (pivots: per value pair, `b` nested under `a`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FacetCounts {
+    pub facet: Facet,
+    /// `(values, count)`: one value for a field facet, two for a pivot, none for a unique count.
+    pub counts: Vec<(Vec<String>, i64)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +236,7 @@ pub enum FhirRecord {
 pub struct FhirPage {
     pub total: i64,
     pub records: Vec<FhirRecord>,
+    pub facets: Vec<FacetCounts>,
 }
 
 #[derive(Debug, Error)]

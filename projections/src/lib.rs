@@ -15,6 +15,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identity;
 pub mod request_logs;
+pub mod terminology;
 pub mod workspace;
 
 pub use cursor::Cursor;

@@ -12,7 +12,8 @@ use chrono::{DateTime, Utc};
 use commands::authz::AuthzError;
 use domain::cohort_query::fhir_search::{SearchParam, parse_search};
 use projections::clinical::{
-    FhirRecord, FhirSearch, FhirSearchError, FhirType, PatientRecord, ReadScope,
+    Facet, FacetCounts, FhirRecord, FhirSearch, FhirSearchError, FhirSort, FhirType, PatientRecord,
+    ReadScope, SortField,
 };
 use serde_json::{Value, json};
 
@@ -35,7 +36,7 @@ pub(crate) struct FhirError {
 }
 
 impl FhirError {
-    fn new(
+    pub(crate) fn new(
         status: StatusCode,
         issue: &'static str,
         code: &'static str,
@@ -82,7 +83,7 @@ impl From<projections::ReadError> for FhirError {
     }
 }
 
-fn fhir_json(body: Value) -> Response {
+pub(crate) fn fhir_json(body: Value) -> Response {
     ([("content-type", "application/fhir+json")], Json(body)).into_response()
 }
 
@@ -127,6 +128,13 @@ pub(super) async fn metadata(_caller: Caller) -> Response {
             json!({"type": t.name(), "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params})
         })
         .chain(["List", "Group"].map(|t| json!({"type": t, "interaction": [{"code": "read"}]})))
+        .chain([
+            json!({"type": "ValueSet", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                   "searchParam": [{"name": "reference", "type": "uri"}, {"name": "url", "type": "uri"}],
+                   "operation": [{"name": "expand", "definition": "http://hl7.org/fhir/OperationDefinition/ValueSet-expand"}]}),
+            json!({"type": "CodeSystem", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                   "searchParam": [{"name": "system", "type": "uri"}, {"name": "url", "type": "uri"}]}),
+        ])
         .collect();
     fhir_json(json!({
         "resourceType": "CapabilityStatement",
@@ -150,47 +158,121 @@ fn resource_type(name: &str) -> Result<FhirType, FhirError> {
     })
 }
 
-/// The search's filtering parameters and its paging.
-fn search_of(t: FhirType, query: &str) -> Result<(FhirSearch, bool), FhirError> {
+/// How a search's answer is shaped (besides paging).
+#[derive(Debug, Default)]
+struct Shaping {
+    /// `_summary=count`: the total only.
+    summary_count: bool,
+    /// `_elements`: the top-level elements to keep (`None`: all).
+    elements: Option<Vec<String>>,
+}
+
+fn invalid_parameter(message: impl Into<String>) -> FhirError {
+    FhirError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "invalid_parameter",
+        message,
+    )
+}
+
+fn unsupported_parameter(message: impl Into<String>) -> FhirError {
+    FhirError::new(
+        StatusCode::BAD_REQUEST,
+        "not-supported",
+        "unsupported_search_parameter",
+        message,
+    )
+}
+
+/// The facets a `facet=`, `pivot-facet=` or `unique-facet=` parameter asks for. Pivots are
+/// written `a_b` (`age-month_gender`); `visit-year-month-gender-facet` is the pivot of an
+/// encounter's start month and its patient's gender.
+fn facets_of(p: &SearchParam) -> Result<Vec<Facet>, FhirError> {
+    let mut out = Vec::new();
+    for v in &p.values {
+        let name = v.text.as_str();
+        out.push(match p.name.as_str() {
+            "facet" if name == "visit-year-month-gender-facet" => {
+                Facet::Pivot("visit-year-month".into(), "gender".into())
+            }
+            "facet" => Facet::Field(name.to_string()),
+            "unique-facet" => Facet::Unique(name.to_string()),
+            _ => {
+                let (a, b) = name.split_once('_').ok_or_else(|| {
+                    invalid_parameter(format!(
+                        "the pivot facet `{name}` is not two fields joined by `_`"
+                    ))
+                })?;
+                Facet::Pivot(a.to_string(), b.to_string())
+            }
+        });
+    }
+    Ok(out)
+}
+
+/// The search's filtering parameters, its paging, sorting and facets, and its shaping.
+fn search_of(t: FhirType, query: &str) -> Result<(FhirSearch, Shaping), FhirError> {
     let mut search = FhirSearch {
         resource: t,
         params: Vec::new(),
         count: DEFAULT_COUNT,
         offset: 0,
-        newest_first: false,
+        sort: Vec::new(),
+        facets: Vec::new(),
     };
-    let mut summary_count = false;
+    let mut shaping = Shaping::default();
     let number = |p: &SearchParam| -> Result<i64, FhirError> {
         p.values
             .first()
             .and_then(|v| v.text.parse::<i64>().ok())
             .filter(|n| *n >= 0)
             .ok_or_else(|| {
-                FhirError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    "invalid_parameter",
-                    format!("`{}` must be a non-negative integer", p.name),
-                )
+                invalid_parameter(format!("`{}` must be a non-negative integer", p.name))
             })
     };
     for p in parse_search(query) {
         match p.name.as_str() {
             "_count" => search.count = number(&p)?.min(MAX_COUNT),
             "_offset" => search.offset = number(&p)?,
-            "_summary" => summary_count = p.values.iter().any(|v| v.text == "count"),
+            "_summary" => shaping.summary_count = p.values.iter().any(|v| v.text == "count"),
             "_sort" => {
-                search.newest_first = p.values.first().is_some_and(|v| v.text.starts_with('-'))
+                for v in &p.values {
+                    let (descending, name) = match v.text.strip_prefix('-') {
+                        Some(rest) => (true, rest),
+                        None => (false, v.text.as_str()),
+                    };
+                    let field = SortField::parse(t, name).ok_or_else(|| {
+                        unsupported_parameter(format!("{} cannot be sorted by `{name}`", t.name()))
+                    })?;
+                    search.sort.push(FhirSort { field, descending });
+                }
             }
-            // Shaping hints: every element is returned, the total is always exact.
-            "_elements" | "_total" | "_format" => {}
+            "_elements" => {
+                shaping.elements = Some(p.values.iter().map(|v| v.text.clone()).collect())
+            }
+            "_total" => {
+                // The total is always exact: every accepted value gets it.
+                if p.values
+                    .iter()
+                    .any(|v| !matches!(v.text.as_str(), "none" | "estimate" | "accurate"))
+                {
+                    return Err(invalid_parameter(
+                        "`_total` is one of none, estimate, accurate",
+                    ));
+                }
+            }
+            "_format" => {}
+            "facet" | "pivot-facet" | "unique-facet" if p.modifier.is_none() => {
+                search.facets.extend(facets_of(&p)?)
+            }
             _ => search.params.push(p),
         }
     }
-    if summary_count {
+    if shaping.summary_count {
         search.count = 0;
     }
-    Ok((search, summary_count))
+    Ok((search, shaping))
 }
 
 /// `GET /fhir/{type}?…` (patient-data readers): a searchset Bundle.
@@ -203,7 +285,7 @@ pub(super) async fn search(
     let t = resource_type(&resource)?;
     let scope = scope(&state, &caller).await?;
     let query = query.unwrap_or_default();
-    let (search, summary) = search_of(t, &query)?;
+    let (search, shaping) = search_of(t, &query)?;
     let page = state
         .clinical
         .search(&search, &scope)
@@ -218,7 +300,10 @@ pub(super) async fn search(
             FhirSearchError::Read(e) => e.into(),
         })?;
     let mut bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": page.total});
-    if summary {
+    if !page.facets.is_empty() {
+        bundle["meta"] = json!({"extension": facet_extensions(&page.facets)});
+    }
+    if shaping.summary_count {
         return Ok(fhir_json(bundle));
     }
     let base = format!("/fhir/{}", t.name());
@@ -241,12 +326,100 @@ pub(super) async fn search(
         .records
         .iter()
         .map(|r| {
-            let resource = to_fhir(r);
+            let resource = elements(to_fhir(r), shaping.elements.as_deref());
             json!({"fullUrl": format!("{}/{}", resource["resourceType"].as_str().unwrap_or_default(), resource["id"].as_str().unwrap_or_default()),
                    "resource": resource, "search": {"mode": "match"}})
         })
         .collect();
     Ok(fhir_json(bundle))
+}
+
+/// `_elements`: the resource with only the listed top-level elements (and those FHIR keeps:
+/// `resourceType`, `id`, `meta`), marked SUBSETTED as FHIR asks.
+fn elements(mut resource: Value, keep: Option<&[String]>) -> Value {
+    let Some(keep) = keep else {
+        return resource;
+    };
+    let Some(object) = resource.as_object_mut() else {
+        return resource;
+    };
+    // `deceased` stands for `deceasedBoolean` and `deceasedDateTime` (choice types).
+    object.retain(|k, _| {
+        matches!(k.as_str(), "resourceType" | "id" | "meta")
+            || keep.iter().any(|e| {
+                k == e
+                    || (k.starts_with(e.as_str()) && k[e.len()..].starts_with(char::is_uppercase))
+            })
+    });
+    let tag = json!({"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED"});
+    match object.get_mut("meta").and_then(Value::as_object_mut) {
+        Some(meta) => {
+            let tags = meta.entry("tag").or_insert_with(|| json!([]));
+            if let Some(list) = tags.as_array_mut() {
+                list.push(tag);
+            }
+        }
+        None => {
+            object.insert("meta".into(), json!({"tag": [tag]}));
+        }
+    }
+    resource
+}
+
+/// Facet counts as `Bundle.meta.extension`, in the shape the front-end reads (AP-HP's), each
+/// grouping element also carrying a `url` (its value) as FHIR requires of every extension:
+/// - `facet=<f>`: `{url: "facet-<f>-simple", extension: [{extension: [{url: value, valueDecimal: n}]}, …]}`;
+/// - `pivot-facet=<a>_<b>`: `{url: "facet-<a>", extension: [{extension: [{url: a value,
+///   valueDecimal: n}, {url: "<b>.display", extension: [{url: b value, valueDecimal: n}, …]}]}, …]}`;
+/// - `facet=visit-year-month-gender-facet`: `{url: "facet-visit-year-month-gender-facet",
+///   extension: [{extension: [{url: "YYYY-MM-<gender>", valueDecimal: n}]}, …]}`;
+/// - `unique-facet=<f>`: `{url: "unique-facet-<f>", valueDecimal: n}` (distinct values).
+fn facet_extensions(facets: &[FacetCounts]) -> Vec<Value> {
+    facets
+        .iter()
+        .map(|f| match &f.facet {
+            Facet::Field(name) => json!({
+                "url": format!("facet-{name}-simple"),
+                "extension": f.counts.iter().map(|(values, n)| {
+                    let value = values.first().cloned().unwrap_or_default();
+                    json!({"url": value, "extension": [{"url": value, "valueDecimal": n}]})
+                }).collect::<Vec<_>>(),
+            }),
+            Facet::Pivot(a, b) if a == "visit-year-month" && b == "gender" => json!({
+                "url": "facet-visit-year-month-gender-facet",
+                "extension": f.counts.iter().map(|(values, n)| {
+                    let value = values.join("-");
+                    json!({"url": value, "extension": [{"url": value, "valueDecimal": n}]})
+                }).collect::<Vec<_>>(),
+            }),
+            Facet::Pivot(a, b) => {
+                let mut groups: Vec<(String, i64, Vec<Value>)> = Vec::new();
+                for (values, n) in &f.counts {
+                    let (Some(x), Some(y)) = (values.first(), values.get(1)) else {
+                        continue;
+                    };
+                    if groups.last().is_none_or(|g| &g.0 != x) {
+                        groups.push((x.clone(), 0, Vec::new()));
+                    }
+                    if let Some(g) = groups.last_mut() {
+                        g.1 += n;
+                        g.2.push(json!({"url": y, "valueDecimal": n}));
+                    }
+                }
+                json!({
+                    "url": format!("facet-{a}"),
+                    "extension": groups.into_iter().map(|(x, total, inner)| json!({"url": x, "extension": [
+                        {"url": x, "valueDecimal": total},
+                        {"url": format!("{b}.display"), "extension": inner},
+                    ]})).collect::<Vec<_>>(),
+                })
+            }
+            Facet::Unique(name) => json!({
+                "url": format!("unique-facet-{name}"),
+                "valueDecimal": f.counts.first().map_or(0, |(_, n)| *n),
+            }),
+        })
+        .collect()
 }
 
 /// `GET /fhir/{type}/{id}` (patient-data readers); `List/{group_id}` and `Group/{group_id}` are a

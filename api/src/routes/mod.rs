@@ -14,6 +14,7 @@ mod exports;
 mod feasibility;
 pub(crate) mod fhir;
 mod fhir_filters;
+mod fhir_terminology;
 pub(crate) mod folders;
 mod health;
 mod job_callback;
@@ -125,6 +126,7 @@ pub fn documented() -> Documented {
         .merge(roles::routes())
         .merge(perimeters::routes())
         .merge(accesses::routes())
+        .merge(fhir_terminology::routes())
         .merge(fhir::routes())
         .merge(audit::routes())
         .merge(folders::routes())

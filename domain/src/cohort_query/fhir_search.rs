@@ -109,7 +109,8 @@ fn split_prefix(v: &str) -> SearchValue {
     }
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes `%XX` escapes (a `+` stays a `+`).
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -17,6 +17,23 @@ pub struct CohortQuery {
     pub root: Option<Node>,
 }
 
+impl CohortQuery {
+    /// Every criterion of the tree, depth first.
+    pub fn criteria(&self) -> Vec<&Criterion> {
+        fn walk<'a>(node: &'a Node, out: &mut Vec<&'a Criterion>) {
+            match node {
+                Node::Criterion(c) => out.push(c),
+                Node::Group(g) => g.children.iter().for_each(|n| walk(n, out)),
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            walk(root, &mut out);
+        }
+        out
+    }
+}
+
 /// A node of the tree.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Node {

@@ -24,7 +24,9 @@ use tokio::sync::{RwLock, mpsc};
 use uuid::Uuid;
 
 use super::index::{self, ClinicalIndex};
-use super::source::ClinicalSource;
+use super::source::{ClinicalSource, CodeExpansions, code_values};
+use crate::terminology::store::PgTerminology;
+use projections::terminology::TerminologyReader;
 
 /// What the executor knows of a job (since this process started).
 enum JobEntry {
@@ -182,12 +184,14 @@ impl Inner {
             .await
             .map_err(|e| format!("cannot load the clinical store: {e}"))?;
         let population = self.population(&index, &parsed.source_population).await?;
+        let codes = self.code_expansions(&index, &parsed).await?;
         let version = index.data_version;
         let started = std::time::Instant::now();
         let evaluated = tokio::task::spawn_blocking(move || {
             let source = ClinicalSource {
                 index: &index,
                 population: &population,
+                codes: &codes,
             };
             cohort_query::evaluate_with(&parsed, &population, &source, options)
                 .map_err(|e| e.to_string())
@@ -197,6 +201,39 @@ impl Inner {
         metrics::histogram!("cohort360_engine_evaluation_seconds")
             .record(started.elapsed().as_secs_f64());
         evaluated.map(|e| (e, version))
+    }
+
+    /// The index's codes each criterion code selects (itself, its descendants in the
+    /// terminology, the codes of a range): one terminology read per code system.
+    async fn code_expansions(
+        &self,
+        index: &ClinicalIndex,
+        query: &cohort_query::CohortQuery,
+    ) -> Result<CodeExpansions, JobFailure> {
+        let terminology = PgTerminology::new(self.pool.clone());
+        let mut out = CodeExpansions::default();
+        for (resource, mut values) in code_values(query) {
+            let Some(facts) = index.facts.get(&resource) else {
+                continue;
+            };
+            values.sort();
+            values.dedup();
+            let selections = terminology
+                .resolve_codes(resource.code_system(), &values)
+                .await
+                .map_err(|e| format!("cannot read the terminologies: {e}"))?;
+            for (value, selection) in values.into_iter().zip(selections) {
+                let mut codes: Vec<String> = facts
+                    .codes
+                    .keys()
+                    .filter(|c| selection.matches(c))
+                    .cloned()
+                    .collect();
+                codes.sort_unstable();
+                out.by_value.insert((resource, value), codes);
+            }
+        }
+        Ok(out)
     }
 
     /// Counts per perimeter (by cohort id), each perimeter counting its whole subtree.

@@ -4,23 +4,32 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue};
 use projections::ReadError;
+use std::collections::HashMap;
+
+use domain::terminology::CodeSelection;
 use projections::clinical::{
     ClinicalReader, EncounterRecord, FactRecord, FhirPage, FhirRecord, FhirSearch, FhirSearchError,
-    FhirType, PatientRecord, ReadScope,
+    FhirType, PatientRecord, ReadScope, SortField,
 };
+use projections::terminology::TerminologyReader;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
 use super::catalog::FactResource;
 use crate::sql::read_error;
+use crate::terminology::store::PgTerminology;
 
 pub struct PgClinical {
     pool: PgPool,
+    terminology: PgTerminology,
 }
 
 impl PgClinical {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            terminology: PgTerminology::new(pool.clone()),
+            pool,
+        }
     }
 }
 
@@ -168,12 +177,70 @@ fn ids(p: &SearchParam) -> Result<Vec<i64>, FhirSearchError> {
         .collect()
 }
 
+/// The codes `code` values select (their descendants, their ranges), resolved in the
+/// terminology before the SQL is built: the same selections as the query engine's.
+#[derive(Debug, Default)]
+pub(crate) struct ResolvedCodes {
+    by_value: HashMap<String, CodeSelection>,
+}
+
+impl ResolvedCodes {
+    /// Resolves every `code` value of a search on `t`.
+    pub(crate) async fn of(
+        terminology: &PgTerminology,
+        t: FhirType,
+        params: &[SearchParam],
+    ) -> Result<Self, ReadError> {
+        let mut out = Self::default();
+        let (Some(resource), true) = (fact_resource(t), params.iter().any(|p| p.name == "code"))
+        else {
+            return Ok(out);
+        };
+        let values: Vec<String> = params
+            .iter()
+            .filter(|p| p.name == "code")
+            .flat_map(|p| p.values.iter().map(|v| v.code().to_string()))
+            .collect();
+        let selections = terminology
+            .resolve_codes(resource.code_system(), &values)
+            .await?;
+        out.by_value = values.into_iter().zip(selections).collect();
+        Ok(out)
+    }
+
+    /// ` AND (x.code = ANY(…) OR x.code in a range …)` for a parameter's values.
+    fn push<'a>(&self, q: &mut QueryBuilder<'a, Postgres>, p: &'a SearchParam) {
+        let mut selection = CodeSelection::default();
+        for v in &p.values {
+            match self.by_value.get(v.code()) {
+                Some(s) => selection.extend(s.clone()),
+                None => {
+                    selection.codes.insert(v.code().to_string());
+                }
+            }
+        }
+        let codes: Vec<String> = selection.codes.into_iter().collect();
+        q.push(" AND (x.code = ANY(").push_bind(codes).push(")");
+        for r in selection.ranges {
+            q.push(" OR (x.code >= ")
+                .push_bind(r.lo)
+                .push(" AND (x.code <= ")
+                .push_bind(r.hi.clone())
+                .push(" OR starts_with(x.code, ")
+                .push_bind(r.hi)
+                .push(")))");
+        }
+        q.push(")");
+    }
+}
+
 /// The WHERE conditions of the search's parameters.
 pub(crate) fn push_filters<'a>(
     q: &mut QueryBuilder<'a, Postgres>,
     t: FhirType,
     params: &'a [SearchParam],
     scope: &'a ReadScope,
+    codes: &ResolvedCodes,
 ) -> Result<(), FhirSearchError> {
     let own_id = if t == FhirType::Patient {
         "c.id"
@@ -186,10 +253,18 @@ pub(crate) fn push_filters<'a>(
         _ => "x.at",
     };
     for p in params {
-        if p.modifier.is_some() {
-            return Err(unsupported(t, p));
-        }
         let name = p.name.as_str();
+        match (name, p.modifier.as_deref()) {
+            (_, None) | ("code", Some("below")) => {}
+            ("part-of", Some("missing")) if t == FhirType::Encounter => {
+                // Every stored encounter is a visit, part of nothing.
+                if p.values.iter().any(|v| v.text != "true") {
+                    q.push(" AND false");
+                }
+                continue;
+            }
+            _ => return Err(unsupported(t, p)),
+        }
         if name != "_id" && name != "_list" && !t.search_params().contains(&name) {
             return Err(unsupported(t, p));
         }
@@ -251,10 +326,7 @@ pub(crate) fn push_filters<'a>(
                 let classes: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
                 q.push(" AND x.class = ANY(").push_bind(classes).push(")");
             }
-            "code" => {
-                let codes: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
-                q.push(" AND x.code = ANY(").push_bind(codes).push(")");
-            }
+            "code" => codes.push(q, p),
             "birthdate" | "death-date" => {
                 let column = if name == "birthdate" {
                     "c.birth_date"
@@ -291,6 +363,24 @@ pub(crate) fn push_filters<'a>(
         }
     }
     Ok(())
+}
+
+/// The column a sort field reads on a type (fields a type lacks fall back to its id).
+fn sort_column(t: FhirType, field: SortField) -> &'static str {
+    match (t, field) {
+        (FhirType::Patient, SortField::Family) => "c.family_name",
+        (FhirType::Patient, SortField::Given) => "c.given_name",
+        (FhirType::Patient, SortField::BirthDate) => "c.birth_date",
+        (FhirType::Patient, SortField::Gender) => "c.gender",
+        (FhirType::Patient, SortField::DeathDate) => "c.death_date",
+        (FhirType::Patient, _) => "c.id",
+        (FhirType::Encounter, SortField::Date) => "x.start_at",
+        (FhirType::Encounter, SortField::End) => "x.end_at",
+        (FhirType::Encounter, SortField::Class) => "x.class",
+        (_, SortField::Date) => "x.at",
+        (_, SortField::Code) => "x.code",
+        _ => "x.id",
+    }
 }
 
 fn columns(t: FhirType) -> &'static str {
@@ -354,36 +444,49 @@ impl ClinicalReader for PgClinical {
         scope: &ReadScope,
     ) -> Result<FhirPage, FhirSearchError> {
         let t = search.resource;
+        let codes = ResolvedCodes::of(&self.terminology, t, &search.params).await?;
         let mut count = QueryBuilder::new("SELECT count(*)");
         from_scope(&mut count, t, scope);
-        push_filters(&mut count, t, &search.params, scope)?;
+        push_filters(&mut count, t, &search.params, scope, &codes)?;
         let total: i64 = count
             .build_query_scalar()
             .fetch_one(&self.pool)
             .await
             .map_err(read_error)?;
+        let mut facets = Vec::new();
+        for facet in &search.facets {
+            facets
+                .push(super::facets::count(&self.pool, search, facet, scope, &codes, total).await?);
+        }
         if search.count == 0 || total == 0 {
             return Ok(FhirPage {
                 total,
                 records: Vec::new(),
+                facets,
             });
         }
         let mut q = QueryBuilder::new(columns(t));
         nominative_expr(&mut q, scope);
         q.push(" AS nominative");
         from_scope(&mut q, t, scope);
-        push_filters(&mut q, t, &search.params, scope)?;
-        let id = if t == FhirType::Patient {
-            "c.id"
-        } else {
-            "x.id"
-        };
-        match (search.newest_first, t) {
-            (true, FhirType::Patient) => q.push(" ORDER BY c.birth_date DESC, c.id"),
-            (true, FhirType::Encounter) => q.push(" ORDER BY x.start_at DESC, x.id"),
-            (true, _) => q.push(" ORDER BY x.at DESC, x.id"),
-            (false, _) => q.push(format!(" ORDER BY {id}")),
-        };
+        push_filters(&mut q, t, &search.params, scope, &codes)?;
+        q.push(" ORDER BY ");
+        for key in &search.sort {
+            // Pseudonymized readers see no names: sorting by them must not reveal them.
+            if matches!(key.field, SortField::Family | SortField::Given) {
+                q.push("CASE WHEN ");
+                nominative_expr(&mut q, scope);
+                q.push(format!(" THEN {} END", sort_column(t, key.field)));
+            } else {
+                q.push(sort_column(t, key.field));
+            }
+            q.push(if key.descending {
+                " DESC NULLS LAST, "
+            } else {
+                " ASC NULLS LAST, "
+            });
+        }
+        q.push(sort_column(t, SortField::Id));
         q.push(" LIMIT ")
             .push_bind(search.count)
             .push(" OFFSET ")
@@ -394,7 +497,11 @@ impl ClinicalReader for PgClinical {
             .map(|r| record(t, r))
             .collect::<Result<_, _>>()
             .map_err(read_error)?;
-        Ok(FhirPage { total, records })
+        Ok(FhirPage {
+            total,
+            records,
+            facets,
+        })
     }
 
     async fn read(

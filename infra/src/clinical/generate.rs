@@ -10,6 +10,10 @@
 //!   different encounters; nobody else has `E11`;
 //! - patients whose id is a multiple of 20 have an HbA1c (LOINC `4548-4`) above 8 %; every other
 //!   HbA1c is below 8 %.
+//!
+//! Other diagnoses are ICD-10 categories; one category in two is subdivided, and its facts then
+//! carry a subdivision (`K350`…`K359`) as PMSI coding does: a criterion on the category counts
+//! them through the terminology's hierarchy.
 
 use chrono::{DateTime, Days, NaiveDate, TimeZone, Utc};
 use rand::{Rng, SeedableRng};
@@ -248,7 +252,12 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                 );
             }
             for _ in 0..rng.random_range(1..=3) {
-                let code = skewed(&mut rng, &icd10).clone();
+                let category = skewed(&mut rng, &icd10);
+                let code = if catalog::icd10_subdivided(category) {
+                    format!("{category}{}", rng.random_range(0..10))
+                } else {
+                    category.clone()
+                };
                 fact(&mut f_buf, &mut rng, FactResource::Condition, &code, None);
             }
             for _ in 0..rng.random_range(0..=12) {
@@ -263,7 +272,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                 );
             }
             for _ in 0..rng.random_range(0..=2) {
-                let code = *skewed(&mut rng, catalog::ATC_CODES);
+                let (code, _) = *skewed(&mut rng, catalog::ATC_CODES);
                 fact(
                     &mut f_buf,
                     &mut rng,
@@ -290,6 +299,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
     )
     .execute(&mut *tx)
     .await?;
+    sqlx::raw_sql(PERIMETER_SIZES).execute(&mut *tx).await?;
     counts.data_version = sqlx::query_scalar(
         "INSERT INTO clinical.data_versions (reference_date, seed, patients, facts)
          VALUES ($1, $2, $3, $4) RETURNING version",
@@ -306,6 +316,13 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
         .await?;
     Ok(counts)
 }
+
+/// Recounts the patients attached to each perimeter (`clinical.perimeter_sizes`, from which
+/// perimeters' `cohort_size` is summed). A site's own loader runs the same statements in its load
+/// transaction.
+pub const PERIMETER_SIZES: &str = "DELETE FROM clinical.perimeter_sizes;
+     INSERT INTO clinical.perimeter_sizes (perimeter_id, patients)
+     SELECT perimeter_id, count(*) FROM clinical.patients GROUP BY perimeter_id";
 
 const PATIENTS_COPY: &str = "COPY clinical.patients (id, ipp, gender, birth_date, deceased, death_date, family_name, given_name, perimeter_id) FROM STDIN";
 const ENCOUNTERS_COPY: &str = "COPY clinical.encounters (id, patient_id, class, start_at, end_at, episode_id, perimeter_id) FROM STDIN";

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod executor;
+pub(crate) mod facets;
 pub mod fhir;
 pub mod generate;
 pub mod index;

@@ -8,12 +8,16 @@
 //!   data's reference date), `_id`; IPPList: `identifier.value` (or `identifier`);
 //! - Encounter: `class`, `date`/`period-start`/`start-date`, `period-end`/`end-date`, `length`
 //!   (days), `start-age-visit` (age in days at the start);
-//! - Condition, Observation, MedicationRequest, Procedure: `code` (`system|code`; the system is not
-//!   compared, each resource having one terminology), their date parameters (`date`,
+//! - Condition, Observation, MedicationRequest, Procedure: `code` or `code:below` (`system|code`;
+//!   the system is not compared, each resource having one terminology; a code selects its
+//!   descendants in the terminology, and a range such as `X60-X84` every code in it: see
+//!   [`CodeExpansions`]), their date parameters (`date`,
 //!   `onset-date`, `recorded-date`, `effective-date`, `validity-period-start`, `authored-on`,
 //!   `performed-date`), and `value-quantity` for observations.
 //!
 //! Any other parameter, modifier or resource type is an error naming the criterion.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Datelike, NaiveDate};
 use domain::cohort_query::fhir_filter::{FilterExpr, parse_filter};
@@ -84,6 +88,48 @@ type EncounterMeasure = fn(&ClinicalIndex, usize) -> f64;
 pub struct ClinicalSource<'a> {
     pub index: &'a ClinicalIndex,
     pub population: &'a PatientSet,
+    pub codes: &'a CodeExpansions,
+}
+
+/// The codes of the index each criterion code stands for: the code, its descendants in the
+/// terminology, the codes of a range. Resolved before an evaluation (the hierarchy is in the
+/// terminology store); a code absent from here stands for itself.
+#[derive(Debug, Default, Clone)]
+pub struct CodeExpansions {
+    pub by_value: HashMap<(FactResource, String), Vec<String>>,
+}
+
+impl CodeExpansions {
+    fn codes<'a>(&'a self, resource: FactResource, value: &'a str) -> Vec<&'a str> {
+        match self.by_value.get(&(resource, value.to_string())) {
+            Some(codes) => codes.iter().map(String::as_str).collect(),
+            None => vec![value],
+        }
+    }
+}
+
+/// The `code` values of a query's fact criteria, by resource: what [`CodeExpansions`] resolves.
+pub fn code_values(query: &domain::cohort_query::CohortQuery) -> Vec<(FactResource, Vec<String>)> {
+    let mut out: HashMap<FactResource, Vec<String>> = HashMap::new();
+    for c in query.criteria() {
+        let Some(Target::Fact(resource)) = target(&c.resource_type) else {
+            continue;
+        };
+        for p in parse_search(&c.filter_fhir) {
+            if is_code_param(&p) {
+                out.entry(resource)
+                    .or_default()
+                    .extend(p.values.iter().map(|v| v.code().to_string()));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// `code`, `code:below` (and upstream's `codeList`).
+fn is_code_param(p: &SearchParam) -> bool {
+    matches!(p.name.as_str(), "code" | "codeList")
+        && matches!(p.modifier.as_deref(), None | Some("below"))
 }
 
 /// The instants a date value stands for (see [`SearchValue::instant_range`]).
@@ -264,11 +310,13 @@ impl CriterionSource for ClinicalSource<'_> {
                 ClinicalSource {
                     index: self.index,
                     population: &restricted,
+                    codes: self.codes,
                 }
             }
             None => ClinicalSource {
                 index: self.index,
                 population: self.population,
+                codes: self.codes,
             },
         };
         match target {
@@ -512,13 +560,23 @@ impl ClinicalSource<'_> {
             if is_active_filter(c, param)? {
                 continue;
             }
+            if is_code_param(param) {
+                // Sorted and distinct: a code selected twice (a category and one of its
+                // subdivisions) must not count its rows twice.
+                let mut selected: Vec<&str> = param
+                    .values
+                    .iter()
+                    .flat_map(|v| self.codes.codes(resource, v.code()))
+                    .collect();
+                selected.sort_unstable();
+                selected.dedup();
+                codes = Some(selected);
+                continue;
+            }
             if param.modifier.is_some() {
                 return Err(unsupported(c, param, resource.fhir_type()));
             }
             match param.name.as_str() {
-                "code" | "codeList" => {
-                    codes = Some(param.values.iter().map(SearchValue::code).collect())
-                }
                 name if FACT_DATE_PARAMS.contains(&name) => at_tests.push(Test {
                     ranges: date_ranges(c, param)?,
                 }),

@@ -57,7 +57,8 @@ use zip::ZipWriter;
 use zip::write::SimpleFileOptions;
 
 use super::local_storage::relative_path;
-use crate::clinical::fhir::{from_scope, push_filters};
+use crate::clinical::fhir::{ResolvedCodes, from_scope, push_filters};
+use crate::terminology::store::PgTerminology;
 
 /// Rows per message from the SQL stream to the writer: amortizes the channel, small enough to
 /// keep memory flat.
@@ -276,7 +277,7 @@ fn filter_params(filter_fhir: &str) -> Vec<SearchParam> {
 fn dry_run_filter(t: FhirType, params: &[SearchParam]) -> Result<(), String> {
     let scope = ReadScope::default();
     let mut q: QueryBuilder<'_, Postgres> = QueryBuilder::new("");
-    push_filters(&mut q, t, params, &scope).map_err(|e| e.to_string())
+    push_filters(&mut q, t, params, &scope, &ResolvedCodes::default()).map_err(|e| e.to_string())
 }
 
 /// The table a job table names, or why the built-in exporter cannot produce it.
@@ -714,6 +715,7 @@ async fn unrestricted_scope(pool: &PgPool) -> Result<ReadScope, String> {
 fn table_query<'a>(
     t: &'a TablePlan,
     scope: &'a ReadScope,
+    codes: &ResolvedCodes,
 ) -> Result<QueryBuilder<'a, Postgres>, String> {
     let mut q = QueryBuilder::new("SELECT c.id::bigint");
     for c in &t.columns {
@@ -723,7 +725,7 @@ fn table_query<'a>(
     q.push(" AND c.id IN (SELECT patient_id FROM clinical.cohort_members WHERE group_id = ")
         .push_bind(t.group_id)
         .push(")");
-    push_filters(&mut q, t.spec.resource, &t.params, scope)
+    push_filters(&mut q, t.spec.resource, &t.params, scope, codes)
         .map_err(|e| format!("table {}: its filter cannot be applied: {e}", t.stem))?;
     q.push(" ORDER BY ").push(t.spec.order_by());
     Ok(q)
@@ -758,8 +760,13 @@ async fn read_tables(
     crate::db::without_statement_timeout(&mut conn)
         .await
         .map_err(sql)?;
+    let terminology = PgTerminology::new(pool.clone());
     for t in &plan.tables {
-        let mut q = table_query(t, scope).map_err(ReadFailure::Sql)?;
+        // Codes select their descendants, as in counts and FHIR searches.
+        let codes = ResolvedCodes::of(&terminology, t.spec.resource, &t.params)
+            .await
+            .map_err(|e| ReadFailure::Sql(format!("cannot read the terminologies: {e}")))?;
+        let mut q = table_query(t, scope, &codes).map_err(ReadFailure::Sql)?;
         let mut rows = q.build().fetch(&mut *conn);
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         while let Some(row) = rows.next().await {

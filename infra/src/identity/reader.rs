@@ -132,10 +132,22 @@ macro_rules! children_of_p {
     };
 }
 
+/// Perimeter `p`'s `cohort_size`: the clinical store's patients under it (summed over its subtree
+/// from `clinical.perimeter_sizes`, recounted at each data load), else the size its import file
+/// gave. (The one read of the clinical schema here: the perimeter picker shows it.)
+macro_rules! cohort_size_of_p {
+    () => {
+        "COALESCE((SELECT sum(s.patients)::text FROM clinical.perimeter_sizes s
+                   JOIN identity.perimeters d ON d.id = s.perimeter_id
+                   WHERE d.id_path LIKE p.id_path || '%'), p.cohort_size) AS cohort_size"
+    };
+}
+
 const PERIMETER_SELECT: &str = concat!(
     "SELECT p.id, p.local_id, p.name, p.short_name, p.source_value,
-        p.type_source_value, p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id,
-        p.cohort_size, ",
+        p.type_source_value, p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id, ",
+    cohort_size_of_p!(),
+    ", ",
     children_of_p!(),
     " FROM identity.perimeters p WHERE p.removed_at IS NULL"
 );
@@ -224,7 +236,9 @@ const ACCESS_SELECT: &str = concat!(
         r.id AS role_id, COALESCE(r.name, '') AS role_name,
         COALESCE(r.rights, '{}'::jsonb) AS role_rights,
         p.id AS perimeter_id, p.local_id, p.name, p.short_name, p.source_value, p.type_source_value,
-        p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id, p.cohort_size, ",
+        p.parent_id, p.level, p.ancestors, p.full_path, p.cohort_id, ",
+    cohort_size_of_p!(),
+    ", ",
     children_of_p!(),
     " FROM identity.accesses a
    JOIN identity.perimeters p ON p.id = a.perimeter_id

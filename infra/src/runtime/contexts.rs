@@ -338,15 +338,38 @@ pub fn content(shared: &Shared, identity: &IdentityContext) -> ContentContext {
     }
 }
 
-/// The clinical store the FHIR API reads (its data is loaded, not folded from events).
+/// The clinical store the FHIR API reads, and the terminologies (loaded data, not folded from
+/// events).
 pub struct ClinicalContext {
     pub reader: Arc<crate::clinical::fhir::PgClinical>,
+    pub terminology: Arc<crate::terminology::store::PgTerminology>,
 }
 
-pub fn clinical(shared: &Shared) -> ClinicalContext {
-    ClinicalContext {
-        reader: Arc::new(crate::clinical::fhir::PgClinical::new(shared.pool.clone())),
+/// Writes the built-in terminologies (what changed in the catalogue since the last start; an
+/// operator's imports are left alone).
+pub async fn clinical(shared: &Shared) -> anyhow::Result<ClinicalContext> {
+    use crate::terminology::{builtin, store};
+    let report = store::apply(
+        &shared.pool,
+        &builtin::terminologies(),
+        store::Origin::Builtin,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot write the built-in terminologies: {e}"))?;
+    if report.added + report.changed + report.removed > 0 {
+        tracing::info!(
+            added = report.added,
+            changed = report.changed,
+            removed = report.removed,
+            "built-in terminologies updated"
+        );
     }
+    Ok(ClinicalContext {
+        reader: Arc::new(crate::clinical::fhir::PgClinical::new(shared.pool.clone())),
+        terminology: Arc::new(crate::terminology::store::PgTerminology::new(
+            shared.pool.clone(),
+        )),
+    })
 }
 
 /// Results of the embedded executor, to apply as callbacks.

@@ -54,6 +54,7 @@ pub struct Services {
     pub contents: Arc<commands::content::Contents>,
     pub content_reader: Arc<dyn projections::content::ContentReader>,
     pub clinical: Arc<dyn projections::clinical::ClinicalReader>,
+    pub terminology: Arc<dyn projections::terminology::TerminologyReader>,
     pub audit: Arc<dyn projections::audit::AuditReader>,
     pub audit_reads: Arc<dyn commands::Execute<domain::audit_read::AuditRead>>,
     pub request_logs: Arc<dyn projections::request_logs::RequestLogs>,
@@ -190,7 +191,7 @@ impl Runtime {
         )?;
         let exports = contexts::exports(settings, &shared, &identity, &cohorts)?;
         let content = contexts::content(&shared, &identity);
-        let clinical = contexts::clinical(&shared);
+        let clinical = contexts::clinical(&shared).await?;
 
         if let Some(completions) = cohorts.completions {
             tasks.spawn(embedded::deliver_completions(
@@ -248,6 +249,7 @@ impl Runtime {
             contents: content.service,
             content_reader: content.reader,
             clinical: clinical.reader,
+            terminology: clinical.terminology,
             audit: Arc::new(crate::audit::PgAudit::new(pool.clone())),
             audit_reads: crate::stores::audit_reads(&pool),
             request_logs: Arc::new(request_logs),

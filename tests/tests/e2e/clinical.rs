@@ -19,7 +19,7 @@ async fn app_with_data() -> (TestApp, Fixture) {
 }
 
 /// [`app_with_data`] with `patients` generated from `seed` and tuned settings.
-async fn app_with(
+pub(super) async fn app_with(
     patients: u64,
     seed_value: u64,
     tune: impl FnOnce(&mut infra::runtime::config::Settings),
@@ -43,7 +43,7 @@ fn executor(pool: &PgPool) -> EmbeddedExecutor {
     EmbeddedExecutor::new(pool.clone(), tx)
 }
 
-fn criterion(id: i64, resource: &str, filter: &str) -> Value {
+pub(super) fn criterion(id: i64, resource: &str, filter: &str) -> Value {
     json!({"_type": "basicResource", "_id": id, "isInclusive": true, "resourceType": resource,
            "filterFhir": filter, "occurrence": {"n": 1, "operator": ">="}})
 }
@@ -53,17 +53,17 @@ fn excluded(mut c: Value) -> Value {
     c
 }
 
-fn group(kind: &str, id: i64, criteria: Vec<Value>) -> Value {
+pub(super) fn group(kind: &str, id: i64, criteria: Vec<Value>) -> Value {
     json!({"_type": kind, "_id": id, "isInclusive": true, "criteria": criteria, "temporalConstraints": []})
 }
 
-fn query(population: &[&str], root: Value) -> String {
+pub(super) fn query(population: &[&str], root: Value) -> String {
     json!({"version": "v1.6.1", "_type": "request",
            "sourcePopulation": {"caresiteCohortList": population}, "request": root})
     .to_string()
 }
 
-async fn sql_count(pool: &PgPool, sql: &str) -> u64 {
+pub(super) async fn sql_count(pool: &PgPool, sql: &str) -> u64 {
     let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({sql}) q"))
         .fetch_one(pool)
         .await
@@ -408,7 +408,7 @@ async fn every_criterion_type_counts_what_sql_counts() {
             "criterion 7: `_filter` on `code`",
         ),
         ("status=final", "DocumentReference", "DocumentReference"),
-        ("code:below=E1", "Condition", "code:below"),
+        ("code:above=E11", "Condition", "code:above"),
     ] {
         let q = query(
             &all,

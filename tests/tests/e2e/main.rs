@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod bad_input;
 mod clinical;
+mod clinical_front_end;
 mod cohorts;
 mod content;
 mod export_api;

@@ -44,9 +44,8 @@ CREATE TABLE terminology.value_sets
     updated_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Patients of the clinical store attached to each perimeter (not counting its subtree),
--- recomputed whenever clinical data is loaded. A perimeter's `cohort_size` is the sum over its
--- subtree, taken when it is read, so that a perimeter import needs no recount.
+-- Patients of the clinical store under each perimeter (its subtree included), recounted whenever
+-- clinical data is loaded: the perimeter picker's `cohort_size`.
 CREATE TABLE clinical.perimeter_sizes
 (
     perimeter_id bigint PRIMARY KEY,

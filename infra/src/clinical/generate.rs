@@ -317,12 +317,16 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
     Ok(counts)
 }
 
-/// Recounts the patients attached to each perimeter (`clinical.perimeter_sizes`, from which
-/// perimeters' `cohort_size` is summed). A site's own loader runs the same statements in its load
-/// transaction.
+/// Recounts the patients under each perimeter, its subtree included (`clinical.perimeter_sizes`,
+/// the perimeters' `cohort_size`): one grouped pass, read back by primary key. A site's own loader
+/// runs the same statements in its load transaction.
 pub const PERIMETER_SIZES: &str = "DELETE FROM clinical.perimeter_sizes;
      INSERT INTO clinical.perimeter_sizes (perimeter_id, patients)
-     SELECT perimeter_id, count(*) FROM clinical.patients GROUP BY perimeter_id";
+     SELECT a.id, sum(c.n)::bigint
+       FROM (SELECT perimeter_id, count(*) AS n FROM clinical.patients GROUP BY perimeter_id) c
+       JOIN identity.perimeters pp ON pp.id = c.perimeter_id
+       CROSS JOIN LATERAL unnest(pp.ancestors || pp.id) AS a(id)
+      GROUP BY a.id";
 
 const PATIENTS_COPY: &str = "COPY clinical.patients (id, ipp, gender, birth_date, deceased, death_date, family_name, given_name, perimeter_id) FROM STDIN";
 const ENCOUNTERS_COPY: &str = "COPY clinical.encounters (id, patient_id, class, start_at, end_at, episode_id, perimeter_id) FROM STDIN";

@@ -132,14 +132,13 @@ macro_rules! children_of_p {
     };
 }
 
-/// Perimeter `p`'s `cohort_size`: the clinical store's patients under it (summed over its subtree
-/// from `clinical.perimeter_sizes`, recounted at each data load), else the size its import file
+/// Perimeter `p`'s `cohort_size`: the clinical store's patients under it (its subtree included,
+/// counted at each data load into `clinical.perimeter_sizes`), else the size its import file
 /// gave. (The one read of the clinical schema here: the perimeter picker shows it.)
 macro_rules! cohort_size_of_p {
     () => {
-        "COALESCE((SELECT sum(s.patients)::text FROM clinical.perimeter_sizes s
-                   JOIN identity.perimeters d ON d.id = s.perimeter_id
-                   WHERE d.id_path LIKE p.id_path || '%'), p.cohort_size) AS cohort_size"
+        "COALESCE((SELECT s.patients::text FROM clinical.perimeter_sizes s WHERE s.perimeter_id = p.id),
+                  p.cohort_size) AS cohort_size"
     };
 }
 

@@ -128,6 +128,8 @@ pub(super) async fn metadata(_caller: Caller) -> Response {
             json!({"type": t.name(), "interaction": [{"code": "read"}, {"code": "search-type"}], "searchParam": params})
         })
         .chain(["List", "Group"].map(|t| json!({"type": t, "interaction": [{"code": "read"}]})))
+        .chain([json!({"type": "Organization", "interaction": [{"code": "read"}, {"code": "search-type"}],
+                       "searchParam": [{"name": "_id", "type": "token"}]})])
         .chain([
             json!({"type": "ValueSet", "interaction": [{"code": "read"}, {"code": "search-type"}],
                    "searchParam": [{"name": "reference", "type": "uri"}, {"name": "url", "type": "uri"}],
@@ -282,6 +284,9 @@ pub(super) async fn search(
     Path(resource): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, FhirError> {
+    if resource == "Organization" {
+        return organizations(&state, &query.unwrap_or_default()).await;
+    }
     let t = resource_type(&resource)?;
     let scope = scope(&state, &caller).await?;
     let query = query.unwrap_or_default();
@@ -439,6 +444,10 @@ pub(super) async fn read(
     };
     let scope = scope(&state, &caller).await?;
     let id: i64 = id.parse().map_err(|_| not_found())?;
+    if resource == "Organization" {
+        let perimeter = state.identity.perimeter(id).await?.ok_or_else(not_found)?;
+        return Ok(fhir_json(organization(&perimeter)));
+    }
     if resource == "List" || resource == "Group" {
         let members = state
             .clinical
@@ -466,6 +475,63 @@ pub(super) async fn read(
         .await?
         .ok_or_else(not_found)?;
     Ok(fhir_json(to_fhir(&record)))
+}
+
+/// A perimeter as the `Organization` its patients' `managingOrganization` and its stays'
+/// `serviceProvider` point to (the perimeter tree is not patient data: any user may read it).
+fn organization(p: &projections::identity::PerimeterRow) -> Value {
+    let mut v = json!({
+        "resourceType": "Organization",
+        "id": p.id.to_string(),
+        "active": true,
+        "name": p.name,
+        "alias": [p.short_name],
+        "identifier": [{"value": p.source_value}],
+        "type": [{"coding": [{"system": "https://cohort360.fr/fhir/CodeSystem/perimeter-type", "code": p.type_source_value}]}],
+    });
+    if let Some(parent) = p.parent_id {
+        v["partOf"] = json!({"reference": format!("Organization/{parent}")});
+    }
+    v
+}
+
+/// `GET /fhir/Organization?_id=…`: the perimeters named (the caller's stays' care sites).
+async fn organizations(state: &AppState, query: &str) -> Result<Response, FhirError> {
+    let mut ids = Vec::new();
+    for p in parse_search(query) {
+        match p.name.as_str() {
+            "_id" if p.modifier.is_none() => {
+                for v in &p.values {
+                    let id = v.text.rsplit('/').next().unwrap_or_default();
+                    ids.push(id.parse::<i64>().map_err(|_| {
+                        invalid_parameter(format!("`{}` is not an Organization id", v.text))
+                    })?);
+                }
+            }
+            "_count" | "_elements" | "_total" | "_format" => {}
+            _ => {
+                return Err(unsupported_parameter(format!(
+                    "the search parameter `{}` is not supported on Organization (only `_id`)",
+                    p.name
+                )));
+            }
+        }
+    }
+    if ids.is_empty() {
+        return Err(invalid_parameter("an Organization search needs `_id`"));
+    }
+    ids.truncate(MAX_COUNT as usize);
+    let rows = state.identity.perimeters_by_ids(&ids).await?;
+    Ok(fhir_json(json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": rows.len(),
+        "entry": rows.iter().map(|p| json!({
+            "fullUrl": format!("Organization/{}", p.id),
+            "resource": organization(p),
+            "search": {"mode": "match"},
+        })).collect::<Vec<_>>(),
+    })))
 }
 
 fn instant(t: &DateTime<Utc>) -> String {

@@ -69,6 +69,17 @@ impl EmbeddedExecutor {
         self.inner.current_index().await
     }
 
+    /// The index when it is loaded and current, without waiting for a (re)load: what the FHIR
+    /// API reads when it can, falling back to SQL otherwise.
+    pub async fn ready_index(&self) -> Option<Arc<ClinicalIndex>> {
+        let loaded = self.inner.index.read().await.clone();
+        let current = index::current_version(&self.inner.pool)
+            .await
+            .ok()?
+            .map_or(0, |v| v.0);
+        (loaded.data_version == current && current > 0).then_some(loaded)
+    }
+
     /// Evaluates a query now (the benchmark and the tests use this directly), without stage
     /// counts.
     pub async fn evaluate(&self, query: &str) -> Result<(Evaluation, i64), JobFailure> {

@@ -1,12 +1,15 @@
-//! FHIR searches over the clinical store in SQL, always restricted to the caller's perimeters.
+//! FHIR searches over the clinical store in SQL, always restricted to the caller's perimeters
+//! (the dashboards' Patient and Encounter searches from the in-memory index when it is loaded,
+//! see [`super::index_search`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue};
-use projections::ReadError;
-use std::collections::HashMap;
-
 use domain::terminology::CodeSelection;
+use projections::ReadError;
 use projections::clinical::{
     ClinicalReader, EncounterRecord, FactRecord, FhirPage, FhirRecord, FhirSearch, FhirSearchError,
     FhirType, PatientRecord, ReadScope, SortField,
@@ -15,6 +18,7 @@ use projections::terminology::TerminologyReader;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 
+use super::EmbeddedExecutor;
 use super::catalog::FactResource;
 use crate::sql::read_error;
 use crate::terminology::store::PgTerminology;
@@ -22,6 +26,8 @@ use crate::terminology::store::PgTerminology;
 pub struct PgClinical {
     pool: PgPool,
     terminology: PgTerminology,
+    /// The embedded executor's index, for the searches it can answer (the dashboards').
+    index: Option<Arc<EmbeddedExecutor>>,
 }
 
 impl PgClinical {
@@ -29,7 +35,61 @@ impl PgClinical {
         Self {
             terminology: PgTerminology::new(pool.clone()),
             pool,
+            index: None,
         }
+    }
+
+    /// Answers what it can from the embedded executor's in-memory index (when loaded and
+    /// current), the rest in SQL.
+    pub fn with_index(mut self, executor: Option<Arc<EmbeddedExecutor>>) -> Self {
+        self.index = executor;
+        self
+    }
+
+    /// The search from the index, its page's rows read by id; `None`: the SQL search answers.
+    async fn search_on_index(
+        &self,
+        search: &FhirSearch,
+        scope: &ReadScope,
+    ) -> Result<Option<FhirPage>, FhirSearchError> {
+        let Some(executor) = &self.index else {
+            return Ok(None);
+        };
+        if !matches!(search.resource, FhirType::Patient | FhirType::Encounter) {
+            return Ok(None);
+        }
+        let Some(index) = executor.ready_index().await else {
+            return Ok(None);
+        };
+        let Some(answer) = super::index_search::search(&self.pool, &index, search, scope)
+            .await
+            .map_err(read_error)?
+        else {
+            return Ok(None);
+        };
+        let mut records = Vec::with_capacity(answer.page.len());
+        if !answer.page.is_empty() {
+            let t = search.resource;
+            let mut q = QueryBuilder::new(columns(t));
+            nominative_expr(&mut q, scope);
+            q.push(" AS nominative");
+            from_scope(&mut q, t, scope);
+            q.push(" AND c.id = ANY(").push_bind(&answer.page).push(")");
+            let rows = q.build().fetch_all(&self.pool).await.map_err(read_error)?;
+            let mut by_id: HashMap<i64, FhirRecord> = HashMap::new();
+            for row in &rows {
+                let record = record(t, row).map_err(read_error)?;
+                if let FhirRecord::Patient(p) = &record {
+                    by_id.insert(p.id, record);
+                }
+            }
+            records.extend(answer.page.iter().filter_map(|id| by_id.remove(id)));
+        }
+        Ok(Some(FhirPage {
+            total: answer.total,
+            records,
+            facets: answer.facets,
+        }))
     }
 }
 
@@ -443,6 +503,9 @@ impl ClinicalReader for PgClinical {
         search: &FhirSearch,
         scope: &ReadScope,
     ) -> Result<FhirPage, FhirSearchError> {
+        if let Some(page) = self.search_on_index(search, scope).await? {
+            return Ok(page);
+        }
         let t = search.resource;
         let codes = ResolvedCodes::of(&self.terminology, t, &search.params).await?;
         let mut count = QueryBuilder::new("SELECT count(*)");

@@ -20,6 +20,9 @@ pub struct Patients {
     pub birth: Vec<NaiveDate>,
     pub death: Vec<Option<NaiveDate>>,
     pub perimeter: Vec<i64>,
+    /// Rank of the family name in the database's collation (1 = first): `_sort=family` on the
+    /// index.
+    pub family_rank: Vec<u32>,
     pub by_ipp: HashMap<String, u32>,
     pub all: RoaringBitmap,
 }
@@ -84,10 +87,13 @@ impl ClinicalIndex {
     /// Approximate heap size, for the benchmark and `/metrics`.
     pub fn memory_bytes(&self) -> u64 {
         let p = &self.patients;
-        let mut total =
-            (p.female.len() + p.birth.len() * 4 + p.death.len() * 8 + p.perimeter.len() * 8) as u64
-                + p.by_ipp.len() as u64 * 48
-                + p.all.serialized_size() as u64;
+        let mut total = (p.female.len()
+            + p.birth.len() * 4
+            + p.death.len() * 8
+            + p.perimeter.len() * 8
+            + p.family_rank.len() * 4) as u64
+            + p.by_ipp.len() as u64 * 48
+            + p.all.serialized_size() as u64;
         let e = &self.encounters;
         total += (e.patient.len() * 4
             + e.class.len()
@@ -180,7 +186,8 @@ pub async fn load(pool: &PgPool) -> Result<ClinicalIndex, sqlx::Error> {
     let perimeter_patients = &mut index.perimeter_patients;
     copy_lines(
         pool,
-        "COPY (SELECT id, ipp, gender, birth_date, death_date, perimeter_id FROM clinical.patients ORDER BY id) TO STDOUT",
+        "COPY (SELECT id, ipp, gender, birth_date, death_date, perimeter_id,
+                      dense_rank() OVER (ORDER BY family_name) FROM clinical.patients ORDER BY id) TO STDOUT",
         |f| {
             let (Some(id), Some(birth), Some(perimeter)) = (
                 f.first().and_then(|v| v.parse::<u32>().ok()),
@@ -196,11 +203,13 @@ pub async fn load(pool: &PgPool) -> Result<ClinicalIndex, sqlx::Error> {
                 p.birth.resize(n, NaiveDate::MIN);
                 p.death.resize(n, None);
                 p.perimeter.resize(n, 0);
+                p.family_rank.resize(n, u32::MAX);
             }
             p.female[i] = f.get(2) == Some(&"f");
             p.birth[i] = birth;
             p.death[i] = f.get(4).and_then(|v| date(v));
             p.perimeter[i] = perimeter;
+            p.family_rank[i] = f.get(6).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
             p.by_ipp.insert(f.get(1).unwrap_or(&"").to_string(), id);
             p.all.insert(id);
             perimeter_patients.entry(perimeter).or_default().insert(id);

@@ -8,6 +8,7 @@ pub(crate) mod facets;
 pub mod fhir;
 pub mod generate;
 pub mod index;
+pub mod index_search;
 pub mod source;
 
 pub use executor::EmbeddedExecutor;

@@ -129,6 +129,8 @@ pub struct CohortsContext {
     pub read_rights: Arc<dyn PatientReadRights>,
     /// Results of the embedded executor, to deliver as its callbacks would be.
     pub completions: Option<Completions>,
+    /// The embedded executor (its index also answers the FHIR dashboards), when it is the one.
+    pub embedded: Option<Arc<crate::clinical::EmbeddedExecutor>>,
     pub reactions: Vec<Reacting>,
 }
 
@@ -152,7 +154,7 @@ pub fn cohorts(
     let reader = Arc::new(PgCohorts::new(pool.clone()));
     let read_rights: Arc<dyn PatientReadRights> =
         Arc::new(crate::identity::IdentityReadRights(identity.reader.clone()));
-    let (executor, completions) = query_executor(settings, pool, &shared.tls, tasks)?;
+    let (executor, completions, embedded) = query_executor(settings, pool, &shared.tls, tasks)?;
     let feasibility = Arc::new(commands::feasibility::Feasibility::new(
         commands::feasibility::FeasibilityPorts {
             studies: crate::stores::feasibility_studies(pool),
@@ -242,6 +244,7 @@ pub fn cohorts(
         reader,
         read_rights,
         completions,
+        embedded,
         reactions,
     })
 }
@@ -347,7 +350,10 @@ pub struct ClinicalContext {
 
 /// Writes the built-in terminologies (what changed in the catalogue since the last start; an
 /// operator's imports are left alone).
-pub async fn clinical(shared: &Shared) -> anyhow::Result<ClinicalContext> {
+pub async fn clinical(
+    shared: &Shared,
+    embedded: Option<Arc<crate::clinical::EmbeddedExecutor>>,
+) -> anyhow::Result<ClinicalContext> {
     use crate::terminology::{builtin, store};
     let report = store::apply(
         &shared.pool,
@@ -365,7 +371,9 @@ pub async fn clinical(shared: &Shared) -> anyhow::Result<ClinicalContext> {
         );
     }
     Ok(ClinicalContext {
-        reader: Arc::new(crate::clinical::fhir::PgClinical::new(shared.pool.clone())),
+        reader: Arc::new(
+            crate::clinical::fhir::PgClinical::new(shared.pool.clone()).with_index(embedded),
+        ),
         terminology: Arc::new(crate::terminology::store::PgTerminology::new(
             shared.pool.clone(),
         )),
@@ -375,6 +383,13 @@ pub async fn clinical(shared: &Shared) -> anyhow::Result<ClinicalContext> {
 /// Results of the embedded executor, to apply as callbacks.
 pub type Completions = tokio::sync::mpsc::UnboundedReceiver<commands::ports::JobCompletion>;
 
+/// The executor counts go to, the embedded one's results, and the embedded one itself.
+type ChosenExecutor = (
+    Arc<dyn commands::ports::QueryExecutor>,
+    Option<Completions>,
+    Option<Arc<crate::clinical::EmbeddedExecutor>>,
+);
+
 /// The executor counts and cohorts go to: the embedded one, with its results on the returned
 /// channel, unless `QUERY_EXECUTOR_URL` names an external one.
 fn query_executor(
@@ -382,7 +397,7 @@ fn query_executor(
     pool: &PgPool,
     tls: &TlsSettings,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<(Arc<dyn commands::ports::QueryExecutor>, Option<Completions>)> {
+) -> anyhow::Result<ChosenExecutor> {
     if !settings.cohorts.query_executor_url.trim().is_empty() {
         let http = crate::cohorts::executor::HttpQueryExecutor::new(
             &crate::cohorts::executor::ExecutorSettings {
@@ -393,7 +408,7 @@ fn query_executor(
                 tls: tls.clone(),
             },
         )?;
-        return Ok((Arc::new(http), None));
+        return Ok((Arc::new(http), None, None));
     }
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let embedded = Arc::new(crate::clinical::EmbeddedExecutor::new(pool.clone(), tx));
@@ -405,7 +420,7 @@ fn query_executor(
             tracing::warn!(error = %e, "the clinical index could not be loaded at start");
         }
     });
-    Ok((embedded, Some(rx)))
+    Ok((embedded.clone(), Some(rx), Some(embedded)))
 }
 
 /// The exporter: the upstream Export API (with the Hadoop API) when `EXPORT_API_URL` is set,

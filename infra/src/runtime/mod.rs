@@ -191,7 +191,7 @@ impl Runtime {
         )?;
         let exports = contexts::exports(settings, &shared, &identity, &cohorts)?;
         let content = contexts::content(&shared, &identity);
-        let clinical = contexts::clinical(&shared).await?;
+        let clinical = contexts::clinical(&shared, cohorts.embedded.clone()).await?;
 
         if let Some(completions) = cohorts.completions {
             tasks.spawn(embedded::deliver_completions(

@@ -38,7 +38,7 @@ pub(super) async fn app_with(
     (app, fixture)
 }
 
-fn executor(pool: &PgPool) -> EmbeddedExecutor {
+pub(super) fn executor(pool: &PgPool) -> EmbeddedExecutor {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     EmbeddedExecutor::new(pool.clone(), tx)
 }

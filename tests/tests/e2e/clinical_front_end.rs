@@ -411,6 +411,112 @@ async fn a_researcher_picks_codes_counts_a_category_and_explores_patients() {
         total_encounters
     );
 
+    // The same searches in SQL alone (no index): the same totals, facets and page.
+    {
+        use projections::clinical::{
+            ClinicalReader, Facet, FhirRecord, FhirSearch, FhirSort, FhirType, ReadScope, SortField,
+        };
+        let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM identity.perimeters")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let scope = ReadScope {
+            readable: all.clone(),
+            nominative: all,
+        };
+        let sql_only = infra::clinical::fhir::PgClinical::new(pool.clone());
+        let exec = std::sync::Arc::new(super::clinical::executor(pool));
+        exec.index().await.unwrap();
+        let index = exec
+            .ready_index()
+            .await
+            .expect("the index is loaded and current");
+        let on_index =
+            infra::clinical::fhir::PgClinical::new(pool.clone()).with_index(Some(exec.clone()));
+        for (resource, params, count, sort) in [
+            (
+                FhirType::Patient,
+                "active=true",
+                20,
+                vec![SortField::Family],
+            ),
+            (
+                FhirType::Patient,
+                "gender=f&deceased=false",
+                7,
+                vec![SortField::BirthDate, SortField::Id],
+            ),
+            (
+                FhirType::Encounter,
+                "subject.active=true&class=hospit",
+                0,
+                vec![],
+            ),
+        ] {
+            let search = FhirSearch {
+                resource,
+                params: domain::cohort_query::fhir_search::parse_search(params),
+                count,
+                offset: 3,
+                sort: sort
+                    .into_iter()
+                    .map(|field| FhirSort {
+                        field,
+                        descending: field == SortField::BirthDate,
+                    })
+                    .collect(),
+                facets: vec![
+                    Facet::Pivot("age-month".into(), "gender".into()),
+                    Facet::Pivot("deceased".into(), "gender".into()),
+                    Facet::Field("gender".into()),
+                    Facet::Unique("subject".into()),
+                ],
+            };
+            let ids = |page: &projections::clinical::FhirPage| -> Vec<i64> {
+                page.records
+                    .iter()
+                    .map(|r| match r {
+                        FhirRecord::Patient(p) => p.id,
+                        _ => 0,
+                    })
+                    .collect()
+            };
+            assert!(
+                infra::clinical::index_search::search(pool, &index, &search, &scope)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{params}: answered from the index"
+            );
+            let a = sql_only.search(&search, &scope).await.unwrap();
+            let b = on_index.search(&search, &scope).await.unwrap();
+            assert_eq!(a.total, b.total, "{params}");
+            assert_eq!(a.facets, b.facets, "{params}");
+            assert_eq!(ids(&a), ids(&b), "{params}");
+            assert!(a.total > 0);
+        }
+    }
+
+    // The stays' care sites.
+    let site = entries[0]["resource"]["managingOrganization"]["reference"].as_str();
+    assert!(site.is_none(), "left out by _elements");
+    let perimeter: i64 =
+        sqlx::query_scalar("SELECT perimeter_id FROM clinical.patients ORDER BY id LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let org = fhir(&app, "alice", &format!("/fhir/Organization/{perimeter}")).await;
+    assert_eq!(org["resourceType"], "Organization");
+    assert!(
+        org["partOf"]["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("Organization/"),
+        "{org}"
+    );
+    let orgs = fhir(&app, "alice", "/fhir/Organization?_id=0,1,424242").await;
+    assert_eq!(orgs["total"], 2);
+
     // One patient's page.
     let id = entries[0]["resource"]["id"].as_str().unwrap().to_string();
     let patient = fhir(&app, "alice", &format!("/fhir/Patient/{id}")).await;

@@ -17,16 +17,18 @@ pub enum FhirType {
     Observation,
     MedicationRequest,
     Procedure,
+    DocumentReference,
 }
 
 impl FhirType {
-    pub const ALL: [FhirType; 6] = [
+    pub const ALL: [FhirType; 7] = [
         Self::Patient,
         Self::Encounter,
         Self::Condition,
         Self::Observation,
         Self::MedicationRequest,
         Self::Procedure,
+        Self::DocumentReference,
     ];
 
     pub fn name(self) -> &'static str {
@@ -37,6 +39,7 @@ impl FhirType {
             Self::Observation => "Observation",
             Self::MedicationRequest => "MedicationRequest",
             Self::Procedure => "Procedure",
+            Self::DocumentReference => "DocumentReference",
         }
     }
 
@@ -51,6 +54,7 @@ impl FhirType {
             Self::Observation => "http://loinc.org",
             Self::MedicationRequest => "https://terminology.eds.aphp.fr/atc",
             Self::Procedure => "https://terminology.eds.aphp.fr/ccam",
+            Self::DocumentReference => "http://loinc.org",
             Self::Patient | Self::Encounter => return None,
         })
     }
@@ -75,6 +79,15 @@ impl FhirType {
                 "code",
                 "date",
                 "value-quantity",
+                "subject.active",
+            ],
+            Self::DocumentReference => &[
+                "subject",
+                "patient",
+                "encounter",
+                "type",
+                "date",
+                "_text",
                 "subject.active",
             ],
             Self::Condition | Self::MedicationRequest | Self::Procedure => &[
@@ -144,6 +157,8 @@ impl SortField {
             (FhirType::Encounter, "period-end" | "end-date") => Self::End,
             (FhirType::Encounter, "class") => Self::Class,
             (FhirType::Encounter, _) => return None,
+            (FhirType::DocumentReference, "type") => Self::Code,
+            (FhirType::DocumentReference, "code") => return None,
             (
                 _,
                 "date"
@@ -224,11 +239,26 @@ pub struct FactRecord {
     pub unit: Option<String>,
 }
 
+/// A clinical note.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentRecord {
+    pub id: i64,
+    pub patient_id: i64,
+    pub encounter_id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub title: String,
+    pub text: String,
+    /// The caller reads this patient nominatively (pseudonymized readers get no text).
+    pub nominative: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum FhirRecord {
     Patient(PatientRecord),
     Encounter(EncounterRecord),
     Fact(FactRecord),
+    Document(DocumentRecord),
 }
 
 /// A page of matches and how many there are in all.

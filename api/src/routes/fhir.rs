@@ -576,6 +576,29 @@ fn to_fhir(record: &FhirRecord) -> Value {
             "episodeOfCare": [{"reference": format!("EpisodeOfCare/{}", e.episode_id)}],
             "serviceProvider": {"reference": format!("Organization/{}", e.perimeter_id)},
         }),
+        FhirRecord::Document(d) => {
+            let mut v = json!({
+                "resourceType": "DocumentReference",
+                "id": d.id.to_string(),
+                "status": "current",
+                "docStatus": "final",
+                "type": {"coding": [{"system": "http://loinc.org", "code": d.kind}]},
+                "subject": {"reference": format!("Patient/{}", d.patient_id)},
+                "date": instant(&d.at),
+                "description": d.title,
+                "context": {"encounter": [{"reference": format!("Encounter/{}", d.encounter_id)}]},
+            });
+            // The text is nominative data: pseudonymized readers get the note without it.
+            let mut attachment =
+                json!({"contentType": "text/plain; charset=utf-8", "title": d.title});
+            if d.nominative {
+                use base64::Engine;
+                attachment["data"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(d.text.as_bytes()));
+            }
+            v["content"] = json!([{"attachment": attachment}]);
+            v
+        }
         FhirRecord::Fact(f) => {
             let system = f.resource.code_system().unwrap_or_default();
             let code = json!({"coding": [{"system": system, "code": f.code}]});

@@ -24,7 +24,7 @@ use tokio::sync::{RwLock, mpsc};
 use uuid::Uuid;
 
 use super::index::{self, ClinicalIndex};
-use super::source::{ClinicalSource, CodeExpansions, code_values};
+use super::source::{ClinicalSource, CodeExpansions, DocumentRows, code_values, document_criteria};
 use crate::terminology::store::PgTerminology;
 use projections::terminology::TerminologyReader;
 
@@ -196,6 +196,7 @@ impl Inner {
             .map_err(|e| format!("cannot load the clinical store: {e}"))?;
         let population = self.population(&index, &parsed.source_population).await?;
         let codes = self.code_expansions(&index, &parsed).await?;
+        let documents = self.document_rows(&index, &parsed).await?;
         let version = index.data_version;
         let started = std::time::Instant::now();
         let evaluated = tokio::task::spawn_blocking(move || {
@@ -203,6 +204,7 @@ impl Inner {
                 index: &index,
                 population: &population,
                 codes: &codes,
+                documents: &documents,
             };
             cohort_query::evaluate_with(&parsed, &population, &source, options)
                 .map_err(|e| e.to_string())
@@ -243,6 +245,58 @@ impl Inner {
                 codes.sort_unstable();
                 out.by_value.insert((resource, value), codes);
             }
+        }
+        Ok(out)
+    }
+
+    /// The rows of the query's document criteria, read with the FHIR search's filters (the same
+    /// `_text` answers in counts and in `/fhir/DocumentReference`).
+    async fn document_rows(
+        &self,
+        index: &ClinicalIndex,
+        query: &cohort_query::CohortQuery,
+    ) -> Result<DocumentRows, JobFailure> {
+        let mut out = DocumentRows::default();
+        for c in document_criteria(query) {
+            let params = domain::cohort_query::fhir_search::parse_search(&c.filter_fhir);
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT x.patient_id, x.encounter_id, extract(epoch FROM x.at)::bigint
+                   FROM clinical.documents x JOIN clinical.patients c ON c.id = x.patient_id WHERE true",
+            );
+            let scope = projections::clinical::ReadScope::default();
+            crate::clinical::fhir::push_filters(
+                &mut q,
+                projections::clinical::FhirType::DocumentReference,
+                &params,
+                &scope,
+                &crate::clinical::fhir::ResolvedCodes::default(),
+            )
+            .map_err(|e| format!("criterion {}: {e}", c.id))?;
+            let rows: Vec<(i32, i32, i64)> = q
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("cannot read the clinical notes: {e}"))?;
+            let e = &index.encounters;
+            let p = &index.patients;
+            out.by_criterion.insert(
+                c.id,
+                rows.into_iter()
+                    .filter_map(|(patient, encounter, at)| {
+                        let patient = u32::try_from(patient).ok()?;
+                        let enc = usize::try_from(encounter).ok()?;
+                        Some(domain::cohort_query::Row {
+                            patient,
+                            encounter: Some(enc as u64),
+                            episode: e.episode.get(enc).map(|x| u64::from(*x)),
+                            at: Some(at),
+                            encounter_start: e.start.get(enc).copied(),
+                            birth_date: p.birth.get(patient as usize).copied(),
+                            resource_key: None,
+                        })
+                    })
+                    .collect(),
+            );
         }
         Ok(out)
     }

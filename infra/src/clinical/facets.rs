@@ -40,6 +40,8 @@ pub(crate) fn field_expr(t: FhirType, field: &str) -> Option<String> {
             Some("to_char(x.start_at, 'YYYY-MM')".to_string())
         }
         (FhirType::Encounter, "status") => Some("'finished'".to_string()),
+        (FhirType::DocumentReference, "type") => Some("x.type".to_string()),
+        (FhirType::DocumentReference, "code") => None,
         (_, "code") => Some("x.code".to_string()),
         (_, "encounter") => Some("x.encounter_id::text".to_string()),
         _ => None,

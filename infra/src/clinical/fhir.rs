@@ -11,8 +11,8 @@ use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue};
 use domain::terminology::CodeSelection;
 use projections::ReadError;
 use projections::clinical::{
-    ClinicalReader, EncounterRecord, FactRecord, FhirPage, FhirRecord, FhirSearch, FhirSearchError,
-    FhirType, PatientRecord, ReadScope, SortField,
+    ClinicalReader, DocumentRecord, EncounterRecord, FactRecord, FhirPage, FhirRecord, FhirSearch,
+    FhirSearchError, FhirType, PatientRecord, ReadScope, SortField,
 };
 use projections::terminology::TerminologyReader;
 use sqlx::postgres::PgRow;
@@ -99,7 +99,7 @@ fn fact_resource(t: FhirType) -> Option<FactResource> {
         FhirType::Observation => FactResource::Observation,
         FhirType::MedicationRequest => FactResource::MedicationRequest,
         FhirType::Procedure => FactResource::Procedure,
-        FhirType::Patient | FhirType::Encounter => return None,
+        FhirType::Patient | FhirType::Encounter | FhirType::DocumentReference => return None,
     })
 }
 
@@ -114,6 +114,9 @@ pub(crate) fn from_scope<'a>(
         FhirType::Patient => q.push(" FROM clinical.patients c"),
         FhirType::Encounter => {
             q.push(" FROM clinical.encounters x JOIN clinical.patients c ON c.id = x.patient_id")
+        }
+        FhirType::DocumentReference => {
+            q.push(" FROM clinical.documents x JOIN clinical.patients c ON c.id = x.patient_id")
         }
         _ => q.push(" FROM clinical.facts x JOIN clinical.patients c ON c.id = x.patient_id"),
     };
@@ -386,6 +389,20 @@ pub(crate) fn push_filters<'a>(
                 let classes: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
                 q.push(" AND x.class = ANY(").push_bind(classes).push(")");
             }
+            "type" => {
+                let kinds: Vec<String> = p.values.iter().map(|v| v.code().to_string()).collect();
+                q.push(" AND x.type = ANY(").push_bind(kinds).push(")");
+            }
+            "_text" => {
+                // Web-search syntax (words, "phrases", or, -word), French stemming; the values
+                // of one parameter are alternatives.
+                push_alternatives(q, p, |q, v| {
+                    q.push("to_tsvector('french', x.text) @@ websearch_to_tsquery('french', ")
+                        .push_bind(v.text.clone())
+                        .push(")");
+                    Ok(())
+                })?;
+            }
             "code" => codes.push(q, p),
             "birthdate" | "death-date" => {
                 let column = if name == "birthdate" {
@@ -438,6 +455,7 @@ fn sort_column(t: FhirType, field: SortField) -> &'static str {
         (FhirType::Encounter, SortField::End) => "x.end_at",
         (FhirType::Encounter, SortField::Class) => "x.class",
         (_, SortField::Date) => "x.at",
+        (FhirType::DocumentReference, SortField::Code) => "x.type",
         (_, SortField::Code) => "x.code",
         _ => "x.id",
     }
@@ -452,6 +470,10 @@ fn columns(t: FhirType) -> &'static str {
         FhirType::Encounter => {
             "SELECT x.id::bigint AS id, x.patient_id::bigint AS patient_id, x.class, x.start_at, x.end_at, \
              x.episode_id::bigint AS episode_id, x.perimeter_id, "
+        }
+        FhirType::DocumentReference => {
+            "SELECT x.id, x.patient_id::bigint AS patient_id, x.encounter_id::bigint AS encounter_id, x.at, x.type, \
+             x.title, x.text, "
         }
         _ => {
             "SELECT x.id, x.patient_id::bigint AS patient_id, x.encounter_id::bigint AS encounter_id, x.code, x.at, \
@@ -482,6 +504,16 @@ fn record(t: FhirType, row: &PgRow) -> Result<FhirRecord, sqlx::Error> {
             end_at: row.try_get("end_at")?,
             episode_id: row.try_get("episode_id")?,
             perimeter_id: row.try_get("perimeter_id")?,
+        }),
+        FhirType::DocumentReference => FhirRecord::Document(DocumentRecord {
+            id: row.try_get("id")?,
+            patient_id: row.try_get("patient_id")?,
+            encounter_id: row.try_get("encounter_id")?,
+            at: row.try_get("at")?,
+            kind: row.try_get("type")?,
+            title: row.try_get("title")?,
+            text: row.try_get("text")?,
+            nominative: row.try_get("nominative")?,
         }),
         _ => FhirRecord::Fact(FactRecord {
             id: row.try_get("id")?,

@@ -109,7 +109,9 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
     let mut tx = pool.begin().await?;
     crate::db::without_statement_timeout(&mut tx).await?;
     sqlx::raw_sql(
-        "TRUNCATE clinical.patients, clinical.encounters, clinical.facts;
+        "TRUNCATE clinical.patients, clinical.encounters, clinical.facts, clinical.documents;
+         DROP INDEX IF EXISTS clinical.documents_patient;
+         DROP INDEX IF EXISTS clinical.documents_text;
          DROP INDEX IF EXISTS clinical.facts_code;
          DROP INDEX IF EXISTS clinical.facts_patient;
          DROP INDEX IF EXISTS clinical.encounters_patient",
@@ -132,6 +134,8 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
     let mut f_buf = CopyBuffer::new();
     let mut next_encounter: u64 = 1;
     let mut next_fact: u64 = 1;
+    let mut d_buf = CopyBuffer::new();
+    let mut next_document: u64 = 1;
 
     // Patients, encounters and facts stream through three COPYs in turn, chunk by chunk: one
     // connection cannot hold two COPYs open, so each chunk is flushed in its own COPY statement.
@@ -230,7 +234,10 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                 next_fact += 1;
                 counts.facts += 1;
             };
+            // What this stay's note tells (no draw of its own: notes change no other row).
+            let mut told = Note::default();
             if diabetes_left > 0 {
+                told.diagnoses.push(catalog::DIABETES.to_string());
                 diabetes_left -= 1;
                 fact(
                     &mut f_buf,
@@ -243,6 +250,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
             if high_hba1c_left > 0 {
                 high_hba1c_left -= 1;
                 let v = rng.random_range(8.5..11.0);
+                told.hba1c = Some(v);
                 fact(
                     &mut f_buf,
                     &mut rng,
@@ -259,6 +267,7 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                     category.clone()
                 };
                 fact(&mut f_buf, &mut rng, FactResource::Condition, &code, None);
+                told.diagnoses.push(code);
             }
             for _ in 0..rng.random_range(0..=12) {
                 let test = skewed(&mut rng, catalog::LAB_TESTS);
@@ -272,7 +281,8 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                 );
             }
             for _ in 0..rng.random_range(0..=2) {
-                let (code, _) = *skewed(&mut rng, catalog::ATC_CODES);
+                let (code, substance) = *skewed(&mut rng, catalog::ATC_CODES);
+                told.treatments.push(substance);
                 fact(
                     &mut f_buf,
                     &mut rng,
@@ -285,17 +295,30 @@ pub async fn generate(pool: &PgPool, patients: u64, seed: u64) -> Result<Generat
                 let code = skewed(&mut rng, &ccam).clone();
                 fact(&mut f_buf, &mut rng, FactResource::Procedure, &code, None);
             }
+            if class != "consult" {
+                let age = start.date_naive().years_since(birth).unwrap_or(0);
+                let (kind, title, text) = told.write(class, female, age, start.date_naive());
+                let _ = writeln!(
+                    d_buf.buf,
+                    "{next_document}\t{id}\t{eid}\t{}\t{kind}\t{title}\t{text}",
+                    ts(end)
+                );
+                next_document += 1;
+            }
         }
         if f_buf.buf.len() >= CHUNK || id == patients {
             flush(&mut tx, &mut p_buf, PATIENTS_COPY).await?;
             flush(&mut tx, &mut e_buf, ENCOUNTERS_COPY).await?;
             flush(&mut tx, &mut f_buf, FACTS_COPY).await?;
+            flush(&mut tx, &mut d_buf, DOCUMENTS_COPY).await?;
         }
     }
     sqlx::raw_sql(
         "CREATE INDEX facts_code ON clinical.facts (resource, code, patient_id);
          CREATE INDEX facts_patient ON clinical.facts (patient_id);
-         CREATE INDEX encounters_patient ON clinical.encounters (patient_id)",
+         CREATE INDEX encounters_patient ON clinical.encounters (patient_id);
+         CREATE INDEX documents_patient ON clinical.documents (patient_id);
+         CREATE INDEX documents_text ON clinical.documents USING gin (to_tsvector('french', text))",
     )
     .execute(&mut *tx)
     .await?;
@@ -327,6 +350,62 @@ pub const PERIMETER_SIZES: &str = "DELETE FROM clinical.perimeter_sizes;
        JOIN identity.perimeters pp ON pp.id = c.perimeter_id
        CROSS JOIN LATERAL unnest(pp.ancestors || pp.id) AS a(id)
       GROUP BY a.id";
+
+const DOCUMENTS_COPY: &str =
+    "COPY clinical.documents (id, patient_id, encounter_id, at, type, title, text) FROM STDIN";
+
+/// What a stay's clinical note says: its diagnoses, an HbA1c, the treatments started.
+#[derive(Default)]
+struct Note {
+    diagnoses: Vec<String>,
+    hba1c: Option<f64>,
+    treatments: Vec<&'static str>,
+}
+
+impl Note {
+    /// The note's LOINC type, title and text (French, one line). Type 2 diabetes is named
+    /// ("diabète de type 2") exactly in the notes of stays where it is coded.
+    fn write(
+        &self,
+        class: &str,
+        female: bool,
+        age: u32,
+        day: NaiveDate,
+    ) -> (&'static str, &'static str, String) {
+        let (kind, title) = match class {
+            "urg" => ("34111-5", "Compte rendu de passage aux urgences"),
+            _ => ("18842-5", "Compte rendu d'hospitalisation"),
+        };
+        let e = if female { "e" } else { "" };
+        let named: Vec<String> = self
+            .diagnoses
+            .iter()
+            .map(|code| {
+                let category = code.get(..3).unwrap_or(code);
+                let title = catalog::ICD10_TITLES
+                    .iter()
+                    .find(|(c, _)| *c == category)
+                    .map_or_else(|| "affection".to_string(), |(_, t)| t.to_lowercase());
+                format!("{title} ({code})")
+            })
+            .collect();
+        let mut text = format!(
+            "Patient{e} de {age} ans, admis{e} le {}. Diagnostics retenus : {}.",
+            day.format("%d/%m/%Y"),
+            named.join(", ")
+        );
+        if let Some(v) = self.hba1c {
+            text.push_str(&format!(" HbA1c à {v:.1} %, déséquilibre glycémique."));
+        }
+        if self.treatments.is_empty() {
+            text.push_str(" Pas de nouveau traitement.");
+        } else {
+            text.push_str(&format!(" Traitement : {}.", self.treatments.join(", ")));
+        }
+        text.push_str(" Retour à domicile.");
+        (kind, title, text)
+    }
+}
 
 const PATIENTS_COPY: &str = "COPY clinical.patients (id, ipp, gender, birth_date, deceased, death_date, family_name, given_name, perimeter_id) FROM STDIN";
 const ENCOUNTERS_COPY: &str = "COPY clinical.encounters (id, patient_id, class, start_at, end_at, episode_id, perimeter_id) FROM STDIN";

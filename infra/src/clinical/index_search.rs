@@ -15,7 +15,7 @@ use projections::clinical::{Facet, FacetCounts, FhirSearch, FhirType, ReadScope,
 use sqlx::PgPool;
 
 use super::index::ClinicalIndex;
-use super::source::{ClinicalSource, CodeExpansions};
+use super::source::{ClinicalSource, CodeExpansions, DocumentRows};
 
 /// What the index answered: the total, the page's ids in order, the facets.
 pub struct IndexAnswer {
@@ -226,10 +226,12 @@ pub async fn search(
         unique_fields: Vec::new(),
     };
     let codes = CodeExpansions::default();
+    let documents = DocumentRows::default();
     let source = ClinicalSource {
         index,
         population: &population,
         codes: &codes,
+        documents: &documents,
     };
     let patients = match source.fetch(&criterion, Needs { rows: false }, None) {
         Ok(Fetched::Patients(set)) => set,

@@ -36,6 +36,9 @@ enum Target {
     IppList,
     Encounter,
     Fact(FactResource),
+    /// Clinical notes: their rows are read from Postgres before the evaluation (full-text
+    /// search), see [`DocumentRows`].
+    Document,
 }
 
 fn target(resource_type: &str) -> Option<Target> {
@@ -49,6 +52,7 @@ fn target(resource_type: &str) -> Option<Target> {
         "observation" => Target::Fact(FactResource::Observation),
         "medicationrequest" => Target::Fact(FactResource::MedicationRequest),
         "procedure" => Target::Fact(FactResource::Procedure),
+        "documentreference" | "document" => Target::Document,
         _ => return None,
     })
 }
@@ -89,6 +93,23 @@ pub struct ClinicalSource<'a> {
     pub index: &'a ClinicalIndex,
     pub population: &'a PatientSet,
     pub codes: &'a CodeExpansions,
+    pub documents: &'a DocumentRows,
+}
+
+/// The rows of a query's document criteria (by criterion id), read before the evaluation with
+/// the FHIR search's own filters (`_text`, `type`, dates).
+#[derive(Debug, Default, Clone)]
+pub struct DocumentRows {
+    pub by_criterion: HashMap<i64, Vec<Row>>,
+}
+
+/// The document criteria of a query.
+pub fn document_criteria(query: &domain::cohort_query::CohortQuery) -> Vec<&Criterion> {
+    query
+        .criteria()
+        .into_iter()
+        .filter(|c| target(&c.resource_type) == Some(Target::Document))
+        .collect()
 }
 
 /// The codes of the index each criterion code stands for: the code, its descendants in the
@@ -311,18 +332,36 @@ impl CriterionSource for ClinicalSource<'_> {
                     index: self.index,
                     population: &restricted,
                     codes: self.codes,
+                    documents: self.documents,
                 }
             }
             None => ClinicalSource {
                 index: self.index,
                 population: self.population,
                 codes: self.codes,
+                documents: self.documents,
             },
         };
         match target {
             Target::Patient | Target::IppList => scoped.patients(c, target, &params, needs),
             Target::Encounter => scoped.encounters(c, &params),
             Target::Fact(resource) => scoped.facts(c, resource, &params, needs),
+            Target::Document => {
+                let rows: Vec<Row> = scoped
+                    .documents
+                    .by_criterion
+                    .get(&c.id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|r| scoped.population.contains(r.patient))
+                    .copied()
+                    .collect();
+                if needs.rows {
+                    Ok(Fetched::Rows(rows))
+                } else {
+                    Ok(Fetched::Patients(rows.iter().map(|r| r.patient).collect()))
+                }
+            }
         }
     }
 }

@@ -834,8 +834,23 @@ async fn the_fhir_api_serves_the_callers_perimeters_and_pseudonymizes() {
         unsupported.body["issue"][0]["details"]["coding"][0]["code"],
         "unsupported_search_parameter"
     );
-    let unknown = app.get("/fhir/DocumentReference", "nora").await;
+    let unknown = app.get("/fhir/ImagingStudy", "nora").await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    // Notes: their text only for the patients read nominatively.
+    let with_text = |body: &Value| -> (usize, usize) {
+        let entries = body["entry"].as_array().unwrap();
+        let has = entries
+            .iter()
+            .filter(|e| e["resource"]["content"][0]["attachment"]["data"].is_string())
+            .count();
+        (has, entries.len())
+    };
+    let nominative = app.get("/fhir/DocumentReference?_count=50", "nora").await;
+    let (has, all) = with_text(&nominative.body);
+    assert!(all > 0 && has == all, "{has} of {all}");
+    let pseudonymized = app.get("/fhir/DocumentReference?_count=50", "paul").await;
+    let (has, all) = with_text(&pseudonymized.body);
+    assert!(all > 0 && has == 0, "{has} of {all}");
     let bad_count = app.get("/fhir/Patient?_count=-1", "nora").await;
     assert_eq!(bad_count.status, StatusCode::BAD_REQUEST);
     app.stop().await;

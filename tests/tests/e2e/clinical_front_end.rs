@@ -555,6 +555,72 @@ async fn a_researcher_picks_codes_counts_a_category_and_explores_patients() {
         assert_eq!(b["total"], n, "{resource}");
     }
 
+    // Clinical notes: found by full text (French stemming), the same in a count and in FHIR.
+    let with_diabetes = sql_count(
+        pool,
+        "SELECT d.id FROM clinical.documents d WHERE EXISTS (SELECT 1 FROM clinical.facts f
+           WHERE f.encounter_id = d.encounter_id AND f.resource = 'C' AND f.code = 'E11')",
+    )
+    .await;
+    assert!(with_diabetes > 0);
+    let notes = fhir(
+        &app,
+        "alice",
+        "/fhir/DocumentReference?_text=%22diab%C3%A8te%20sucr%C3%A9%20de%20type%202%22&_count=5&_sort=-date",
+    )
+    .await;
+    assert_eq!(
+        notes["total"], with_diabetes,
+        "the notes of stays coded E11"
+    );
+    let note = &notes["entry"][0]["resource"];
+    assert!(
+        note["content"][0]["attachment"]["data"].is_string(),
+        "{note}"
+    );
+    let docs = fhir(
+        &app,
+        "alice",
+        &format!(
+            "/fhir/DocumentReference?subject={id}&_count=50",
+            id = entries[0]["resource"]["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        docs["total"],
+        sql_count(
+            pool,
+            &format!(
+                "SELECT id FROM clinical.documents WHERE patient_id = {}",
+                entries[0]["resource"]["id"].as_str().unwrap()
+            )
+        )
+        .await
+    );
+    let by_note = query(
+        &["9999"],
+        group(
+            "andGroup",
+            0,
+            vec![criterion(
+                1,
+                "DocumentReference",
+                "_text=%22diab%C3%A8te%20sucr%C3%A9%20de%20type%202%22&type=http://loinc.org|18842-5",
+            )],
+        ),
+    );
+    let saved = flows::saved_query(&app, "alice", "Notes", &by_note).await;
+    let dm = flows::count(&app, "alice", &saved.snapshot).await;
+    let message = next_job_status(&mut socket, &dm).await;
+    let in_notes = sql_count(
+        pool,
+        "SELECT DISTINCT d.patient_id FROM clinical.documents d WHERE d.type = '18842-5' AND EXISTS (
+           SELECT 1 FROM clinical.facts f WHERE f.encounter_id = d.encounter_id AND f.resource = 'C' AND f.code = 'E11')",
+    )
+    .await;
+    assert_eq!(message["extra_info"]["measure"], in_notes, "{message}");
+
     // The perimeter picker: a node's children found by their local ids (= ids), as the client
     // asks for them, and every perimeter's patients counted.
     let children = app

@@ -23,7 +23,12 @@ pub fn resource_id(url: &str) -> String {
         .collect();
     let trimmed = cleaned.trim_matches('-');
     let start = trimmed.len().saturating_sub(64);
-    trimmed[start..].trim_start_matches('-').to_string()
+    let id = trimmed[start..].trim_start_matches('-');
+    if id.is_empty() {
+        "terminology".to_string()
+    } else {
+        id.to_string()
+    }
 }
 
 /// A code system's header.

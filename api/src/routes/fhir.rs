@@ -665,7 +665,7 @@ pub(super) fn routes() -> Documented {
                     "FHIR",
                     User,
                     200,
-                    "FHIR search (Patient, Encounter, Condition, Observation, MedicationRequest, Procedure) within the caller's reading perimeters",
+                    "FHIR search (Patient, Encounter, Condition, Observation, MedicationRequest, Procedure, DocumentReference; Organization by `_id`) within the caller's reading perimeters, with sorting, `_elements` and dashboard facets",
                 )
                 .answers(Shape::Json),
             ],

@@ -273,8 +273,6 @@ fn expansion_resource(e: &Expansion, request: &ExpandRequest) -> Value {
         .collect();
     let mut vs = json!({
         "resourceType": "ValueSet",
-        "id": projections::terminology::resource_id(&e.url),
-        "url": e.url,
         "status": "active",
         "expansion": {
             "identifier": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
@@ -285,6 +283,11 @@ fn expansion_resource(e: &Expansion, request: &ExpandRequest) -> Value {
             "contains": contains,
         }
     });
+    // An inline value set may have no url (then neither has the answer).
+    if !e.url.is_empty() {
+        vs["id"] = json!(projections::terminology::resource_id(&e.url));
+        vs["url"] = json!(e.url);
+    }
     if let Some(v) = &e.version {
         vs["version"] = json!(v);
     }

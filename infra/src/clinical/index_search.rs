@@ -5,7 +5,7 @@
 //! order; the page's rows are then read from Postgres. Anything the index cannot answer (a
 //! parameter, a sort key or a facet it does not hold) returns `None`, and the SQL search answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BinaryHeap, HashMap};
 
 use chrono::{DateTime, Datelike};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam};
@@ -98,13 +98,15 @@ fn as_filter(params: &[&SearchParam]) -> String {
         .join("&")
 }
 
-/// A facet field's value for one patient, `None` when the index does not hold the field.
-fn patient_field(index: &ClinicalIndex, field: &str, patient: u32) -> Option<String> {
+/// A facet field's value for one patient as a number (`None`: the index does not hold the
+/// field); [`patient_label`] names it. Numbers, not strings: a facet over a million patients
+/// allocates nothing per patient.
+fn patient_key(index: &ClinicalIndex, field: &str, patient: u32) -> Option<u64> {
     let p = &index.patients;
     let i = patient as usize;
     Some(match field {
-        "gender" => if p.female[i] { "female" } else { "male" }.to_string(),
-        "deceased" => p.death[i].is_some().to_string(),
+        "gender" => u64::from(!p.female[i]),
+        "deceased" => u64::from(p.death[i].is_some()),
         "age-month" | "age-year" => {
             let birth = p.birth[i];
             let at = index.reference_date;
@@ -112,49 +114,64 @@ fn patient_field(index: &ClinicalIndex, field: &str, patient: u32) -> Option<Str
             if (at.month(), at.day()) < (birth.month(), birth.day()) {
                 years -= 1;
             }
-            let years = years.max(0);
+            let years = years.max(0) as u64;
             if field == "age-month" {
-                (years * 12).to_string()
+                years * 12
             } else {
-                years.to_string()
+                years
             }
         }
-        "subject" | "patient" => patient.to_string(),
+        "subject" | "patient" => u64::from(patient),
         _ => return None,
     })
 }
 
-/// Counts facets over rows: `value(row, field)` reads a field (`None`: not held).
+fn patient_label(field: &str, key: u64) -> String {
+    match field {
+        "gender" => if key == 0 { "female" } else { "male" }.to_string(),
+        "deceased" => (key == 1).to_string(),
+        _ => key.to_string(),
+    }
+}
+
+/// Counts facets over rows: `key(row, field)` reads a field as a number (`None`: not held),
+/// `label(field, key)` names it; values are ordered by name, as the SQL facets are.
 fn count_facets<R: Copy>(
     facets: &[Facet],
     rows: impl Iterator<Item = R> + Clone,
-    value: impl Fn(R, &str) -> Option<String>,
+    key: impl Fn(R, &str) -> Option<u64>,
+    label: impl Fn(&str, u64) -> String,
 ) -> Option<Vec<FacetCounts>> {
     let mut out = Vec::new();
     for facet in facets {
-        let counts = match facet {
+        let mut counts: Vec<(Vec<String>, i64)> = match facet {
             Facet::Field(f) => {
-                let mut by: BTreeMap<String, i64> = BTreeMap::new();
+                let mut by: HashMap<u64, i64> = HashMap::new();
                 for r in rows.clone() {
-                    *by.entry(value(r, f)?).or_default() += 1;
+                    *by.entry(key(r, f)?).or_default() += 1;
                 }
-                by.into_iter().map(|(k, n)| (vec![k], n)).collect()
+                by.into_iter()
+                    .map(|(k, n)| (vec![label(f, k)], n))
+                    .collect()
             }
             Facet::Pivot(a, b) => {
-                let mut by: BTreeMap<(String, String), i64> = BTreeMap::new();
+                let mut by: HashMap<(u64, u64), i64> = HashMap::new();
                 for r in rows.clone() {
-                    *by.entry((value(r, a)?, value(r, b)?)).or_default() += 1;
+                    *by.entry((key(r, a)?, key(r, b)?)).or_default() += 1;
                 }
-                by.into_iter().map(|((x, y), n)| (vec![x, y], n)).collect()
+                by.into_iter()
+                    .map(|((x, y), n)| (vec![label(a, x), label(b, y)], n))
+                    .collect()
             }
             Facet::Unique(f) => {
                 let mut seen = std::collections::HashSet::new();
                 for r in rows.clone() {
-                    seen.insert(value(r, f)?);
+                    seen.insert(key(r, f)?);
                 }
                 vec![(Vec::new(), seen.len() as i64)]
             }
         };
+        counts.sort();
         out.push(FacetCounts {
             facet: facet.clone(),
             counts,
@@ -258,9 +275,12 @@ async fn patient_page(
     pool: &PgPool,
     patients: PatientSet,
 ) -> Result<Option<IndexAnswer>, sqlx::Error> {
-    let Some(facets) = count_facets(&search.facets, patients.iter(), |p, f| {
-        patient_field(index, f, p)
-    }) else {
+    let Some(facets) = count_facets(
+        &search.facets,
+        patients.iter(),
+        |p, f| patient_key(index, f, p),
+        patient_label,
+    ) else {
         return Ok(None);
     };
     let total = patients.len() as i64;
@@ -287,7 +307,9 @@ async fn patient_page(
     };
     let p = &index.patients;
     // Per key: (missing, value), missing last whatever the direction.
-    let mut keyed: Vec<([(bool, i64); 3], u32)> = Vec::with_capacity(patients.len() as usize);
+    // The first `wanted` in sort order, kept in a bounded max-heap: no per-patient allocation.
+    let mut best: BinaryHeap<([(bool, i64); 3], u32)> =
+        BinaryHeap::with_capacity(wanted.min(4096) + 1);
     for id in patients.iter() {
         let i = id as usize;
         let mut key = [(false, 0i64); 3];
@@ -306,15 +328,15 @@ async fn patient_page(
                 None => (true, 0),
             };
         }
-        keyed.push((key, id));
+        if best.len() < wanted {
+            best.push((key, id));
+        } else if best.peek().is_some_and(|top| (key, id) < *top) {
+            best.pop();
+            best.push((key, id));
+        }
     }
-    let wanted = wanted.min(keyed.len());
-    if wanted < keyed.len() {
-        keyed.select_nth_unstable(wanted);
-        keyed.truncate(wanted);
-    }
-    keyed.sort_unstable();
-    let page = keyed
+    let page = best
+        .into_sorted_vec()
         .into_iter()
         .skip(search.offset as usize)
         .map(|(_, id)| i64::from(id))
@@ -351,17 +373,26 @@ fn encounter_totals(
             && class_ids.as_ref().is_none_or(|c| c.contains(&e.class[i]))
     });
     let total = rows.clone().count() as i64;
-    let value = |i: usize, field: &str| -> Option<String> {
+    let key = |i: usize, field: &str| -> Option<u64> {
         match field {
-            "class" => e.classes.get(e.class[i] as usize).cloned(),
-            "visit-year-month" | "start-date-year-month" => {
-                DateTime::from_timestamp(e.start[i], 0).map(|t| t.format("%Y-%m").to_string())
-            }
-            "status" => Some("finished".into()),
-            other => patient_field(index, other, e.patient[i]),
+            "class" => Some(u64::from(e.class[i])),
+            "visit-year-month" | "start-date-year-month" => DateTime::from_timestamp(e.start[i], 0)
+                .map(|t| t.year() as u64 * 100 + u64::from(t.month())),
+            "status" => Some(0),
+            other => patient_key(index, other, e.patient[i]),
         }
     };
-    let facets = count_facets(&search.facets, rows, value)?;
+    let label = |field: &str, k: u64| -> String {
+        match field {
+            "class" => e.classes.get(k as usize).cloned().unwrap_or_default(),
+            "visit-year-month" | "start-date-year-month" => {
+                format!("{:04}-{:02}", k / 100, k % 100)
+            }
+            "status" => "finished".into(),
+            other => patient_label(other, k),
+        }
+    };
+    let facets = count_facets(&search.facets, rows, key, label)?;
     Some(IndexAnswer {
         total,
         page: Vec::new(),

@@ -13,7 +13,9 @@
 //!   descendants in the terminology, and a range such as `X60-X84` every code in it: see
 //!   [`CodeExpansions`]), their date parameters (`date`,
 //!   `onset-date`, `recorded-date`, `effective-date`, `validity-period-start`, `authored-on`,
-//!   `performed-date`), and `value-quantity` for observations.
+//!   `performed-date`), and `value-quantity` for observations;
+//! - DocumentReference (clinical notes): `_text`, `type`, `date`, `subject`, `encounter`, read
+//!   from Postgres with the FHIR search's filters before the evaluation ([`DocumentRows`]).
 //!
 //! Any other parameter, modifier or resource type is an error naming the criterion.
 

@@ -215,6 +215,12 @@ pub async fn search(
             ("class", None, FhirType::Encounter) => {
                 classes = Some(p.values.iter().map(|v| v.code().to_string()).collect())
             }
+            // A malformed id is the SQL search's 400, not an empty answer.
+            ("_id", None, FhirType::Patient)
+                if p.values.iter().any(|v| v.text.parse::<u32>().is_err()) =>
+            {
+                return Ok(None);
+            }
             (_, None, FhirType::Patient) => rest.push(p),
             ("subject.active" | "active", None, FhirType::Encounter) => rest.push(p),
             _ => return Ok(None),

@@ -315,8 +315,8 @@ impl PgTerminology {
             Some(r) => r.try_get("total").map_err(read_error)?,
             None => 0,
         };
-        if rows.is_empty() && request.offset > 0 {
-            // Past the end: the window count saw no row, count on its own.
+        if rows.is_empty() && (request.offset > 0 || request.count == 0) {
+            // No row to carry the window count (past the end, or `count=0`): count on its own.
             let mut c = QueryBuilder::new("SELECT count(*) FROM (");
             push_selection(&mut c, includes, request, &words);
             c.push(") counted");

@@ -203,6 +203,14 @@ async fn a_researcher_picks_codes_counts_a_category_and_explores_patients() {
     )
     .await;
     assert_eq!(page2["expansion"]["total"], all["expansion"]["total"]);
+    let only_total = fhir(
+        &app,
+        "alice",
+        &format!("/fhir/ValueSet/$expand?url={ICD10}&count=0"),
+    )
+    .await;
+    assert_eq!(only_total["expansion"]["total"], all["expansion"]["total"]);
+    assert!(only_total["expansion"].get("contains").is_none());
     assert_eq!(codes(&page2), codes(&all)[5..10].to_vec());
     // POST with an inline value set: the concepts under E11.
     let posted = app

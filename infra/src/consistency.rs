@@ -1,6 +1,12 @@
 //! Read-your-writes: a command answers once the projectors have applied its events.
+//!
+//! The wait costs no query: the command wakes the projectors that read its aggregates (they
+//! read the event table at once instead of waiting for the relay and NATS), then waits until
+//! each has recorded the command's last event in its [`AppliedLog`]. Only if a projector has
+//! not within [`CURSOR_FALLBACK`] (it skipped the event because another instance had already
+//! applied it, or the log was busy) does the wait look the event's cursor up and follow the
+//! projector's progress instead.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,68 +14,123 @@ use commands::Committed;
 use commands::ports::Consistency;
 use projections::Cursor;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::log::cursor_of;
-use crate::projector::Projection;
+use crate::projector::ProjectorHandle;
+
+/// How long to wait on the applied log before looking the event's cursor up.
+const CURSOR_FALLBACK: Duration = Duration::from_millis(250);
+
+/// How often a waiting command wakes its projectors again: a read of the log skips events
+/// behind a transaction still running, which end without a signal of their own.
+const REWAKE: Duration = Duration::from_millis(5);
 
 /// Waits on the progress of this process's projectors, for at most `timeout`: only those whose
 /// tables the committed aggregates affect.
 pub struct ProjectorConsistency {
     pool: PgPool,
-    projectors: Vec<(Arc<dyn Projection>, watch::Receiver<Cursor>)>,
+    projectors: Vec<ProjectorHandle>,
     timeout: Duration,
 }
 
 impl ProjectorConsistency {
-    pub fn new(
-        pool: PgPool,
-        projectors: Vec<(Arc<dyn Projection>, watch::Receiver<Cursor>)>,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(pool: PgPool, projectors: Vec<ProjectorHandle>, timeout: Duration) -> Self {
         Self {
             pool,
             projectors,
             timeout,
         }
     }
+
+    /// Waits until `projector` has applied event `sequence` of the aggregate, or `deadline`.
+    async fn wait_one(
+        &self,
+        projector: &ProjectorHandle,
+        committed: &Committed,
+        sequence: i64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let (kind, id) = (committed.aggregate_type, committed.aggregate_id.as_str());
+        let mut changed = projector.applied.subscribe();
+        let fallback_at = tokio::time::Instant::now() + CURSOR_FALLBACK;
+        loop {
+            if projector.applied.has(kind, id, sequence) {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if now >= fallback_at {
+                return self.follow_progress(projector, committed, sequence, deadline).await;
+            }
+            let tick = (now + REWAKE).min(deadline);
+            tokio::select! {
+                _ = changed.changed() => {}
+                () = tokio::time::sleep_until(tick) => projector.wake.notify_one(),
+            }
+        }
+    }
+
+    /// The slow path: the event's cursor, then the projector's progress past it.
+    async fn follow_progress(
+        &self,
+        projector: &ProjectorHandle,
+        committed: &Committed,
+        sequence: i64,
+        deadline: tokio::time::Instant,
+    ) -> bool {
+        let target = match cursor_of(
+            &self.pool,
+            committed.aggregate_type,
+            &committed.aggregate_id,
+            sequence,
+        )
+        .await
+        {
+            Ok(Some(cursor)) => cursor,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(error = %e, "read-your-writes: the write's position is unknown");
+                return false;
+            }
+        };
+        let mut progress = projector.progress.clone();
+        let reached = tokio::time::timeout_at(deadline, progress.wait_for(|c: &Cursor| *c >= target));
+        matches!(reached.await, Ok(Ok(_)))
+    }
 }
 
 #[async_trait]
 impl Consistency for ProjectorConsistency {
     async fn wait_for(&self, committed: &[Committed]) -> bool {
-        let mut target: Option<Cursor> = None;
-        for c in committed {
-            let Some(sequence) = c.last_sequence else {
-                continue;
-            };
-            let sequence = i64::try_from(sequence).unwrap_or(i64::MAX);
-            match cursor_of(&self.pool, c.aggregate_type, &c.aggregate_id, sequence).await {
-                Ok(cursor) => target = target.max(cursor),
-                Err(e) => {
-                    tracing::warn!(error = %e, "read-your-writes: the write's position is unknown");
-                    return false;
-                }
-            }
+        let written: Vec<(&Committed, i64)> = committed
+            .iter()
+            .filter_map(|c| {
+                c.last_sequence
+                    .map(|s| (c, i64::try_from(s).unwrap_or(i64::MAX)))
+            })
+            .collect();
+        let affected: Vec<&ProjectorHandle> = self
+            .projectors
+            .iter()
+            .filter(|p| written.iter().any(|(c, _)| p.projection.reads(c.aggregate_type)))
+            .collect();
+        for projector in &affected {
+            projector.wake.notify_one();
         }
-        let Some(target) = target else {
-            return true;
-        };
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let affected = self.projectors.iter().filter(|(projection, _)| {
-            committed
-                .iter()
-                .any(|c| c.last_sequence.is_some() && projection.reads(c.aggregate_type))
-        });
-        for (_, progress) in affected {
-            let mut progress = progress.clone();
-            let reached =
-                tokio::time::timeout_at(deadline, progress.wait_for(|c| *c >= target)).await;
-            match reached {
-                Ok(Ok(_)) => {}
-                // Timed out, or the projector stopped: the write stands, the read model lags.
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!(target = %target, "read models did not catch up in time");
+        for projector in affected {
+            for (c, sequence) in &written {
+                if !projector.projection.reads(c.aggregate_type) {
+                    continue;
+                }
+                if !self.wait_one(projector, c, *sequence, deadline).await {
+                    tracing::warn!(
+                        projection = projector.projection.name(),
+                        aggregate = c.aggregate_type,
+                        "read models did not catch up in time"
+                    );
                     return false;
                 }
             }

@@ -4,12 +4,14 @@
 //! Projectors (read models) and reactors (side effects) both consume the log this way; they
 //! differ in what "offer an event" and "catch up" do, which [`LogConsumer`] abstracts.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use projections::Cursor;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::CommittedEvent;
@@ -40,8 +42,25 @@ pub trait LogConsumer: Send + Sync + 'static {
     fn poll_interval(&self) -> Duration;
     /// Handles everything committed after the checkpoint. Returns how many events it read.
     async fn catch_up(&self) -> Result<usize, String>;
-    /// Offers one live event whose predecessor in the log is `previous`.
-    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String>;
+    /// Live events, each with its predecessor in the log, in log order. [`Outcome::Gap`] when
+    /// one's predecessor was not handled: the caller then catches up.
+    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String>;
+    /// Signalled when this process committed events the consumer should read from the table at
+    /// once, rather than wait for the relay and NATS.
+    fn wake(&self) -> Option<Arc<Notify>> {
+        None
+    }
+}
+
+/// Live messages handled in one go: those JetStream already delivered to this client.
+const LIVE_BATCH: usize = 500;
+
+/// Resolves when `wake` is signalled; never without one.
+async fn woken(wake: Option<&Notify>) {
+    match wake {
+        Some(wake) => wake.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs `consumer` until `shutdown`: catches up, then follows JetStream (its durable consumer,
@@ -90,9 +109,12 @@ pub async fn run<C: LogConsumer>(
 }
 
 async fn poll<C: LogConsumer>(consumer: &C, shutdown: &CancellationToken) -> Result<(), String> {
+    let wake = consumer.wake();
     loop {
-        if sleep_or_stop(shutdown, consumer.poll_interval()).await {
-            return Ok(());
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = woken(wake.as_deref()) => {}
+            () = tokio::time::sleep(consumer.poll_interval()) => {}
         }
         consumer.catch_up().await?;
     }
@@ -140,12 +162,17 @@ async fn follow<C: LogConsumer>(
         subscribed = subscribe(consumer.durable_name(&nats.stream), js, nats) => subscribed?,
         polled = poll(consumer, shutdown) => return polled,
     };
+    let wake = consumer.wake();
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            () = woken(wake.as_deref()) => {
+                consumer.catch_up().await?;
+                continue;
+            }
             next = tokio::time::timeout(consumer.poll_interval(), messages.next()) => next,
         };
-        let message = match next {
+        let first = match next {
             // Silence: make sure nothing was missed while NATS was quiet.
             Err(_) => {
                 consumer.catch_up().await?;
@@ -155,24 +182,59 @@ async fn follow<C: LogConsumer>(
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(Some(Ok(m))) => m,
         };
+        // With it, whatever else has already arrived.
+        let mut held = vec![first];
+        let mut interrupted = None;
+        while held.len() < LIVE_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => held.push(m),
+                Some(Some(Err(e))) => {
+                    interrupted = Some(e.to_string());
+                    break;
+                }
+                Some(None) => {
+                    interrupted = Some("the consumer stream ended".into());
+                    break;
+                }
+                None => break,
+            }
+        }
+        handle_messages(consumer, &held).await?;
+        for message in held {
+            message.ack().await.map_err(|e| e.to_string())?;
+        }
+        if let Some(e) = interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Offers the events of `messages` in one batch; an envelope without its payload (too large
+/// for NATS) or a gap sends the consumer to the table instead.
+async fn handle_messages<C: LogConsumer>(
+    consumer: &C,
+    messages: &[jetstream::Message],
+) -> Result<(), String> {
+    let mut batch = Vec::with_capacity(messages.len());
+    for message in messages {
         match serde_json::from_slice::<Envelope>(&message.payload) {
-            // Too large for NATS: the event is read from the table, with those before it.
             Ok(envelope) if envelope.payload_omitted => {
                 consumer.catch_up().await?;
+                return Ok(());
             }
             Ok(envelope) => {
                 let previous = envelope.previous;
-                let event = envelope.into_event();
-                if consumer.offer(&event, previous).await? == Outcome::Gap {
-                    consumer.catch_up().await?;
-                }
+                batch.push((envelope.into_event(), previous));
             }
             Err(e) => {
                 tracing::error!(consumer = consumer.name(), error = %e, "undecodable message ignored")
             }
         }
-        message.ack().await.map_err(|e| e.to_string())?;
     }
+    if !batch.is_empty() && consumer.offer(batch).await? == Outcome::Gap {
+        consumer.catch_up().await?;
+    }
+    Ok(())
 }
 
 /// Sleeps for `d`; `true` when `shutdown` came first.

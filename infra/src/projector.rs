@@ -1,29 +1,45 @@
 //! The projector runtime: folds the event log into read models, exactly once per event.
 //!
-//! Each projection owns one Postgres schema holding its tables and its checkpoint row. An event
+//! Each projection owns one Postgres schema holding its tables and its checkpoint row. Events
 //! and the checkpoint move forward in one transaction, after locking the checkpoint row, so a
 //! redelivered event (NATS redelivery, a second instance, a replay) is recognised by its cursor
-//! and ignored.
+//! and ignored. Every event that is ready goes in one transaction with one checkpoint write: a
+//! catch-up batch, or the JetStream messages already delivered.
 //!
-//! NATS is the live feed, the event table the source of truth: the projector catches up from the
-//! table when it starts, when a NATS message shows a gap (its `previous` cursor is not the
-//! checkpoint), and on a timer when NATS is silent or away. A rebuild folds the whole log into a
-//! copy of the schema, then swaps it in under the checkpoint lock.
+//! Events of aggregates the projection does not read ([`Projection::reads`]) cost nothing: a run
+//! of them that follows what this instance has seen moves an in-memory place, and the stored
+//! checkpoint follows at the next applied event, when the feed goes quiet, or at most
+//! [`DEFERRED_SAVE`] later (a restart re-reads those events, harmlessly).
+//!
+//! Those transactions commit asynchronously (`synchronous_commit = off`): a read model is derived
+//! data, and a crash that loses its last commits loses their checkpoint with them, so the events
+//! are applied again from the log. The events themselves commit synchronously.
+//!
+//! The event table is the source of truth, NATS the feed from other instances: the projector
+//! catches up from the table when it starts, when this process commits events it reads (the
+//! command wakes it, see [`crate::consistency`]), when a NATS message shows a gap (its `previous`
+//! cursor is not what this instance has seen), and on a timer when NATS is silent or away. A
+//! rebuild folds the whole log into a copy of the schema, then swaps it in under the checkpoint
+//! lock.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use projections::Cursor;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
+use crate::applied::AppliedLog;
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
 use crate::log::{CommittedEvent, read_committed_after};
 
 /// Events folded per catch-up transaction.
 const CATCH_UP_BATCH: i64 = 500;
+
+/// How long the stored checkpoint may stay behind while only ignored events flow.
+const DEFERRED_SAVE: Duration = Duration::from_secs(1);
 
 /// Why an event could not be folded.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +62,9 @@ pub trait Projection: Send + Sync + 'static {
     /// The projection's name, which is also the name of its schema.
     fn name(&self) -> &'static str;
 
-    /// Whether events of this aggregate type change this projection's tables. Read-your-writes
-    /// only waits for the projections a command affects (the projector still moves its
-    /// checkpoint past every event).
+    /// Whether events of this aggregate type change this projection's tables. Only those are
+    /// passed to [`Projection::apply`] (the projector still moves its checkpoint past every
+    /// event), and read-your-writes only waits for the projections a command affects.
     fn reads(&self, _aggregate_type: &str) -> bool {
         true
     }
@@ -121,18 +137,20 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Locks the checkpoint row of `schema` and sets the transaction up for folding, in one
+/// statement: `search_path` to the schema first (its tables, unqualified), then `public` (the
+/// events); asynchronous commit (see the module's documentation).
 async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
-    // The projection's schema first (its tables, unqualified), then `public` (the events).
-    sqlx::query(&format!(
-        "SET LOCAL search_path TO {}, public",
-        quote_ident(schema)
+    let quoted = quote_ident(schema);
+    let (txid, position, _, _): (i64, i64, String, String) = sqlx::query_as(&format!(
+        "SELECT (txid::text)::bigint, position,
+                set_config('search_path', $1, true),
+                set_config('synchronous_commit', 'off', true)
+           FROM {quoted}.checkpoint FOR UPDATE"
     ))
-    .execute(&mut *conn)
+    .bind(format!("{quoted}, public"))
+    .fetch_one(&mut *conn)
     .await?;
-    let (txid, position): (i64, i64) =
-        sqlx::query_as("SELECT (txid::text)::bigint, position FROM checkpoint FOR UPDATE")
-            .fetch_one(&mut *conn)
-            .await?;
     Ok(Cursor { txid, position })
 }
 
@@ -161,11 +179,13 @@ async fn fold(
     let mut checkpoint = start;
     let mut applied = 0;
     for event in events.iter().filter(|e| e.cursor() > start) {
-        projection.apply(conn, event).await?;
+        if projection.reads(&event.aggregate_type) {
+            projection.apply(conn, event).await?;
+            applied += 1;
+        }
         checkpoint = event.cursor();
-        applied += 1;
     }
-    if applied > 0 {
+    if checkpoint > start {
         save_checkpoint(conn, checkpoint, applied).await?;
     }
     Ok(checkpoint)
@@ -197,12 +217,41 @@ impl Default for ProjectorSettings {
     }
 }
 
+/// What this instance knows of its projection's place in the log.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The stored checkpoint, as this instance last read or wrote it (it only moves forward).
+    stored: Cursor,
+    /// Every event up to here is in the read model or of a type the projection does not read:
+    /// the events in `(stored, seen]` are all ignored ones, whose checkpoint write is deferred.
+    seen: Cursor,
+}
+
 /// Runs one projection.
 pub struct Projector {
     pool: PgPool,
     projection: Arc<dyn Projection>,
     progress: watch::Sender<Cursor>,
     settings: ProjectorSettings,
+    /// `None` until the checkpoint is first read.
+    place: Mutex<Option<Place>>,
+    /// When the checkpoint was last stored.
+    saved_at: Mutex<Instant>,
+    /// Signalled by this process's commands: catch up from the table now.
+    wake: Arc<Notify>,
+    applied: Arc<AppliedLog>,
+}
+
+/// What read-your-writes needs of a running projector.
+#[derive(Clone)]
+pub struct ProjectorHandle {
+    pub projection: Arc<dyn Projection>,
+    /// The cursor up to which this process knows the projection is current.
+    pub progress: watch::Receiver<Cursor>,
+    /// The recent events it applied, by aggregate.
+    pub applied: Arc<AppliedLog>,
+    /// Makes it read the event table at once (after a local commit).
+    pub wake: Arc<Notify>,
 }
 
 impl Projector {
@@ -213,6 +262,10 @@ impl Projector {
             projection,
             progress,
             settings,
+            place: Mutex::new(None),
+            saved_at: Mutex::new(Instant::now()),
+            wake: Arc::new(Notify::new()),
+            applied: Arc::new(AppliedLog::default()),
         }
     }
 
@@ -226,6 +279,16 @@ impl Projector {
         self.progress.subscribe()
     }
 
+    /// What read-your-writes holds of this projector.
+    pub fn handle(&self) -> ProjectorHandle {
+        ProjectorHandle {
+            projection: self.projection.clone(),
+            progress: self.progress(),
+            applied: self.applied.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+
     fn observe(&self, cursor: Cursor) {
         self.progress.send_if_modified(|current| {
             if cursor > *current {
@@ -237,63 +300,196 @@ impl Projector {
         });
     }
 
-    /// Folds everything committed after the checkpoint. Returns how many events it read.
+    fn place(&self) -> Option<Place> {
+        *self.place.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_place(&self, place: Place) {
+        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = Some(place);
+    }
+
+    fn saved_now(&self) {
+        *self.saved_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    /// Whether deferred checkpoint writes are due (see [`DEFERRED_SAVE`]).
+    fn save_due(&self) -> bool {
+        self.saved_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= DEFERRED_SAVE
+    }
+
+    /// The place, read from the checkpoint the first time.
+    async fn known_place(&self) -> Result<Place, ProjectionError> {
+        if let Some(place) = self.place() {
+            return Ok(place);
+        }
+        let stored = checkpoint(&self.pool, self.projection.name()).await?;
+        let place = Place {
+            stored,
+            seen: stored,
+        };
+        self.set_place(place);
+        self.observe(stored);
+        Ok(place)
+    }
+
+    /// Folds everything committed after what this instance has seen, batch by batch. Returns
+    /// how many events it read. At the end of the log, stores a deferred checkpoint.
     pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
-        let schema = self.projection.name();
         let mut total = 0;
         loop {
-            let mut tx = self.pool.begin().await?;
-            let from = lock_checkpoint(&mut tx, schema).await?;
-            let events = read_committed_after(&mut *tx, from, CATCH_UP_BATCH).await?;
-            let reached = fold(&mut tx, self.projection.as_ref(), from, &events).await?;
-            tx.commit().await?;
-            self.observe(reached);
-            let fresh: Vec<CommittedEvent> =
-                events.into_iter().filter(|e| e.cursor() > from).collect();
-            crate::pipeline_signals::observe_lag(
-                "cohort360_projection_lag_seconds",
-                "projection",
-                schema,
-                &fresh,
-            );
-            let events = fresh;
-            total += events.len();
-            if (events.len() as i64) < CATCH_UP_BATCH {
+            let from = self.known_place().await?.seen;
+            let events = read_committed_after(&self.pool, from, CATCH_UP_BATCH).await?;
+            let read = events.len();
+            total += read;
+            if read > 0 {
+                self.take(chain(from, events)).await?;
+            }
+            if (read as i64) < CATCH_UP_BATCH {
+                self.store_seen(read == 0).await?;
                 return Ok(total);
             }
         }
     }
 
-    /// Offers one live event whose predecessor in the log is `previous`.
+    /// Offers live events, each with its predecessor in the log, in log order.
     pub async fn offer(
         &self,
-        event: &CommittedEvent,
-        previous: Cursor,
+        batch: Vec<(CommittedEvent, Cursor)>,
     ) -> Result<Outcome, ProjectionError> {
-        let schema = self.projection.name();
-        let mut tx = self.pool.begin().await?;
-        let checkpoint = lock_checkpoint(&mut tx, schema).await?;
-        if event.cursor() <= checkpoint {
-            tx.rollback().await?;
-            self.observe(checkpoint);
+        self.take(batch).await
+    }
+
+    /// Applies what is new in `batch` (events with their predecessors, in log order).
+    ///
+    /// Events this instance has seen are dropped without a query. A run of events that follows
+    /// what it has seen and that the projection does not read moves only the in-memory place.
+    /// Otherwise, under the checkpoint's lock, each event whose predecessor is covered is
+    /// applied (if read) and the checkpoint written once; the first event whose predecessor is
+    /// not covered stops the batch with [`Outcome::Gap`].
+    async fn take(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, ProjectionError> {
+        let place = self.known_place().await?;
+        let fresh: Vec<(CommittedEvent, Cursor)> = batch
+            .into_iter()
+            .filter(|(e, _)| e.cursor() > place.seen)
+            .collect();
+        if fresh.is_empty() {
+            self.observe(place.seen);
             return Ok(Outcome::Duplicate);
         }
-        if previous != checkpoint {
-            tx.rollback().await?;
-            return Ok(Outcome::Gap);
+        let follows = fresh[0].1 == place.seen
+            && fresh.windows(2).all(|w| w[1].1 == w[0].0.cursor());
+        let read_any = fresh
+            .iter()
+            .any(|(e, _)| self.projection.reads(&e.aggregate_type));
+        if follows && !read_any {
+            let last = fresh.last().map_or(place.seen, |(e, _)| e.cursor());
+            self.set_place(Place { seen: last, ..place });
+            self.observe(last);
+            if self.save_due() {
+                self.store_seen(true).await?;
+            }
+            return Ok(Outcome::Applied);
         }
-        self.projection.apply(&mut tx, event).await?;
-        save_checkpoint(&mut tx, event.cursor(), 1).await?;
-        tx.commit().await?;
-        self.observe(event.cursor());
+
+        let schema = self.projection.name();
+        let mut tx = self.pool.begin().await?;
+        let stored = lock_checkpoint(&mut tx, schema).await?;
+        // Another instance may have gone further than what this one has seen.
+        let mut at = if stored <= place.seen { place.seen } else { stored };
+        let mut applied = 0;
+        let mut gap = false;
+        let mut covered = 0;
+        for (event, previous) in &fresh {
+            if event.cursor() <= at {
+                covered += 1;
+                continue;
+            }
+            if *previous != at {
+                gap = true;
+                break;
+            }
+            if self.projection.reads(&event.aggregate_type) {
+                self.projection.apply(&mut tx, event).await?;
+                applied += 1;
+            }
+            at = event.cursor();
+            covered += 1;
+        }
+        if applied > 0 {
+            save_checkpoint(&mut tx, at, applied).await?;
+            tx.commit().await?;
+            self.set_place(Place { stored: at, seen: at });
+            self.saved_now();
+        } else {
+            tx.rollback().await?;
+            self.set_place(Place { stored, seen: at });
+        }
+        self.observe(at);
+        let done = &fresh[..covered];
+        self.applied.record(
+            done.iter()
+                .map(|(e, _)| e)
+                .filter(|e| self.projection.reads(&e.aggregate_type)),
+        );
+        let events: Vec<CommittedEvent> = done.iter().map(|(e, _)| e.clone()).collect();
         crate::pipeline_signals::observe_lag(
             "cohort360_projection_lag_seconds",
             "projection",
             schema,
-            std::slice::from_ref(event),
+            &events,
         );
-        Ok(Outcome::Applied)
+        Ok(if gap {
+            Outcome::Gap
+        } else if covered == 0 {
+            Outcome::Duplicate
+        } else {
+            Outcome::Applied
+        })
     }
+
+    /// Stores the checkpoint up to what this instance has seen, when ignored events left it
+    /// behind and `now` or the deferral is due.
+    async fn store_seen(&self, now: bool) -> Result<(), ProjectionError> {
+        let Some(place) = self.place() else {
+            return Ok(());
+        };
+        if place.seen <= place.stored || !(now || self.save_due()) {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let stored = lock_checkpoint(&mut tx, self.projection.name()).await?;
+        if stored < place.seen {
+            save_checkpoint(&mut tx, place.seen, 0).await?;
+            tx.commit().await?;
+            self.set_place(Place {
+                stored: place.seen,
+                seen: place.seen,
+            });
+        } else {
+            tx.rollback().await?;
+            self.set_place(Place { stored, seen: stored });
+            self.observe(stored);
+        }
+        self.saved_now();
+        Ok(())
+    }
+}
+
+/// `events` read after `from`, each with its predecessor.
+fn chain(from: Cursor, events: Vec<CommittedEvent>) -> Vec<(CommittedEvent, Cursor)> {
+    let mut previous = from;
+    events
+        .into_iter()
+        .map(|e| {
+            let p = previous;
+            previous = e.cursor();
+            (e, p)
+        })
+        .collect()
 }
 
 impl Projector {
@@ -323,8 +519,12 @@ impl LogConsumer for Projector {
         Projector::catch_up(self).await.map_err(|e| e.to_string())
     }
 
-    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
-        Projector::offer(self, event, previous)
+    fn wake(&self) -> Option<Arc<Notify>> {
+        Some(self.wake.clone())
+    }
+
+    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String> {
+        Projector::offer(self, batch)
             .await
             .map_err(|e| e.to_string())
     }

@@ -239,7 +239,22 @@ impl LogConsumer for Reactor {
         }
     }
 
-    async fn offer(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
+    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String> {
+        let mut outcome = Outcome::Duplicate;
+        for (event, previous) in &batch {
+            match self.offer_one(event, *previous).await? {
+                Outcome::Gap => return Ok(Outcome::Gap),
+                Outcome::Applied => outcome = Outcome::Applied,
+                Outcome::Duplicate => {}
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Reactor {
+    /// Offers one live event whose predecessor in the log is `previous`.
+    async fn offer_one(&self, event: &CommittedEvent, previous: Cursor) -> Result<Outcome, String> {
         // An ignored event that follows what this instance saw: nothing to read or write.
         if !self.reaction.handles(event) && self.seen() == Some(previous) {
             self.see(event.cursor());

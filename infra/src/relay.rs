@@ -74,6 +74,9 @@ pub struct Relay {
     js: jetstream::Context,
     nats: NatsSettings,
     settings: RelaySettings,
+    /// The checkpoint as this relay last wrote it, while it is the elected one (the only
+    /// writer): spares reading it back before every batch.
+    published: std::sync::Mutex<Option<Cursor>>,
 }
 
 impl Relay {
@@ -88,6 +91,23 @@ impl Relay {
             js,
             nats,
             settings,
+            published: std::sync::Mutex::new(None),
+        }
+    }
+
+    fn published(&self) -> Option<Cursor> {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_published(&self, cursor: Option<Cursor>) {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = cursor;
+    }
+
+    /// Where this relay has published up to: as it last wrote it, or as stored.
+    async fn position(&self) -> sqlx::Result<Cursor> {
+        match self.published() {
+            Some(cursor) => Ok(cursor),
+            None => self.checkpoint().await,
         }
     }
 
@@ -110,7 +130,7 @@ impl Relay {
 
     /// Publishes one batch after the checkpoint; returns how many events it published.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
-        let from = self.checkpoint().await?;
+        let from = self.position().await?;
         let events = read_committed_after(&self.pool, from, self.settings.batch_size).await?;
         let Some(last) = events.last().map(|e| e.cursor()) else {
             return Ok(0);
@@ -141,9 +161,12 @@ impl Relay {
         for ack in acks {
             ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
         }
-        sqlx::query(
+        // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
+        // the relay publish again messages that JetStream and the consumers drop as duplicates.
+        let stored = sqlx::query(
             "INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
-             VALUES ($1, ($2::bigint)::text::xid8, $3, $4, now())
+             SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
+               FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
              ON CONFLICT (relay) DO UPDATE
                 SET txid = excluded.txid, position = excluded.position,
                     published = relay_checkpoints.published + excluded.published, updated_at = now()",
@@ -153,7 +176,12 @@ impl Relay {
         .bind(last.position)
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
         .execute(&self.pool)
-        .await?;
+        .await;
+        if let Err(e) = stored {
+            self.set_published(None);
+            return Err(e.into());
+        }
+        self.set_published(Some(last));
         crate::pipeline_signals::observe_lag(
             "cohort360_relay_lag_seconds",
             "relay",
@@ -213,6 +241,8 @@ impl Relay {
             }
         }
         tracing::info!(relay = %self.settings.name, "relay elected; publishing");
+        // Another relay may have published while this one waited.
+        self.set_published(None);
         let result = self.publish_loop(shutdown).await;
         let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(RELAY_LOCK_KEY)
@@ -224,7 +254,7 @@ impl Relay {
     /// Whether committed events lie beyond the safe horizon (held back by an older, still
     /// running transaction).
     async fn held_back(&self) -> bool {
-        match self.checkpoint().await {
+        match self.position().await {
             Ok(cp) => crate::log::count_after(&self.pool, cp)
                 .await
                 .is_ok_and(|n| n > 0),

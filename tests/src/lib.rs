@@ -10,6 +10,7 @@ pub mod export_api;
 pub mod flows;
 pub mod identity;
 pub mod nats_server;
+pub mod pg_cost;
 pub mod pg_cluster;
 pub mod providers;
 pub mod service;

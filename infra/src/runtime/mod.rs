@@ -151,7 +151,7 @@ impl Runtime {
                 },
             );
             progress.insert(projection.name(), projector.progress());
-            followed.push((projection, projector.progress()));
+            followed.push(projector.handle());
             tasks.spawn(projector.run(Some(js.clone()), nats.clone(), shutdown.clone()));
         }
         let consistency: Arc<dyn Consistency> = Arc::new(ProjectorConsistency::new(

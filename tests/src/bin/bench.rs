@@ -16,9 +16,15 @@ use hdrhistogram::Histogram;
 use infra::workspace::{PgWorkspace, WorkspaceProjection};
 use projections::audit::AuditReader;
 use serde_json::json;
+use tests::pg_cost::{Cost, PgCost, or_na};
 use tests::{TestApp, query, settings, unique_id};
 
 const CONCURRENCY: [usize; 3] = [1, 4, 16];
+
+/// Upstream's `POST /cohort/folders/` rate at 16 connections, measured on this machine kind.
+const UPSTREAM_FOLDER_POSTS_PER_S: f64 = 65.0;
+const UPSTREAM_FOLDER_POSTS_SOURCE: &str =
+    "upstream Django back-end on the same machine kind, wrk 16 connections, issue 18";
 
 /// A consistency port that does not wait: phase B measures the lag itself.
 struct NoWait;
@@ -43,7 +49,8 @@ async fn http_snapshots(
     app: &Arc<TestApp>,
     clients: usize,
     duration: Duration,
-) -> (f64, Histogram<u64>) {
+    meter: &PgCost,
+) -> (Run, Cost) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -78,7 +85,7 @@ async fn http_snapshots(
     }
     // Let clients set up, then measure a fixed window.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    measure(&stop, tasks, duration).await
+    measure_run(&stop, tasks, duration, Some(meter)).await
 }
 
 /// Lets the clients run for `duration`, stops them, and totals what they did: operations per
@@ -88,6 +95,28 @@ async fn measure(
     tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
     duration: Duration,
 ) -> (f64, Histogram<u64>) {
+    let (run, _) = measure_run(stop, tasks, duration, None).await;
+    (run.rate, run.latency)
+}
+
+/// What clients did over a measured window.
+struct Run {
+    operations: u64,
+    rate: f64,
+    latency: Histogram<u64>,
+}
+
+/// [`measure`], keeping the operation count, and what the window cost Postgres when `meter`.
+async fn measure_run(
+    stop: &AtomicBool,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Histogram<u64>)>>,
+    duration: Duration,
+    meter: Option<&PgCost>,
+) -> (Run, Cost) {
+    let mark = match meter {
+        Some(m) => Some(m.start().await),
+        None => None,
+    };
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
@@ -98,11 +127,29 @@ async fn measure(
         total += n;
         hist.add(h).ok();
     }
-    (total as f64 / started.elapsed().as_secs_f64(), hist)
+    let elapsed = started.elapsed();
+    let cost = match (meter, mark) {
+        (Some(m), Some(mark)) => m.since(&mark).await,
+        _ => Cost::default(),
+    };
+    (
+        Run {
+            operations: total,
+            rate: total as f64 / elapsed.as_secs_f64(),
+            latency: hist,
+        },
+        cost,
+    )
 }
 
-/// Phase D1: raw single-row INSERT + COMMIT per second at `clients` concurrency.
-async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) -> f64 {
+/// Phase D1: raw single-row INSERT + COMMIT per second at `clients` concurrency, and what each
+/// cost Postgres.
+async fn raw_inserts(
+    pool: &sqlx::PgPool,
+    clients: usize,
+    duration: Duration,
+    meter: &PgCost,
+) -> (Run, Cost) {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_raw (id bigserial PRIMARY KEY, payload json NOT NULL)",
     )
@@ -118,7 +165,9 @@ async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) ->
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
+            let mut hist = Histogram::<u64>::new(3).expect("histogram");
             while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
                 let mut tx = pool.begin().await.expect("begin");
                 sqlx::query("INSERT INTO bench_raw (payload) VALUES ($1)")
                     .bind(&payload)
@@ -126,19 +175,13 @@ async fn raw_inserts(pool: &sqlx::PgPool, clients: usize, duration: Duration) ->
                     .await
                     .expect("insert");
                 tx.commit().await.expect("commit");
+                hist.record(t.elapsed().as_micros() as u64).ok();
                 n += 1;
             }
-            n
+            (n, hist)
         }));
     }
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for t in tasks {
-        total += t.await.expect("writer ran");
-    }
-    total as f64 / started.elapsed().as_secs_f64()
+    measure_run(&stop, tasks, duration, Some(meter)).await
 }
 
 /// A tree of about 10 000 perimeters: root, 10 groups, 100 hospitals, 1 000 poles, 9 000 units.
@@ -199,6 +242,37 @@ async fn logins(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>) {
         raw.record(t.elapsed().as_micros() as u64).ok();
     }
     (http, raw)
+}
+
+/// Phase E2: `clients` simultaneous password logins of one user, `rounds` times; returns the
+/// latencies and how many answers were not 200.
+async fn concurrent_logins(app: &Arc<TestApp>, clients: usize, rounds: usize) -> (Histogram<u64>, usize) {
+    let mut hist = Histogram::<u64>::new(3).expect("histogram");
+    let mut errors = 0;
+    for _ in 0..rounds {
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let app = app.clone();
+            tasks.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let answer = app
+                    .send(
+                        app.request(reqwest::Method::POST, "/auth/login/")
+                            .json(&json!({"username": "bench.login", "password": "bench-password-123"})),
+                    )
+                    .await;
+                (answer.status, t.elapsed())
+            }));
+        }
+        for t in tasks {
+            let (status, elapsed) = t.await.expect("login ran");
+            hist.record(elapsed.as_micros() as u64).ok();
+            if status != reqwest::StatusCode::OK {
+                errors += 1;
+            }
+        }
+    }
+    (hist, errors)
 }
 
 /// Phase F: `GET path` as `user` by `clients` concurrent clients for `duration`.
@@ -272,7 +346,8 @@ async fn folder_writes(
     clients: usize,
     keyed: bool,
     duration: Duration,
-) -> (f64, Histogram<u64>) {
+    meter: Option<&PgCost>,
+) -> (Run, Cost) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..clients {
@@ -304,7 +379,9 @@ async fn folder_writes(
             (n, hist)
         }));
     }
-    measure(&stop, tasks, duration).await
+    // Tokens are fetched before the window opens.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    measure_run(&stop, tasks, duration, meter).await
 }
 
 /// Phase J2: `n` sequential checks of an access token's holder (user active, session open).
@@ -401,19 +478,65 @@ async fn main() -> anyhow::Result<()> {
         duration.as_secs()
     ));
 
-    // A, then D1 at the same concurrency.
-    report.push_str("## HTTP create-snapshot commands (read-your-writes included)\n\n");
-    report.push_str("| clients | commands/s | p50 ms | p99 ms | raw INSERT+COMMIT/s | ratio |\n|---|---|---|---|---|---|\n");
-    for clients in CONCURRENCY {
-        let (rate, hist) = http_snapshots(&app, clients, duration).await;
-        let raw = raw_inserts(&pool, clients, duration).await;
-        report.push_str(&format!(
-            "| {clients} | {rate:.0} | {:.2} | {:.2} | {raw:.0} | {:.3} |\n",
-            ms(hist.value_at_quantile(0.5)),
-            ms(hist.value_at_quantile(0.99)),
-            rate / raw
-        ));
+    let meter = PgCost::new(pool.clone()).await;
+    if !meter.counts_statements() {
+        report.push_str(&format!("Statement counts: n/a ({}).\n\n", tests::pg_cost::ENABLE_STATEMENTS));
     }
+
+    // A, then D1 at the same concurrency: the two write commands against raw INSERT+COMMIT, with
+    // what each cost Postgres.
+    report.push_str(
+        "## HTTP commands (read-your-writes included) against raw INSERT+COMMIT\n\n\
+         Statements and Postgres CPU are per command (per INSERT+COMMIT for the raw rows), over \
+         the whole measured window: the relay, projectors and reactors that follow each command \
+         are counted in.\n\n\
+         | command | clients | commands/s | p50 ms | p99 ms | statements | PG CPU ms | raw INSERT+COMMIT/s | raw statements | raw PG CPU ms | ratio |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut details = String::new();
+    for command in ["create snapshot", "create folder"] {
+        for clients in CONCURRENCY {
+            let (run, cost) = if command == "create snapshot" {
+                http_snapshots(&app, clients, duration, &meter).await
+            } else {
+                folder_writes(&app, clients, false, duration, Some(&meter)).await
+            };
+            let (raw, raw_cost) = raw_inserts(&pool, clients, duration, &meter).await;
+            report.push_str(&format!(
+                "| {command} | {clients} | {:.0} | {:.2} | {:.2} | {} | {} | {:.0} | {} | {} | {:.3} |\n",
+                run.rate,
+                ms(run.latency.value_at_quantile(0.5)),
+                ms(run.latency.value_at_quantile(0.99)),
+                or_na(cost.statements_per(run.operations), 1),
+                or_na(cost.cpu_ms_per(run.operations), 2),
+                raw.rate,
+                or_na(raw_cost.statements_per(raw.operations), 1),
+                or_na(raw_cost.cpu_ms_per(raw.operations), 2),
+                run.rate / raw.rate
+            ));
+            if clients == 16 && command == "create folder" {
+                details.push_str(&format!(
+                    "\n`POST /cohort/folders/` at 16 connections: {:.0} req/s, {:.1}× upstream's {UPSTREAM_FOLDER_POSTS_PER_S} req/s \
+                     ({UPSTREAM_FOLDER_POSTS_SOURCE}; target 10×).\n\n",
+                    run.rate,
+                    run.rate / UPSTREAM_FOLDER_POSTS_PER_S
+                ));
+            }
+            if clients == 4 && !cost.top.is_empty() {
+                details.push_str(&format!(
+                    "\nMost frequent statements, {command} at 4 clients (calls per command):\n\n| calls | statement |\n|---|---|\n"
+                ));
+                for (statement, calls) in &cost.top {
+                    details.push_str(&format!(
+                        "| {:.2} | `{}` |\n",
+                        *calls as f64 / run.operations.max(1) as f64,
+                        statement.replace('|', "\\|")
+                    ));
+                }
+            }
+        }
+    }
+    report.push_str(&details);
 
     // B: commit -> read-model lag, commands through the bus without waiting.
     let progress = app.progress();
@@ -516,6 +639,16 @@ async fn main() -> anyhow::Result<()> {
         ms(argon.value_at_quantile(0.5)),
         argon.value_at_quantile(0.5) as f64 / login.value_at_quantile(0.5) as f64
     ));
+    report.push_str(&format!(
+        "\nLogin p50 minus bare verify p50: {:.2} ms (target < 5 ms).\n",
+        ms(login.value_at_quantile(0.5)) - ms(argon.value_at_quantile(0.5))
+    ));
+    let (together, errors) = concurrent_logins(&app, 16, 5).await;
+    report.push_str(&format!(
+        "\n16 simultaneous logins of one user, 5 rounds: {errors} errors in 80, p50 {:.2} ms, p99 {:.2} ms.\n",
+        ms(together.value_at_quantile(0.5)),
+        ms(together.value_at_quantile(0.99))
+    ));
 
     // F: a 10 000-perimeter tree and the key front-end read at 16 clients.
     let tree = big_tree();
@@ -523,6 +656,17 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     infra::runtime::operations::import_perimeters(&app.services, tree).await?;
     let import_rate = size as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("BENCH_WRITES_ONLY").is_some() {
+        // The write-path figures only: commands, lag, rebuild, logins, import.
+        #[expect(clippy::print_stdout, reason = "the report is the output")]
+        {
+            println!(
+                "{report}\n## Perimeter import\n\n{size} perimeters: {import_rate:.0} perimeters/s.\n"
+            );
+        }
+        Arc::try_unwrap(app).ok().expect("sole owner").stop().await;
+        return Ok(());
+    }
     let fixture_role = |name: &str, rights: domain::rights::Rights| {
         let app = app.clone();
         let name = name.to_string();
@@ -752,8 +896,10 @@ async fn main() -> anyhow::Result<()> {
         "\n## Idempotency keys: `POST /cohort/folders/` at 4 clients, with and without a fresh `Idempotency-Key` each\n\n\
          | | commands/s | p50 ms | p99 ms |\n|---|---|---|---|\n",
     );
-    let (plain, plain_hist) = folder_writes(&app, 4, false, duration).await;
-    let (keyed, keyed_hist) = folder_writes(&app, 4, true, duration).await;
+    let (plain, _) = folder_writes(&app, 4, false, duration, None).await;
+    let (keyed, _) = folder_writes(&app, 4, true, duration, None).await;
+    let (plain, plain_hist, keyed, keyed_hist) =
+        (plain.rate, plain.latency, keyed.rate, keyed.latency);
     for (label, rate, hist) in [
         ("without a key", plain, &plain_hist),
         ("with a key", keyed, &keyed_hist),

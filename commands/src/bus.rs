@@ -41,6 +41,24 @@ pub trait Execute<A: Aggregate>: Send + Sync {
 
     /// The current state of aggregate `id` (the default state if it has no event).
     async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>>;
+
+    /// Decides and appends many commands, each on its own aggregate (bulk operations). A store
+    /// that can appends them all in one transaction; this default runs them one by one. Either
+    /// way the first rejection is returned as the error.
+    async fn execute_batch(
+        &self,
+        commands: Vec<(String, A::Command)>,
+        ctx: &CommandContext,
+    ) -> Result<Vec<Committed>, CommandError<A::Error>>
+    where
+        A::Command: Send + 'async_trait,
+    {
+        let mut committed = Vec::with_capacity(commands.len());
+        for (id, command) in commands {
+            committed.push(self.execute(&id, command, ctx).await?);
+        }
+        Ok(committed)
+    }
 }
 
 /// [`Execute`] over any cqrs-es event store, with a bounded optimistic-concurrency retry.

@@ -20,7 +20,6 @@ use domain::role::{Role, RoleCommand, RoleError};
 use domain::session::{Session, SessionCommand, SessionError};
 use domain::user::{User, UserCommand, UserError};
 use domain::validation::InvalidField;
-use futures::{StreamExt, stream};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -838,28 +837,26 @@ impl Identity {
         // A level is written only once its parents are committed, so the read model (which
         // derives ancestors from the parent row) sees every parent before its children.
         for level in levels {
-            let results: Vec<Result<Committed, IdentityError>> = stream::iter(level)
-                .map(|fields| async move {
-                    self.buses
-                        .perimeters
-                        .execute(
-                            &fields.id.to_string(),
-                            PerimeterCommand::Import { fields, at: ctx.at },
-                            ctx,
+            for chunk in level.chunks(IMPORT_BATCH) {
+                let commands = chunk
+                    .iter()
+                    .map(|fields| {
+                        (
+                            fields.id.to_string(),
+                            PerimeterCommand::Import {
+                                fields: fields.clone(),
+                                at: ctx.at,
+                            },
                         )
-                        .await
-                        .map_err(IdentityError::from)
-                })
-                .buffer_unordered(IMPORT_CONCURRENCY)
-                .collect()
-                .await;
-            for c in results {
-                let c = c?;
-                if c.last_sequence.is_some() {
-                    report.written += 1;
-                    committed.push(c);
-                } else {
-                    report.unchanged += 1;
+                    })
+                    .collect();
+                for c in self.buses.perimeters.execute_batch(commands, ctx).await? {
+                    if c.last_sequence.is_some() {
+                        report.written += 1;
+                        committed.push(c);
+                    } else {
+                        report.unchanged += 1;
+                    }
                 }
             }
         }
@@ -887,18 +884,14 @@ impl Identity {
                 committed.push(c);
             }
         }
-        for id in gone {
-            committed.push(
-                self.buses
-                    .perimeters
-                    .execute(
-                        &id.to_string(),
-                        PerimeterCommand::Remove { at: ctx.at },
-                        ctx,
-                    )
-                    .await?,
-            );
-            report.removed += 1;
+        for chunk in gone.chunks(IMPORT_BATCH) {
+            let commands = chunk
+                .iter()
+                .map(|id| (id.to_string(), PerimeterCommand::Remove { at: ctx.at }))
+                .collect();
+            let removed = self.buses.perimeters.execute_batch(commands, ctx).await?;
+            report.removed += removed.len();
+            committed.extend(removed);
         }
         self.consistency.wait_for(&committed).await;
         Ok(report)
@@ -961,8 +954,8 @@ impl Identity {
     }
 }
 
-/// How many perimeters of one tree level an import writes at once.
-const IMPORT_CONCURRENCY: usize = 8;
+/// Perimeters decided and appended per transaction by an import.
+const IMPORT_BATCH: usize = 1_000;
 
 /// Groups rows by depth (roots first); refuses cycles and duplicate ids. A parent missing from
 /// the rows makes its child a root.

@@ -62,7 +62,9 @@ impl ProjectorConsistency {
                 return false;
             }
             if now >= fallback_at {
-                return self.follow_progress(projector, committed, sequence, deadline).await;
+                return self
+                    .follow_progress(projector, committed, sequence, deadline)
+                    .await;
             }
             let tick = (now + REWAKE).min(deadline);
             tokio::select! {
@@ -96,7 +98,8 @@ impl ProjectorConsistency {
             }
         };
         let mut progress = projector.progress.clone();
-        let reached = tokio::time::timeout_at(deadline, progress.wait_for(|c: &Cursor| *c >= target));
+        let reached =
+            tokio::time::timeout_at(deadline, progress.wait_for(|c: &Cursor| *c >= target));
         matches!(reached.await, Ok(Ok(_)))
     }
 }
@@ -114,7 +117,11 @@ impl Consistency for ProjectorConsistency {
         let affected: Vec<&ProjectorHandle> = self
             .projectors
             .iter()
-            .filter(|p| written.iter().any(|(c, _)| p.projection.reads(c.aggregate_type)))
+            .filter(|p| {
+                written
+                    .iter()
+                    .any(|(c, _)| p.projection.reads(c.aggregate_type))
+            })
             .collect();
         for projector in &affected {
             projector.wake.notify_one();

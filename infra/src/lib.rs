@@ -16,6 +16,7 @@
 
 pub mod applied;
 pub mod audit;
+pub mod batch_append;
 pub mod clinical;
 pub mod cohorts;
 pub mod consistency;

@@ -380,14 +380,17 @@ impl Projector {
             self.observe(place.seen);
             return Ok(Outcome::Duplicate);
         }
-        let follows = fresh[0].1 == place.seen
-            && fresh.windows(2).all(|w| w[1].1 == w[0].0.cursor());
+        let follows =
+            fresh[0].1 == place.seen && fresh.windows(2).all(|w| w[1].1 == w[0].0.cursor());
         let read_any = fresh
             .iter()
             .any(|(e, _)| self.projection.reads(&e.aggregate_type));
         if follows && !read_any {
             let last = fresh.last().map_or(place.seen, |(e, _)| e.cursor());
-            self.set_place(Place { seen: last, ..place });
+            self.set_place(Place {
+                seen: last,
+                ..place
+            });
             self.observe(last);
             if self.save_due() {
                 self.store_seen(true).await?;
@@ -399,7 +402,11 @@ impl Projector {
         let mut tx = self.pool.begin().await?;
         let stored = lock_checkpoint(&mut tx, schema).await?;
         // Another instance may have gone further than what this one has seen.
-        let mut at = if stored <= place.seen { place.seen } else { stored };
+        let mut at = if stored <= place.seen {
+            place.seen
+        } else {
+            stored
+        };
         let mut applied = 0;
         let mut gap = false;
         let mut covered = 0;
@@ -422,7 +429,10 @@ impl Projector {
         if applied > 0 {
             save_checkpoint(&mut tx, at, applied).await?;
             tx.commit().await?;
-            self.set_place(Place { stored: at, seen: at });
+            self.set_place(Place {
+                stored: at,
+                seen: at,
+            });
             self.saved_now();
         } else {
             tx.rollback().await?;
@@ -471,7 +481,10 @@ impl Projector {
             });
         } else {
             tx.rollback().await?;
-            self.set_place(Place { stored, seen: stored });
+            self.set_place(Place {
+                stored,
+                seen: stored,
+            });
             self.observe(stored);
         }
         self.saved_now();

@@ -223,7 +223,11 @@ pub fn identity(pool: &PgPool) -> commands::identity::IdentityBuses {
         sessions: Arc::new(bus::<Session>(pool)),
         roles: Arc::new(bus::<Role>(pool)),
         accesses: Arc::new(bus::<Access>(pool)),
-        perimeters: Arc::new(bus::<Perimeter>(pool)),
+        // Tree imports append thousands of perimeters: in batches.
+        perimeters: Arc::new(crate::batch_append::BatchingBus::new(
+            Arc::new(bus::<Perimeter>(pool)),
+            pool.clone(),
+        )),
         maintenances: Arc::new(bus::<MaintenancePhase>(pool)),
     }
 }

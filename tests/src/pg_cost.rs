@@ -31,8 +31,8 @@ pub struct Mark {
 pub struct Cost {
     /// Statements executed in the bench's database (None: `pg_stat_statements` not loaded).
     pub statements: Option<u64>,
-    /// The most frequent statements, with their call counts.
-    pub top: Vec<(String, u64)>,
+    /// The statements Postgres spent most execution time on: text, calls, milliseconds.
+    pub top: Vec<(String, u64, f64)>,
     /// CPU used by every Postgres process (None: Postgres is not on this machine).
     pub cpu: Option<Duration>,
 }
@@ -40,8 +40,7 @@ pub struct Cost {
 impl Cost {
     /// Statements per operation, if counted.
     pub fn statements_per(&self, operations: u64) -> Option<f64> {
-        self.statements
-            .map(|s| s as f64 / operations.max(1) as f64)
+        self.statements.map(|s| s as f64 / operations.max(1) as f64)
     }
 
     /// Postgres CPU milliseconds per operation, if measured.
@@ -105,20 +104,20 @@ impl PgCost {
             _ => None,
         };
         let (statements, top) = if self.statements {
-            let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT query, calls FROM pg_stat_statements
+            let rows: Vec<(String, i64, f64)> = sqlx::query_as(
+                "SELECT query, calls, total_exec_time FROM pg_stat_statements
                   WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
                     AND query NOT LIKE '%pg_stat_statements%'
-                  ORDER BY calls DESC",
+                  ORDER BY total_exec_time DESC",
             )
             .fetch_all(&self.pool)
             .await
             .unwrap_or_default();
-            let total = rows.iter().map(|(_, c)| *c as u64).sum();
+            let total = rows.iter().map(|(_, c, _)| *c as u64).sum();
             let top = rows
                 .into_iter()
-                .take(8)
-                .map(|(q, c)| (one_line(&q), c as u64))
+                .take(10)
+                .map(|(q, c, t)| (one_line(&q), c as u64, t))
                 .collect();
             (Some(total), top)
         } else {

@@ -260,7 +260,7 @@ async fn upsert_perimeter(
                 full_path = w.full_path || substr(d.full_path, length(o.full_path) + 1),
                 id_path = w.id_path || substr(d.id_path, length(o.id_path) + 1)
            FROM written w, old o
-          WHERE $1::bigint = ANY(d.ancestors)
+          WHERE d.ancestors @> ARRAY[$1::bigint]
             AND (o.full_path <> w.full_path OR o.ancestors <> w.ancestors)",
     )
     .bind(f.id)

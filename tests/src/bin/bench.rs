@@ -234,6 +234,11 @@ async fn logins(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>) {
         assert_eq!(answer.status, reqwest::StatusCode::OK);
         http.record(t.elapsed().as_micros() as u64).ok();
     }
+    (http, bare_verifies(n))
+}
+
+/// `n` bare argon2 verifications of the bench password.
+fn bare_verifies(n: usize) -> Histogram<u64> {
     let stored = commands::passwords::hash("bench-password-123");
     let mut raw = Histogram::<u64>::new(3).expect("histogram");
     for _ in 0..n {
@@ -241,12 +246,60 @@ async fn logins(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>) {
         commands::passwords::verify(&stored, "bench-password-123");
         raw.record(t.elapsed().as_micros() as u64).ok();
     }
-    (http, raw)
+    raw
+}
+
+/// Where a login's time goes beyond HTTP: the service's password login (argon2 included) and
+/// the session it opens (an event appended and read back), `n` times each.
+async fn login_parts(app: &TestApp, n: usize) -> (Histogram<u64>, Histogram<u64>, Histogram<u64>) {
+    let ctx = CommandContext {
+        user: "bench.login".into(),
+        impersonator: None,
+        correlation_id: "bench".into(),
+        causation_id: "bench".into(),
+        at: chrono::Utc::now(),
+    };
+    let mut service = Histogram::<u64>::new(3).expect("histogram");
+    let mut session = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let t = Instant::now();
+        app.state
+            .identity_service
+            .login_with_password(&ctx, "bench.login", "bench-password-123".into())
+            .await
+            .expect("login");
+        service.record(t.elapsed().as_micros() as u64).ok();
+        let t = Instant::now();
+        app.state
+            .identity_service
+            .open_session(&ctx, "bench.login", "JWT")
+            .await
+            .expect("session");
+        session.record(t.elapsed().as_micros() as u64).ok();
+    }
+    // The verification as the service runs it: on a blocking thread.
+    let stored = commands::passwords::hash("bench-password-123");
+    let mut blocking = Histogram::<u64>::new(3).expect("histogram");
+    for _ in 0..n {
+        let stored = stored.clone();
+        let t = Instant::now();
+        tokio::task::spawn_blocking(move || {
+            commands::passwords::verify(&stored, "bench-password-123")
+        })
+        .await
+        .expect("verified");
+        blocking.record(t.elapsed().as_micros() as u64).ok();
+    }
+    (service, session, blocking)
 }
 
 /// Phase E2: `clients` simultaneous password logins of one user, `rounds` times; returns the
 /// latencies and how many answers were not 200.
-async fn concurrent_logins(app: &Arc<TestApp>, clients: usize, rounds: usize) -> (Histogram<u64>, usize) {
+async fn concurrent_logins(
+    app: &Arc<TestApp>,
+    clients: usize,
+    rounds: usize,
+) -> (Histogram<u64>, usize) {
     let mut hist = Histogram::<u64>::new(3).expect("histogram");
     let mut errors = 0;
     for _ in 0..rounds {
@@ -256,10 +309,9 @@ async fn concurrent_logins(app: &Arc<TestApp>, clients: usize, rounds: usize) ->
             tasks.push(tokio::spawn(async move {
                 let t = Instant::now();
                 let answer = app
-                    .send(
-                        app.request(reqwest::Method::POST, "/auth/login/")
-                            .json(&json!({"username": "bench.login", "password": "bench-password-123"})),
-                    )
+                    .send(app.request(reqwest::Method::POST, "/auth/login/").json(
+                        &json!({"username": "bench.login", "password": "bench-password-123"}),
+                    ))
                     .await;
                 (answer.status, t.elapsed())
             }));
@@ -480,7 +532,10 @@ async fn main() -> anyhow::Result<()> {
 
     let meter = PgCost::new(pool.clone()).await;
     if !meter.counts_statements() {
-        report.push_str(&format!("Statement counts: n/a ({}).\n\n", tests::pg_cost::ENABLE_STATEMENTS));
+        report.push_str(&format!(
+            "Statement counts: n/a ({}).\n\n",
+            tests::pg_cost::ENABLE_STATEMENTS
+        ));
     }
 
     // A, then D1 at the same concurrency: the two write commands against raw INSERT+COMMIT, with
@@ -524,12 +579,14 @@ async fn main() -> anyhow::Result<()> {
             }
             if clients == 4 && !cost.top.is_empty() {
                 details.push_str(&format!(
-                    "\nMost frequent statements, {command} at 4 clients (calls per command):\n\n| calls | statement |\n|---|---|\n"
+                    "\nWhere Postgres spends its execution time, {command} at 4 clients (per command):\n\n| calls | exec ms | statement |\n|---|---|---|\n"
                 ));
-                for (statement, calls) in &cost.top {
+                let per = run.operations.max(1) as f64;
+                for (statement, calls, exec_ms) in &cost.top {
                     details.push_str(&format!(
-                        "| {:.2} | `{}` |\n",
-                        *calls as f64 / run.operations.max(1) as f64,
+                        "| {:.2} | {:.3} | `{}` |\n",
+                        *calls as f64 / per,
+                        exec_ms / per,
                         statement.replace('|', "\\|")
                     ));
                 }
@@ -571,6 +628,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut lag = Histogram::<u64>::new(3)?;
+    let mut command = Histogram::<u64>::new(3)?;
     let mut previous: Option<uuid::Uuid> = None;
     for i in 0..1000 {
         let new = NewSnapshot {
@@ -579,11 +637,15 @@ async fn main() -> anyhow::Result<()> {
             serialized_query: query(&[&i.to_string()]),
             name: None,
         };
+        let started = Instant::now();
         let w = workspace
             .save_snapshot(&ctx("lag"), new)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let committed_at = Instant::now();
+        command
+            .record((committed_at - started).as_micros() as u64)
+            .ok();
         let request_id = r.value.to_string();
         let seq: i64 = sqlx::query_scalar("SELECT max(sequence) FROM events WHERE aggregate_type = 'Request' AND aggregate_id = $1")
             .bind(&request_id)
@@ -601,10 +663,13 @@ async fn main() -> anyhow::Result<()> {
     }
     report.push_str(&format!(
         "\n## Commit → read-model lag (relay → JetStream → projector), 1000 sequential commands\n\n\
-         | p50 ms | p99 ms | max ms |\n|---|---|---|\n| {:.2} | {:.2} | {:.2} |\n",
+         | p50 ms | p99 ms | max ms |\n|---|---|---|\n| {:.2} | {:.2} | {:.2} |\n\n\
+         The command itself (load, decide, append; no HTTP, no wait): p50 {:.2} ms, p99 {:.2} ms.\n",
         ms(lag.value_at_quantile(0.5)),
         ms(lag.value_at_quantile(0.99)),
-        ms(lag.max())
+        ms(lag.max()),
+        ms(command.value_at_quantile(0.5)),
+        ms(command.value_at_quantile(0.99))
     ));
 
     // C: rebuild, against D2: the raw ordered scan of the same table.
@@ -642,6 +707,14 @@ async fn main() -> anyhow::Result<()> {
     report.push_str(&format!(
         "\nLogin p50 minus bare verify p50: {:.2} ms (target < 5 ms).\n",
         ms(login.value_at_quantile(0.5)) - ms(argon.value_at_quantile(0.5))
+    ));
+    let (service, session, blocking) = login_parts(&app, 30).await;
+    report.push_str(&format!(
+        "\nWithout HTTP: `login_with_password` p50 {:.2} ms; the session it opens (append + read-your-writes) p50 {:.2} ms; \
+         the bare verify on a blocking thread p50 {:.2} ms.\n",
+        ms(service.value_at_quantile(0.5)),
+        ms(session.value_at_quantile(0.5)),
+        ms(blocking.value_at_quantile(0.5))
     ));
     let (together, errors) = concurrent_logins(&app, 16, 5).await;
     report.push_str(&format!(

@@ -76,6 +76,21 @@ pub trait Projection: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &CommittedEvent,
     ) -> Result<(), ProjectionError>;
+
+    /// Folds several events (in log order, all of aggregates it reads), in the same
+    /// transaction. One by one unless the projection folds runs of them set-based, which it may
+    /// only do where the tables end exactly as [`Projection::apply`] would leave them (rebuild
+    /// equality checks it).
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&CommittedEvent],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            self.apply(conn, event).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Decodes a stored event payload for a fold, upcast to the version this build writes
@@ -176,18 +191,16 @@ async fn fold(
     start: Cursor,
     events: &[CommittedEvent],
 ) -> Result<Cursor, ProjectionError> {
-    let mut checkpoint = start;
-    let mut applied = 0;
-    for event in events.iter().filter(|e| e.cursor() > start) {
-        if projection.reads(&event.aggregate_type) {
-            projection.apply(conn, event).await?;
-            applied += 1;
-        }
-        checkpoint = event.cursor();
-    }
-    if checkpoint > start {
-        save_checkpoint(conn, checkpoint, applied).await?;
-    }
+    let fresh: Vec<&CommittedEvent> = events.iter().filter(|e| e.cursor() > start).collect();
+    let Some(checkpoint) = fresh.last().map(|e| e.cursor()) else {
+        return Ok(start);
+    };
+    let read: Vec<&CommittedEvent> = fresh
+        .into_iter()
+        .filter(|e| projection.reads(&e.aggregate_type))
+        .collect();
+    projection.apply_batch(conn, &read).await?;
+    save_checkpoint(conn, checkpoint, read.len() as i64).await?;
     Ok(checkpoint)
 }
 
@@ -407,7 +420,7 @@ impl Projector {
         } else {
             stored
         };
-        let mut applied = 0;
+        let mut to_apply = Vec::new();
         let mut gap = false;
         let mut covered = 0;
         for (event, previous) in &fresh {
@@ -420,13 +433,14 @@ impl Projector {
                 break;
             }
             if self.projection.reads(&event.aggregate_type) {
-                self.projection.apply(&mut tx, event).await?;
-                applied += 1;
+                to_apply.push(event);
             }
             at = event.cursor();
             covered += 1;
         }
+        let applied = to_apply.len() as i64;
         if applied > 0 {
+            self.projection.apply_batch(&mut tx, &to_apply).await?;
             save_checkpoint(&mut tx, at, applied).await?;
             tx.commit().await?;
             self.set_place(Place {

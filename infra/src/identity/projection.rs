@@ -58,6 +58,120 @@ impl Projection for IdentityProjection {
             _ => Ok(()),
         }
     }
+
+    /// Runs of perimeter creations (a tree import) go in one statement per tree level: a run
+    /// is cut before a perimeter whose parent it created, so every parent row exists before the
+    /// statement that derives its children's paths. Everything else one by one.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&CommittedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut run: Vec<(PerimeterFields, DateTime<Utc>)> = Vec::new();
+        let mut in_run = std::collections::HashSet::new();
+        for event in events {
+            let created = if event.aggregate_type == Perimeter::TYPE
+                && event.event_type == "PerimeterCreated"
+            {
+                match decode(event)? {
+                    PerimeterEvent::PerimeterCreated { fields, at } => Some((fields, at)),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            match created {
+                Some((fields, at)) => {
+                    if fields.parent_id.is_some_and(|p| in_run.contains(&p)) {
+                        insert_perimeters(conn, std::mem::take(&mut run)).await?;
+                        in_run.clear();
+                    }
+                    in_run.insert(fields.id);
+                    run.push((fields, at));
+                }
+                None => {
+                    insert_perimeters(conn, std::mem::take(&mut run)).await?;
+                    in_run.clear();
+                    self.apply(conn, event).await?;
+                }
+            }
+        }
+        insert_perimeters(conn, run).await
+    }
+}
+
+/// Creates perimeters whose parents exist (or which have none), as [`upsert_perimeter`] would
+/// one by one. A created perimeter has no row yet, hence no subtree to move.
+async fn insert_perimeters(
+    conn: &mut PgConnection,
+    run: Vec<(PerimeterFields, DateTime<Utc>)>,
+) -> Result<(), ProjectionError> {
+    match run.len() {
+        0 => return Ok(()),
+        1 => {
+            let (fields, at) = run.into_iter().next().expect("one perimeter");
+            return upsert_perimeter(conn, fields, at).await;
+        }
+        _ => {}
+    }
+    let mut ids = Vec::with_capacity(run.len());
+    let (mut local_ids, mut names, mut short_names) = (vec![], vec![], vec![]);
+    let (mut sources, mut types, mut parents) = (vec![], vec![], vec![]);
+    let (mut cohort_ids, mut cohort_sizes, mut ats) = (vec![], vec![], vec![]);
+    for (f, at) in run {
+        ids.push(f.id);
+        local_ids.push(f.local_id);
+        names.push(f.name);
+        short_names.push(f.short_name);
+        sources.push(f.source_value);
+        types.push(f.type_source_value);
+        parents.push(f.parent_id);
+        cohort_ids.push(f.cohort_id);
+        cohort_sizes.push(f.cohort_size);
+        ats.push(at);
+    }
+    sqlx::query(
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::bigint[], $8::text[], $9::text[],
+                                  $10::timestamptz[])
+                    AS t(id, local_id, name, short_name, source_value, type_source_value,
+                         parent_id, cohort_id, cohort_size, at)),
+         node AS (
+             SELECT i.*,
+                    COALESCE(p.ancestors || p.id, '{}'::bigint[]) AS ancestors,
+                    COALESCE(p.full_path || '/', '') || i.source_value || '-' || i.name AS full_path,
+                    COALESCE(p.id_path, '/') || i.id || '/' AS id_path
+               FROM input i LEFT JOIN perimeters p ON p.id = i.parent_id)
+         INSERT INTO perimeters (id, local_id, name, short_name, source_value, type_source_value,
+                                 parent_id, level, ancestors, full_path, id_path, cohort_id,
+                                 cohort_size, created_at, updated_at)
+         SELECT id, local_id, name, short_name, source_value, type_source_value, parent_id,
+                cardinality(ancestors) + 1, ancestors, full_path, id_path, cohort_id,
+                cohort_size, at, at
+           FROM node
+         ON CONFLICT (id) DO UPDATE SET
+             local_id = EXCLUDED.local_id, name = EXCLUDED.name,
+             short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
+             type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
+             level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
+             full_path = EXCLUDED.full_path, id_path = EXCLUDED.id_path,
+             cohort_id = EXCLUDED.cohort_id, cohort_size = EXCLUDED.cohort_size,
+             updated_at = EXCLUDED.updated_at, removed_at = NULL",
+    )
+    .bind(ids)
+    .bind(local_ids)
+    .bind(names)
+    .bind(short_names)
+    .bind(sources)
+    .bind(types)
+    .bind(parents)
+    .bind(cohort_ids)
+    .bind(cohort_sizes)
+    .bind(ats)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn apply_user(

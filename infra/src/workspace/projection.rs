@@ -35,6 +35,219 @@ impl Projection for WorkspaceProjection {
             _ => Ok(()),
         }
     }
+
+    /// Runs of creations (folders, requests, snapshots: what a log is mostly made of) go in one
+    /// multi-row statement each; everything else one by one, in log order.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        events: &[&CommittedEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut rest = events;
+        while let Some(first) = rest.first() {
+            let kind = Creation::of(first);
+            let run = match kind {
+                Some(kind) => rest
+                    .iter()
+                    .take_while(|e| Creation::of(e) == Some(kind))
+                    .count(),
+                None => 1,
+            };
+            let (now, later) = rest.split_at(run);
+            match kind {
+                Some(kind) if run > 1 => kind.insert(conn, now).await?,
+                _ => self.apply(conn, now[0]).await?,
+            }
+            rest = later;
+        }
+        Ok(())
+    }
+}
+
+/// The creation events a run of which folds in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Creation {
+    Folder,
+    Request,
+    Snapshot,
+}
+
+impl Creation {
+    fn of(event: &CommittedEvent) -> Option<Self> {
+        match (event.aggregate_type.as_str(), event.event_type.as_str()) {
+            (Folder::TYPE, "FolderCreated") => Some(Self::Folder),
+            (Request::TYPE, "RequestCreated") => Some(Self::Request),
+            (Request::TYPE, "QuerySnapshotSaved") => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+
+    /// Inserts the rows of `events` (all of this kind) as their one-by-one fold would.
+    async fn insert(
+        self,
+        conn: &mut PgConnection,
+        events: &[&CommittedEvent],
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Self::Folder => insert_folders(conn, events).await,
+            Self::Request => insert_requests(conn, events).await,
+            Self::Snapshot => insert_snapshots(conn, events).await,
+        }
+    }
+}
+
+async fn insert_folders(
+    conn: &mut PgConnection,
+    events: &[&CommittedEvent],
+) -> Result<(), ProjectionError> {
+    let (mut ids, mut owners, mut names, mut descriptions, mut ats) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for event in events {
+        if let FolderEvent::FolderCreated {
+            owner,
+            name,
+            description,
+            at,
+            ..
+        } = decode(event)?
+        {
+            ids.push(aggregate_uuid(event)?);
+            owners.push(owner);
+            names.push(name);
+            descriptions.push(description);
+            ats.push(at);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO folders (uuid, owner, name, description, created_at, modified_at)
+         SELECT id, owner, name, description, at, at
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::timestamptz[])
+                AS t(id, owner, name, description, at)
+         ON CONFLICT (uuid) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(owners)
+    .bind(names)
+    .bind(descriptions)
+    .bind(ats)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn insert_requests(
+    conn: &mut PgConnection,
+    events: &[&CommittedEvent],
+) -> Result<(), ProjectionError> {
+    let (mut ids, mut owners, mut names, mut descriptions) = (vec![], vec![], vec![], vec![]);
+    let (mut favorites, mut folders, mut shared, mut ats) = (vec![], vec![], vec![], vec![]);
+    for event in events {
+        if let RequestEvent::RequestCreated {
+            owner,
+            name,
+            description,
+            favorite,
+            parent_folder,
+            shared_by,
+            at,
+            ..
+        } = decode(event)?
+        {
+            ids.push(aggregate_uuid(event)?);
+            owners.push(owner);
+            names.push(name);
+            descriptions.push(description);
+            favorites.push(favorite);
+            folders.push(parent_folder);
+            shared.push(shared_by);
+            ats.push(at);
+        }
+    }
+    sqlx::query(
+        "INSERT INTO requests (uuid, owner, name, description, favorite, parent_folder, shared_by,
+                               created_at, modified_at, updated_at)
+         SELECT id, owner, name, description, favorite, folder, shared_by, at, at, at
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::uuid[],
+                       $7::text[], $8::timestamptz[])
+                AS t(id, owner, name, description, favorite, folder, shared_by, at)
+         ON CONFLICT (uuid) DO NOTHING",
+    )
+    .bind(ids)
+    .bind(owners)
+    .bind(names)
+    .bind(descriptions)
+    .bind(favorites)
+    .bind(folders)
+    .bind(shared)
+    .bind(ats)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Snapshots of existing requests only (as one by one), and each request's `updated_at` moved
+/// to the latest of its saves (the one-by-one `GREATEST`s, folded).
+async fn insert_snapshots(
+    conn: &mut PgConnection,
+    events: &[&CommittedEvent],
+) -> Result<(), ProjectionError> {
+    let (mut ids, mut requests, mut names, mut versions) = (vec![], vec![], vec![], vec![]);
+    let (mut previous, mut queries, mut perimeters, mut shared, mut ats) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for event in events {
+        if let RequestEvent::QuerySnapshotSaved {
+            snapshot_id,
+            version,
+            previous_snapshot,
+            serialized_query,
+            perimeters_ids,
+            name,
+            shared_by,
+            at,
+        } = decode(event)?
+        {
+            ids.push(snapshot_id);
+            requests.push(aggregate_uuid(event)?);
+            names.push(name);
+            versions.push(i32::try_from(version).unwrap_or(i32::MAX));
+            previous.push(previous_snapshot);
+            queries.push(serialized_query);
+            // An array of arrays does not survive UNNEST: each list travels as JSON.
+            perimeters.push(serde_json::to_string(&perimeters_ids).unwrap_or_else(|_| "[]".into()));
+            shared.push(shared_by);
+            ats.push(at);
+        }
+    }
+    sqlx::query(
+        "WITH saves AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::int[], $5::uuid[],
+                                  $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+                    AS t(id, request, name, version, previous, query, perimeters, shared_by, at)),
+         saved AS (
+             INSERT INTO query_snapshots (uuid, request, owner, name, version, previous_snapshot,
+                                          serialized_query, perimeters_ids, shared_by, created_at,
+                                          modified_at)
+             SELECT s.id, r.uuid, r.owner, s.name, s.version, s.previous, s.query,
+                    ARRAY(SELECT json_array_elements_text(s.perimeters::json)), s.shared_by,
+                    s.at, s.at
+               FROM saves s JOIN requests r ON r.uuid = s.request
+             ON CONFLICT (uuid) DO NOTHING)
+         UPDATE requests r SET updated_at = GREATEST(r.updated_at, latest.at)
+           FROM (SELECT request, max(at) AS at FROM saves GROUP BY request) AS latest
+          WHERE r.uuid = latest.request",
+    )
+    .bind(ids)
+    .bind(requests)
+    .bind(names)
+    .bind(versions)
+    .bind(previous)
+    .bind(queries)
+    .bind(perimeters)
+    .bind(shared)
+    .bind(ats)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn apply_folder(

@@ -21,9 +21,12 @@ use crate::projector::ProjectorHandle;
 /// How long to wait on the applied log before looking the event's cursor up.
 const CURSOR_FALLBACK: Duration = Duration::from_millis(250);
 
-/// How often a waiting command wakes its projectors again: a read of the log skips events
-/// behind a transaction still running, which end without a signal of their own.
-const REWAKE: Duration = Duration::from_millis(5);
+/// How soon a waiting command wakes its projectors again, then doubling up to [`REWAKE_MAX`]:
+/// a read of the log skips events behind an older transaction still running (another command,
+/// a request log flush, a checkpoint), which usually ends within a millisecond but sends no
+/// signal of its own.
+const REWAKE: Duration = Duration::from_millis(1);
+const REWAKE_MAX: Duration = Duration::from_millis(16);
 
 /// Waits on the progress of this process's projectors, for at most `timeout`: only those whose
 /// tables the committed aggregates affect.
@@ -53,6 +56,7 @@ impl ProjectorConsistency {
         let (kind, id) = (committed.aggregate_type, committed.aggregate_id.as_str());
         let mut changed = projector.applied.subscribe();
         let fallback_at = tokio::time::Instant::now() + CURSOR_FALLBACK;
+        let mut rewake = REWAKE;
         loop {
             if projector.applied.has(kind, id, sequence) {
                 return true;
@@ -66,10 +70,13 @@ impl ProjectorConsistency {
                     .follow_progress(projector, committed, sequence, deadline)
                     .await;
             }
-            let tick = (now + REWAKE).min(deadline);
+            let tick = (now + rewake).min(deadline);
             tokio::select! {
                 _ = changed.changed() => {}
-                () = tokio::time::sleep_until(tick) => projector.wake.notify_one(),
+                () = tokio::time::sleep_until(tick) => {
+                    projector.wake.notify_one();
+                    rewake = (rewake * 2).min(REWAKE_MAX);
+                }
             }
         }
     }

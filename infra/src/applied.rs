@@ -72,3 +72,47 @@ impl AppliedLog {
         self.changed.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(aggregate_id: &str, sequence: i64) -> CommittedEvent {
+        CommittedEvent {
+            txid: 1,
+            position: 1,
+            aggregate_type: "Folder".into(),
+            aggregate_id: aggregate_id.into(),
+            sequence,
+            event_type: "FolderCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_highest_sequence_and_at_least_one_generation_of_aggregates() {
+        let log = AppliedLog::default();
+        let mut changes = log.subscribe();
+        log.record([&event("a", 3), &event("a", 2)]);
+        assert!(log.has("Folder", "a", 3));
+        assert!(log.has("Folder", "a", 1));
+        assert!(!log.has("Folder", "a", 4));
+        assert!(!log.has("Request", "a", 1));
+        assert!(changes.has_changed().unwrap());
+        changes.mark_unchanged();
+        // A full generation later, `a` is still known; two later, it is forgotten.
+        for i in 0..GENERATION {
+            log.record([&event(&format!("x{i}"), 1)]);
+        }
+        assert!(log.has("Folder", "a", 3));
+        for i in 0..GENERATION {
+            log.record([&event(&format!("y{i}"), 1)]);
+        }
+        assert!(!log.has("Folder", "a", 3));
+        assert!(log.has("Folder", &format!("y{}", GENERATION - 1), 1));
+        assert!(changes.has_changed().unwrap());
+    }
+}

@@ -152,3 +152,113 @@ impl Consistency for ProjectorConsistency {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use tokio::sync::{Notify, watch};
+
+    use super::*;
+    use crate::applied::AppliedLog;
+    use crate::log::CommittedEvent;
+    use crate::projector::{Projection, ProjectionError};
+
+    struct Folders;
+
+    #[async_trait]
+    impl Projection for Folders {
+        fn name(&self) -> &'static str {
+            "folders"
+        }
+        fn reads(&self, aggregate_type: &str) -> bool {
+            aggregate_type == "Folder"
+        }
+        async fn apply(
+            &self,
+            _: &mut sqlx::PgConnection,
+            _: &CommittedEvent,
+        ) -> Result<(), ProjectionError> {
+            Ok(())
+        }
+    }
+
+    fn event(aggregate_id: &str, sequence: i64) -> CommittedEvent {
+        CommittedEvent {
+            txid: 1,
+            position: sequence,
+            aggregate_type: "Folder".into(),
+            aggregate_id: aggregate_id.into(),
+            sequence,
+            event_type: "FolderCreated".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata: serde_json::Value::Null,
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    /// A pool on which every query fails: a wait that answers `true` made none.
+    fn unusable_pool() -> PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("lazy pool")
+    }
+
+    fn handle(applied: Arc<AppliedLog>, wake: Arc<Notify>) -> ProjectorHandle {
+        ProjectorHandle {
+            projection: Arc::new(Folders),
+            progress: watch::channel(projections::Cursor::START).1,
+            applied,
+            wake,
+        }
+    }
+
+    fn committed(aggregate_type: &'static str, id: &str, sequence: usize) -> Committed {
+        Committed {
+            aggregate_type,
+            aggregate_id: id.into(),
+            last_sequence: Some(sequence),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_the_projector_records_is_waited_for_without_a_query() {
+        let applied = Arc::new(AppliedLog::default());
+        let wake = Arc::new(Notify::new());
+        let consistency = ProjectorConsistency::new(
+            unusable_pool(),
+            vec![handle(applied.clone(), wake.clone())],
+            Duration::from_secs(30),
+        );
+        // The projector, woken by the command, applies the event a little later.
+        let projector = tokio::spawn({
+            let (applied, wake) = (applied.clone(), wake.clone());
+            async move {
+                wake.notified().await;
+                applied.record([&event("f1", 1), &event("f1", 2)]);
+            }
+        });
+        assert!(consistency.wait_for(&[committed("Folder", "f1", 2)]).await);
+        projector.await.unwrap();
+        // Already applied: at once. Not read by any projection: nothing to wait for.
+        assert!(consistency.wait_for(&[committed("Folder", "f1", 1)]).await);
+        assert!(consistency.wait_for(&[committed("Request", "r1", 7)]).await);
+    }
+
+    #[tokio::test]
+    async fn a_write_never_recorded_falls_back_to_its_cursor_and_reports_a_failed_lookup() {
+        let consistency = ProjectorConsistency::new(
+            unusable_pool(),
+            vec![handle(
+                Arc::new(AppliedLog::default()),
+                Arc::new(Notify::new()),
+            )],
+            Duration::from_secs(30),
+        );
+        // The fallback looks the cursor up: the database is unusable, so the answer is pending.
+        assert!(!consistency.wait_for(&[committed("Folder", "f2", 1)]).await);
+    }
+}

@@ -104,6 +104,10 @@ pub fn decode<T: serde::de::DeserializeOwned>(
         event_version: event.event_version.clone(),
         reason,
     };
+    // The payload as written by this build is read in place; an older one is upcast first.
+    if event.event_version == domain::upcast::current_version(&event.event_type) {
+        return T::deserialize(&event.payload).map_err(|e| undecodable(e.to_string()));
+    }
     let payload = domain::upcast::upcast(
         &event.event_type,
         &event.event_version,

@@ -623,3 +623,75 @@ async fn every_projector_and_reactor_follows_nats_on_a_durable_consumer_of_its_o
     assert_eq!(names().await.len(), expected, "{:?}", names().await);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_projector_writes_nothing_for_events_it_does_not_read_and_its_checkpoint_follows_when_quiet()
+ {
+    let (id, s, pool, js) = bare_pipeline().await;
+    let nats = infra::runtime::nats_settings(&s);
+    let relay = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        RelaySettings::default(),
+    );
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(infra::identity::IdentityProjection),
+        ProjectorSettings {
+            poll_interval: Duration::from_millis(50),
+        },
+    );
+    let mut progress = projector.progress();
+    let task =
+        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    // Folder events only: the identity projection reads none of them.
+    append_folders(&pool, 20, 50).await;
+    relay.drain().await.unwrap();
+    let head = last_event_cursor(&pool).await;
+    let last: i64 = sqlx::query_scalar("SELECT max(position) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    // This process knows at once that the projection is current up to the last event...
+    tokio::time::timeout(tests::PATIENCE, progress.wait_for(|c| c.position == last))
+        .await
+        .expect("progress reached the last event")
+        .unwrap();
+    // ...and the stored checkpoint follows once the feed is quiet, having applied nothing.
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            projection_checkpoint(&pool, "identity").await.0 == head
+        })
+        .await,
+        "the checkpoint reached the head"
+    );
+    let (_, applied) = projection_checkpoint(&pool, "identity").await;
+    assert_eq!(
+        applied, 0,
+        "no folder event was applied to the identity tables"
+    );
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM identity.users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 0);
+    // A thousand events, a handful of checkpoint writes (statistics may lag, never overcount).
+    let _ = sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(&pool)
+        .await;
+    let updates: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(n_tup_upd, 0) FROM pg_stat_user_tables
+          WHERE schemaname = 'identity' AND relname = 'checkpoint'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(
+        updates < 100,
+        "{updates} checkpoint writes for 1 000 ignored events"
+    );
+    task.abort();
+    pool.close().await;
+    cleanup(&id, &s).await;
+}

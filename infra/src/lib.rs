@@ -22,6 +22,7 @@ pub mod cohorts;
 pub mod consistency;
 pub mod content;
 pub mod db;
+pub mod event_repository;
 pub mod exports;
 pub mod follow;
 pub mod health;

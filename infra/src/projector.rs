@@ -254,6 +254,8 @@ pub struct Projector {
     place: Mutex<Option<Place>>,
     /// When the checkpoint was last stored.
     saved_at: Mutex<Instant>,
+    /// When the stored checkpoint was last compared with the place ([`Projector::check_stored`]).
+    checked_at: Mutex<Instant>,
     /// Signalled by this process's commands: catch up from the table now.
     wake: Arc<Notify>,
     applied: Arc<AppliedLog>,
@@ -281,6 +283,7 @@ impl Projector {
             settings,
             place: Mutex::new(None),
             saved_at: Mutex::new(Instant::now()),
+            checked_at: Mutex::new(Instant::now()),
             wake: Arc::new(Notify::new()),
             applied: Arc::new(AppliedLog::default()),
         }
@@ -338,6 +341,47 @@ impl Projector {
             >= DEFERRED_SAVE
     }
 
+    /// Whether the stored checkpoint is behind what this instance stored: asynchronous commits
+    /// lost in a crash of Postgres. Then what this instance remembers is ahead of the tables:
+    /// it forgets it, and the next read starts from the stored checkpoint, applying the lost
+    /// events again.
+    fn regressed(&self, place: Place, stored: Cursor) -> bool {
+        if stored >= place.stored {
+            return false;
+        }
+        tracing::warn!(
+            projection = self.projection.name(),
+            stored = %stored,
+            remembered = %place.stored,
+            "the checkpoint went back (commits lost in a database crash); applying again from it"
+        );
+        self.forget_place();
+        true
+    }
+
+    /// Forgets the place: the next read takes it from the stored checkpoint.
+    pub fn forget_place(&self) {
+        *self.place.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// At most every [`DEFERRED_SAVE`], compares the stored checkpoint with what this instance
+    /// remembers (a crash of Postgres may have taken its last commits while it was idle).
+    async fn check_stored(&self) -> Result<(), ProjectionError> {
+        let due = {
+            let mut checked = self.checked_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = checked.elapsed() >= DEFERRED_SAVE;
+            if due {
+                *checked = Instant::now();
+            }
+            due
+        };
+        if let (true, Some(place)) = (due, self.place()) {
+            let stored = checkpoint(&self.pool, self.projection.name()).await?;
+            self.regressed(place, stored);
+        }
+        Ok(())
+    }
+
     /// The place, read from the checkpoint the first time.
     async fn known_place(&self) -> Result<Place, ProjectionError> {
         if let Some(place) = self.place() {
@@ -356,14 +400,16 @@ impl Projector {
     /// Folds everything committed after what this instance has seen, batch by batch. Returns
     /// how many events it read. At the end of the log, stores a deferred checkpoint.
     pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
+        self.check_stored().await?;
         let mut total = 0;
         loop {
             let from = self.known_place().await?.seen;
             let events = read_committed_after(&self.pool, from, CATCH_UP_BATCH).await?;
             let read = events.len();
             total += read;
-            if read > 0 {
-                self.take(chain(from, events)).await?;
+            // A gap here means the checkpoint went back (see `regressed`): read again from it.
+            if read > 0 && self.take(chain(from, events)).await? == Outcome::Gap {
+                continue;
             }
             if (read as i64) < CATCH_UP_BATCH {
                 self.store_seen(read == 0).await?;
@@ -418,6 +464,10 @@ impl Projector {
         let schema = self.projection.name();
         let mut tx = self.pool.begin().await?;
         let stored = lock_checkpoint(&mut tx, schema).await?;
+        if self.regressed(place, stored) {
+            tx.rollback().await?;
+            return Ok(Outcome::Gap);
+        }
         // Another instance may have gone further than what this one has seen.
         let mut at = if stored <= place.seen {
             place.seen
@@ -490,6 +540,10 @@ impl Projector {
         }
         let mut tx = self.pool.begin().await?;
         let stored = lock_checkpoint(&mut tx, self.projection.name()).await?;
+        if self.regressed(place, stored) {
+            tx.rollback().await?;
+            return Ok(());
+        }
         if stored < place.seen {
             save_checkpoint(&mut tx, place.seen, 0).await?;
             tx.commit().await?;
@@ -547,7 +601,11 @@ impl LogConsumer for Projector {
     }
 
     async fn catch_up(&self) -> Result<usize, String> {
-        Projector::catch_up(self).await.map_err(|e| e.to_string())
+        Projector::catch_up(self).await.map_err(|e| {
+            // The database may have restarted: take the place from it again.
+            self.forget_place();
+            e.to_string()
+        })
     }
 
     fn wake(&self) -> Option<Arc<Notify>> {
@@ -555,9 +613,10 @@ impl LogConsumer for Projector {
     }
 
     async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String> {
-        Projector::offer(self, batch)
-            .await
-            .map_err(|e| e.to_string())
+        Projector::offer(self, batch).await.map_err(|e| {
+            self.forget_place();
+            e.to_string()
+        })
     }
 }
 

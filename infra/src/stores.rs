@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::event_repository::EventRepository;
 use commands::{CommandBus, Execute};
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
@@ -20,7 +21,6 @@ use domain::request::Request;
 use domain::role::Role;
 use domain::session::Session;
 use domain::user::User;
-use postgres_es::PostgresEventRepository;
 use sqlx::PgPool;
 
 /// Take an aggregate snapshot every this many events, so loading a long-lived request (hundreds
@@ -120,13 +120,11 @@ impl EventUpcaster for DomainUpcaster {
     }
 }
 
-fn bus<A>(
-    pool: &PgPool,
-) -> CommandBus<ClassifiedStore<PersistedEventStore<PostgresEventRepository, A>>>
+fn bus<A>(pool: &PgPool) -> CommandBus<ClassifiedStore<PersistedEventStore<EventRepository, A>>>
 where
     A: Aggregate,
 {
-    let repo = PostgresEventRepository::new(pool.clone());
+    let repo = EventRepository::new(pool.clone());
     CommandBus::new(
         ClassifiedStore(
             PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY)

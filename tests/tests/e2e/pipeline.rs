@@ -695,3 +695,79 @@ async fn a_projector_writes_nothing_for_events_it_does_not_read_and_its_checkpoi
     pool.close().await;
     cleanup(&id, &s).await;
 }
+
+#[tokio::test]
+async fn a_projection_whose_last_commits_a_database_crash_lost_applies_them_again() {
+    let (id, s, pool, js) = bare_pipeline().await;
+    let nats = infra::runtime::nats_settings(&s);
+    let relay = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        RelaySettings::default(),
+    );
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(WorkspaceProjection),
+        ProjectorSettings {
+            poll_interval: Duration::from_millis(50),
+        },
+    );
+    let task =
+        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    append_folders(&pool, 4, 25).await;
+    relay.drain().await.unwrap();
+    let folders = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM workspace.folders")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(eventually(tests::PATIENCE, || async { folders().await == 100 }).await);
+
+    // What a crash does to asynchronous commits: the last ones are gone, checkpoint included.
+    let (txid, position): (i64, i64) = sqlx::query_as(
+        "SELECT (txid::text)::bigint, position FROM events ORDER BY txid, position OFFSET 59 LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(
+        "DELETE FROM workspace.folders WHERE uuid::text IN (
+             SELECT aggregate_id FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2))",
+    )
+    .bind(txid)
+    .bind(position)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE workspace.checkpoint SET txid = ($1::bigint)::text::xid8, position = $2,
+                events_applied = 60",
+    )
+    .bind(txid)
+    .bind(position)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(folders().await, 60);
+
+    // The running projector notices the checkpoint went back and applies the lost events again,
+    // with no new event to prompt it.
+    assert!(
+        eventually(tests::PATIENCE, || async { folders().await == 100 }).await,
+        "the lost folders are back"
+    );
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            projection_checkpoint(&pool, "workspace").await == (last_event_cursor(&pool).await, 100)
+        })
+        .await,
+        "each event applied once more, no more"
+    );
+    task.abort();
+    pool.close().await;
+    cleanup(&id, &s).await;
+}

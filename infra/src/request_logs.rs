@@ -81,7 +81,15 @@ async fn insert(pool: &PgPool, entries: &[NewRequestLog]) -> sqlx::Result<()> {
             .push_bind(e.status_code)
             .push_bind(&e.trace_id);
     });
-    qb.build().execute(pool).await?;
+    // Committed asynchronously: a crash may lose the last entries, as it loses those still
+    // queued in memory; and a short commit holds back no command's events from the
+    // projectors' gap-safe reads (an older transaction still running hides newer commits).
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('synchronous_commit', 'off', true)")
+        .execute(&mut *tx)
+        .await?;
+    qb.build().execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -76,21 +76,7 @@ impl AppliedLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn event(aggregate_id: &str, sequence: i64) -> CommittedEvent {
-        CommittedEvent {
-            txid: 1,
-            position: 1,
-            aggregate_type: "Folder".into(),
-            aggregate_id: aggregate_id.into(),
-            sequence,
-            event_type: "FolderCreated".into(),
-            event_version: "1".into(),
-            payload: serde_json::Value::Null,
-            metadata: serde_json::Value::Null,
-            recorded_at: chrono::Utc::now(),
-        }
-    }
+    use crate::log::test_event as event;
 
     #[test]
     fn keeps_the_highest_sequence_and_at_least_one_generation_of_aggregates() {

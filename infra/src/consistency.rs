@@ -163,6 +163,7 @@ mod tests {
     use super::*;
     use crate::applied::AppliedLog;
     use crate::log::CommittedEvent;
+    use crate::log::test_event as event;
     use crate::projector::{Projection, ProjectionError};
 
     struct Folders;
@@ -181,21 +182,6 @@ mod tests {
             _: &CommittedEvent,
         ) -> Result<(), ProjectionError> {
             Ok(())
-        }
-    }
-
-    fn event(aggregate_id: &str, sequence: i64) -> CommittedEvent {
-        CommittedEvent {
-            txid: 1,
-            position: sequence,
-            aggregate_type: "Folder".into(),
-            aggregate_id: aggregate_id.into(),
-            sequence,
-            event_type: "FolderCreated".into(),
-            event_version: "1".into(),
-            payload: serde_json::Value::Null,
-            metadata: serde_json::Value::Null,
-            recorded_at: chrono::Utc::now(),
         }
     }
 

@@ -37,6 +37,23 @@ impl CommittedEvent {
     }
 }
 
+/// A committed Folder event for unit tests.
+#[cfg(test)]
+pub(crate) fn test_event(aggregate_id: &str, sequence: i64) -> CommittedEvent {
+    CommittedEvent {
+        txid: 1,
+        position: sequence,
+        aggregate_type: "Folder".into(),
+        aggregate_id: aggregate_id.into(),
+        sequence,
+        event_type: "FolderCreated".into(),
+        event_version: "1".into(),
+        payload: serde_json::Value::Null,
+        metadata: serde_json::Value::Null,
+        recorded_at: Utc::now(),
+    }
+}
+
 /// Reads up to `limit` events after `after`, in log order, that no running transaction can
 /// still precede.
 ///

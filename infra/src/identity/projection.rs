@@ -100,6 +100,20 @@ impl Projection for IdentityProjection {
     }
 }
 
+/// A perimeter row written again: every field from the new row, and back from removal.
+macro_rules! perimeter_refresh {
+    () => {
+        " ON CONFLICT (id) DO UPDATE SET
+             local_id = EXCLUDED.local_id, name = EXCLUDED.name,
+             short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
+             type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
+             level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
+             full_path = EXCLUDED.full_path, id_path = EXCLUDED.id_path,
+             cohort_id = EXCLUDED.cohort_id, cohort_size = EXCLUDED.cohort_size,
+             updated_at = EXCLUDED.updated_at, removed_at = NULL "
+    };
+}
+
 /// Creates perimeters whose parents exist (or which have none), as [`upsert_perimeter`] would
 /// one by one. A created perimeter has no row yet, hence no subtree to move.
 async fn insert_perimeters(
@@ -130,7 +144,7 @@ async fn insert_perimeters(
         cohort_sizes.push(f.cohort_size);
         ats.push(at);
     }
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH input AS (
              SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::bigint[], $8::text[], $9::text[],
@@ -150,15 +164,9 @@ async fn insert_perimeters(
                 cardinality(ancestors) + 1, ancestors, full_path, id_path, cohort_id,
                 cohort_size, at, at
            FROM node
-         ON CONFLICT (id) DO UPDATE SET
-             local_id = EXCLUDED.local_id, name = EXCLUDED.name,
-             short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
-             type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
-             level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
-             full_path = EXCLUDED.full_path, id_path = EXCLUDED.id_path,
-             cohort_id = EXCLUDED.cohort_id, cohort_size = EXCLUDED.cohort_size,
-             updated_at = EXCLUDED.updated_at, removed_at = NULL",
-    )
+         ",
+        perimeter_refresh!()
+    ))
     .bind(ids)
     .bind(local_ids)
     .bind(names)
@@ -341,7 +349,7 @@ async fn upsert_perimeter(
     at: DateTime<Utc>,
 ) -> Result<(), ProjectionError> {
     // One statement: the parent's derived fields, the row, then its subtree.
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH parent AS (
              SELECT ancestors || id AS ancestors, full_path || '/' AS prefix, id_path
                FROM perimeters WHERE id = $7),
@@ -357,14 +365,9 @@ async fn upsert_perimeter(
              SELECT $1, $2, $3, $4, $5, $6, $7, cardinality(node.ancestors) + 1, node.ancestors,
                     node.full_path, node.id_path, $8, $9, $10, $10
                FROM node
-             ON CONFLICT (id) DO UPDATE SET
-                 local_id = EXCLUDED.local_id, name = EXCLUDED.name,
-                 short_name = EXCLUDED.short_name, source_value = EXCLUDED.source_value,
-                 type_source_value = EXCLUDED.type_source_value, parent_id = EXCLUDED.parent_id,
-                 level = EXCLUDED.level, ancestors = EXCLUDED.ancestors,
-                 full_path = EXCLUDED.full_path, id_path = EXCLUDED.id_path,
-                 cohort_id = EXCLUDED.cohort_id, cohort_size = EXCLUDED.cohort_size,
-                 updated_at = EXCLUDED.updated_at, removed_at = NULL
+             ",
+        perimeter_refresh!(),
+        "
              RETURNING ancestors, full_path, id_path)
          UPDATE perimeters d
             SET ancestors = w.ancestors || $1::bigint
@@ -375,8 +378,8 @@ async fn upsert_perimeter(
                 id_path = w.id_path || substr(d.id_path, length(o.id_path) + 1)
            FROM written w, old o
           WHERE d.ancestors @> ARRAY[$1::bigint]
-            AND (o.full_path <> w.full_path OR o.ancestors <> w.ancestors)",
-    )
+            AND (o.full_path <> w.full_path OR o.ancestors <> w.ancestors)"
+    ))
     .bind(f.id)
     .bind(f.local_id)
     .bind(f.name)

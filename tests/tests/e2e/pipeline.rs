@@ -286,6 +286,36 @@ async fn bare_pipeline() -> (
     (id, s, pool, js)
 }
 
+/// A relay, and a projector of `projection` polling every 50 ms, following JetStream.
+fn follow_with(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    nats: &infra::nats::NatsSettings,
+    projection: Arc<dyn infra::projector::Projection>,
+) -> (
+    Relay,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<projections::Cursor>,
+) {
+    let relay = Relay::new(
+        pool.clone(),
+        js.clone(),
+        nats.clone(),
+        RelaySettings::default(),
+    );
+    let projector = Projector::new(
+        pool.clone(),
+        projection,
+        ProjectorSettings {
+            poll_interval: Duration::from_millis(50),
+        },
+    );
+    let progress = projector.progress();
+    let task =
+        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    (relay, task, progress)
+}
+
 #[tokio::test]
 async fn a_relay_killed_mid_stream_and_restarted_loses_and_duplicates_nothing() {
     let (id, s, pool, js) = bare_pipeline().await;
@@ -629,22 +659,12 @@ async fn a_projector_writes_nothing_for_events_it_does_not_read_and_its_checkpoi
  {
     let (id, s, pool, js) = bare_pipeline().await;
     let nats = infra::runtime::nats_settings(&s);
-    let relay = Relay::new(
-        pool.clone(),
-        js.clone(),
-        nats.clone(),
-        RelaySettings::default(),
-    );
-    let projector = Projector::new(
-        pool.clone(),
+    let (relay, task, mut progress) = follow_with(
+        &pool,
+        &js,
+        &nats,
         Arc::new(infra::identity::IdentityProjection),
-        ProjectorSettings {
-            poll_interval: Duration::from_millis(50),
-        },
     );
-    let mut progress = projector.progress();
-    let task =
-        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
     // Folder events only: the identity projection reads none of them.
     append_folders(&pool, 20, 50).await;
     relay.drain().await.unwrap();
@@ -700,21 +720,7 @@ async fn a_projector_writes_nothing_for_events_it_does_not_read_and_its_checkpoi
 async fn a_projection_whose_last_commits_a_database_crash_lost_applies_them_again() {
     let (id, s, pool, js) = bare_pipeline().await;
     let nats = infra::runtime::nats_settings(&s);
-    let relay = Relay::new(
-        pool.clone(),
-        js.clone(),
-        nats.clone(),
-        RelaySettings::default(),
-    );
-    let projector = Projector::new(
-        pool.clone(),
-        Arc::new(WorkspaceProjection),
-        ProjectorSettings {
-            poll_interval: Duration::from_millis(50),
-        },
-    );
-    let task =
-        tokio::spawn(projector.run(Some(js.clone()), nats.clone(), CancellationToken::new()));
+    let (relay, task, _) = follow_with(&pool, &js, &nats, Arc::new(WorkspaceProjection));
     append_folders(&pool, 4, 25).await;
     relay.drain().await.unwrap();
     let folders = || async {

@@ -38,6 +38,9 @@ use crate::log::{CommittedEvent, read_committed_after};
 /// Events folded per catch-up transaction.
 const CATCH_UP_BATCH: i64 = 500;
 
+/// Events read per batch by a rebuild.
+const REBUILD_BATCH: i64 = 5_000;
+
 /// How long the stored checkpoint may stay behind while only ignored events flow.
 const DEFERRED_SAVE: Duration = Duration::from_secs(1);
 
@@ -669,19 +672,40 @@ pub async fn rebuild(
         .await?;
     drop(conn);
 
-    // Fold the log into the copy, batch by batch, outside any lock.
+    // Fold the log into the copy, batch by batch, outside any lock. The next batch is read
+    // (on its own connection) while the current one is folded: reading and decoding the log
+    // and writing the tables overlap.
+    let (batches, mut ready) = tokio::sync::mpsc::channel::<sqlx::Result<Vec<CommittedEvent>>>(1);
+    let reader = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut from = Cursor::START;
+            loop {
+                let batch = read_committed_after(&pool, from, REBUILD_BATCH).await;
+                let last = batch
+                    .as_ref()
+                    .ok()
+                    .and_then(|b| b.last().map(|e| e.cursor()));
+                let full = batch
+                    .as_ref()
+                    .is_ok_and(|b| b.len() as i64 == REBUILD_BATCH);
+                if batches.send(batch).await.is_err() || !full {
+                    return;
+                }
+                from = last.unwrap_or(from);
+            }
+        })
+    };
     let mut events = 0;
-    loop {
+    while let Some(batch) = ready.recv().await {
+        let batch = batch?;
         let mut tx = pool.begin().await?;
         let from = lock_checkpoint(&mut tx, &copy).await?;
-        let batch = read_committed_after(&mut *tx, from, 5_000).await?;
         fold(&mut tx, projection, from, &batch).await?;
         tx.commit().await?;
         events += batch.len();
-        if batch.len() < 5_000 {
-            break;
-        }
     }
+    reader.await.ok();
 
     // Swap under the live checkpoint's lock.
     let mut tx = pool.begin().await?;
@@ -692,7 +716,7 @@ pub async fn rebuild(
     .await?;
     let checkpoint = loop {
         let from = lock_checkpoint(&mut tx, &copy).await?;
-        let batch = read_committed_after(&mut *tx, from, 5_000).await?;
+        let batch = read_committed_after(&mut *tx, from, REBUILD_BATCH).await?;
         events += batch.len();
         let reached = fold(&mut tx, projection, from, &batch).await?;
         if batch.is_empty() {

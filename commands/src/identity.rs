@@ -454,6 +454,10 @@ impl Identity {
     /// A login appends one `SessionOpened` to a new Session aggregate, and nothing to the User
     /// aggregate: concurrent logins of one user never race on a shared aggregate (the read
     /// model's `last_login` is folded from the sessions).
+    ///
+    /// It does not wait for the read model: the token check finds a session the read model has
+    /// not folded yet in the event store ([`Identity::check_token_holder`]), and the login's
+    /// answer knows its own time. That spares every login a command's read-your-writes wait.
     pub async fn open_session(
         &self,
         ctx: &CommandContext,
@@ -461,8 +465,7 @@ impl Identity {
         method: &str,
     ) -> Result<SessionTicket, IdentityError> {
         let session_id = Uuid::new_v4();
-        let committed = self
-            .buses
+        self.buses
             .sessions
             .execute(
                 &session_id.to_string(),
@@ -474,8 +477,6 @@ impl Identity {
                 ctx,
             )
             .await?;
-        // The login answer carries `last_login`, read back from the read model.
-        self.settle((), &[committed]).await?;
         Ok(SessionTicket {
             session_id,
             generation: 0,

@@ -148,7 +148,7 @@ pub async fn login(
         .get::<crate::request_log::CallerSlot>()
         .cloned();
     let fields = body_fields(&state, req).await?;
-    let (username, access_token, refresh_token) = match method {
+    let (username, access_token, refresh_token, logged_in_at) = match method {
         Method::Oidc => {
             let code = required(&fields, "auth_code")?;
             let redirect_uri = required(&fields, "redirect_uri")?;
@@ -161,7 +161,12 @@ pub async fn login(
             if let Some(slot) = &logged_user {
                 slot.set(&tokens.username, None);
             }
-            (tokens.username, tokens.access_token, tokens.refresh_token)
+            (
+                tokens.username,
+                tokens.access_token,
+                tokens.refresh_token,
+                ctx.at,
+            )
         }
         Method::Jwt => {
             let username = required(&fields, "username")?;
@@ -176,12 +181,17 @@ pub async fn login(
                 .await
                 .inspect_err(|_| tracing::info!(user = %username, "login refused"))?;
             let (access, refresh) = token_pair(&state, &ticket)?;
-            (username, access, Some(refresh))
+            (username, access, Some(refresh), ctx.at)
         }
     };
-    // The session is stored: a failing read must not turn the login into an error.
+    // The session is stored: a failing read must not turn the login into an error. The read
+    // model may not have folded this login yet (a login does not wait for it): its time is the
+    // last login all the same.
     let user = crate::routes::after_commit(state.identity.user(&username)).await;
-    let last_login = user.as_ref().and_then(|u| u.last_login);
+    let last_login = user
+        .as_ref()
+        .and_then(|u| u.last_login)
+        .max(Some(logged_in_at));
     Ok(Json(json!({
         "user": user.map(|u| json!({
             "username": u.username,

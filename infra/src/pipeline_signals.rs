@@ -41,11 +41,11 @@ pub fn last_error(name: &str) -> Option<LastError> {
 }
 
 /// Records, for each event just handled, the time since it was recorded (commit → handled).
-pub fn observe_lag(
+pub fn observe_lag<'a>(
     metric: &'static str,
     label: &'static str,
     name: &str,
-    events: &[crate::log::CommittedEvent],
+    events: impl IntoIterator<Item = &'a crate::log::CommittedEvent>,
 ) {
     let now = Utc::now();
     for event in events {

@@ -363,7 +363,7 @@ impl Projector {
     }
 
     /// Forgets the place: the next read takes it from the stored checkpoint.
-    pub fn forget_place(&self) {
+    fn forget_place(&self) {
         *self.place.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -516,12 +516,11 @@ impl Projector {
                 .map(|(e, _)| e)
                 .filter(|e| self.projection.reads(&e.aggregate_type)),
         );
-        let events: Vec<CommittedEvent> = done.iter().map(|(e, _)| e.clone()).collect();
         crate::pipeline_signals::observe_lag(
             "cohort360_projection_lag_seconds",
             "projection",
             schema,
-            &events,
+            done.iter().map(|(e, _)| e),
         );
         Ok(if gap {
             Outcome::Gap

@@ -5,8 +5,10 @@
 //! * Provider access tokens are verified with the issuer's JWKS, fetched on first use and again
 //!   when an unknown `kid` shows up (key rotation). Only RS256 is accepted, the issuer must be
 //!   configured and the audience, when configured, must match.
-//! * The identity service answers `POST {url}/user/authenticate` and `POST {url}/user/info`
-//!   with the `Key-auth` header.
+//! * The identity service (upstream's protocol, `admin_cohort/tools/hooks.py`) is asked with
+//!   the `Key-auth` header and form-encoded bodies: `POST {url}/user/authenticate`
+//!   (`username`, `password`; 200 = valid credentials) and `POST {url}/user/info` (`username`;
+//!   200 = `{"data": {"attributes": {givenName, sn, cn, mail}}}`, 404 = unknown).
 
 use std::collections::HashMap;
 
@@ -89,6 +91,45 @@ struct AccessClaims {
 struct UnverifiedClaims {
     iss: Option<String>,
     azp: Option<String>,
+}
+
+/// `POST /user/info`'s answer: `{"data": {"attributes": {givenName, sn, cn, mail}}}`.
+#[derive(Deserialize)]
+struct UserInfoResponse {
+    data: UserInfoData,
+}
+
+#[derive(Deserialize)]
+struct UserInfoData {
+    attributes: UserAttributes,
+}
+
+/// LDAP-style attributes; each may be missing, null, a string or a list of strings.
+#[derive(Deserialize)]
+struct UserAttributes {
+    #[serde(rename = "givenName")]
+    given_name: Option<Attribute>,
+    sn: Option<Attribute>,
+    cn: Option<Attribute>,
+    mail: Option<Attribute>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Attribute {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Attribute {
+    /// The value, or a list's first one; empty strings count as absent.
+    fn first(self) -> Option<String> {
+        match self {
+            Attribute::One(v) => Some(v),
+            Attribute::Many(vs) => vs.into_iter().next(),
+        }
+        .filter(|v| !v.is_empty())
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ExternalAuthError {
@@ -347,20 +388,18 @@ impl IdentityProviders for HttpIdentityProviders {
                 server.url.trim_end_matches('/')
             ))
             .header("Key-auth", &server.key)
-            .json(&serde_json::json!({"username": username, "password": password}))
+            .form(&[("username", username), ("password", password)])
             .traced()
             .send()
             .await
             .map_err(unavailable)?;
+        // The protocol: 200 means the credentials are valid, any other answer that they are not.
+        // A server error is reported as such rather than as a wrong password (deliberate: the
+        // user gets "try again later", not "bad credentials"; nobody gets in either way).
         if response.status().is_server_error() {
             return Err(unavailable(format!("status {}", response.status())));
         }
-        if !response.status().is_success() {
-            return Ok(Some(false));
-        }
-        // Success unless the service answers a literal `false`.
-        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        Ok(Some(body != serde_json::Value::Bool(false)))
+        Ok(Some(response.status() == reqwest::StatusCode::OK))
     }
 
     async fn user_info(&self, username: &str) -> Result<Option<ExternalUser>, ExternalAuthError> {
@@ -371,26 +410,30 @@ impl IdentityProviders for HttpIdentityProviders {
             .http
             .post(format!("{}/user/info", server.url.trim_end_matches('/')))
             .header("Key-auth", &server.key)
-            .json(&serde_json::json!({"username": username}))
+            .form(&[("username", username)])
             .traced()
             .send()
             .await
             .map_err(unavailable)?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
+        match response.status() {
+            reqwest::StatusCode::OK => {}
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            status => return Err(unavailable(format!("/user/info answered status {status}"))),
         }
-        let body: serde_json::Value = response
-            .error_for_status()
-            .map_err(unavailable)?
-            .json()
-            .await
-            .map_err(unavailable)?;
-        let text = |k: &str| body.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let body: UserInfoResponse = response.json().await.map_err(|e| {
+            unavailable(format!(
+                "/user/info answered no data.attributes object: {e}"
+            ))
+        })?;
+        let attributes = body.data.attributes;
         Ok(Some(ExternalUser {
-            username: username.to_string(),
-            firstname: text("firstname"),
-            lastname: text("lastname"),
-            email: text("email"),
+            username: attributes
+                .cn
+                .and_then(Attribute::first)
+                .unwrap_or_else(|| username.to_string()),
+            firstname: attributes.given_name.and_then(Attribute::first),
+            lastname: attributes.sn.and_then(Attribute::first),
+            email: attributes.mail.and_then(Attribute::first),
         }))
     }
 }

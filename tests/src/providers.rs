@@ -68,6 +68,8 @@ pub const HOOK_KEY: &str = "hook-key";
 pub const HOOK_PASSWORD: &str = "hook-pass";
 /// A user the identity service knows and the back-end does not.
 pub const KNOWN_ELSEWHERE: &str = "known.elsewhere";
+/// A username the identity service fails on (HTTP 500).
+pub const BROKEN_ELSEWHERE: &str = "broken.elsewhere";
 
 struct Provider {
     issuer: String,
@@ -170,28 +172,37 @@ async fn certs(State(p): State<Arc<Provider>>) -> Json<Value> {
     Json(p.jwks.clone())
 }
 
-async fn authenticate(headers: HeaderMap, Json(body): Json<Value>) -> impl IntoResponse {
+type FormFields = Form<std::collections::HashMap<String, String>>;
+
+/// Upstream's identity service: form-encoded body, 200 (whatever the body) = valid.
+async fn authenticate(headers: HeaderMap, Form(form): FormFields) -> impl IntoResponse {
     if headers.get("key-auth").and_then(|v| v.to_str().ok()) != Some(HOOK_KEY) {
-        return (StatusCode::FORBIDDEN, Json(json!(false)));
+        return (StatusCode::FORBIDDEN, "bad key");
     }
-    if body["password"] == HOOK_PASSWORD {
-        (StatusCode::OK, Json(json!(true)))
-    } else {
-        (StatusCode::UNAUTHORIZED, Json(json!(false)))
+    match form.get("password").map(String::as_str) {
+        Some(HOOK_PASSWORD) => (StatusCode::OK, "authenticated"),
+        _ => (StatusCode::UNAUTHORIZED, "invalid credentials"),
     }
 }
 
-async fn user_info(headers: HeaderMap, Json(body): Json<Value>) -> impl IntoResponse {
+/// Upstream's identity service: `{"data": {"attributes": {givenName, sn, cn, mail}}}`.
+async fn user_info(headers: HeaderMap, Form(form): FormFields) -> impl IntoResponse {
     if headers.get("key-auth").and_then(|v| v.to_str().ok()) != Some(HOOK_KEY) {
         return (StatusCode::FORBIDDEN, Json(json!({})));
     }
-    if body["username"] == KNOWN_ELSEWHERE {
-        (
+    match form.get("username").map(String::as_str) {
+        Some(KNOWN_ELSEWHERE) => (
             StatusCode::OK,
-            Json(json!({"firstname": "Ada", "lastname": "Lovelace", "email": "ada@example.org"})),
-        )
-    } else {
-        (StatusCode::NOT_FOUND, Json(json!({})))
+            Json(json!({"data": {"type": "user", "attributes": {
+                "givenName": "Ada", "sn": "Lovelace", "cn": KNOWN_ELSEWHERE,
+                "mail": "ada@example.org",
+            }}})),
+        ),
+        Some(BROKEN_ELSEWHERE) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": "directory down"})),
+        ),
+        _ => (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))),
     }
 }
 

@@ -5,8 +5,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tests::identity::add_user;
 use tests::providers::{
-    AUDIENCE, CLIENT_ID, CLIENT_SECRET, GOOD_CODE, HOOK_KEY, HOOK_PASSWORD, KNOWN_ELSEWHERE,
-    OIDC_USER, Providers, STRANGER_CODE, rsa_key_pair,
+    AUDIENCE, BROKEN_ELSEWHERE, CLIENT_ID, CLIENT_SECRET, GOOD_CODE, HOOK_KEY, HOOK_PASSWORD,
+    KNOWN_ELSEWHERE, OIDC_USER, Providers, STRANGER_CODE, rsa_key_pair,
 };
 use tests::{TestApp, cleanup, nats_url, settings, unique_id};
 
@@ -190,7 +190,11 @@ async fn oidc_login_token_checks_refresh_and_logout_and_identity_service_hooks()
     assert_eq!(found.status, StatusCode::OK, "{:?}", found.body);
     assert_eq!(found.body["found"], true);
     assert_eq!(found.body["already_exists"], false);
+    // Upstream's protocol: givenName, sn, cn and mail under data.attributes.
+    assert_eq!(found.body["username"], KNOWN_ELSEWHERE);
+    assert_eq!(found.body["firstname"], "Ada");
     assert_eq!(found.body["lastname"], "Lovelace");
+    assert_eq!(found.body["email"], "ada@example.org");
     let local = app
         .get(&format!("/users/{OIDC_USER}/check/"), OIDC_USER)
         .await;
@@ -199,6 +203,12 @@ async fn oidc_login_token_checks_refresh_and_logout_and_identity_service_hooks()
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     let invalid = app.get("/users/bad%20name/check/", OIDC_USER).await;
     assert_eq!(invalid.status, StatusCode::BAD_REQUEST);
+    // The identity service failing is not "unknown user".
+    let broken = app
+        .get(&format!("/users/{BROKEN_ELSEWHERE}/check/"), OIDC_USER)
+        .await;
+    assert_eq!(broken.status, StatusCode::BAD_GATEWAY, "{:?}", broken.body);
+    assert_eq!(broken.body["code"], "provider_unavailable");
 
     app.stop().await;
     providers.stop();

@@ -303,8 +303,20 @@ async fn set_group(
     .bind(id)
     .bind(group_id)
     .bind(size)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    // Upstream's callback sets the cohort's dated measure to `group.count` too (its result_size
+    // *is* that measure): the dated measure shows the cohort's size from now on.
+    if size.is_some() {
+        sqlx::query(
+            "UPDATE dated_measures SET measure = $2
+              WHERE uuid = (SELECT dated_measure FROM cohorts WHERE uuid = $1)",
+        )
+        .bind(id)
+        .bind(size)
+        .execute(conn)
+        .await?;
+    }
     Ok(())
 }
 

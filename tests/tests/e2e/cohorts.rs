@@ -556,6 +556,35 @@ async fn a_lost_callback_is_reconciled_with_the_executor() {
 }
 
 #[tokio::test]
+async fn the_creation_callback_sets_the_dated_measure_to_the_group_count() {
+    let w = world().await;
+    let app = &w.app;
+    let (_, snapshot_id) = snapshot(app, "alice").await;
+    w.executor.set_count(500);
+    let dm = count(app, "alice", &snapshot_id).await;
+    let dm_path = format!("/cohort/dated-measures/{dm}/");
+    let counted = until_status(app, "alice", &dm_path, "finished").await;
+    assert_eq!(counted["measure"], 500);
+    // The data moved between the count and the cohort: the group holds 480 patients.
+    w.executor.set_count(480);
+    let cohort = app
+        .post(
+            "/cohort/cohorts/",
+            "alice",
+            json!({"name": "Moved", "dated_measure": dm}),
+        )
+        .await;
+    assert_eq!(cohort.status, StatusCode::CREATED, "{:?}", cohort.body);
+    let id = cohort.uuid();
+    let created = until_status(app, "alice", &format!("/cohort/cohorts/{id}/"), "finished").await;
+    assert_eq!(created["result_size"], 480, "{created}");
+    // As upstream: `group.count` is the dated measure's measure from now on.
+    let measured = app.get(&dm_path, "alice").await.body;
+    assert_eq!(measured["measure"], 480, "{measured}");
+    w.app.stop().await;
+}
+
+#[tokio::test]
 async fn a_large_cohort_stays_long_pending_until_the_etl_finishes_it() {
     let smtp = SmtpServer::start().await;
     let w = world_with(|s| {

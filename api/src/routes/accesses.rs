@@ -278,7 +278,8 @@ async fn my_valid_accesses(
         .results)
 }
 
-/// `GET /accesses/accesses/my-accesses/` (`?expiring=true`: the ones ending soon).
+/// `GET /accesses/accesses/my-accesses/` (`?expiring=true`: the ones ending soon; `false`, the
+/// default: every valid access).
 pub(super) async fn mine(
     State(state): State<AppState>,
     caller: Caller,
@@ -286,7 +287,8 @@ pub(super) async fn mine(
 ) -> Result<Json<Value>, ApiError> {
     let now = Utc::now();
     let accesses = my_valid_accesses(&state, &caller.username, now).await?;
-    if !params.contains_key("expiring") {
+    // Upstream reads the value (`expiring=false` is no filter), not the key's presence.
+    if bool_param(&params, "expiring")? != Some(true) {
         return Ok(Json(Value::Array(
             accesses.iter().map(|a| a.to_json(now, None)).collect(),
         )));

@@ -664,6 +664,26 @@ async fn grants_follow_the_managing_rule_and_the_date_rules_and_are_audited() {
             .unwrap()
             .starts_with("No accesses to expire")
     );
+    // `expiring=false` is no filter at all (upstream parses the value, not its presence).
+    let all_mine = app
+        .get("/accesses/accesses/my-accesses/", "reader_p0")
+        .await;
+    assert!(!all_mine.body.as_array().unwrap().is_empty());
+    for no_filter in ["false", "0", ""] {
+        let listed = app
+            .get(
+                &format!("/accesses/accesses/my-accesses/?expiring={no_filter}"),
+                "reader_p0",
+            )
+            .await;
+        assert_eq!(listed.status, StatusCode::OK);
+        assert_eq!(listed.body, all_mine.body, "expiring={no_filter}");
+    }
+    let bad = app
+        .get("/accesses/accesses/my-accesses/?expiring=soon", "reader_p0")
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{:?}", bad.body);
+    assert_eq!(bad.body["code"], "invalid_field");
     w.app.stop().await;
 }
 

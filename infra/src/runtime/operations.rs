@@ -225,12 +225,129 @@ pub fn demo_roles() -> Vec<(&'static str, Rights)> {
     ]
 }
 
-/// Seeds the demo tree and roles (idempotent: existing role names are skipped).
+/// Upstream's role catalogue, as its tests know it (`accesses/tests/base.py`), mapped onto the
+/// current rights catalogue: users coming from upstream find the roles they expect. Left out:
+/// roles made only of rights the current catalogue no longer has (`right_read_*_accesses`,
+/// `right_manage_export_*_accesses`); the IPP-search role reads nominative data, as the
+/// consistency rules (upstream's too) require.
+pub fn upstream_roles() -> Vec<(&'static str, Rights)> {
+    let users = Rights {
+        right_manage_users: true,
+        ..Rights::default()
+    };
+    let nominative = Rights {
+        right_read_patient_nominative: true,
+        ..Rights::default()
+    };
+    vec![
+        ("FULL ADMIN", Rights::ALL),
+        (
+            "ADMIN ACCESSES MANAGER",
+            Rights {
+                right_manage_admin_accesses_same_level: true,
+                right_manage_admin_accesses_inferior_levels: true,
+                ..users
+            },
+        ),
+        (
+            "ADMIN ACCESSES MANAGER ON SAME LEVEL",
+            Rights {
+                right_manage_admin_accesses_same_level: true,
+                ..users
+            },
+        ),
+        (
+            "ADMIN ACCESSES MANAGER ON INFERIOR LEVELS",
+            Rights {
+                right_manage_admin_accesses_inferior_levels: true,
+                ..users
+            },
+        ),
+        (
+            "DATA ACCESSES MANAGER",
+            Rights {
+                right_manage_data_accesses_same_level: true,
+                right_manage_data_accesses_inferior_levels: true,
+                ..users
+            },
+        ),
+        (
+            "DATA ACCESSES MANAGER ON SAME LEVEL",
+            Rights {
+                right_manage_data_accesses_same_level: true,
+                ..users
+            },
+        ),
+        (
+            "DATA ACCESSES MANAGER ON INFERIOR LEVELS",
+            Rights {
+                right_manage_data_accesses_inferior_levels: true,
+                ..users
+            },
+        ),
+        ("DATA NOMI READER", nominative),
+        (
+            "DATA PSEUDO READER",
+            Rights {
+                right_read_patient_pseudonymized: true,
+                ..Rights::default()
+            },
+        ),
+        (
+            "DATA NOMI/PSEUDO READER",
+            Rights {
+                right_read_patient_pseudonymized: true,
+                ..nominative
+            },
+        ),
+        (
+            "DATA NOMI READER + CSV EXPORTER",
+            Rights {
+                right_export_csv_xlsx_nominative: true,
+                ..nominative
+            },
+        ),
+        (
+            "JUPYTER EXPORTER PSEUDO",
+            Rights {
+                right_export_jupyter_pseudonymized: true,
+                ..Rights::default()
+            },
+        ),
+        (
+            "JUPYTER EXPORTER",
+            Rights {
+                right_export_jupyter_nominative: true,
+                right_export_jupyter_pseudonymized: true,
+                ..Rights::default()
+            },
+        ),
+        (
+            "SEARCH BY IPP + OPPOSED PATIENTS",
+            Rights {
+                right_search_patients_by_ipp: true,
+                right_search_opposed_patients: true,
+                ..nominative
+            },
+        ),
+        (
+            "DATALAB SUPPORT",
+            Rights {
+                right_manage_datalabs: true,
+                right_read_datalabs: true,
+                ..Rights::default()
+            },
+        ),
+    ]
+}
+
+/// Seeds the demo tree, our roles and upstream's catalogue (idempotent: existing role names
+/// are skipped).
 pub async fn seed_demo(state: &Services) -> anyhow::Result<()> {
     let rows = parse_perimeters(DEMO_PERIMETERS.as_bytes())?;
     import_perimeters(state, rows).await?;
     let ctx = system_context("seed-demo");
-    for (name, rights) in demo_roles() {
+    for (name, rights) in demo_roles().into_iter().chain(upstream_roles()) {
         match state
             .identity
             .create_role(&ctx, &Requester::System, name.into(), rights)

@@ -54,10 +54,43 @@ async fn create_user_admin_bootstraps_a_full_administrator_on_the_imported_tree(
         .unwrap();
     let roles = app
         .send(
-            app.request(Method::GET, "/accesses/roles/")
+            app.request(Method::GET, "/accesses/roles/?limit=100")
                 .bearer_auth(token),
         )
         .await;
-    assert_eq!(roles.body["count"], 8);
+    // Ours (8) beside upstream's catalogue (15), once each.
+    assert_eq!(roles.body["count"], 23, "{:?}", roles.body);
+    let role = |name: &str| {
+        roles.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no role {name}"))
+            .clone()
+    };
+    assert_eq!(role("FULL ADMIN")["right_full_admin"], true);
+    let same_level = role("ADMIN ACCESSES MANAGER ON SAME LEVEL");
+    assert_eq!(same_level["right_manage_admin_accesses_same_level"], true);
+    assert_eq!(
+        same_level["right_manage_admin_accesses_inferior_levels"],
+        false
+    );
+    let inferior = role("DATA ACCESSES MANAGER ON INFERIOR LEVELS");
+    assert_eq!(inferior["right_manage_data_accesses_inferior_levels"], true);
+    assert_eq!(inferior["right_manage_data_accesses_same_level"], false);
+    assert_eq!(
+        role("DATA PSEUDO READER")["right_read_patient_nominative"],
+        false
+    );
+    assert_eq!(
+        role("DATA NOMI READER + CSV EXPORTER")["right_export_csv_xlsx_nominative"],
+        true
+    );
+    assert_eq!(
+        role("JUPYTER EXPORTER PSEUDO")["right_export_jupyter_pseudonymized"],
+        true
+    );
+    assert_eq!(role("DATALAB SUPPORT")["right_manage_datalabs"], true);
     app.stop().await;
 }

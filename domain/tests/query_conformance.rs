@@ -1,5 +1,7 @@
 //! Upstream QueryExecutor conformance: every case of `../shared/conformance/query-executor/` (or
-//! `$COHORT360_CONFORMANCE_DIR`) must give upstream's expected patients. Skipped, saying so, when
+//! `$COHORT360_CONFORMANCE_DIR`) — every folder holding a `request.json`, at any depth (upstream
+//! keeps some under `edgeCases/<name>/`) — must give upstream's expected patients, and its
+//! `stageCounts.csv` stage counts when it has one. Skipped, saying so, when
 //! the corpus is absent: the project's own tests do not depend on it.
 //!
 //! How the corpus maps onto our evaluator: `resource_<id>.csv` holds the rows of criterion `<id>`.
@@ -154,10 +156,16 @@ struct Outcome {
     got: BTreeSet<u32>,
     /// (expected, computed) organizations per patient, when the case has them.
     organizations: Option<(Organizations, Organizations)>,
+    /// (expected, computed) per-stage counts, when the case has `stageCounts.csv`.
+    stages: Option<(BTreeMap<i64, u64>, BTreeMap<i64, u64>)>,
 }
 
-fn run_case(dir: &Path) -> Outcome {
-    let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+fn run_case(corpus: &Path, dir: &Path) -> Outcome {
+    let name = dir
+        .strip_prefix(corpus)
+        .unwrap_or(dir)
+        .to_string_lossy()
+        .into_owned();
     let text = std::fs::read_to_string(dir.join("request.json")).unwrap();
     let query = parse(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
     let root = query.root.as_ref().expect("a request");
@@ -246,32 +254,64 @@ fn run_case(dir: &Path) -> Outcome {
         }
         (want, have)
     });
+    // `stageCounts.csv`: per stage, its patients who are also in the final result (the
+    // numerator of upstream's per-stage ratio; an excluded stage is the population minus it).
+    let stage_file = dir.join("stageCounts.csv");
+    let stages = stage_file.is_file().then(|| {
+        let table = read_table(&stage_file);
+        let (stage, count) = (
+            table.column(&["stage"]).expect("a stage column"),
+            table.column(&["count"]).expect("a count column"),
+        );
+        let want: BTreeMap<i64, u64> = table
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r[stage].trim().parse().unwrap(),
+                    r[count].trim().parse().unwrap(),
+                )
+            })
+            .collect();
+        let have = want
+            .keys()
+            .filter_map(|id| evaluation.stage_in_result.get(id).map(|n| (*id, *n)))
+            .collect();
+        (want, have)
+    });
     Outcome {
         name,
         expected,
         got,
         organizations,
+        stages,
     }
 }
 
-#[test]
-fn every_upstream_case_gives_the_expected_patients() {
-    let Some(dir) = corpus_dir() else {
-        eprintln!(
-            "SKIPPED: no conformance corpus (../shared/conformance/query-executor or $COHORT360_CONFORMANCE_DIR)"
-        );
-        return;
-    };
-    let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
+/// Every folder under `dir` (at any depth) holding a `request.json`: one case each.
+fn case_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if dir.join("request.json").is_file() {
+        out.push(dir.to_path_buf());
+    }
+    let mut children: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{dir:?}: {e}"))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.join("request.json").is_file())
+        .filter(|p| p.is_dir())
         .collect();
-    cases.sort();
-    assert!(!cases.is_empty(), "the corpus at {dir:?} has no case");
+    children.sort();
+    for child in children {
+        case_dirs(&child, out);
+    }
+}
+
+/// Runs every case under `dir`: `(cases run, what differs)`.
+fn run_corpus(dir: &Path) -> (Vec<String>, Vec<String>) {
+    let mut cases = Vec::new();
+    case_dirs(dir, &mut cases);
+    let mut names = Vec::new();
     let mut failures = Vec::new();
     for case in &cases {
-        let o = run_case(case);
+        let o = run_case(dir, case);
         if o.got != o.expected {
             failures.push(format!(
                 "{}: expected {:?}, got {:?}",
@@ -286,7 +326,29 @@ fn every_upstream_case_gives_the_expected_patients() {
                 o.name
             ));
         }
+        if let Some((want, have)) = o.stages
+            && want != have
+        {
+            failures.push(format!(
+                "{}: stage counts expected {want:?}, got {have:?}",
+                o.name
+            ));
+        }
+        names.push(o.name);
     }
+    (names, failures)
+}
+
+#[test]
+fn every_upstream_case_gives_the_expected_patients() {
+    let Some(dir) = corpus_dir() else {
+        eprintln!(
+            "SKIPPED: no conformance corpus (../shared/conformance/query-executor or $COHORT360_CONFORMANCE_DIR)"
+        );
+        return;
+    };
+    let (cases, failures) = run_corpus(&dir);
+    assert!(!cases.is_empty(), "the corpus at {dir:?} has no case");
     assert!(
         failures.is_empty(),
         "{} of {} cases differ:\n{}",
@@ -295,4 +357,65 @@ fn every_upstream_case_gives_the_expected_patients() {
         failures.join("\n")
     );
     eprintln!("{} upstream cases conform", cases.len());
+}
+
+/// A case of our own making, written into `dir`.
+fn write_case(
+    dir: &Path,
+    request: &str,
+    rows: &[(i64, &str)],
+    expected: &str,
+    stages: Option<&str>,
+) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("request.json"), request).unwrap();
+    for (id, csv) in rows {
+        std::fs::write(dir.join(format!("resource_{id}.csv")), csv).unwrap();
+    }
+    std::fs::write(dir.join("expected.csv"), expected).unwrap();
+    if let Some(stages) = stages {
+        std::fs::write(dir.join("stageCounts.csv"), stages).unwrap();
+    }
+}
+
+#[test]
+fn nested_cases_are_run_and_their_stage_counts_checked() {
+    let corpus = std::env::temp_dir().join(format!("conformance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&corpus);
+    let request = r#"{"sourcePopulation": {"caresiteCohortList": [1]}, "request": {"_type": "andGroup",
+        "_id": 0, "isInclusive": true, "criteria": [
+        {"_type": "basicResource", "_id": 1, "isInclusive": true, "resourceType": "Condition"},
+        {"_type": "basicResource", "_id": 2, "isInclusive": false, "resourceType": "Condition"}]}}"#;
+    // Criterion 1: patients 1, 2, 3; excluded 2: patient 3; the population: 1 to 4.
+    let rows = [
+        (1, "patient\n1\n2\n3\n"),
+        (2, "patient\n3\n"),
+        (3, "patient\n1\n2\n3\n4\n"),
+    ];
+    write_case(
+        &corpus.join("top"),
+        request,
+        &rows,
+        "subject_id\n1\n2\n",
+        None,
+    );
+    // Nested as upstream keeps its edge cases, with a wrong expectation and wrong stages.
+    write_case(
+        &corpus.join("edgeCases/deep"),
+        request,
+        &rows,
+        "subject_id\n1\n",
+        Some("stage;count\n0;2\n1;2\n2;1\n"),
+    );
+    let (cases, failures) = run_corpus(&corpus);
+    assert_eq!(cases, ["edgeCases/deep", "top"]);
+    // The excluded stage is the population minus criterion 2 (1, 2, 4): 2 of them are selected.
+    assert_eq!(
+        failures,
+        [
+            "edgeCases/deep: expected {1}, got {1, 2}",
+            "edgeCases/deep: stage counts expected {0: 2, 1: 2, 2: 1}, got {0: 2, 1: 2, 2: 2}",
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&corpus);
 }

@@ -21,7 +21,9 @@ use chrono::{Datelike, Months, NaiveDate};
 pub use roaring::RoaringBitmap as PatientSet;
 
 use super::QueryError;
-use super::model::{AgeDate, CohortQuery, Criterion, Group, GroupKind, Node, PatientAge};
+use super::model::{
+    AgeDate, CohortQuery, ConstraintKind, Criterion, Group, GroupKind, Node, PatientAge,
+};
 use super::temporal::{self, Binding};
 
 /// One row a data source returns for a criterion.
@@ -73,14 +75,43 @@ pub trait CriterionSource {
         needs: Needs,
         within: Option<&PatientSet>,
     ) -> Result<Fetched, QueryError>;
+
+    /// Whether this source's rows of `resource_type` carry what a temporal constraint of `kind`
+    /// compares; a criterion whose rows do not is left out of the constraint. Upstream's resource
+    /// configuration unless the source knows better.
+    fn carries(&self, resource_type: &str, kind: ConstraintKind) -> bool {
+        temporal::upstream_carries(resource_type, kind)
+    }
 }
 
-/// The patients of a query, with the size of every node's own result (stage details).
+/// The patients of a query, with every node's stage (stage details).
+///
+/// A node's *stage* is, as upstream reports it (`QueryBuilderGroup.updateContext`), the patients
+/// matching that node alone (before its parent applies it) or, for an excluded node, the source
+/// population minus those.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Evaluation {
     pub patients: PatientSet,
-    /// Node `_id` → patients matching that node alone (before its parent applies it).
+    /// Node `_id` → the size of its stage.
     pub stage_counts: BTreeMap<i64, u64>,
+    /// Node `_id` → the patients of its stage who are also in the final result: the numerator of
+    /// upstream's per-stage ratio (`CountQuery.computeRatio`).
+    pub stage_in_result: BTreeMap<i64, u64>,
+}
+
+impl Evaluation {
+    /// Node `_id` → the share of the final result its stage holds (empty when nothing was
+    /// selected: no ratio of an empty result).
+    pub fn stage_ratios(&self) -> BTreeMap<i64, f64> {
+        let total = self.patients.len();
+        if total == 0 {
+            return BTreeMap::new();
+        }
+        self.stage_in_result
+            .iter()
+            .map(|(id, n)| (*id, *n as f64 / total as f64))
+            .collect()
+    }
 }
 
 /// How to evaluate.
@@ -116,21 +147,18 @@ pub fn evaluate_with(
     let Some(root) = query.root.as_ref().filter(|r| !is_empty(r)) else {
         return Ok(Evaluation {
             patients: population.clone(),
-            stage_counts: BTreeMap::new(),
+            ..Evaluation::default()
         });
     };
-    let bindings = temporal::bind(root)?;
+    let plan = temporal::bind(root, &|t, k| source.carries(t, k))?;
     let mut run = Run {
         population,
         source,
-        rows_needed: bindings
-            .values()
-            .flatten()
-            .flat_map(|b| b.ids.iter().copied())
-            .collect(),
-        bindings,
+        rows_needed: plan.rows_needed,
+        group_kinds: plan.group_kinds,
+        bindings: plan.bindings,
         rows: HashMap::new(),
-        stage_counts: BTreeMap::new(),
+        stages: BTreeMap::new(),
         options,
     };
     let result = run.node(root, None)?;
@@ -139,9 +167,16 @@ pub fn evaluate_with(
     } else {
         population - &result
     };
+    let stage_counts = run.stages.iter().map(|(id, s)| (*id, s.len())).collect();
+    let stage_in_result = run
+        .stages
+        .iter()
+        .map(|(id, s)| (*id, s.intersection_len(&patients)))
+        .collect();
     Ok(Evaluation {
         patients,
-        stage_counts: run.stage_counts,
+        stage_counts,
+        stage_in_result,
     })
 }
 
@@ -157,11 +192,15 @@ struct Run<'a> {
     population: &'a PatientSet,
     source: &'a dyn CriterionSource,
     bindings: HashMap<i64, Vec<Binding>>,
-    /// Criteria whose rows temporal constraints read.
+    /// Nodes whose rows temporal constraints read (see [`temporal::Plan`]).
     rows_needed: HashSet<i64>,
-    /// Their rows after the criterion's own filters, sorted by patient.
+    /// Participating groups → the kind of constraint they take part in.
+    group_kinds: HashMap<i64, ConstraintKind>,
+    /// Their rows (a criterion's after its own filters, a group's of its inclusive children for
+    /// its patients), sorted by patient.
     rows: HashMap<i64, Vec<Row>>,
-    stage_counts: BTreeMap<i64, u64>,
+    /// Node `_id` → its stage (see [`Evaluation`]), when counting stages.
+    stages: BTreeMap<i64, PatientSet>,
     options: EvalOptions,
 }
 
@@ -170,12 +209,35 @@ impl Run<'_> {
     fn node(&mut self, node: &Node, within: Option<&PatientSet>) -> Result<PatientSet, QueryError> {
         let set = match node {
             Node::Criterion(c) => self.criterion(c, within)?,
-            Node::Group(g) => self.group(g, within)?,
+            Node::Group(g) => {
+                let set = self.group(g, within)?;
+                if self.rows_needed.contains(&g.id) {
+                    self.keep_group_rows(g, &set);
+                }
+                set
+            }
         };
         if self.options.stage_counts {
-            self.stage_counts.insert(node.id(), set.len());
+            let stage = if node.inclusive() {
+                set.clone()
+            } else {
+                self.population - &set
+            };
+            self.stages.insert(node.id(), stage);
         }
         Ok(set)
+    }
+
+    /// A participating group's rows (see [`temporal::group_rows`]).
+    fn keep_group_rows(&mut self, g: &Group, set: &PatientSet) {
+        let children: Vec<&[Row]> = g
+            .children
+            .iter()
+            .filter(|c| c.inclusive())
+            .filter_map(|c| self.rows.get(&c.id()).map(Vec::as_slice))
+            .collect();
+        let rows = temporal::group_rows(g, self.group_kinds.get(&g.id).copied(), &children, set);
+        self.rows.insert(g.id, rows);
     }
 
     fn needs_rows(&self, c: &Criterion) -> bool {
@@ -539,12 +601,160 @@ mod tests {
         assert_eq!(run(q, rows), [1, 2]);
     }
 
+    /// A criterion of another resource type.
+    fn typed(id: i64, resource_type: &str) -> serde_json::Value {
+        let mut criterion = c(id);
+        criterion["resourceType"] = serde_json::json!(resource_type);
+        criterion
+    }
+
+    fn group(kind: &str, id: i64, criteria: Vec<serde_json::Value>) -> serde_json::Value {
+        serde_json::json!({"_type": kind, "_id": id, "isInclusive": true, "criteria": criteria})
+    }
+
+    fn with_constraint(
+        mut q: serde_json::Value,
+        ids: serde_json::Value,
+        kind: &str,
+    ) -> serde_json::Value {
+        q["request"]["temporalConstraints"] =
+            serde_json::json!([{"idList": ids, "constraintType": kind}]);
+        q
+    }
+
+    fn episode(patient: u32, episode: u64) -> Row {
+        Row {
+            patient,
+            episode: Some(episode),
+            ..Row::default()
+        }
+    }
+
+    fn visit(patient: u32, encounter: u64) -> Row {
+        Row {
+            patient,
+            encounter: Some(encounter),
+            ..Row::default()
+        }
+    }
+
     #[test]
-    fn stage_counts_name_every_node() {
-        let q = parse(&root("andGroup", true, vec![c(1), c(2)]).to_string()).unwrap();
+    fn an_or_group_is_one_participant_and_resources_without_episodes_are_left_out() {
+        // Upstream's "same episode of care over all": an OR group, a questionnaire response and a
+        // composition (which carries no episode: it is only intersected).
+        let either = group(
+            "orGroup",
+            -1,
+            vec![
+                typed(3, "compositionAphp"),
+                typed(4, "questionnaireResponseAphp"),
+            ],
+        );
+        let q = with_constraint(
+            root(
+                "andGroup",
+                true,
+                vec![
+                    either,
+                    typed(1, "questionnaireResponseAphp"),
+                    typed(2, "compositionAphp"),
+                ],
+            ),
+            serde_json::json!("all"),
+            "sameEpisodeOfCare",
+        );
+        let rows = vec![
+            (
+                1,
+                vec![episode(1, 1), episode(2, 2), episode(3, 3), episode(4, 4)],
+            ),
+            // Episodes a composition does not carry: never compared.
+            (2, vec![episode(1, 9), episode(2, 9), episode(3, 9)]),
+            (3, vec![episode(1, 1), episode(3, 5)]),
+            (4, vec![episode(2, 2), episode(4, 7)]),
+        ];
+        // 1 and 2 share an episode with the OR group's rows, 3 and 4 do not; 4 lacks criterion 2.
+        assert_eq!(run(q, rows), [1, 2]);
+    }
+
+    #[test]
+    fn an_all_constraint_applies_in_every_and_group_to_its_own_children() {
+        // The AND group under the OR group applies the root's constraint to its own children.
+        let both = group("andGroup", -2, vec![c(2), c(3)]);
+        let q = with_constraint(
+            root(
+                "andGroup",
+                true,
+                vec![c(1), group("orGroup", -1, vec![both, c(4)])],
+            ),
+            serde_json::json!("all"),
+            "sameEncounter",
+        );
+        let rows = vec![
+            (1, vec![visit(1, 1), visit(2, 2), visit(3, 3)]),
+            (2, vec![visit(1, 1), visit(2, 8), visit(3, 3)]),
+            (3, vec![visit(1, 1), visit(2, 9), visit(3, 4)]),
+            (4, vec![visit(3, 3)]),
+        ];
+        // 1: one encounter for all; 2: criteria 2 and 3 apart, so not in the OR group; 3: the
+        // same, but criterion 4 shares criterion 1's encounter.
+        assert_eq!(run(q, rows), [1, 3]);
+    }
+
+    #[test]
+    fn explicit_ids_may_name_a_group_and_patients_carry_no_date() {
+        let q = with_constraint(
+            root(
+                "andGroup",
+                true,
+                vec![
+                    typed(1, "Patient"),
+                    c(2),
+                    group("orGroup", -1, vec![c(3), c(4)]),
+                ],
+            ),
+            serde_json::json!([1, 2, -1]),
+            "directChronologicalOrdering",
+        );
+        let at = |patient, at| Row {
+            patient,
+            at: Some(at),
+            ..Row::default()
+        };
+        let rows = vec![
+            // A patient criterion has no date: it is intersected, not ordered.
+            (
+                1,
+                vec![
+                    Row {
+                        patient: 1,
+                        ..Row::default()
+                    },
+                    Row {
+                        patient: 2,
+                        ..Row::default()
+                    },
+                ],
+            ),
+            (2, vec![at(1, 100), at(2, 100), at(3, 100)]),
+            (3, vec![at(1, 200)]),
+            (4, vec![at(2, 50), at(3, 300)]),
+        ];
+        // 1: criterion 3 comes after; 2: criterion 4 comes before; 3: not a patient of 1.
+        assert_eq!(run(q, rows), [1]);
+    }
+
+    #[test]
+    fn stages_name_every_node_and_an_excluded_stage_is_the_population_minus_it() {
+        let mut excluded = c(3);
+        excluded["isInclusive"] = serde_json::json!(false);
+        let either = serde_json::json!({"_type": "orGroup", "_id": -1, "isInclusive": true,
+            "criteria": [c(1), c(2)]});
+        let q = parse(&root("andGroup", true, vec![either, excluded]).to_string()).unwrap();
         let rows = vec![
             (1, vec![row(1, 1, 0), row(2, 1, 0)]),
-            (2, vec![row(2, 1, 0)]),
+            (2, vec![row(5, 1, 0), row(6, 1, 0)]),
+            (3, vec![row(2, 1, 0)]),
         ];
         let e = evaluate(
             &q,
@@ -552,7 +762,19 @@ mod tests {
             &Fixture(rows.into_iter().collect()),
         )
         .unwrap();
-        assert_eq!(e.stage_counts, BTreeMap::from([(0, 1), (1, 2), (2, 1)]));
+        assert_eq!(e.patients.iter().collect::<Vec<_>>(), [1, 5, 6]);
+        // Criterion 3 is excluded: its stage is the 9 patients of the population without it.
+        assert_eq!(
+            e.stage_counts,
+            BTreeMap::from([(-1, 4), (0, 3), (1, 2), (2, 2), (3, 9)])
+        );
+        // Ratios count the stage's patients that are in the final result.
+        assert_eq!(
+            e.stage_in_result,
+            BTreeMap::from([(-1, 3), (0, 3), (1, 1), (2, 2), (3, 3)])
+        );
+        assert_eq!(e.stage_ratios()[&1], 1.0 / 3.0);
+        assert_eq!(e.stage_ratios()[&3], 1.0);
     }
 
     #[test]

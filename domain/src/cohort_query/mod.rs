@@ -18,7 +18,8 @@ pub use eval::{
     CriterionSource, EvalOptions, Evaluation, Fetched, Needs, PatientSet, Row, evaluate,
     evaluate_with,
 };
-pub use model::{CohortQuery, Criterion, Node, parse};
+pub use model::{CohortQuery, ConstraintKind, Criterion, Node, parse};
+pub use temporal::upstream_carries;
 
 use thiserror::Error;
 

@@ -186,7 +186,7 @@ pub struct UniqueField {
 /// Which criteria a temporal constraint binds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum IdList {
-    /// Every criterion reachable from the group through inclusive AND groups.
+    /// The direct inclusive children of the group and of every AND group below it.
     All,
     Ids(Vec<i64>),
 }

@@ -1,25 +1,34 @@
 //! Temporal constraints: where each binds, and which patients satisfy it.
 //!
-//! A constraint with explicit ids binds at the lowest group holding all of them, which must be an
-//! AND group reaching each criterion through inclusive AND groups only (the rows of a criterion
-//! under an OR or an exclusion cannot be constrained; upstream raises an error there too). An
-//! `"all"` constraint binds every inclusive criterion its (AND) group reaches that way.
+//! Where they bind follows upstream (`QueryParser.loadGroupResource`,
+//! `QueryBuilderTemporalConstraint.getIdList`, `CriterionTagsParser`):
+//! - an `"all"` constraint is passed down to every AND group below the group declaring it (which
+//!   must be an AND group), and each AND group applies it to its own direct inclusive children;
+//! - a constraint with explicit ids binds at the lowest group holding all of them, which must be an
+//!   AND group reaching each through inclusive AND groups only (the rows of a node under an OR or
+//!   an exclusion cannot be constrained; upstream raises an error there too). Ids may name groups
+//!   as well as criteria;
+//! - a child group is one participant: its rows are those of its inclusive children (restricted
+//!   to the group's patients), whatever its operator;
+//! - a participant whose resource type cannot carry the compared field is left out (see
+//!   [`upstream_carries`]); the others are intersected as usual by their group. A constraint left with
+//!   fewer than two participants constrains nothing.
 //!
 //! A patient satisfies
-//! - `sameEncounter` / `sameEpisodeOfCare`: one encounter (episode) holds a row of every criterion;
-//! - `differentEncounter` / `differentEpisodeOfCare`: for every pair of criteria, a row of each in
-//!   different encounters (episodes);
-//! - `directChronologicalOrdering`: a chain of rows, one per criterion in the list's order, each
+//! - `sameEncounter` / `sameEpisodeOfCare`: one encounter (episode) holds a row of every participant;
+//! - `differentEncounter` / `differentEpisodeOfCare`: for every pair of participants, a row of each
+//!   in different encounters (episodes);
+//! - `directChronologicalOrdering`: a chain of rows, one per participant in the list's order, each
 //!   after the previous by at least the minimum delay (strictly after when none is given) and at
 //!   most the maximum.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::QueryError;
 use super::eval::{PatientSet, Row};
 use super::model::{ConstraintKind, Delay, Group, GroupKind, IdList, Node, TemporalConstraint};
 
-/// A constraint resolved to the criteria it binds, attached to a group.
+/// A constraint resolved to its participants (criteria or groups), attached to a group.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Binding {
     pub kind: ConstraintKind,
@@ -28,19 +37,162 @@ pub(super) struct Binding {
     pub max_delay: Option<Delay>,
 }
 
-/// Group id → the constraints that bind there.
-pub(super) fn bind(root: &Node) -> Result<HashMap<i64, Vec<Binding>>, QueryError> {
-    let mut out: HashMap<i64, Vec<Binding>> = HashMap::new();
-    visit(root, root, &mut out)?;
-    Ok(out)
+/// Where the constraints of a query bind, and whose rows they read.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    /// Group id → the constraints that bind there.
+    pub bindings: HashMap<i64, Vec<Binding>>,
+    /// Nodes whose rows must be kept: the participants, and below a participating group the
+    /// inclusive nodes its rows come from.
+    pub rows_needed: HashSet<i64>,
+    /// Participating groups → the kind of the (first) constraint they take part in, which
+    /// decides what an AND group's rows keep (see [`group_rows`]).
+    pub group_kinds: HashMap<i64, ConstraintKind>,
 }
 
-fn visit(root: &Node, node: &Node, out: &mut HashMap<i64, Vec<Binding>>) -> Result<(), QueryError> {
+/// Whether rows of a resource type can carry what a constraint compares, in upstream's resource
+/// configuration: an episode of care only on questionnaire responses, an encounter and a date on
+/// every clinical resource, neither on patients (or an IPP list, or a cohort). A data source may
+/// say otherwise ([`super::CriterionSource::carries`]).
+pub fn upstream_carries(resource_type: &str, kind: ConstraintKind) -> bool {
+    let base = resource_type.to_ascii_lowercase();
+    let base = base.strip_suffix("aphp").unwrap_or(&base);
+    let clinical = !matches!(base, "patient" | "ipplist" | "group");
+    match kind {
+        ConstraintKind::SameEpisodeOfCare | ConstraintKind::DifferentEpisodeOfCare => {
+            base == "questionnaireresponse"
+        }
+        ConstraintKind::SameEncounter
+        | ConstraintKind::DifferentEncounter
+        | ConstraintKind::DirectChronologicalOrdering => clinical,
+    }
+}
+
+/// What the data source's rows carry: resource type, constraint kind → whether they can be
+/// compared.
+pub(super) type Carries<'a> = &'a dyn Fn(&str, ConstraintKind) -> bool;
+
+/// Whether a node can take part in a constraint of `kind`: a criterion by its resource type, a
+/// group when one of its inclusive children can.
+fn node_carries(node: &Node, kind: ConstraintKind, carries: Carries) -> bool {
+    match node {
+        Node::Criterion(c) => carries(&c.resource_type, kind),
+        Node::Group(g) => g
+            .children
+            .iter()
+            .any(|c| c.inclusive() && !is_empty(c) && node_carries(c, kind, carries)),
+    }
+}
+
+fn is_empty(node: &Node) -> bool {
+    match node {
+        Node::Criterion(_) => false,
+        Node::Group(g) => g.children.iter().all(is_empty),
+    }
+}
+
+/// Resolves every constraint of the tree.
+pub(super) fn bind(root: &Node, carries: Carries) -> Result<Plan, QueryError> {
+    let mut plan = Plan::default();
+    visit(root, root, &[], carries, &mut plan)?;
+    let participants: Vec<(i64, ConstraintKind)> = plan
+        .bindings
+        .values()
+        .flatten()
+        .flat_map(|b| b.ids.iter().map(|id| (*id, b.kind)))
+        .collect();
+    for (id, kind) in participants {
+        if let Some(node) = find(root, id) {
+            keep_rows(node, kind, &mut plan);
+        }
+    }
+    Ok(plan)
+}
+
+/// Marks a participant and, for a group, the inclusive nodes its rows come from.
+fn keep_rows(node: &Node, kind: ConstraintKind, plan: &mut Plan) {
+    plan.rows_needed.insert(node.id());
+    if let Node::Group(g) = node {
+        plan.group_kinds.entry(g.id).or_insert(kind);
+        for child in g.children.iter().filter(|c| c.inclusive() && !is_empty(c)) {
+            keep_rows(child, kind, plan);
+        }
+    }
+}
+
+/// A participating group's rows, from its inclusive children's (`children`, each sorted by
+/// patient) for the group's patients. An OR or nAmongM group keeps them all; an AND group joins
+/// its children, so for a same-encounter (episode) constraint only the encounters (episodes) that
+/// every child's rows hold for the patient stay in play.
+pub(super) fn group_rows(
+    g: &Group,
+    kind: Option<ConstraintKind>,
+    children: &[&[Row]],
+    set: &PatientSet,
+) -> Vec<Row> {
+    let key: Option<fn(&Row) -> Option<u64>> = match (g.kind, kind) {
+        (GroupKind::And, Some(ConstraintKind::SameEncounter)) => Some(|r| r.encounter),
+        (GroupKind::And, Some(ConstraintKind::SameEpisodeOfCare)) => Some(|r| r.episode),
+        _ => None,
+    };
+    let mut rows: Vec<Row> = children
+        .iter()
+        .flat_map(|c| c.iter())
+        .filter(|r| set.contains(r.patient))
+        .copied()
+        .collect();
+    rows.sort_by_key(|r| r.patient);
+    let Some(key) = key.filter(|_| children.len() > 1) else {
+        return rows;
+    };
+    let mut kept = Vec::with_capacity(rows.len());
+    for chunk in rows.chunk_by(|a, b| a.patient == b.patient) {
+        let patient = chunk[0].patient;
+        let mut common: Option<BTreeSet<u64>> = None;
+        for child in children {
+            let keys: BTreeSet<u64> = child
+                .iter()
+                .filter(|r| r.patient == patient)
+                .filter_map(key)
+                .collect();
+            common = Some(match common {
+                Some(c) => c.intersection(&keys).copied().collect(),
+                None => keys,
+            });
+        }
+        let common = common.unwrap_or_default();
+        kept.extend(
+            chunk
+                .iter()
+                .filter(|r| key(r).is_some_and(|k| common.contains(&k))),
+        );
+    }
+    kept
+}
+
+fn find(node: &Node, id: i64) -> Option<&Node> {
+    if node.id() == id {
+        return Some(node);
+    }
+    match node {
+        Node::Criterion(_) => None,
+        Node::Group(g) => g.children.iter().find_map(|c| find(c, id)),
+    }
+}
+
+fn visit(
+    root: &Node,
+    node: &Node,
+    inherited: &[&TemporalConstraint],
+    carries: Carries,
+    plan: &mut Plan,
+) -> Result<(), QueryError> {
     let Node::Group(g) = node else {
         return Ok(());
     };
+    let mut all: Vec<&TemporalConstraint> = inherited.to_vec();
     for t in &g.temporal_constraints {
-        let (at, ids) = match &t.ids {
+        match &t.ids {
             IdList::All => {
                 if g.kind != GroupKind::And {
                     return Err(QueryError::criterion(
@@ -48,47 +200,55 @@ fn visit(root: &Node, node: &Node, out: &mut HashMap<i64, Vec<Binding>>) -> Resu
                         "a temporal constraint on all criteria needs an AND group",
                     ));
                 }
-                let mut ids = Vec::new();
-                and_reachable(g, &mut ids);
-                (g.id, ids)
+                all.push(t);
             }
-            IdList::Ids(ids) => (lowest_and_group(root, g, ids)?, ids.clone()),
-        };
-        if ids.len() < 2 {
-            continue;
+            IdList::Ids(ids) => {
+                let at = lowest_and_group(root, g, ids)?;
+                let ids: Vec<i64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|id| find(root, *id).is_some_and(|n| node_carries(n, t.kind, carries)))
+                    .collect();
+                add(plan, at, t, ids);
+            }
         }
-        out.entry(at).or_default().push(binding(t, ids));
+    }
+    if g.kind == GroupKind::And {
+        for t in &all {
+            let ids = g
+                .children
+                .iter()
+                .filter(|c| c.inclusive() && !is_empty(c) && node_carries(c, t.kind, carries))
+                .map(Node::id)
+                .collect();
+            add(plan, g.id, t, ids);
+        }
     }
     for child in &g.children {
-        visit(root, child, out)?;
+        visit(root, child, &all, carries, plan)?;
     }
     Ok(())
 }
 
-fn binding(t: &TemporalConstraint, ids: Vec<i64>) -> Binding {
-    Binding {
+fn add(plan: &mut Plan, at: i64, t: &TemporalConstraint, ids: Vec<i64>) {
+    if ids.len() < 2 {
+        return;
+    }
+    plan.bindings.entry(at).or_default().push(Binding {
         kind: t.kind,
         ids,
         min_delay: t.min_delay,
         max_delay: t.max_delay,
-    }
+    });
 }
 
-/// Inclusive criteria reached from `g` through inclusive AND groups.
-fn and_reachable(g: &Group, ids: &mut Vec<i64>) {
-    for child in g.children.iter().filter(|c| c.inclusive()) {
-        match child {
-            Node::Criterion(c) => ids.push(c.id),
-            Node::Group(sub) if sub.kind == GroupKind::And => and_reachable(sub, ids),
-            Node::Group(_) => {}
-        }
-    }
-}
-
-/// The path of groups from `node` down to criterion `id`, if it is below.
+/// The groups from `node` down to the node `id` (that node excluded), if it is below.
 fn path_to<'a>(node: &'a Node, id: i64, path: &mut Vec<&'a Group>) -> bool {
+    if node.id() == id {
+        return true;
+    }
     match node {
-        Node::Criterion(c) => c.id == id,
+        Node::Criterion(_) => false,
         Node::Group(g) => {
             path.push(g);
             if g.children.iter().any(|c| path_to(c, id, path)) {
@@ -105,7 +265,7 @@ fn lowest_and_group(root: &Node, declared: &Group, ids: &[i64]) -> Result<i64, Q
     let mut paths = Vec::new();
     for id in ids {
         let mut path = Vec::new();
-        if !path_to(root, *id, &mut path) {
+        if !path_to(root, *id, &mut path) || path.is_empty() {
             return Err(QueryError::criterion(
                 declared.id,
                 format!(
@@ -142,8 +302,12 @@ fn lowest_and_group(root: &Node, declared: &Group, ids: &[i64]) -> Result<i64, Q
                 ),
             ));
         }
+        let parent = path[path.len() - 1];
         let inclusive = below[1..].iter().all(|g| g.inclusive)
-            && criterion_inclusive(path[path.len() - 1], *id);
+            && parent
+                .children
+                .iter()
+                .any(|c| c.id() == *id && c.inclusive());
         if !inclusive {
             return Err(QueryError::criterion(
                 *id,
@@ -152,13 +316,6 @@ fn lowest_and_group(root: &Node, declared: &Group, ids: &[i64]) -> Result<i64, Q
         }
     }
     Ok(lca.id)
-}
-
-fn criterion_inclusive(parent: &Group, id: i64) -> bool {
-    parent
-        .children
-        .iter()
-        .any(|c| matches!(c, Node::Criterion(cr) if cr.id == id && cr.inclusive))
 }
 
 /// The patients of `set` that satisfy the constraint, given the bound criteria's rows (sorted by

@@ -409,9 +409,8 @@ impl Inner {
                             );
                         }
                     }
-                    Some("ratio") if count > 0 => {
-                        for (id, n) in &evaluation.stage_counts {
-                            let ratio = *n as f64 / count as f64;
+                    Some("ratio") => {
+                        for (id, ratio) in evaluation.stage_ratios() {
                             extra.insert(
                                 format!("criteria_ratio_{id}"),
                                 Value::String(format!("{ratio:.4}")),

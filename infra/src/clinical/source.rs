@@ -25,7 +25,7 @@ use chrono::{DateTime, Datelike, NaiveDate};
 use domain::cohort_query::fhir_filter::{FilterExpr, parse_filter};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
 use domain::cohort_query::{
-    Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
+    ConstraintKind, Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
 };
 
 use super::catalog::FactResource;
@@ -309,6 +309,16 @@ fn whole_months(birth: NaiveDate, at: NaiveDate) -> i32 {
 }
 
 impl CriterionSource for ClinicalSource<'_> {
+    /// Every stored encounter belongs to an episode of care, so every resource linked to an
+    /// encounter carries one here (upstream's sources only have it on questionnaire responses);
+    /// patients carry neither an encounter nor a date.
+    fn carries(&self, resource_type: &str, _kind: ConstraintKind) -> bool {
+        !matches!(
+            target(resource_type),
+            None | Some(Target::Patient | Target::IppList)
+        )
+    }
+
     fn fetch(
         &self,
         c: &Criterion,

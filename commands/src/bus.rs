@@ -39,6 +39,22 @@ pub trait Execute<A: Aggregate>: Send + Sync {
         ctx: &CommandContext,
     ) -> Result<Committed, CommandError<A::Error>>;
 
+    /// [`Self::execute`] for a command creating aggregate `id` under an id just drawn at random:
+    /// the store is not asked for an aggregate that cannot exist yet. The append's optimistic
+    /// lock still refuses an id that is taken after all, and the command is then decided on the
+    /// stored state like any other.
+    async fn execute_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>>
+    where
+        A::Command: Send + 'async_trait,
+    {
+        self.execute(id, command, ctx).await
+    }
+
     /// The current state of aggregate `id` (the default state if it has no event).
     async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>>;
 
@@ -58,6 +74,38 @@ pub trait Execute<A: Aggregate>: Send + Sync {
             committed.push(self.execute(&id, command, ctx).await?);
         }
         Ok(committed)
+    }
+}
+
+/// An event store that can hand out the context of an aggregate with no event yet without
+/// reading anything ([`Execute::execute_new`]); `None`: it cannot, the aggregate is loaded.
+pub trait FreshContext<A: Aggregate>: EventStore<A> {
+    fn fresh_context(&self, id: &str) -> Option<Self::AC>;
+}
+
+impl<R, A> FreshContext<A> for cqrs_es::persist::PersistedEventStore<R, A>
+where
+    R: cqrs_es::persist::PersistedEventRepository,
+    A: Aggregate + Send + Sync,
+{
+    fn fresh_context(&self, id: &str) -> Option<Self::AC> {
+        // What `load_aggregate` answers for an aggregate without snapshot or event.
+        Some(cqrs_es::persist::EventStoreAggregateContext {
+            aggregate_id: id.to_string(),
+            aggregate: A::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        })
+    }
+}
+
+impl<A: Aggregate> FreshContext<A> for cqrs_es::mem_store::MemStore<A> {
+    fn fresh_context(&self, id: &str) -> Option<Self::AC> {
+        Some(cqrs_es::mem_store::MemStoreAggregateContext {
+            aggregate_id: id.to_string(),
+            aggregate: A::default(),
+            current_sequence: 0,
+        })
     }
 }
 
@@ -116,7 +164,7 @@ where
     // Every aggregate of this service decides purely, so it takes no services.
     A: Aggregate<Services = ()> + 'static,
     A::Command: Clone + Send + Sync,
-    ES: EventStore<A> + 'static,
+    ES: FreshContext<A> + 'static,
     ES::AC: Send,
 {
     async fn execute(
@@ -125,17 +173,16 @@ where
         command: A::Command,
         ctx: &CommandContext,
     ) -> Result<Committed, CommandError<A::Error>> {
-        let result = self.try_execute(id, command, ctx).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(CommandError::Rejected(_)) => "rejected",
-            Err(CommandError::Conflict) => "conflict",
-            Err(CommandError::Unavailable(_)) => "unavailable",
-            Err(_) => "error",
-        };
-        metrics::counter!("cohort360_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
-            .increment(1);
-        result
+        counted::<A>(self.try_execute(id, command, ctx, false).await)
+    }
+
+    async fn execute_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Committed, CommandError<A::Error>> {
+        counted::<A>(self.try_execute(id, command, ctx, true).await)
     }
 
     async fn load(&self, id: &str) -> Result<A, CommandError<A::Error>> {
@@ -147,6 +194,22 @@ where
         // The context owns the aggregate; take it out, leaving a default in its place.
         Ok(std::mem::take(context.aggregate()))
     }
+}
+
+/// Counts a command's outcome.
+fn counted<A: Aggregate>(
+    result: Result<Committed, CommandError<A::Error>>,
+) -> Result<Committed, CommandError<A::Error>> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(CommandError::Rejected(_)) => "rejected",
+        Err(CommandError::Conflict) => "conflict",
+        Err(CommandError::Unavailable(_)) => "unavailable",
+        Err(_) => "error",
+    };
+    metrics::counter!("cohort360_commands_total", "aggregate" => A::TYPE, "outcome" => outcome)
+        .increment(1);
+    result
 }
 
 impl<ES> CommandBus<ES> {
@@ -176,27 +239,37 @@ impl<ES> CommandBus<ES> {
         None
     }
 
-    /// Load, decide, commit; retried on optimistic-lock conflicts.
+    /// Load (unless `fresh`, the first time), decide, commit; retried on optimistic-lock
+    /// conflicts, loading.
     async fn try_execute<A>(
         &self,
         id: &str,
         command: A::Command,
         ctx: &CommandContext,
+        fresh: bool,
     ) -> Result<Committed, CommandError<A::Error>>
     where
         A: Aggregate<Services = ()> + 'static,
         A::Command: Clone + Send + Sync,
-        ES: EventStore<A> + 'static,
+        ES: FreshContext<A> + 'static,
         ES::AC: Send,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut context = self
-                .store
-                .load_aggregate(id)
-                .await
-                .map_err(from_aggregate_error)?;
+            let fresh_context = if fresh && attempt == 1 {
+                self.store.fresh_context(id)
+            } else {
+                None
+            };
+            let mut context = match fresh_context {
+                Some(context) => context,
+                None => self
+                    .store
+                    .load_aggregate(id)
+                    .await
+                    .map_err(from_aggregate_error)?,
+            };
             let sink = EventSink::<A>::default();
             context
                 .aggregate()
@@ -276,6 +349,7 @@ mod tests {
         inner: MemStore<Folder>,
         conflicts: AtomicUsize,
         commits_tried: AtomicUsize,
+        loads: AtomicUsize,
         /// After the conflicts: commits answer a connection error, having stored (`Some(true)`)
         /// or not (`Some(false)`) the events.
         connection_lost: Option<bool>,
@@ -296,6 +370,7 @@ mod tests {
             &self,
             id: &str,
         ) -> Result<Self::AC, AggregateError<domain::folder::FolderError>> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
             self.inner.load_aggregate(id).await
         }
 
@@ -326,13 +401,41 @@ mod tests {
         }
     }
 
+    impl FreshContext<Folder> for Conflicting {
+        fn fresh_context(&self, id: &str) -> Option<Self::AC> {
+            self.inner.fresh_context(id)
+        }
+    }
+
     fn store(conflicts: usize) -> Conflicting {
         Conflicting {
             inner: MemStore::default(),
             conflicts: AtomicUsize::new(conflicts),
             commits_tried: AtomicUsize::new(0),
+            loads: AtomicUsize::new(0),
             connection_lost: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_creation_under_a_fresh_id_loads_nothing_and_a_taken_id_is_decided_on_its_state() {
+        let bus = CommandBus::new(store(0), 5);
+        let committed = bus.execute_new("f", create(), &ctx()).await.unwrap();
+        assert_eq!(committed.last_sequence, Some(1));
+        assert_eq!(bus.store.loads.load(Ordering::SeqCst), 0);
+        // The id turns out to be taken: the append loses, the command is decided again on the
+        // stored folder, which refuses a second creation.
+        bus.store.conflicts.store(1, Ordering::SeqCst);
+        let err = bus.execute_new("f", create(), &ctx()).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CommandError::Rejected(domain::folder::FolderError::AlreadyExists)
+            ),
+            "{err:?}"
+        );
+        assert_eq!(bus.store.loads.load(Ordering::SeqCst), 1);
+        assert_eq!(bus.store.inner.load_events("f").await.unwrap().len(), 1);
     }
 
     #[tokio::test]

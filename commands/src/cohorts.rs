@@ -254,7 +254,7 @@ impl Cohorts {
         let c = self
             .buses
             .counts
-            .execute(&count_id.to_string(), command, ctx)
+            .execute_new(&count_id.to_string(), command, ctx)
             .await?;
         self.settle(count_id, &[c]).await
     }
@@ -325,7 +325,7 @@ impl Cohorts {
             committed.push(
                 self.buses
                     .counts
-                    .execute(&global_id.to_string(), command, ctx)
+                    .execute_new(&global_id.to_string(), command, ctx)
                     .await?,
             );
             Some(global_id)
@@ -480,7 +480,7 @@ impl Cohorts {
         committed.push(
             self.buses
                 .cohorts
-                .execute(&cohort_id.to_string(), command, ctx)
+                .execute_new(&cohort_id.to_string(), command, ctx)
                 .await?,
         );
         self.settle(cohort_id, &committed).await

@@ -430,7 +430,7 @@ impl Exports {
         let c = self
             .ports
             .exports
-            .execute(&id.to_string(), command, ctx)
+            .execute_new(&id.to_string(), command, ctx)
             .await?;
         self.written(id, &[c]).await
     }
@@ -927,7 +927,7 @@ impl Exports {
         let c = self
             .ports
             .providers
-            .execute(
+            .execute_new(
                 &id.to_string(),
                 ProviderCommand::Create {
                     id,
@@ -1019,7 +1019,7 @@ impl Exports {
         let c = self
             .ports
             .datalabs
-            .execute(&id.to_string(), command, ctx)
+            .execute_new(&id.to_string(), command, ctx)
             .await?;
         self.written(id, &[c]).await
     }

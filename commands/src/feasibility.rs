@@ -107,7 +107,7 @@ impl Feasibility {
         let c = self
             .ports
             .studies
-            .execute(&id.to_string(), command, ctx)
+            .execute_new(&id.to_string(), command, ctx)
             .await?;
         let caught_up = self.ports.consistency.wait_for(&[c]).await;
         Ok(Written {

@@ -87,7 +87,7 @@ impl FhirFilters {
             auto_generated: new.auto_generated,
             at: ctx.at,
         };
-        let c = self.bus.execute(&id.to_string(), command, ctx).await?;
+        let c = self.bus.execute_new(&id.to_string(), command, ctx).await?;
         let caught_up = self.consistency.wait_for(&[c]).await;
         Ok(Written {
             value: id,

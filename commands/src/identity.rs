@@ -467,7 +467,7 @@ impl Identity {
         let session_id = Uuid::new_v4();
         self.buses
             .sessions
-            .execute(
+            .execute_new(
                 &session_id.to_string(),
                 SessionCommand::Open {
                     username: username.to_string(),

@@ -117,7 +117,7 @@ impl Schedules {
         let c = self
             .ports
             .schedules
-            .execute(&id.to_string(), command, ctx)
+            .execute_new(&id.to_string(), command, ctx)
             .await?;
         self.written(id, &[c]).await
     }

@@ -150,7 +150,7 @@ impl Workspace {
         };
         let c = self
             .folders
-            .execute(&folder_id.to_string(), command, ctx)
+            .execute_new(&folder_id.to_string(), command, ctx)
             .await?;
         self.settle(folder_id, &[c]).await
     }
@@ -240,7 +240,7 @@ impl Workspace {
         };
         let c = self
             .requests
-            .execute(&request_id.to_string(), command, ctx)
+            .execute_new(&request_id.to_string(), command, ctx)
             .await?;
         self.settle(request_id, &[c]).await
     }
@@ -448,7 +448,7 @@ impl Workspace {
                 at: ctx.at,
             };
             self.requests
-                .execute(&new_request.to_string(), create, &share_ctx)
+                .execute_new(&new_request.to_string(), create, &share_ctx)
                 .await?;
             let copy = RequestCommand::SaveSnapshot {
                 by: recipient.clone(),

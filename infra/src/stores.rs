@@ -92,6 +92,16 @@ where
     }
 }
 
+impl<A: Aggregate, ES: commands::bus::FreshContext<A>> commands::bus::FreshContext<A>
+    for ClassifiedStore<ES>
+where
+    ES::AC: Send,
+{
+    fn fresh_context(&self, id: &str) -> Option<Self::AC> {
+        self.0.fresh_context(id)
+    }
+}
+
 /// Brings stored events to the version this build writes, for the aggregates
 /// ([`domain::upcast`]). An event that cannot be upcast is left as stored: decoding it then fails
 /// with a clear error instead of being guessed.

@@ -158,6 +158,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 events = report.events,
                 checkpoint = %report.checkpoint,
                 seconds = secs,
+                copy_ms = report.copy.as_millis() as u64,
+                fold_ms = report.fold.as_millis() as u64,
+                swap_ms = report.swap.as_millis() as u64,
                 "rebuilt and swapped in"
             );
             Ok(())

@@ -38,8 +38,9 @@ use crate::log::{CommittedEvent, read_committed_after};
 /// Events folded per catch-up transaction.
 const CATCH_UP_BATCH: i64 = 500;
 
-/// Events read per batch by a rebuild.
-const REBUILD_BATCH: i64 = 5_000;
+/// Events read per batch by a rebuild: the first batch is small, so that folding starts early,
+/// and each next one twice as large, up to the last.
+const REBUILD_BATCHES: (i64, i64) = (500, 5_000);
 
 /// How long the stored checkpoint may stay behind while only ignored events flow.
 const DEFERRED_SAVE: Duration = Duration::from_secs(1);
@@ -622,11 +623,66 @@ impl LogConsumer for Projector {
     }
 }
 
+/// Gives the copy's tables the live schema's indexes under their own names (`LIKE … INCLUDING
+/// ALL` would name them afresh, and a later migration naming an index would not find it): the
+/// constraints' indexes (`LIKE` made them, with the same names) and the unique ones now, for the
+/// fold's lookups and conflicts; the others are returned, to be built after the fold.
+async fn copy_indexes_but_secondary(
+    conn: &mut PgConnection,
+    live: &str,
+    copy: &str,
+) -> Result<Vec<String>, ProjectionError> {
+    let unnamed: Vec<String> = sqlx::query_scalar(
+        "SELECT format('DROP INDEX %I.%I', n.nspname, c.relname)
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1
+            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
+    )
+    .bind(copy)
+    .fetch_all(&mut *conn)
+    .await?;
+    for drop in &unnamed {
+        sqlx::query(drop).execute(&mut *conn).await?;
+    }
+    let definitions: Vec<(bool, String)> = sqlx::query_as(
+        "SELECT i.indisunique,
+                replace(pg_get_indexdef(i.indexrelid),
+                        ' ON ' || quote_ident($1) || '.', ' ON ' || quote_ident($2) || '.')
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1
+            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+          ORDER BY c.relname",
+    )
+    .bind(live)
+    .bind(copy)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut deferred = Vec::new();
+    for (unique, definition) in definitions {
+        if unique {
+            sqlx::query(&definition).execute(&mut *conn).await?;
+        } else {
+            deferred.push(definition);
+        }
+    }
+    Ok(deferred)
+}
+
 /// What a rebuild did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildReport {
     pub events: usize,
     pub checkpoint: Cursor,
+    /// Creating the empty copy of the schema.
+    pub copy: Duration,
+    /// Folding the log into it, while the live projector runs.
+    pub fold: Duration,
+    /// Of which waiting for the log's next batch to be read and decoded.
+    pub fold_read_wait: Duration,
+    /// Catching up under the live checkpoint's lock and swapping the schemas.
+    pub swap: Duration,
 }
 
 /// Rebuilds a projection from position 0 into a fresh copy of its schema, then swaps the copy in.
@@ -644,6 +700,7 @@ pub async fn rebuild(
     let old = format!("{live}_old");
     let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(&copy), quote_ident(&old));
 
+    let started = Instant::now();
     let mut conn = pool.acquire().await?;
     sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE"))
         .execute(&mut *conn)
@@ -669,7 +726,9 @@ pub async fn rebuild(
     sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
         .execute(&mut *conn)
         .await?;
+    let deferred = copy_indexes_but_secondary(&mut conn, live, &copy).await?;
     drop(conn);
+    let copy_took = started.elapsed();
 
     // Fold the log into the copy, batch by batch, outside any lock. The next batch is read
     // (on its own connection) while the current one is folded: reading and decoding the log
@@ -679,24 +738,30 @@ pub async fn rebuild(
         let pool = pool.clone();
         tokio::spawn(async move {
             let mut from = Cursor::START;
+            let mut limit = REBUILD_BATCHES.0;
             loop {
-                let batch = read_committed_after(&pool, from, REBUILD_BATCH).await;
+                let batch = read_committed_after(&pool, from, limit).await;
                 let last = batch
                     .as_ref()
                     .ok()
                     .and_then(|b| b.last().map(|e| e.cursor()));
-                let full = batch
-                    .as_ref()
-                    .is_ok_and(|b| b.len() as i64 == REBUILD_BATCH);
+                let full = batch.as_ref().is_ok_and(|b| b.len() as i64 == limit);
                 if batches.send(batch).await.is_err() || !full {
                     return;
                 }
                 from = last.unwrap_or(from);
+                limit = (limit * 2).min(REBUILD_BATCHES.1);
             }
         })
     };
     let mut events = 0;
-    while let Some(batch) = ready.recv().await {
+    let mut read_wait = Duration::ZERO;
+    loop {
+        let waiting = Instant::now();
+        let Some(batch) = ready.recv().await else {
+            break;
+        };
+        read_wait += waiting.elapsed();
         let batch = batch?;
         let mut tx = pool.begin().await?;
         let from = lock_checkpoint(&mut tx, &copy).await?;
@@ -705,6 +770,11 @@ pub async fn rebuild(
         events += batch.len();
     }
     reader.await.ok();
+    // The secondary indexes, built once over the folded rows rather than row by row.
+    for index in &deferred {
+        sqlx::query(index).execute(pool).await?;
+    }
+    let fold_took = started.elapsed() - copy_took;
 
     // Swap under the live checkpoint's lock.
     let mut tx = pool.begin().await?;
@@ -715,7 +785,7 @@ pub async fn rebuild(
     .await?;
     let checkpoint = loop {
         let from = lock_checkpoint(&mut tx, &copy).await?;
-        let batch = read_committed_after(&mut *tx, from, REBUILD_BATCH).await?;
+        let batch = read_committed_after(&mut *tx, from, REBUILD_BATCHES.1).await?;
         events += batch.len();
         let reached = fold(&mut tx, projection, from, &batch).await?;
         if batch.is_empty() {
@@ -732,5 +802,12 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(RebuildReport { events, checkpoint })
+    Ok(RebuildReport {
+        events,
+        checkpoint,
+        copy: copy_took,
+        fold: fold_took,
+        fold_read_wait: read_wait,
+        swap: started.elapsed() - copy_took - fold_took,
+    })
 }

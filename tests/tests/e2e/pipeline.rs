@@ -533,11 +533,24 @@ async fn a_rebuilt_projection_is_identical_row_for_row() {
         live.iter().all(|(_, rows)| !rows.is_empty()),
         "every table has rows to compare"
     );
+    // Index and constraint names and definitions, as the migrations made them.
+    let indexes = || async {
+        sqlx::query_as::<_, (String, String)>(
+            "SELECT indexname::text, indexdef FROM pg_indexes
+              WHERE schemaname = 'workspace' ORDER BY indexname",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap()
+    };
+    let live_indexes = indexes().await;
+    assert!(live_indexes.len() > 5, "{live_indexes:?}");
     let report = infra::projector::rebuild(&app.pool, &WorkspaceProjection)
         .await
         .expect("rebuild");
     assert_eq!(report.events as i64, app.event_count().await);
     assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    assert_eq!(indexes().await, live_indexes);
     // The service keeps working on the swapped-in tables.
     let after = app
         .post(

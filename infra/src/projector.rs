@@ -625,8 +625,9 @@ impl LogConsumer for Projector {
 
 /// Gives the copy's tables the live schema's indexes under their own names (`LIKE … INCLUDING
 /// ALL` would name them afresh, and a later migration naming an index would not find it): the
-/// constraints' indexes (`LIKE` made them, with the same names) and the unique ones now, for the
-/// fold's lookups and conflicts; the others are returned, to be built after the fold.
+/// constraints' indexes now (`LIKE` made them, under Postgres's default names, which are the
+/// ones our migrations leave them), the other unique ones now too, for the fold's lookups and
+/// conflicts; the rest are returned, to be built after the fold.
 async fn copy_indexes_but_secondary(
     conn: &mut PgConnection,
     live: &str,

@@ -230,13 +230,20 @@ impl Run<'_> {
 
     /// A participating group's rows (see [`temporal::group_rows`]).
     fn keep_group_rows(&mut self, g: &Group, set: &PatientSet) {
-        let children: Vec<&[Row]> = g
+        let kind = self.group_kinds.get(&g.id).copied();
+        let source = self.source;
+        let carries = |t: &str, k: ConstraintKind| source.carries(t, k);
+        let children: Vec<(&[Row], bool)> = g
             .children
             .iter()
             .filter(|c| c.inclusive())
-            .filter_map(|c| self.rows.get(&c.id()).map(Vec::as_slice))
+            .filter_map(|c| {
+                let rows = self.rows.get(&c.id())?;
+                let carrying = kind.is_some_and(|k| temporal::node_carries(c, k, &carries));
+                Some((rows.as_slice(), carrying))
+            })
             .collect();
-        let rows = temporal::group_rows(g, self.group_kinds.get(&g.id).copied(), &children, set);
+        let rows = temporal::group_rows(g, kind, &children, set);
         self.rows.insert(g.id, rows);
     }
 
@@ -699,6 +706,38 @@ mod tests {
         // 1: one encounter for all; 2: criteria 2 and 3 apart, so not in the OR group; 3: the
         // same, but criterion 4 shares criterion 1's encounter.
         assert_eq!(run(q, rows), [1, 3]);
+    }
+
+    #[test]
+    fn an_and_group_s_encounters_come_from_its_children_that_have_one() {
+        let q = with_constraint(
+            root(
+                "andGroup",
+                true,
+                vec![c(1), group("andGroup", -1, vec![typed(2, "Patient"), c(3)])],
+            ),
+            serde_json::json!("all"),
+            "sameEncounter",
+        );
+        let rows = vec![
+            (1, vec![visit(1, 1), visit(2, 2)]),
+            (
+                2,
+                vec![
+                    Row {
+                        patient: 1,
+                        ..Row::default()
+                    },
+                    Row {
+                        patient: 2,
+                        ..Row::default()
+                    },
+                ],
+            ),
+            (3, vec![visit(1, 1), visit(2, 9)]),
+        ];
+        // The patient criterion has no encounter: it narrows the group, not its encounters.
+        assert_eq!(run(q, rows), [1]);
     }
 
     #[test]

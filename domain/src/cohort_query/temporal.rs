@@ -74,7 +74,7 @@ pub(super) type Carries<'a> = &'a dyn Fn(&str, ConstraintKind) -> bool;
 
 /// Whether a node can take part in a constraint of `kind`: a criterion by its resource type, a
 /// group when one of its inclusive children can.
-fn node_carries(node: &Node, kind: ConstraintKind, carries: Carries) -> bool {
+pub(super) fn node_carries(node: &Node, kind: ConstraintKind, carries: Carries) -> bool {
     match node {
         Node::Criterion(c) => carries(&c.resource_type, kind),
         Node::Group(g) => g
@@ -95,10 +95,13 @@ fn is_empty(node: &Node) -> bool {
 pub(super) fn bind(root: &Node, carries: Carries) -> Result<Plan, QueryError> {
     let mut plan = Plan::default();
     visit(root, root, &[], carries, &mut plan)?;
-    let participants: Vec<(i64, ConstraintKind)> = plan
-        .bindings
-        .values()
-        .flatten()
+    // In the groups' order, so that a group taking part in constraints of several kinds always
+    // gets the same one.
+    let mut at: Vec<i64> = plan.bindings.keys().copied().collect();
+    at.sort_unstable();
+    let participants: Vec<(i64, ConstraintKind)> = at
+        .iter()
+        .flat_map(|g| &plan.bindings[g])
         .flat_map(|b| b.ids.iter().map(|id| (*id, b.kind)))
         .collect();
     for (id, kind) in participants {
@@ -120,14 +123,15 @@ fn keep_rows(node: &Node, kind: ConstraintKind, plan: &mut Plan) {
     }
 }
 
-/// A participating group's rows, from its inclusive children's (`children`, each sorted by
-/// patient) for the group's patients. An OR or nAmongM group keeps them all; an AND group joins
-/// its children, so for a same-encounter (episode) constraint only the encounters (episodes) that
-/// every child's rows hold for the patient stay in play.
+/// A participating group's rows, from its inclusive children's (`children`: each one's rows,
+/// and whether it carries what the constraint compares) for the group's patients. An OR or
+/// nAmongM group keeps them all; an AND group joins its children, so for a same-encounter
+/// (episode) constraint only the encounters (episodes) that every carrying child's rows hold for
+/// the patient stay in play.
 pub(super) fn group_rows(
     g: &Group,
     kind: Option<ConstraintKind>,
-    children: &[&[Row]],
+    children: &[(&[Row], bool)],
     set: &PatientSet,
 ) -> Vec<Row> {
     let key: Option<fn(&Row) -> Option<u64>> = match (g.kind, kind) {
@@ -135,39 +139,41 @@ pub(super) fn group_rows(
         (GroupKind::And, Some(ConstraintKind::SameEpisodeOfCare)) => Some(|r| r.episode),
         _ => None,
     };
-    let mut rows: Vec<Row> = children
-        .iter()
-        .flat_map(|c| c.iter())
-        .filter(|r| set.contains(r.patient))
-        .copied()
-        .collect();
-    rows.sort_by_key(|r| r.patient);
-    let Some(key) = key.filter(|_| children.len() > 1) else {
-        return rows;
-    };
-    let mut kept = Vec::with_capacity(rows.len());
-    for chunk in rows.chunk_by(|a, b| a.patient == b.patient) {
-        let patient = chunk[0].patient;
-        let mut common: Option<BTreeSet<u64>> = None;
-        for child in children {
-            let keys: BTreeSet<u64> = child
+    let mut rows: Vec<Row> = match key {
+        None => children
+            .iter()
+            .flat_map(|(rows, _)| rows.iter())
+            .filter(|r| set.contains(r.patient))
+            .copied()
+            .collect(),
+        Some(key) => {
+            // (patient, key) pairs of each carrying child; a row stays if every one has its pair.
+            let carrying: Vec<&[Row]> = children
                 .iter()
-                .filter(|r| r.patient == patient)
-                .filter_map(key)
+                .filter(|(_, carries)| *carries)
+                .map(|(rows, _)| *rows)
                 .collect();
-            common = Some(match common {
-                Some(c) => c.intersection(&keys).copied().collect(),
-                None => keys,
-            });
-        }
-        let common = common.unwrap_or_default();
-        kept.extend(
-            chunk
+            let pairs: Vec<HashSet<(u32, u64)>> = carrying
                 .iter()
-                .filter(|r| key(r).is_some_and(|k| common.contains(&k))),
-        );
-    }
-    kept
+                .map(|rows| {
+                    rows.iter()
+                        .filter_map(|r| key(r).map(|k| (r.patient, k)))
+                        .collect()
+                })
+                .collect();
+            carrying
+                .iter()
+                .flat_map(|rows| rows.iter())
+                .filter(|r| set.contains(r.patient))
+                .filter(|r| {
+                    key(r).is_some_and(|k| pairs.iter().all(|p| p.contains(&(r.patient, k))))
+                })
+                .copied()
+                .collect()
+        }
+    };
+    rows.sort_by_key(|r| r.patient);
+    rows
 }
 
 fn find(node: &Node, id: i64) -> Option<&Node> {

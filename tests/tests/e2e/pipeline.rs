@@ -528,6 +528,7 @@ async fn a_rebuilt_projection_is_identical_row_for_row() {
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
 
+    app.settle().await;
     let live = dump_schema(&app.pool, "workspace").await;
     assert!(
         live.iter().all(|(_, rows)| !rows.is_empty()),

@@ -637,6 +637,14 @@ mod tests {
         }
     }
 
+    /// A row with a patient and nothing else (a patient-level resource).
+    fn patient(patient: u32) -> Row {
+        Row {
+            patient,
+            ..Row::default()
+        }
+    }
+
     fn visit(patient: u32, encounter: u64) -> Row {
         Row {
             patient,
@@ -721,19 +729,7 @@ mod tests {
         );
         let rows = vec![
             (1, vec![visit(1, 1), visit(2, 2)]),
-            (
-                2,
-                vec![
-                    Row {
-                        patient: 1,
-                        ..Row::default()
-                    },
-                    Row {
-                        patient: 2,
-                        ..Row::default()
-                    },
-                ],
-            ),
+            (2, vec![patient(1), patient(2)]),
             (3, vec![visit(1, 1), visit(2, 9)]),
         ];
         // The patient criterion has no encounter: it narrows the group, not its encounters.
@@ -762,19 +758,7 @@ mod tests {
         };
         let rows = vec![
             // A patient criterion has no date: it is intersected, not ordered.
-            (
-                1,
-                vec![
-                    Row {
-                        patient: 1,
-                        ..Row::default()
-                    },
-                    Row {
-                        patient: 2,
-                        ..Row::default()
-                    },
-                ],
-            ),
+            (1, vec![patient(1), patient(2)]),
             (2, vec![at(1, 100), at(2, 100), at(3, 100)]),
             (3, vec![at(1, 200)]),
             (4, vec![at(2, 50), at(3, 300)]),

@@ -87,6 +87,16 @@ pub struct Criterion {
     pub unique_fields: Vec<UniqueField>,
 }
 
+/// A resource type as written, without case or upstream's Solr suffix: `conditionAphp` and
+/// `Condition` are both `condition`.
+pub fn base_resource_type(resource_type: &str) -> String {
+    let lower = resource_type.to_ascii_lowercase();
+    match lower.strip_suffix("aphp") {
+        Some(base) => base.to_string(),
+        None => lower,
+    }
+}
+
 /// `<`, `<=`, `=`, `>=`, `>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Comparator {

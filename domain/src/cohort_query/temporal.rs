@@ -26,7 +26,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::QueryError;
 use super::eval::{PatientSet, Row};
-use super::model::{ConstraintKind, Delay, Group, GroupKind, IdList, Node, TemporalConstraint};
+use super::model::{
+    ConstraintKind, Delay, Group, GroupKind, IdList, Node, TemporalConstraint, base_resource_type,
+};
 
 /// A constraint resolved to its participants (criteria or groups), attached to a group.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,9 +57,8 @@ pub(super) struct Plan {
 /// every clinical resource, neither on patients (or an IPP list, or a cohort). A data source may
 /// say otherwise ([`super::CriterionSource::carries`]).
 pub fn upstream_carries(resource_type: &str, kind: ConstraintKind) -> bool {
-    let base = resource_type.to_ascii_lowercase();
-    let base = base.strip_suffix("aphp").unwrap_or(&base);
-    let clinical = !matches!(base, "patient" | "ipplist" | "group");
+    let base = base_resource_type(resource_type);
+    let clinical = !matches!(base.as_str(), "patient" | "ipplist" | "group");
     match kind {
         ConstraintKind::SameEpisodeOfCare | ConstraintKind::DifferentEpisodeOfCare => {
             base == "questionnaireresponse"

@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Datelike, NaiveDate};
 use domain::cohort_query::fhir_filter::{FilterExpr, parse_filter};
 use domain::cohort_query::fhir_search::{Prefix, SearchParam, SearchValue, parse_search};
+use domain::cohort_query::model::base_resource_type;
 use domain::cohort_query::{
     ConstraintKind, Criterion, CriterionSource, Fetched, Needs, PatientSet, QueryError, Row,
 };
@@ -44,9 +45,7 @@ enum Target {
 }
 
 fn target(resource_type: &str) -> Option<Target> {
-    let t = resource_type.to_ascii_lowercase();
-    let t = t.strip_suffix("aphp").unwrap_or(&t);
-    Some(match t {
+    Some(match base_resource_type(resource_type).as_str() {
         "patient" => Target::Patient,
         "ipplist" => Target::IppList,
         "encounter" => Target::Encounter,

@@ -17,6 +17,8 @@ use crate::sql::{contains_pattern, fetch_page, read_error};
 const QUEUE: usize = 10_000;
 /// Rows per INSERT.
 const BATCH: usize = 500;
+/// How long a batch waits for more entries before it is written.
+const GATHER: Duration = Duration::from_millis(50);
 
 /// The request-log store: [`RequestLogs`] for the API, [`PgRequestLogs::run_writer`] for the
 /// background task.
@@ -64,7 +66,8 @@ async fn write(pool: &PgPool, entries: &[NewRequestLog]) {
 async fn insert(pool: &PgPool, entries: &[NewRequestLog]) -> sqlx::Result<()> {
     let mut qb: QueryBuilder<'_, Postgres> = QueryBuilder::new(
         "INSERT INTO ops.request_logs (requested_at, response_ms, username, impersonating, method,
-             path, view, query_params, data, remote_addr, host, status_code, trace_id) ",
+             path, view, query_params, data, remote_addr, host, status_code, trace_id)
+         SELECT entry.* FROM (",
     );
     qb.push_values(entries, |mut row, e| {
         row.push_bind(e.requested_at)
@@ -81,16 +84,34 @@ async fn insert(pool: &PgPool, entries: &[NewRequestLog]) -> sqlx::Result<()> {
             .push_bind(e.status_code)
             .push_bind(&e.trace_id);
     });
-    // Committed asynchronously: a crash may lose the last entries, as it loses those still
-    // queued in memory; and a short commit holds back no command's events from the
-    // projectors' gap-safe reads (an older transaction still running hides newer commits).
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('synchronous_commit', 'off', true)")
-        .execute(&mut *tx)
-        .await?;
-    qb.build().execute(&mut *tx).await?;
-    tx.commit().await?;
+    // One statement, committed asynchronously (the setting is local to its own transaction): a
+    // crash may lose the last entries, as it loses those still queued in memory; and a short
+    // commit holds back no command's events from the projectors' gap-safe reads (an older
+    // transaction still running hides newer commits).
+    qb.push(
+        ") AS entry CROSS JOIN (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit",
+    );
+    qb.build().execute(pool).await?;
     Ok(())
+}
+
+/// Lets the entries that follow `batch` within [`GATHER`] join it (up to [`BATCH`]): a quiet
+/// trickle of requests is written in one statement per interval rather than one per request.
+async fn gather(
+    queue: &mut mpsc::Receiver<NewRequestLog>,
+    batch: &mut Vec<NewRequestLog>,
+    shutdown: &CancellationToken,
+) {
+    let until = tokio::time::sleep(GATHER);
+    tokio::pin!(until);
+    while batch.len() < BATCH {
+        let room = BATCH - batch.len();
+        tokio::select! {
+            received = queue.recv_many(batch, room) => if received == 0 { return },
+            () = &mut until => return,
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Writes queued entries in batches until `shutdown` (then drains what is queued), and deletes
@@ -109,6 +130,7 @@ pub async fn run_writer(
                 if received == 0 {
                     return;
                 }
+                gather(&mut queue, &mut batch, &shutdown).await;
                 write(&pool, &batch).await;
                 batch.clear();
             }

@@ -17,6 +17,7 @@
 pub mod applied;
 pub mod audit;
 pub mod batch_append;
+mod checkpoint_tx;
 pub mod clinical;
 pub mod cohorts;
 pub mod consistency;

@@ -1,5 +1,7 @@
 //! Gap-safe reads of the committed event log, shared by the relay and the projectors.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use projections::Cursor;
 use sqlx::{PgExecutor, PgPool};
@@ -66,20 +68,29 @@ pub async fn read_committed_after<'e>(
     after: Cursor,
     limit: i64,
 ) -> sqlx::Result<Vec<CommittedEvent>> {
-    sqlx::query_as(
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| committed_after_sql("($1::bigint)::text::xid8", "$2", "$3"));
+    sqlx::query_as(SQL.as_str())
+        .bind(after.txid)
+        .bind(after.position)
+        .bind(limit)
+        .fetch_all(executor)
+        .await
+}
+
+/// The statement of [`read_committed_after`], with the cursor's transaction id (an `xid8`),
+/// its position and the limit given as SQL expressions: parameters, or literals where the
+/// statement travels in a simple query (see [`crate::checkpoint_tx`]).
+pub(crate) fn committed_after_sql(txid: &str, position: &str, limit: &str) -> String {
+    format!(
         "SELECT (txid::text)::bigint AS txid, position, aggregate_type, aggregate_id, sequence,
                 event_type, event_version, payload, metadata, recorded_at
            FROM events
-          WHERE (txid, position) > (($1::bigint)::text::xid8, $2)
+          WHERE (txid, position) > ({txid}, {position})
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
           ORDER BY txid, position
-          LIMIT $3",
+          LIMIT {limit}"
     )
-    .bind(after.txid)
-    .bind(after.position)
-    .bind(limit)
-    .fetch_all(executor)
-    .await
 }
 
 /// Where the event `sequence` of an aggregate sits in the log, if it exists.

@@ -4,7 +4,9 @@
 //! and the checkpoint move forward in one transaction, after locking the checkpoint row, so a
 //! redelivered event (NATS redelivery, a second instance, a replay) is recognised by its cursor
 //! and ignored. Every event that is ready goes in one transaction with one checkpoint write: a
-//! catch-up batch, or the JetStream messages already delivered.
+//! catch-up batch, or the JetStream messages already delivered. That transaction costs three
+//! round trips ([`crate::checkpoint_tx`]): the lock with the catch-up's read of the log, the
+//! projection's statements, the checkpoint's write with the commit.
 //!
 //! Events of aggregates the projection does not read ([`Projection::reads`]) cost nothing: a run
 //! of them that follows what this instance has seen moves an in-memory place, and the stored
@@ -31,6 +33,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
 use crate::applied::AppliedLog;
+use crate::checkpoint_tx::{CheckpointTx, Locked, quote_ident};
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
 use crate::log::{CommittedEvent, read_committed_after};
@@ -156,10 +159,6 @@ pub fn actor(event: &CommittedEvent) -> Option<String> {
         .map(str::to_string)
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Locks the checkpoint row of `schema` and sets the transaction up for folding, in one
 /// statement: `search_path` to the schema first (its tables, unqualified), then `public` (the
 /// events); asynchronous commit (see the module's documentation).
@@ -191,25 +190,24 @@ async fn save_checkpoint(conn: &mut PgConnection, to: Cursor, applied: i64) -> s
 }
 
 /// Folds `events` (in log order) into the schema whose checkpoint the caller locked at `start`,
-/// inside the caller's transaction. Events at or before `start` are skipped. Returns the new
-/// checkpoint.
+/// inside the caller's transaction. Events at or before `start` are skipped. Returns the
+/// checkpoint to store and how many events were applied (the caller stores it).
 async fn fold(
     conn: &mut PgConnection,
     projection: &dyn Projection,
     start: Cursor,
     events: &[CommittedEvent],
-) -> Result<Cursor, ProjectionError> {
+) -> Result<(Cursor, i64), ProjectionError> {
     let fresh: Vec<&CommittedEvent> = events.iter().filter(|e| e.cursor() > start).collect();
     let Some(checkpoint) = fresh.last().map(|e| e.cursor()) else {
-        return Ok(start);
+        return Ok((start, 0));
     };
     let read: Vec<&CommittedEvent> = fresh
         .into_iter()
         .filter(|e| projection.reads(&e.aggregate_type))
         .collect();
     projection.apply_batch(conn, &read).await?;
-    save_checkpoint(conn, checkpoint, read.len() as i64).await?;
-    Ok(checkpoint)
+    Ok((checkpoint, read.len() as i64))
 }
 
 /// Reads the checkpoint of a projection schema.
@@ -403,16 +401,35 @@ impl Projector {
 
     /// Folds everything committed after what this instance has seen, batch by batch. Returns
     /// how many events it read. At the end of the log, stores a deferred checkpoint.
+    ///
+    /// Each batch is read in the transaction that folds it, in the round trip that locks the
+    /// checkpoint (see [`crate::checkpoint_tx`]).
     pub async fn catch_up(&self) -> Result<usize, ProjectionError> {
         self.check_stored().await?;
         let mut total = 0;
         loop {
-            let from = self.known_place().await?.seen;
-            let events = read_committed_after(&self.pool, from, CATCH_UP_BATCH).await?;
+            let place = self.known_place().await?;
+            let from = place.seen;
+            let Locked { tx, stored, events } = CheckpointTx::begin(
+                &self.pool,
+                self.projection.name(),
+                Some((from, CATCH_UP_BATCH)),
+            )
+            .await?;
             let read = events.len();
             total += read;
-            // A gap here means the checkpoint went back (see `regressed`): read again from it.
-            if read > 0 && self.take(chain(from, events)).await? == Outcome::Gap {
+            // The checkpoint went back: read again from it.
+            if self.regressed(place, stored) {
+                tx.rollback().await?;
+                continue;
+            }
+            if read == 0 {
+                tx.rollback().await?;
+            } else if self
+                .fold_locked(tx, place, stored, chain(from, events))
+                .await?
+                == Outcome::Gap
+            {
                 continue;
             }
             if (read as i64) < CATCH_UP_BATCH {
@@ -465,13 +482,27 @@ impl Projector {
             return Ok(Outcome::Applied);
         }
 
-        let schema = self.projection.name();
-        let mut tx = self.pool.begin().await?;
-        let stored = lock_checkpoint(&mut tx, schema).await?;
+        let Locked { tx, stored, .. } =
+            CheckpointTx::begin(&self.pool, self.projection.name(), None).await?;
         if self.regressed(place, stored) {
             tx.rollback().await?;
             return Ok(Outcome::Gap);
         }
+        self.fold_locked(tx, place, stored, fresh).await
+    }
+
+    /// Folds `fresh` (events after `place.seen`, with their predecessors, in log order) in `tx`,
+    /// which locked the checkpoint at `stored`: each event whose predecessor is covered is
+    /// applied (if read) and the checkpoint written once; the first event whose predecessor is
+    /// not covered stops the batch with [`Outcome::Gap`].
+    async fn fold_locked(
+        &self,
+        mut tx: CheckpointTx,
+        place: Place,
+        stored: Cursor,
+        fresh: Vec<(CommittedEvent, Cursor)>,
+    ) -> Result<Outcome, ProjectionError> {
+        let schema = self.projection.name();
         // Another instance may have gone further than what this one has seen.
         let mut at = if stored <= place.seen {
             place.seen
@@ -498,9 +529,8 @@ impl Projector {
         }
         let applied = to_apply.len() as i64;
         if applied > 0 {
-            self.projection.apply_batch(&mut tx, &to_apply).await?;
-            save_checkpoint(&mut tx, at, applied).await?;
-            tx.commit().await?;
+            self.projection.apply_batch(tx.conn(), &to_apply).await?;
+            tx.commit_at(at, applied).await?;
             self.set_place(Place {
                 stored: at,
                 seen: at,
@@ -541,15 +571,14 @@ impl Projector {
         if place.seen <= place.stored || !(now || self.save_due()) {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let stored = lock_checkpoint(&mut tx, self.projection.name()).await?;
+        let Locked { tx, stored, .. } =
+            CheckpointTx::begin(&self.pool, self.projection.name(), None).await?;
         if self.regressed(place, stored) {
             tx.rollback().await?;
             return Ok(());
         }
         if stored < place.seen {
-            save_checkpoint(&mut tx, place.seen, 0).await?;
-            tx.commit().await?;
+            tx.commit_at(place.seen, 0).await?;
             self.set_place(Place {
                 stored: place.seen,
                 seen: place.seen,
@@ -764,10 +793,13 @@ pub async fn rebuild(
         };
         read_wait += waiting.elapsed();
         let batch = batch?;
-        let mut tx = pool.begin().await?;
-        let from = lock_checkpoint(&mut tx, &copy).await?;
-        fold(&mut tx, projection, from, &batch).await?;
-        tx.commit().await?;
+        let Locked {
+            mut tx,
+            stored: from,
+            ..
+        } = CheckpointTx::begin(pool, &copy, None).await?;
+        let (reached, applied) = fold(tx.conn(), projection, from, &batch).await?;
+        tx.commit_at(reached, applied).await?;
         events += batch.len();
     }
     reader.await.ok();
@@ -788,10 +820,11 @@ pub async fn rebuild(
         let from = lock_checkpoint(&mut tx, &copy).await?;
         let batch = read_committed_after(&mut *tx, from, REBUILD_BATCHES.1).await?;
         events += batch.len();
-        let reached = fold(&mut tx, projection, from, &batch).await?;
+        let (reached, applied) = fold(&mut tx, projection, from, &batch).await?;
         if batch.is_empty() {
             break reached;
         }
+        save_checkpoint(&mut tx, reached, applied).await?;
     };
     sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
         .execute(&mut *tx)

@@ -791,3 +791,84 @@ async fn a_projection_whose_last_commits_a_database_crash_lost_applies_them_agai
     pool.close().await;
     cleanup(&id, &s).await;
 }
+
+/// The workspace projection, failing after its first write: a fold that breaks mid-transaction.
+struct FailingAfterWriting;
+
+#[async_trait::async_trait]
+impl infra::projector::Projection for FailingAfterWriting {
+    fn name(&self) -> &'static str {
+        "workspace"
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &infra::log::CommittedEvent,
+    ) -> Result<(), infra::projector::ProjectionError> {
+        WorkspaceProjection.apply(conn, event).await?;
+        Err(infra::projector::ProjectionError::Undecodable {
+            message_id: event.message_id(),
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            reason: "refused by the test".into(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_fold_that_fails_mid_transaction_keeps_nothing_and_leaves_no_transaction_open() {
+    let (id, s, pool, _js) = bare_pipeline().await;
+    append_folders(&pool, 1, 3).await;
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(FailingAfterWriting),
+        ProjectorSettings::default(),
+    );
+    let failed = projector.catch_up().await;
+    assert!(
+        matches!(
+            failed,
+            Err(infra::projector::ProjectionError::Undecodable { .. })
+        ),
+        "{failed:?}"
+    );
+    // The folder it wrote is gone with its transaction, and the checkpoint did not move...
+    let folders: i64 = sqlx::query_scalar("SELECT count(*) FROM workspace.folders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(folders, 0);
+    assert_eq!(projection_checkpoint(&pool, "workspace").await.1, 0);
+    // ...no session of the pool stays inside it, and its lock is free again.
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 0
+        })
+        .await,
+        "a session was left inside the failed fold's transaction"
+    );
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM workspace.checkpoint FOR UPDATE NOWAIT")
+        .execute(&mut *tx)
+        .await
+        .expect("the checkpoint's lock is free");
+    tx.rollback().await.unwrap();
+    // The real projection then folds the same events.
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(WorkspaceProjection),
+        ProjectorSettings::default(),
+    );
+    assert_eq!(projector.catch_up().await.unwrap(), 3);
+    assert_eq!(projection_checkpoint(&pool, "workspace").await.1, 3);
+    pool.close().await;
+    cleanup(&id, &s).await;
+}

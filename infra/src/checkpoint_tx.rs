@@ -1,0 +1,129 @@
+//! A projection's transaction under its checkpoint lock, in as few round trips as the protocol
+//! allows.
+//!
+//! A fold is `BEGIN`, the checkpoint's lock (with the transaction's settings), the read of the
+//! log after it, the projection's statements, the checkpoint's update and `COMMIT`. Sent one by
+//! one, that is six round trips before a command's read-your-writes wait ends, each costing more
+//! than the statement itself. Here the first three travel as one simple query, and so do the
+//! last two: the projection's own statements (with their parameters) are the only others.
+//!
+//! Those two simple queries carry no parameters: what they embed is a schema name (quoted) and
+//! integers, formatted here. The transaction is not sqlx's, so the connection is guarded: dropped
+//! before its `COMMIT` or `ROLLBACK` went through (an error, a cancelled future), it is closed
+//! rather than returned to the pool, and Postgres rolls the transaction back.
+
+use projections::Cursor;
+use sqlx::pool::PoolConnection;
+use sqlx::{Executor, FromRow, PgConnection, PgPool, Postgres, Row};
+
+use crate::log::{CommittedEvent, committed_after_sql};
+
+/// `name` as a quoted SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `text` as a quoted SQL string literal.
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// An open transaction holding the lock of a projection schema's checkpoint, with
+/// `search_path` set to the schema then `public`, and asynchronous commit (see
+/// [`crate::projector`]).
+pub(crate) struct CheckpointTx {
+    /// `None` once the transaction ended.
+    conn: Option<PoolConnection<Postgres>>,
+    schema: String,
+}
+
+/// What [`CheckpointTx::begin`] found.
+pub(crate) struct Locked {
+    pub tx: CheckpointTx,
+    /// The stored checkpoint.
+    pub stored: Cursor,
+    /// The committed events read after the cursor asked for, in log order.
+    pub events: Vec<CommittedEvent>,
+}
+
+impl CheckpointTx {
+    /// Begins the transaction and locks the checkpoint of `schema`; with `read`, also reads up
+    /// to that many committed events after that cursor (gap-safely, as
+    /// [`crate::log::read_committed_after`]). One round trip.
+    pub async fn begin(
+        pool: &PgPool,
+        schema: &str,
+        read: Option<(Cursor, i64)>,
+    ) -> sqlx::Result<Locked> {
+        let quoted = quote_ident(schema);
+        let mut sql = format!(
+            "BEGIN;
+             SELECT (txid::text)::bigint, position,
+                    set_config('search_path', {}, true),
+                    set_config('synchronous_commit', 'off', true)
+               FROM {quoted}.checkpoint FOR UPDATE;",
+            quote_literal(&format!("{quoted}, public")),
+        );
+        if let Some((after, limit)) = read {
+            sql.push_str(&committed_after_sql(
+                &format!("'{}'::xid8", after.txid),
+                &after.position.to_string(),
+                &limit.to_string(),
+            ));
+        }
+        let mut tx = Self {
+            conn: Some(pool.acquire().await?),
+            schema: schema.to_string(),
+        };
+        // The first row is the checkpoint's; the others, the events'.
+        let rows = tx.conn().fetch_all(sqlx::raw_sql(&sql)).await?;
+        let mut rows = rows.into_iter();
+        let checkpoint = rows.next().ok_or(sqlx::Error::RowNotFound)?;
+        let stored = Cursor {
+            txid: checkpoint.try_get(0)?,
+            position: checkpoint.try_get(1)?,
+        };
+        let events = rows
+            .map(|row| CommittedEvent::from_row(&row))
+            .collect::<sqlx::Result<_>>()?;
+        Ok(Locked { tx, stored, events })
+    }
+
+    /// The transaction's connection, for the projection's statements.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+            .as_mut()
+            .expect("the connection is held until the transaction ends")
+    }
+
+    /// Moves the checkpoint to `to` (`applied` more events folded) and commits. One round trip.
+    pub async fn commit_at(mut self, to: Cursor, applied: i64) -> sqlx::Result<()> {
+        let sql = format!(
+            "UPDATE {}.checkpoint SET txid = '{}'::xid8, position = {},
+                    events_applied = events_applied + {applied}, updated_at = now();
+             COMMIT",
+            quote_ident(&self.schema),
+            to.txid,
+            to.position,
+        );
+        self.conn().execute(sqlx::raw_sql(&sql)).await?;
+        self.conn = None;
+        Ok(())
+    }
+
+    /// Ends the transaction without changing anything.
+    pub async fn rollback(mut self) -> sqlx::Result<()> {
+        self.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
+        self.conn = None;
+        Ok(())
+    }
+}
+
+impl Drop for CheckpointTx {
+    fn drop(&mut self) {
+        // Still open: close the connection (Postgres rolls back) rather than pool it mid-way.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}

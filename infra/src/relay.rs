@@ -68,6 +68,14 @@ pub enum RelayError {
     Publish(String),
 }
 
+/// What one round of the relay did.
+struct Round {
+    published: usize,
+    /// Whether events lie beyond what it published (committed or not): known when it published
+    /// something (its checkpoint's write tells), else to be asked.
+    more: Option<bool>,
+}
+
 /// Publishes the event log to JetStream.
 pub struct Relay {
     pool: PgPool,
@@ -130,10 +138,18 @@ impl Relay {
 
     /// Publishes one batch after the checkpoint; returns how many events it published.
     pub async fn publish_batch(&self) -> Result<usize, RelayError> {
+        Ok(self.publish_round().await?.published)
+    }
+
+    /// Publishes one batch after the checkpoint.
+    async fn publish_round(&self) -> Result<Round, RelayError> {
         let from = self.position().await?;
         let events = read_committed_after(&self.pool, from, self.settings.batch_size).await?;
         let Some(last) = events.last().map(|e| e.cursor()) else {
-            return Ok(0);
+            return Ok(Round {
+                published: 0,
+                more: None,
+            });
         };
         let limit = self.body_limit();
         // Send the whole batch, then wait for the acks: one round trip of latency per batch.
@@ -163,24 +179,32 @@ impl Relay {
         }
         // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
         // the relay publish again messages that JetStream and the consumers drop as duplicates.
-        let stored = sqlx::query(
-            "INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
-             SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
-               FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-             ON CONFLICT (relay) DO UPDATE
-                SET txid = excluded.txid, position = excluded.position,
-                    published = relay_checkpoints.published + excluded.published, updated_at = now()",
+        // The same statement says whether events lie beyond it (see `publish_loop`).
+        let stored: sqlx::Result<bool> = sqlx::query_scalar(
+            "WITH saved AS (
+                 INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
+                 SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
+                   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+                 ON CONFLICT (relay) DO UPDATE
+                    SET txid = excluded.txid, position = excluded.position,
+                        published = relay_checkpoints.published + excluded.published,
+                        updated_at = now())
+             SELECT EXISTS (SELECT 1 FROM events
+                             WHERE (txid, position) > (($2::bigint)::text::xid8, $3))",
         )
         .bind(&self.settings.name)
         .bind(last.txid)
         .bind(last.position)
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await;
-        if let Err(e) = stored {
-            self.set_published(None);
-            return Err(e.into());
-        }
+        let more = match stored {
+            Ok(more) => more,
+            Err(e) => {
+                self.set_published(None);
+                return Err(e.into());
+            }
+        };
         self.set_published(Some(last));
         crate::pipeline_signals::observe_lag(
             "cohort360_relay_lag_seconds",
@@ -188,7 +212,10 @@ impl Relay {
             "jetstream",
             &events,
         );
-        Ok(events.len())
+        Ok(Round {
+            published: events.len(),
+            more: Some(more),
+        })
     }
 
     /// Publishes until nothing is left; returns how many events it published.
@@ -269,27 +296,31 @@ impl Relay {
         let mut held_retry = HELD_BACK_RETRY;
         let mut failures: u32 = 0;
         loop {
-            let round = self.publish_batch().await;
+            let round = self.publish_round().await;
             if round.is_ok() && failures > 0 {
                 tracing::info!(failures, "relay publishing again");
                 failures = 0;
                 metrics::gauge!("cohort360_relay_consecutive_failures").set(0.0);
             }
             match round {
-                Ok(n) if n as i64 >= self.settings.batch_size => {
+                Ok(round) if round.published as i64 >= self.settings.batch_size => {
                     backoff = Duration::from_millis(100);
                     continue;
                 }
-                Ok(n) => {
+                Ok(round) => {
                     backoff = Duration::from_millis(100);
-                    if n > 0 {
+                    if round.published > 0 {
                         held_retry = HELD_BACK_RETRY;
                     }
                     // A committed event held back by an older transaction still running sent
                     // its notification already: look again shortly rather than at the next
                     // notification or poll (which a quiet system may not bring for a while).
                     // Backing off, so that a long transaction does not turn this into a busy loop.
-                    if self.held_back().await {
+                    let held_back = match round.more {
+                        Some(more) => more,
+                        None => self.held_back().await,
+                    };
+                    if held_back {
                         tokio::select! {
                             () = shutdown.cancelled() => return Ok(()),
                             () = tokio::time::sleep(held_retry) => {}

@@ -14,6 +14,7 @@
 //!
 //! May depend on: `domain`, `commands`, `projections`, and the I/O crates.
 
+pub mod aggregate_cache;
 pub mod applied;
 pub mod audit;
 pub mod batch_append;

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::aggregate_cache::CachedStore;
 use crate::event_repository::EventRepository;
 use commands::{CommandBus, Execute};
 use cqrs_es::persist::{EventUpcaster, PersistedEventStore, SerializedEvent};
@@ -144,6 +145,28 @@ where
     )
 }
 
+/// Requests held in memory per bus ([`CachedStore`]): a request's state holds every version's
+/// query, so this bounds the memory to a few hundred such states.
+const HELD_REQUESTS: usize = 256;
+
+/// [`bus`], with the aggregates it last used held in memory ([`CachedStore`]).
+fn cached_bus<A>(pool: &PgPool, capacity: usize) -> CommandBus<ClassifiedStore<CachedStore<A>>>
+where
+    A: Aggregate + Clone,
+{
+    let repo = EventRepository::new(pool.clone());
+    CommandBus::new(
+        ClassifiedStore(CachedStore::new(
+            PersistedEventStore::new_snapshot_store(repo, SNAPSHOT_EVERY)
+                .with_upcasters(vec![Box::new(DomainUpcaster)]),
+            pool.clone(),
+            SNAPSHOT_EVERY,
+            capacity,
+        )),
+        COMMAND_ATTEMPTS,
+    )
+}
+
 /// The command bus of folders.
 pub fn folders(pool: &PgPool) -> Arc<dyn Execute<Folder>> {
     Arc::new(bus::<Folder>(pool))
@@ -151,15 +174,18 @@ pub fn folders(pool: &PgPool) -> Arc<dyn Execute<Folder>> {
 
 /// The command bus of requests.
 pub fn requests(pool: &PgPool) -> Arc<dyn Execute<Request>> {
-    Arc::new(bus::<Request>(pool))
+    Arc::new(cached_bus::<Request>(pool, HELD_REQUESTS))
 }
 
-/// The command buses of counts, cohorts (and requests, which they read).
-pub fn cohorts(pool: &PgPool) -> commands::cohorts::CohortBuses {
+/// The command buses of counts and cohorts, with `requests`' (which they read).
+pub fn cohorts(
+    pool: &PgPool,
+    requests: Arc<dyn Execute<Request>>,
+) -> commands::cohorts::CohortBuses {
     commands::cohorts::CohortBuses {
         counts: Arc::new(bus::<Count>(pool)),
         cohorts: Arc::new(bus::<Cohort>(pool)),
-        requests: requests(pool),
+        requests,
     }
 }
 

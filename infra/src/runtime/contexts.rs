@@ -45,6 +45,9 @@ pub type Reacting = (
 /// What every context is built on.
 pub struct Shared {
     pub pool: PgPool,
+    /// The one command bus of requests: the requests it holds in memory
+    /// ([`crate::aggregate_cache`]) serve every context.
+    pub requests: Arc<dyn commands::Execute<domain::request::Request>>,
     pub consistency: Arc<dyn Consistency>,
     pub progress: ProgressByName,
     /// What outbound TLS (HTTP clients, SMTP) trusts beside the system's roots.
@@ -76,7 +79,7 @@ pub fn workspace(shared: &Shared) -> WorkspaceContext {
     let reader = Arc::new(PgWorkspace::new(shared.pool.clone()));
     let service = commands::workspace::Workspace::new(
         crate::stores::folders(&shared.pool),
-        crate::stores::requests(&shared.pool),
+        shared.requests.clone(),
         reader.clone(),
         shared.consistency.clone(),
     );
@@ -158,7 +161,7 @@ pub fn cohorts(
     let feasibility = Arc::new(commands::feasibility::Feasibility::new(
         commands::feasibility::FeasibilityPorts {
             studies: crate::stores::feasibility_studies(pool),
-            requests: crate::stores::requests(pool),
+            requests: shared.requests.clone(),
             workspace: workspace.reader.clone(),
             directory: reader.clone(),
             perimeters: reader.clone(),
@@ -169,7 +172,7 @@ pub fn cohorts(
     ));
     let cohorts = Arc::new(
         commands::cohorts::Cohorts::new(
-            crate::stores::cohorts(pool),
+            crate::stores::cohorts(pool, shared.requests.clone()),
             workspace.reader.clone(),
             reader.clone(),
             executor,
@@ -187,7 +190,7 @@ pub fn cohorts(
         commands::refresh::SchedulePorts {
             schedules: crate::stores::refresh_schedules(pool),
             counts: crate::stores::counts(pool),
-            requests: crate::stores::requests(pool),
+            requests: shared.requests.clone(),
             workspace: workspace.reader.clone(),
             directory: reader.clone(),
             consistency: shared.consistency.clone(),
@@ -231,7 +234,7 @@ pub fn cohorts(
                 cohorts: cohorts.clone(),
                 feasibility: feasibility.clone(),
                 schedules: schedules.clone(),
-                requests: crate::stores::requests(pool),
+                requests: shared.requests.clone(),
             }),
             vec![],
         ),

@@ -161,6 +161,7 @@ impl Runtime {
         ));
         let shared = Shared {
             pool: pool.clone(),
+            requests: crate::stores::requests(&pool),
             consistency,
             progress,
             tls: crate::tls::TlsSettings {

@@ -887,3 +887,101 @@ async fn a_fold_that_fails_mid_transaction_keeps_nothing_and_leaves_no_transacti
     pool.close().await;
     cleanup(&id, &s).await;
 }
+
+/// Loads request `id` from `store`, decides `command` on it and commits; any refusal or failed
+/// commit (a wrong snapshot count fails the snapshot's optimistic update) panics.
+async fn decide_and_commit<S>(store: &S, id: &str, command: domain::request::RequestCommand)
+where
+    S: cqrs_es::EventStore<domain::request::Request>,
+{
+    use cqrs_es::AggregateContext;
+    let mut context = store.load_aggregate(id).await.expect("loaded");
+    let events = context.aggregate().decide(command).expect("decided");
+    store
+        .commit(events, context, std::collections::HashMap::new())
+        .await
+        .expect("committed");
+}
+
+#[tokio::test]
+async fn requests_held_in_memory_see_other_instances_writes_and_keep_the_snapshots_count() {
+    use cqrs_es::EventStore;
+    use cqrs_es::persist::PersistedEventStore;
+    use domain::request::{Request, RequestCommand};
+    use infra::aggregate_cache::CachedStore;
+    use infra::event_repository::EventRepository;
+
+    let (id, s, pool, _js) = bare_pipeline().await;
+    let every = infra::stores::SNAPSHOT_EVERY;
+    let uncached = || {
+        PersistedEventStore::<_, Request>::new_snapshot_store(
+            EventRepository::new(pool.clone()),
+            every,
+        )
+    };
+    let held = CachedStore::new(uncached(), pool.clone(), every, 4);
+    // Another instance writing the same request: no cache.
+    let other = uncached();
+    let request = uuid::Uuid::new_v4();
+    let rid = request.to_string();
+    let at = chrono::Utc::now();
+    let save = |snapshot: uuid::Uuid, previous: Option<uuid::Uuid>, i: usize| {
+        RequestCommand::SaveSnapshot {
+            by: "held".into(),
+            snapshot_id: snapshot,
+            previous_snapshot: previous,
+            serialized_query: query(&[&i.to_string()]),
+            name: None,
+            shared_by: None,
+            at,
+        }
+    };
+    decide_and_commit(
+        &held,
+        &rid,
+        RequestCommand::Create {
+            request_id: request,
+            owner: "held".into(),
+            name: "R".into(),
+            description: None,
+            favorite: false,
+            parent_folder: uuid::Uuid::new_v4(),
+            shared_by: None,
+            at,
+        },
+    )
+    .await;
+    // Past three snapshots' worth of events, one in seven written by the other instance: each
+    // save names the previous version, which the held state must know.
+    let mut previous = None;
+    for i in 0..3 * every {
+        let snapshot = uuid::Uuid::new_v4();
+        if i % 7 == 6 {
+            decide_and_commit(&other, &rid, save(snapshot, previous, i)).await;
+        } else {
+            decide_and_commit(&held, &rid, save(snapshot, previous, i)).await;
+        }
+        previous = Some(snapshot);
+    }
+    let (mut from_memory, mut from_store) = (
+        held.load_aggregate(&rid).await.unwrap(),
+        uncached().load_aggregate(&rid).await.unwrap(),
+    );
+    assert_eq!(from_memory.current_sequence, 1 + 3 * every);
+    assert_eq!(from_memory.current_sequence, from_store.current_sequence);
+    assert_eq!(from_memory.current_snapshot, from_store.current_snapshot);
+    {
+        use cqrs_es::AggregateContext;
+        assert_eq!(from_memory.aggregate(), from_store.aggregate());
+        let versions = from_memory
+            .aggregate()
+            .state
+            .as_ref()
+            .unwrap()
+            .snapshots
+            .len();
+        assert_eq!(versions, 3 * every);
+    }
+    pool.close().await;
+    cleanup(&id, &s).await;
+}

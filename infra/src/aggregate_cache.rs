@@ -109,8 +109,9 @@ impl<A: Aggregate + Clone> CachedStore<A> {
     /// Whether events of `id` were stored after `sequence`.
     async fn stored_after(&self, id: &str, sequence: usize) -> Result<bool, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM events
-                             WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3)",
+            "SELECT (SELECT 1 FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3
+                      ORDER BY sequence LIMIT 1) IS NOT NULL",
         )
         .bind(A::TYPE)
         .bind(id)

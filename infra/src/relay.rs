@@ -179,7 +179,9 @@ impl Relay {
         }
         // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
         // the relay publish again messages that JetStream and the consumers drop as duplicates.
-        // The same statement says whether events lie beyond it (see `publish_loop`).
+        // The same statement says whether events lie beyond it (see `publish_loop`): a scalar
+        // subquery in log order, which reads the log's index from the cursor (under `EXISTS`
+        // the planner drops the order and, expecting many rows, scans the whole table).
         let stored: sqlx::Result<bool> = sqlx::query_scalar(
             "WITH saved AS (
                  INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
@@ -189,8 +191,9 @@ impl Relay {
                     SET txid = excluded.txid, position = excluded.position,
                         published = relay_checkpoints.published + excluded.published,
                         updated_at = now())
-             SELECT EXISTS (SELECT 1 FROM events
-                             WHERE (txid, position) > (($2::bigint)::text::xid8, $3))",
+             SELECT (SELECT 1 FROM events
+                      WHERE (txid, position) > (($2::bigint)::text::xid8, $3)
+                      ORDER BY txid, position LIMIT 1) IS NOT NULL",
         )
         .bind(&self.settings.name)
         .bind(last.txid)

@@ -990,3 +990,58 @@ async fn requests_held_in_memory_see_other_instances_writes_and_keep_the_snapsho
     pool.close().await;
     cleanup(&id, &s).await;
 }
+
+#[tokio::test]
+async fn a_long_run_of_creations_with_a_taken_key_folds_as_one_by_one() {
+    let (id, s, pool, _js) = bare_pipeline().await;
+    // A run of 601 creations whose 301st creates the first folder again: no aggregate writes
+    // that (a creation is its aggregate's first event), but the fold must survive it as the
+    // one-by-one fold does, keeping the first.
+    append_folders(&pool, 1, 300).await;
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata)
+         SELECT 'Folder', aggregate_id, 2, 'FolderCreated', '1',
+                json_build_object('FolderCreated', json_build_object(
+                    'folder_id', aggregate_id, 'owner', 'loader', 'name', 'again',
+                    'description', null, 'at', '2026-01-02T00:00:00Z')),
+                '{\"user\":\"loader\"}'::json
+           FROM events ORDER BY position LIMIT 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    append_folders(&pool, 1, 300).await;
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(WorkspaceProjection),
+        ProjectorSettings::default(),
+    );
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            projector.catch_up().await.unwrap();
+            projection_checkpoint(&pool, "workspace").await.1 == 601
+        })
+        .await
+    );
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM workspace.folders WHERE uuid::text =
+             (SELECT aggregate_id FROM events ORDER BY position LIMIT 1)",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(names, ["f0-1"]);
+    let folders: i64 = sqlx::query_scalar("SELECT count(*) FROM workspace.folders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(folders, 600);
+    // A rebuild (its first batches are runs of 500 and 101) ends with the same tables.
+    let live = dump_schema(&pool, "workspace").await;
+    infra::projector::rebuild(&pool, &WorkspaceProjection)
+        .await
+        .unwrap();
+    assert_eq!(dump_schema(&pool, "workspace").await, live);
+    pool.close().await;
+    cleanup(&id, &s).await;
+}

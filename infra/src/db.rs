@@ -183,34 +183,21 @@ mod tests {
         if std::env::var_os("PGSSLMODE").is_some() {
             return; // the environment decides, as it should
         }
-        assert!(matches!(
-            mode("postgres://u@127.0.0.1:5432/db"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://u@localhost/db"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://u@[::1]:5432/db"),
-            PgSslMode::Disable
-        ));
-        assert!(matches!(
-            mode("postgres://u@localhost/db?sslmode=require"),
-            PgSslMode::Require
-        ));
-        assert!(matches!(
-            mode("postgres://u@127.0.0.1/db?application_name=x&ssl-mode=prefer"),
-            PgSslMode::Prefer
-        ));
-        // Elsewhere, sqlx's default (prefer) stands.
-        assert!(matches!(
-            mode("postgres://u@db.example.org/db"),
-            PgSslMode::Prefer
-        ));
-        assert!(matches!(
-            mode("postgres://u@10.0.0.5/db"),
-            PgSslMode::Prefer
-        ));
+        let cases = [
+            ("postgres://u@127.0.0.1:5432/db", "Disable"),
+            ("postgres://u@localhost/db", "Disable"),
+            ("postgres://u@[::1]:5432/db", "Disable"),
+            ("postgres://u@localhost/db?sslmode=require", "Require"),
+            (
+                "postgres://u@127.0.0.1/db?application_name=x&ssl-mode=prefer",
+                "Prefer",
+            ),
+            // Elsewhere, sqlx's default (prefer) stands.
+            ("postgres://u@db.example.org/db", "Prefer"),
+            ("postgres://u@10.0.0.5/db", "Prefer"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(format!("{:?}", mode(url)), expected, "{url}");
+        }
     }
 }

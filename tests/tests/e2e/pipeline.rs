@@ -797,6 +797,24 @@ async fn a_projection_whose_last_commits_a_database_crash_lost_applies_them_agai
     cleanup(&id, &s).await;
 }
 
+/// Catches a workspace projector up until its checkpoint counts `applied` events (the log's
+/// gap-safe horizon is the whole cluster's: another test's open transaction may hide events).
+async fn fold_workspace_until(pool: &PgPool, applied: i64) {
+    let projector = Projector::new(
+        pool.clone(),
+        Arc::new(WorkspaceProjection),
+        ProjectorSettings::default(),
+    );
+    assert!(
+        eventually(tests::PATIENCE, || async {
+            projector.catch_up().await.unwrap();
+            projection_checkpoint(pool, "workspace").await.1 == applied
+        })
+        .await,
+        "the workspace projection did not reach {applied} applied events"
+    );
+}
+
 /// The workspace projection, failing after its first write: a fold that breaks mid-transaction.
 struct FailingAfterWriting;
 
@@ -877,18 +895,7 @@ async fn a_fold_that_fails_mid_transaction_keeps_nothing_and_leaves_no_transacti
         .expect("the checkpoint's lock is free");
     tx.rollback().await.unwrap();
     // The real projection then folds the same events.
-    let projector = Projector::new(
-        pool.clone(),
-        Arc::new(WorkspaceProjection),
-        ProjectorSettings::default(),
-    );
-    assert!(
-        eventually(tests::PATIENCE, || async {
-            projector.catch_up().await.unwrap();
-            projection_checkpoint(&pool, "workspace").await.1 == 3
-        })
-        .await
-    );
+    fold_workspace_until(&pool, 3).await;
     pool.close().await;
     cleanup(&id, &s).await;
 }
@@ -1011,18 +1018,7 @@ async fn a_long_run_of_creations_with_a_taken_key_folds_as_one_by_one() {
     .await
     .unwrap();
     append_folders(&pool, 1, 300).await;
-    let projector = Projector::new(
-        pool.clone(),
-        Arc::new(WorkspaceProjection),
-        ProjectorSettings::default(),
-    );
-    assert!(
-        eventually(tests::PATIENCE, || async {
-            projector.catch_up().await.unwrap();
-            projection_checkpoint(&pool, "workspace").await.1 == 601
-        })
-        .await
-    );
+    fold_workspace_until(&pool, 601).await;
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM workspace.folders WHERE uuid::text =
              (SELECT aggregate_id FROM events ORDER BY position LIMIT 1)",

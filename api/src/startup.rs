@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::state::{AppState, EdgeSettings};
+use crate::state::{AppState, EdgeSettings, HandlerState};
 use crate::tokens::{ApplicativeToken, JwtKeys};
 
 /// The token keys: the configured signing key, or a random one with a loud warning.
@@ -111,7 +111,7 @@ pub async fn app_state(settings: &Settings, services: &Services) -> anyhow::Resu
     let username_regex = regex::Regex::new(&settings.identity.username_regex)
         .map_err(|e| anyhow::anyhow!("USERNAME_REGEX is not a valid pattern: {e}"))?;
     let s = services.clone();
-    Ok(AppState {
+    Ok(AppState::new(HandlerState {
         workspace: s.workspace,
         reader: s.workspace_reader,
         jwt: Arc::new(jwt_keys(settings)?),
@@ -154,7 +154,7 @@ pub async fn app_state(settings: &Settings, services: &Services) -> anyhow::Resu
         idempotency: s.idempotency,
         metrics: crate::observability::recorder(),
         metrics_token: settings.metrics_token.clone(),
-    })
+    }))
 }
 
 /// A built, bound application.

@@ -34,9 +34,27 @@ pub struct EdgeSettings {
     pub frontend_url: String,
 }
 
-/// Shared handler state.
+/// Shared handler state: one allocation, which every extractor and middleware clones (one
+/// reference count, where cloning the fields took forty, and an allocation).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<HandlerState>);
+
+impl AppState {
+    pub fn new(fields: HandlerState) -> Self {
+        Self(Arc::new(fields))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = HandlerState;
+
+    fn deref(&self) -> &HandlerState {
+        &self.0
+    }
+}
+
+/// What the handlers share.
+pub struct HandlerState {
     pub workspace: Arc<Workspace>,
     pub reader: Arc<dyn WorkspaceReader>,
     pub jwt: Arc<JwtKeys>,
@@ -83,7 +101,7 @@ pub struct AppState {
     pub metrics_token: Option<String>,
 }
 
-impl AppState {
+impl HandlerState {
     /// Whether `token` is one of the configured applicative tokens.
     pub fn is_applicative_token(&self, token: &str) -> bool {
         self.applicative.iter().any(|a| a.matches(token))

@@ -112,10 +112,13 @@ pub async fn cursor_of(
     Ok(row.map(|(txid, position)| Cursor { txid, position }))
 }
 
-/// How many stored events lie after `after` (committed or not yet visible), for lag reports.
-pub async fn count_after(pool: &PgPool, after: Cursor) -> sqlx::Result<i64> {
+/// Whether any stored event lies after `after` (committed, visible or not yet): a scalar
+/// subquery in log order, which reads the log's index from the cursor (under `EXISTS` the
+/// planner drops the order and, expecting many rows, scans the whole table).
+pub async fn any_after(pool: &PgPool, after: Cursor) -> sqlx::Result<bool> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)",
+        "SELECT (SELECT 1 FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)
+                  ORDER BY txid, position LIMIT 1) IS NOT NULL",
     )
     .bind(after.txid)
     .bind(after.position)

@@ -179,9 +179,8 @@ impl Relay {
         }
         // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
         // the relay publish again messages that JetStream and the consumers drop as duplicates.
-        // The same statement says whether events lie beyond it (see `publish_loop`): a scalar
-        // subquery in log order, which reads the log's index from the cursor (under `EXISTS`
-        // the planner drops the order and, expecting many rows, scans the whole table).
+        // The same statement says whether events lie beyond it (see `publish_loop`), as
+        // `crate::log::any_after` asks it.
         let stored: sqlx::Result<bool> = sqlx::query_scalar(
             "WITH saved AS (
                  INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
@@ -285,9 +284,7 @@ impl Relay {
     /// running transaction).
     async fn held_back(&self) -> bool {
         match self.position().await {
-            Ok(cp) => crate::log::count_after(&self.pool, cp)
-                .await
-                .is_ok_and(|n| n > 0),
+            Ok(cp) => crate::log::any_after(&self.pool, cp).await.unwrap_or(false),
             Err(_) => false,
         }
     }

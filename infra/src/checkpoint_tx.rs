@@ -28,6 +28,31 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// The statement that locks the checkpoint row of `schema` (returning its cursor) and sets the
+/// transaction up for folding: `search_path` to the schema first (its tables, unqualified), then
+/// `public` (the events); asynchronous commit (see [`crate::projector`]).
+pub(crate) fn lock_sql(schema: &str) -> String {
+    let quoted = quote_ident(schema);
+    format!(
+        "SELECT (txid::text)::bigint, position,
+                set_config('search_path', {}, true),
+                set_config('synchronous_commit', 'off', true)
+           FROM {quoted}.checkpoint FOR UPDATE",
+        quote_literal(&format!("{quoted}, public")),
+    )
+}
+
+/// The statement that moves the checkpoint of `schema` to `to`, `applied` more events folded.
+pub(crate) fn save_sql(schema: &str, to: Cursor, applied: i64) -> String {
+    format!(
+        "UPDATE {}.checkpoint SET txid = '{}'::xid8, position = {},
+                events_applied = events_applied + {applied}, updated_at = now()",
+        quote_ident(schema),
+        to.txid,
+        to.position,
+    )
+}
+
 /// An open transaction holding the lock of a projection schema's checkpoint, with
 /// `search_path` set to the schema then `public`, and asynchronous commit (see
 /// [`crate::projector`]).
@@ -55,15 +80,7 @@ impl CheckpointTx {
         schema: &str,
         read: Option<(Cursor, i64)>,
     ) -> sqlx::Result<Locked> {
-        let quoted = quote_ident(schema);
-        let mut sql = format!(
-            "BEGIN;
-             SELECT (txid::text)::bigint, position,
-                    set_config('search_path', {}, true),
-                    set_config('synchronous_commit', 'off', true)
-               FROM {quoted}.checkpoint FOR UPDATE;",
-            quote_literal(&format!("{quoted}, public")),
-        );
+        let mut sql = format!("BEGIN; {};", lock_sql(schema));
         if let Some((after, limit)) = read {
             sql.push_str(&committed_after_sql(
                 &format!("'{}'::xid8", after.txid),
@@ -98,14 +115,7 @@ impl CheckpointTx {
 
     /// Moves the checkpoint to `to` (`applied` more events folded) and commits. One round trip.
     pub async fn commit_at(mut self, to: Cursor, applied: i64) -> sqlx::Result<()> {
-        let sql = format!(
-            "UPDATE {}.checkpoint SET txid = '{}'::xid8, position = {},
-                    events_applied = events_applied + {applied}, updated_at = now();
-             COMMIT",
-            quote_ident(&self.schema),
-            to.txid,
-            to.position,
-        );
+        let sql = format!("{}; COMMIT", save_sql(&self.schema, to, applied));
         self.conn().execute(sqlx::raw_sql(&sql)).await?;
         self.conn = None;
         Ok(())

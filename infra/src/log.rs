@@ -116,12 +116,20 @@ pub async fn cursor_of(
 /// subquery in log order, which reads the log's index from the cursor (under `EXISTS` the
 /// planner drops the order and, expecting many rows, scans the whole table).
 pub async fn any_after(pool: &PgPool, after: Cursor) -> sqlx::Result<bool> {
-    sqlx::query_scalar(
-        "SELECT (SELECT 1 FROM events WHERE (txid, position) > (($1::bigint)::text::xid8, $2)
-                  ORDER BY txid, position LIMIT 1) IS NOT NULL",
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {}", any_after_sql("$1", "$2")));
+    sqlx::query_scalar(SQL.as_str())
+        .bind(after.txid)
+        .bind(after.position)
+        .fetch_one(pool)
+        .await
+}
+
+/// The expression of [`any_after`], with the cursor's transaction id (a `bigint`) and position
+/// given as SQL expressions (parameters), for statements that ask it beside other work.
+pub(crate) fn any_after_sql(txid: &str, position: &str) -> String {
+    format!(
+        "(SELECT 1 FROM events WHERE (txid, position) > (({txid}::bigint)::text::xid8, {position})
+           ORDER BY txid, position LIMIT 1) IS NOT NULL"
     )
-    .bind(after.txid)
-    .bind(after.position)
-    .fetch_one(pool)
-    .await
 }

@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use projections::Cursor;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Executor, PgConnection, PgPool, Row};
 use tokio::sync::{Notify, watch};
 
 use crate::applied::AppliedLog;
-use crate::checkpoint_tx::{CheckpointTx, Locked, quote_ident};
+use crate::checkpoint_tx::{CheckpointTx, Locked, lock_sql, quote_ident, save_sql};
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
 use crate::log::{CommittedEvent, read_committed_after};
@@ -159,33 +159,26 @@ pub fn actor(event: &CommittedEvent) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Locks the checkpoint row of `schema` and sets the transaction up for folding, in one
-/// statement: `search_path` to the schema first (its tables, unqualified), then `public` (the
-/// events); asynchronous commit (see the module's documentation).
+/// Locks the checkpoint row of `schema` and sets the transaction up for folding
+/// ([`crate::checkpoint_tx::lock_sql`]), inside the caller's transaction.
 async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
-    let quoted = quote_ident(schema);
-    let (txid, position, _, _): (i64, i64, String, String) = sqlx::query_as(&format!(
-        "SELECT (txid::text)::bigint, position,
-                set_config('search_path', $1, true),
-                set_config('synchronous_commit', 'off', true)
-           FROM {quoted}.checkpoint FOR UPDATE"
-    ))
-    .bind(format!("{quoted}, public"))
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(Cursor { txid, position })
+    let row = conn.fetch_one(sqlx::raw_sql(&lock_sql(schema))).await?;
+    Ok(Cursor {
+        txid: row.try_get(0)?,
+        position: row.try_get(1)?,
+    })
 }
 
-async fn save_checkpoint(conn: &mut PgConnection, to: Cursor, applied: i64) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE checkpoint SET txid = ($1::bigint)::text::xid8, position = $2,
-                events_applied = events_applied + $3, updated_at = now()",
-    )
-    .bind(to.txid)
-    .bind(to.position)
-    .bind(applied)
-    .execute(conn)
-    .await?;
+/// Moves the checkpoint of `schema` ([`crate::checkpoint_tx::save_sql`]), inside the caller's
+/// transaction.
+async fn save_checkpoint(
+    conn: &mut PgConnection,
+    schema: &str,
+    to: Cursor,
+    applied: i64,
+) -> sqlx::Result<()> {
+    conn.execute(sqlx::raw_sql(&save_sql(schema, to, applied)))
+        .await?;
     Ok(())
 }
 
@@ -829,7 +822,7 @@ pub async fn rebuild(
         if batch.is_empty() {
             break reached;
         }
-        save_checkpoint(&mut tx, reached, applied).await?;
+        save_checkpoint(&mut tx, &copy, reached, applied).await?;
     };
     sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
         .execute(&mut *tx)

@@ -13,6 +13,7 @@
 //! deleted) is retried with a backoff, recreating the stream, and reported: the last error,
 //! `cohort360_relay_consecutive_failures`, and the pipeline health (`/health/ready`).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -181,8 +182,9 @@ impl Relay {
         // the relay publish again messages that JetStream and the consumers drop as duplicates.
         // The same statement says whether events lie beyond it (see `publish_loop`), as
         // `crate::log::any_after` asks it.
-        let stored: sqlx::Result<bool> = sqlx::query_scalar(
-            "WITH saved AS (
+        static SAVE_AND_ASK: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH saved AS (
                  INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
                  SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
                    FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
@@ -190,16 +192,17 @@ impl Relay {
                     SET txid = excluded.txid, position = excluded.position,
                         published = relay_checkpoints.published + excluded.published,
                         updated_at = now())
-             SELECT (SELECT 1 FROM events
-                      WHERE (txid, position) > (($2::bigint)::text::xid8, $3)
-                      ORDER BY txid, position LIMIT 1) IS NOT NULL",
-        )
-        .bind(&self.settings.name)
-        .bind(last.txid)
-        .bind(last.position)
-        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
-        .await;
+             SELECT {}",
+                crate::log::any_after_sql("$2", "$3")
+            )
+        });
+        let stored: sqlx::Result<bool> = sqlx::query_scalar(SAVE_AND_ASK.as_str())
+            .bind(&self.settings.name)
+            .bind(last.txid)
+            .bind(last.position)
+            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+            .fetch_one(&self.pool)
+            .await;
         let more = match stored {
             Ok(more) => more,
             Err(e) => {

@@ -80,15 +80,19 @@ pub async fn read_committed_after<'e>(
 
 /// The statement of [`read_committed_after`], with the cursor's transaction id (an `xid8`),
 /// its position and the limit given as SQL expressions: parameters, or literals where the
-/// statement travels in a simple query (see [`crate::checkpoint_tx`]).
-pub(crate) fn committed_after_sql(txid: &str, position: &str, limit: &str) -> String {
+/// statement travels in a simple query (see [`crate::checkpoint_tx`]); public for plan checks.
+///
+/// Its order names the table's columns: the bare `txid` would be the output column (the
+/// `bigint`), which no index holds, and Postgres would sort everything after the cursor to
+/// return the first rows (the whole log, for a catch-up from its start).
+pub fn committed_after_sql(txid: &str, position: &str, limit: &str) -> String {
     format!(
         "SELECT (txid::text)::bigint AS txid, position, aggregate_type, aggregate_id, sequence,
                 event_type, event_version, payload, metadata, recorded_at
            FROM events
           WHERE (txid, position) > ({txid}, {position})
             AND txid < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY txid, position
+          ORDER BY events.txid, events.position
           LIMIT {limit}"
     )
 }
@@ -130,6 +134,6 @@ pub async fn any_after(pool: &PgPool, after: Cursor) -> sqlx::Result<bool> {
 pub(crate) fn any_after_sql(txid: &str, position: &str) -> String {
     format!(
         "(SELECT 1 FROM events WHERE (txid, position) > (({txid}::bigint)::text::xid8, {position})
-           ORDER BY txid, position LIMIT 1) IS NOT NULL"
+           ORDER BY events.txid, events.position LIMIT 1) IS NOT NULL"
     )
 }

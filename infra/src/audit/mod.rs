@@ -152,7 +152,9 @@ impl AuditReader for PgAudit {
         if let Some(before) = filter.recorded_before {
             qb.push(" AND recorded_at < ").push_bind(before);
         }
-        qb.push(" ORDER BY txid, position LIMIT ").push_bind(limit);
+        // The table's columns, not the output's `bigint` txid: the index's order, no sort.
+        qb.push(" ORDER BY events.txid, events.position LIMIT ")
+            .push_bind(limit);
         let rows = qb.build().fetch_all(&self.pool).await.map_err(read_error)?;
         rows.iter()
             .map(|r| {

@@ -1034,10 +1034,31 @@ async fn a_long_run_of_creations_with_a_taken_key_folds_as_one_by_one() {
     assert_eq!(folders, 600);
     // A rebuild (its first batches are runs of 500 and 101) ends with the same tables.
     let live = dump_schema(&pool, "workspace").await;
-    infra::projector::rebuild(&pool, &WorkspaceProjection)
+    infra::rebuild::rebuild(&pool, &WorkspaceProjection)
         .await
         .unwrap();
     assert_eq!(dump_schema(&pool, "workspace").await, live);
+    pool.close().await;
+    cleanup(&id, &s).await;
+}
+
+#[tokio::test]
+async fn reading_the_log_after_a_cursor_follows_its_index_and_sorts_nothing() {
+    // A catch-up from far behind reads batch after batch: a plan that sorts everything after the
+    // cursor to return the first rows costs the whole remaining log per batch.
+    let (id, s, pool, _js) = bare_pipeline().await;
+    append_folders(&pool, 10, 1_000).await;
+    sqlx::query("ANALYZE events").execute(&pool).await.unwrap();
+    for (txid, position) in [("'0'::xid8", "0"), ("'1'::xid8", "5000")] {
+        let read = infra::log::committed_after_sql(txid, position, "500");
+        let plan: serde_json::Value = sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {read}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let plan = plan.to_string();
+        assert!(!plan.contains("\"Sort\""), "{plan}");
+        assert!(plan.contains("events_commit_order"), "{plan}");
+    }
     pool.close().await;
     cleanup(&id, &s).await;
 }

@@ -151,7 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             };
             let started = std::time::Instant::now();
-            let report = infra::projector::rebuild(&pool, p.as_ref()).await?;
+            let report = infra::rebuild::rebuild(&pool, p.as_ref()).await?;
             let secs = started.elapsed().as_secs_f64();
             tracing::info!(
                 projection = %projection,

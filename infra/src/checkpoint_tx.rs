@@ -28,17 +28,24 @@ fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The statement that locks the checkpoint row of `schema` (returning its cursor) and sets the
-/// transaction up for folding: `search_path` to the schema first (its tables, unqualified), then
-/// `public` (the events); asynchronous commit (see [`crate::projector`]).
-pub(crate) fn lock_sql(schema: &str) -> String {
-    let quoted = quote_ident(schema);
+/// The settings of a transaction folding into `schema`, as a select list: `search_path` to the
+/// schema first (its tables, unqualified), then `public` (the events); asynchronous commit (see
+/// [`crate::projector`]).
+pub(crate) fn fold_settings(schema: &str) -> String {
     format!(
-        "SELECT (txid::text)::bigint, position,
-                set_config('search_path', {}, true),
-                set_config('synchronous_commit', 'off', true)
-           FROM {quoted}.checkpoint FOR UPDATE",
-        quote_literal(&format!("{quoted}, public")),
+        "set_config('search_path', {}, true), set_config('synchronous_commit', 'off', true)",
+        quote_literal(&format!("{}, public", quote_ident(schema))),
+    )
+}
+
+/// The statement that locks the checkpoint row of `schema` (returning its cursor) and sets the
+/// transaction up for folding ([`fold_settings`]).
+pub(crate) fn lock_sql(schema: &str) -> String {
+    format!(
+        "SELECT (txid::text)::bigint, position, {}
+           FROM {}.checkpoint FOR UPDATE",
+        fold_settings(schema),
+        quote_ident(schema),
     )
 }
 

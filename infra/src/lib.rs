@@ -37,6 +37,7 @@ pub mod nats;
 pub mod pipeline_signals;
 pub mod projector;
 pub mod reactor;
+pub mod rebuild;
 pub mod relay;
 pub mod request_logs;
 pub mod runtime;

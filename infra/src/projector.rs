@@ -21,29 +21,25 @@
 //! catches up from the table when it starts, when this process commits events it reads (the
 //! command wakes it, see [`crate::consistency`]), when a NATS message shows a gap (its `previous`
 //! cursor is not what this instance has seen), and on a timer when NATS is silent or away. A
-//! rebuild folds the whole log into a copy of the schema, then swaps it in under the checkpoint
-//! lock.
+//! rebuild ([`crate::rebuild`]) folds the whole log into a copy of the schema, then swaps it in
+//! under the checkpoint lock.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use projections::Cursor;
-use sqlx::{Executor, PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
 use crate::applied::AppliedLog;
-use crate::checkpoint_tx::{CheckpointTx, Locked, lock_sql, quote_ident, save_sql};
+use crate::checkpoint_tx::{CheckpointTx, Locked, quote_ident};
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
-use crate::log::{CommittedEvent, read_committed_after};
+use crate::log::CommittedEvent;
 
 /// Events folded per catch-up transaction.
 const CATCH_UP_BATCH: i64 = 500;
-
-/// Events read per batch by a rebuild: the first batch is small, so that folding starts early,
-/// and each next one twice as large, up to the last.
-const REBUILD_BATCHES: (i64, i64) = (500, 5_000);
 
 /// How long the stored checkpoint may stay behind while only ignored events flow.
 const DEFERRED_SAVE: Duration = Duration::from_secs(1);
@@ -60,6 +56,15 @@ pub enum ProjectionError {
         event_type: String,
         event_version: String,
         reason: String,
+    },
+    /// A rebuild met events the projection reads but its rebuild groups do not name.
+    #[error(
+        "{projection} reads {aggregate_type} events, which none of its rebuild groups names: \
+         the rebuild stopped, the live tables are untouched"
+    )]
+    Ungrouped {
+        projection: &'static str,
+        aggregate_type: String,
     },
 }
 
@@ -83,6 +88,15 @@ pub trait Projection: Send + Sync + 'static {
         conn: &mut PgConnection,
         event: &CommittedEvent,
     ) -> Result<(), ProjectionError>;
+
+    /// Groups of aggregate types whose events change disjoint tables: no statement folding one
+    /// group's events reads or writes a table that another group's statements write. A rebuild
+    /// ([`crate::rebuild`]) folds each group on its own connection, side by side. Every type
+    /// [`Projection::reads`] accepts must be in a group (a rebuild that meets one that is not
+    /// fails, leaving the live tables alone). Empty, the default: the log is folded as one.
+    fn rebuild_groups(&self) -> &'static [&'static [&'static str]] {
+        &[]
+    }
 
     /// Folds several events (in log order, all of aggregates it reads), in the same
     /// transaction. One by one unless the projection folds runs of them set-based, which it may
@@ -157,50 +171,6 @@ pub fn actor(event: &CommittedEvent) -> Option<String> {
         .get("user")
         .and_then(|u| u.as_str())
         .map(str::to_string)
-}
-
-/// Locks the checkpoint row of `schema` and sets the transaction up for folding
-/// ([`crate::checkpoint_tx::lock_sql`]), inside the caller's transaction.
-async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
-    let row = conn.fetch_one(sqlx::raw_sql(&lock_sql(schema))).await?;
-    Ok(Cursor {
-        txid: row.try_get(0)?,
-        position: row.try_get(1)?,
-    })
-}
-
-/// Moves the checkpoint of `schema` ([`crate::checkpoint_tx::save_sql`]), inside the caller's
-/// transaction.
-async fn save_checkpoint(
-    conn: &mut PgConnection,
-    schema: &str,
-    to: Cursor,
-    applied: i64,
-) -> sqlx::Result<()> {
-    conn.execute(sqlx::raw_sql(&save_sql(schema, to, applied)))
-        .await?;
-    Ok(())
-}
-
-/// Folds `events` (in log order) into the schema whose checkpoint the caller locked at `start`,
-/// inside the caller's transaction. Events at or before `start` are skipped. Returns the
-/// checkpoint to store and how many events were applied (the caller stores it).
-async fn fold(
-    conn: &mut PgConnection,
-    projection: &dyn Projection,
-    start: Cursor,
-    events: &[CommittedEvent],
-) -> Result<(Cursor, i64), ProjectionError> {
-    let fresh: Vec<&CommittedEvent> = events.iter().filter(|e| e.cursor() > start).collect();
-    let Some(checkpoint) = fresh.last().map(|e| e.cursor()) else {
-        return Ok((start, 0));
-    };
-    let read: Vec<&CommittedEvent> = fresh
-        .into_iter()
-        .filter(|e| projection.reads(&e.aggregate_type))
-        .collect();
-    projection.apply_batch(conn, &read).await?;
-    Ok((checkpoint, read.len() as i64))
 }
 
 /// Reads the checkpoint of a projection schema.
@@ -643,203 +613,4 @@ impl LogConsumer for Projector {
             e.to_string()
         })
     }
-}
-
-/// Gives the copy's tables the live schema's indexes under their own names (`LIKE … INCLUDING
-/// ALL` would name them afresh, and a later migration naming an index would not find it): the
-/// constraints' indexes now (`LIKE` made them, under Postgres's default names, which are the
-/// ones our migrations leave them), the other unique ones now too, for the fold's lookups and
-/// conflicts; the rest are returned, to be built after the fold.
-async fn copy_indexes_but_secondary(
-    conn: &mut PgConnection,
-    live: &str,
-    copy: &str,
-) -> Result<Vec<String>, ProjectionError> {
-    let unnamed: Vec<String> = sqlx::query_scalar(
-        "SELECT format('DROP INDEX %I.%I', n.nspname, c.relname)
-           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1
-            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)",
-    )
-    .bind(copy)
-    .fetch_all(&mut *conn)
-    .await?;
-    for drop in &unnamed {
-        sqlx::query(drop).execute(&mut *conn).await?;
-    }
-    let definitions: Vec<(bool, String)> = sqlx::query_as(
-        "SELECT i.indisunique,
-                replace(pg_get_indexdef(i.indexrelid),
-                        ' ON ' || quote_ident($1) || '.', ' ON ' || quote_ident($2) || '.')
-           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1
-            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
-          ORDER BY c.relname",
-    )
-    .bind(live)
-    .bind(copy)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut deferred = Vec::new();
-    for (unique, definition) in definitions {
-        if unique {
-            sqlx::query(&definition).execute(&mut *conn).await?;
-        } else {
-            deferred.push(definition);
-        }
-    }
-    Ok(deferred)
-}
-
-/// What a rebuild did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RebuildReport {
-    pub events: usize,
-    pub checkpoint: Cursor,
-    /// Creating the empty copy of the schema.
-    pub copy: Duration,
-    /// Folding the log into it, while the live projector runs.
-    pub fold: Duration,
-    /// Of which waiting for the log's next batch to be read and decoded.
-    pub fold_read_wait: Duration,
-    /// Catching up under the live checkpoint's lock and swapping the schemas.
-    pub swap: Duration,
-}
-
-/// Rebuilds a projection from position 0 into a fresh copy of its schema, then swaps the copy in.
-///
-/// The live projector keeps running during the fold. For the swap, the live checkpoint is locked
-/// (which waits for the live projector's transaction and holds back the next one), the copy
-/// catches up to the end of the log, and the schemas are renamed in the same transaction: readers
-/// see either the old tables or the new ones, never a mix.
-pub async fn rebuild(
-    pool: &PgPool,
-    projection: &dyn Projection,
-) -> Result<RebuildReport, ProjectionError> {
-    let live = projection.name();
-    let copy = format!("{live}_rebuild");
-    let old = format!("{live}_old");
-    let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(&copy), quote_ident(&old));
-
-    let started = Instant::now();
-    // One transaction: one commit to flush instead of one per statement.
-    let mut conn = pool.begin().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE"))
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(&format!("CREATE SCHEMA {q_copy}"))
-        .execute(&mut *conn)
-        .await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
-    )
-    .bind(live)
-    .fetch_all(&mut *conn)
-    .await?;
-    for table in &tables {
-        let t = quote_ident(table);
-        sqlx::query(&format!(
-            "CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL)"
-        ))
-        .execute(&mut *conn)
-        .await?;
-    }
-    sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
-        .execute(&mut *conn)
-        .await?;
-    let deferred = copy_indexes_but_secondary(&mut conn, live, &copy).await?;
-    conn.commit().await?;
-    let copy_took = started.elapsed();
-
-    // Fold the log into the copy, batch by batch, outside any lock. The next batch is read
-    // (on its own connection) while the current one is folded: reading and decoding the log
-    // and writing the tables overlap.
-    let (batches, mut ready) = tokio::sync::mpsc::channel::<sqlx::Result<Vec<CommittedEvent>>>(1);
-    let reader = {
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            let mut from = Cursor::START;
-            let mut limit = REBUILD_BATCHES.0;
-            loop {
-                let batch = read_committed_after(&pool, from, limit).await;
-                let last = batch
-                    .as_ref()
-                    .ok()
-                    .and_then(|b| b.last().map(|e| e.cursor()));
-                let full = batch.as_ref().is_ok_and(|b| b.len() as i64 == limit);
-                if batches.send(batch).await.is_err() || !full {
-                    return;
-                }
-                from = last.unwrap_or(from);
-                limit = (limit * 2).min(REBUILD_BATCHES.1);
-            }
-        })
-    };
-    let mut events = 0;
-    let mut read_wait = Duration::ZERO;
-    loop {
-        let waiting = Instant::now();
-        let Some(batch) = ready.recv().await else {
-            break;
-        };
-        read_wait += waiting.elapsed();
-        let batch = batch?;
-        let Locked {
-            mut tx,
-            stored: from,
-            ..
-        } = CheckpointTx::begin(pool, &copy, None).await?;
-        let (reached, applied) = fold(tx.conn(), projection, from, &batch).await?;
-        tx.commit_at(reached, applied).await?;
-        events += batch.len();
-    }
-    reader.await.ok();
-    // The secondary indexes, built once over the folded rows rather than row by row, side by
-    // side (on a small log each build is mostly its own flush to disk).
-    futures::future::try_join_all(
-        deferred
-            .iter()
-            .map(|index| sqlx::query(index).execute(pool)),
-    )
-    .await?;
-    let fold_took = started.elapsed() - copy_took;
-
-    // Swap under the live checkpoint's lock.
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    let checkpoint = loop {
-        let from = lock_checkpoint(&mut tx, &copy).await?;
-        let batch = read_committed_after(&mut *tx, from, REBUILD_BATCHES.1).await?;
-        events += batch.len();
-        let (reached, applied) = fold(&mut tx, projection, from, &batch).await?;
-        if batch.is_empty() {
-            break reached;
-        }
-        save_checkpoint(&mut tx, &copy, reached, applied).await?;
-    };
-    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE"))
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(RebuildReport {
-        events,
-        checkpoint,
-        copy: copy_took,
-        fold: fold_took,
-        fold_read_wait: read_wait,
-        swap: started.elapsed() - copy_took - fold_took,
-    })
 }

@@ -24,6 +24,14 @@ impl Projection for WorkspaceProjection {
         aggregate_type == Folder::TYPE || aggregate_type == Request::TYPE
     }
 
+    /// Folder events write `folders` only; request events `requests`, `query_snapshots` and
+    /// `query_snapshot_patches`, and read nothing else (a request names its folder, which the
+    /// reads join).
+    fn rebuild_groups(&self) -> &'static [&'static [&'static str]] {
+        const GROUPS: &[&[&str]] = &[&[Folder::TYPE], &[Request::TYPE]];
+        GROUPS
+    }
+
     async fn apply(
         &self,
         conn: &mut PgConnection,

@@ -681,7 +681,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut rebuilds, mut scans) = (Vec::new(), Vec::new());
     for _ in 0..rounds {
         let started = Instant::now();
-        let rebuilt = infra::projector::rebuild(&pool, &WorkspaceProjection).await?;
+        let rebuilt = infra::rebuild::rebuild(&pool, &WorkspaceProjection).await?;
         rebuilds.push((
             rebuilt.events as f64 / started.elapsed().as_secs_f64(),
             rebuilt,

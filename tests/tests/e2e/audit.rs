@@ -694,7 +694,7 @@ async fn stored_version_1_role_events_are_upcast_for_aggregates_projections_and_
         false
     );
     // A rebuild of the identity read model decodes the same rows.
-    infra::projector::rebuild(&app.pool, &infra::identity::IdentityProjection)
+    infra::rebuild::rebuild(&app.pool, &infra::identity::IdentityProjection)
         .await
         .expect("rebuild folds version-1 rows");
     let after = app.get("/accesses/roles/90002/", "admin").await;

@@ -998,7 +998,7 @@ async fn samples_cohort_rights_and_owner_scoping() {
         .await
     );
     let live = tests::dump_schema(&app.pool, "cohorts").await;
-    infra::projector::rebuild(&app.pool, &infra::cohorts::CohortsProjection)
+    infra::rebuild::rebuild(&app.pool, &infra::cohorts::CohortsProjection)
         .await
         .expect("rebuild");
     assert_eq!(tests::dump_schema(&app.pool, "cohorts").await, live);

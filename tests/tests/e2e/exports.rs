@@ -358,7 +358,7 @@ async fn a_filtered_csv_export_goes_from_cohort_to_downloaded_files() {
     };
     assert_eq!((rows("exports"), rows("subsets")), (1, 1), "{live:?}");
     assert!(rows("stats") >= 4);
-    infra::projector::rebuild(&app.pool, &infra::exports::ExportsProjection)
+    infra::rebuild::rebuild(&app.pool, &infra::exports::ExportsProjection)
         .await
         .expect("rebuild");
     assert_eq!(tests::dump_schema(&app.pool, "exports").await, live);

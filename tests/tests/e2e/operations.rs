@@ -200,7 +200,7 @@ async fn a_rebuild_under_load_fails_no_request_and_swaps_in_a_fresh_fold() {
     }
     let before = done.load(Ordering::Relaxed);
     for _ in 0..3 {
-        infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+        infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
             .await
             .expect("rebuild under load");
     }
@@ -227,7 +227,7 @@ async fn a_rebuild_under_load_fails_no_request_and_swaps_in_a_fresh_fold() {
     let live = dump_schema(&app.pool, "workspace").await;
     let folders = live.iter().find(|(t, _)| t == "folders").unwrap();
     assert!(folders.1.len() >= 50, "{} folders", folders.1.len());
-    infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+    infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
         .await
         .expect("fresh fold");
     assert_eq!(dump_schema(&app.pool, "workspace").await, live);

@@ -161,7 +161,7 @@ async fn eight_concurrent_writers_leave_read_models_equal_to_the_log_and_publish
 
     // The read model equals the fold of the event store.
     let live = dump_schema(&app.pool, "workspace").await;
-    infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+    infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
         .await
         .expect("rebuild");
     assert_eq!(dump_schema(&app.pool, "workspace").await, live);
@@ -546,7 +546,7 @@ async fn a_rebuilt_projection_is_identical_row_for_row() {
     };
     let live_indexes = indexes().await;
     assert!(live_indexes.len() > 5, "{live_indexes:?}");
-    let report = infra::projector::rebuild(&app.pool, &WorkspaceProjection)
+    let report = infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
         .await
         .expect("rebuild");
     assert_eq!(report.events as i64, app.event_count().await);
@@ -1061,4 +1061,62 @@ async fn reading_the_log_after_a_cursor_follows_its_index_and_sorts_nothing() {
     }
     pool.close().await;
     cleanup(&id, &s).await;
+}
+
+/// The workspace's fold whose rebuild groups forget the requests it reads.
+struct MisgroupedWorkspace;
+
+#[async_trait::async_trait]
+impl infra::projector::Projection for MisgroupedWorkspace {
+    fn name(&self) -> &'static str {
+        WorkspaceProjection.name()
+    }
+
+    fn reads(&self, aggregate_type: &str) -> bool {
+        WorkspaceProjection.reads(aggregate_type)
+    }
+
+    fn rebuild_groups(&self) -> &'static [&'static [&'static str]] {
+        &[&["Folder"]]
+    }
+
+    async fn apply(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        event: &infra::log::CommittedEvent,
+    ) -> Result<(), infra::projector::ProjectionError> {
+        WorkspaceProjection.apply(conn, event).await
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_groups_miss_a_type_the_projection_reads_stops_and_keeps_the_live_tables() {
+    let app = TestApp::spawn().await;
+    let f = app
+        .post("/cohort/folders/", "carol", json!({"name": "A"}))
+        .await;
+    let r = app
+        .post(
+            "/cohort/requests/",
+            "carol",
+            json!({"name": "R", "parent_folder": f.body["uuid"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    app.settle().await;
+    let live = dump_schema(&app.pool, "workspace").await;
+    let refused = infra::rebuild::rebuild(&app.pool, &MisgroupedWorkspace).await;
+    match refused {
+        Err(infra::projector::ProjectionError::Ungrouped { aggregate_type, .. }) => {
+            assert_eq!(aggregate_type, "Request")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    // The projection's own groups rebuild it.
+    infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
+        .await
+        .expect("rebuild");
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    app.stop().await;
 }

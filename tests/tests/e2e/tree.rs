@@ -79,7 +79,7 @@ async fn reimport_moves_subtrees_removes_perimeters_closes_their_accesses_and_re
     // projector fold the last session before comparing.
     app.settle().await;
     let before = dump_schema(&app.pool, "identity").await;
-    infra::projector::rebuild(&app.pool, &infra::identity::IdentityProjection)
+    infra::rebuild::rebuild(&app.pool, &infra::identity::IdentityProjection)
         .await
         .unwrap();
     assert_eq!(dump_schema(&app.pool, "identity").await, before);

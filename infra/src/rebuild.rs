@@ -1,0 +1,402 @@
+//! Rebuilding a projection: the whole log folded into a fresh copy of its schema, which is then
+//! swapped in.
+//!
+//! The live projector keeps running meanwhile. One statement streams the log (gap-safely, as the
+//! projectors read it) from the moment the rebuild starts, while the copy's schema is created;
+//! it is handed on in batches, each folded in a transaction of its own that writes no checkpoint
+//! (a failed rebuild leaves a copy that the next one drops). A projection whose aggregate types fall in groups that
+//! write disjoint tables ([`Projection::rebuild_groups`]) has each group folded on its own
+//! connection, side by side. Then the secondary indexes are built once over the folded rows, the
+//! copy's checkpoint is set where the reading stopped, and under the live checkpoint's lock the
+//! copy catches up with what was committed since and the schemas are renamed in one transaction:
+//! readers see either the old tables or the new ones, never a mix.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use futures::TryStreamExt;
+
+use projections::Cursor;
+use sqlx::{Executor, PgConnection, PgPool, Row};
+use tokio::sync::mpsc;
+
+use crate::checkpoint_tx::{fold_settings, lock_sql, quote_ident, save_sql};
+use crate::log::{CommittedEvent, committed_after_sql, read_committed_after};
+use crate::projector::{Projection, ProjectionError};
+
+/// Events handed on per batch to the folds: the first batch is small, so that folding starts
+/// early, and each next one twice as large, up to the last.
+const BATCHES: (usize, usize) = (500, 5_000);
+
+/// Events folded per transaction under the swap's lock.
+const CATCH_UP_BATCH: i64 = 5_000;
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Events read from the log (of every aggregate type, read by the projection or not).
+    pub events: usize,
+    pub checkpoint: Cursor,
+    /// Creating the empty copy of the schema (the log is read meanwhile).
+    pub copy: Duration,
+    /// Folding the log into it and building its secondary indexes, while the live projector runs.
+    pub fold: Duration,
+    /// Of which the longest a group's fold waited for the log's next batch to be read and
+    /// decoded.
+    pub fold_read_wait: Duration,
+    /// Catching up under the live checkpoint's lock and swapping the schemas.
+    pub swap: Duration,
+}
+
+/// Rebuilds `projection` from the start of the log into a fresh copy of its schema, then swaps
+/// the copy in (see the module's documentation).
+pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<RebuildReport, ProjectionError> {
+    let live = projection.name();
+    let copy = format!("{live}_rebuild");
+    let started = Instant::now();
+
+    let groups = projection.rebuild_groups();
+    let (batches, ready): (Vec<_>, Vec<_>) = (0..groups.len().max(1))
+        .map(|_| mpsc::channel::<Vec<CommittedEvent>>(1))
+        .unzip();
+    let reader = tokio::spawn(read_log(pool.clone(), groups, batches));
+    let deferred = match copy_schema(pool, live, &copy).await {
+        Ok(deferred) => deferred,
+        Err(e) => {
+            reader.abort();
+            return Err(e);
+        }
+    };
+    let copy_took = started.elapsed();
+
+    let folded = futures::future::try_join_all(
+        ready
+            .into_iter()
+            .map(|batches| fold_group(pool, projection, &copy, batches)),
+    )
+    .await;
+    // A fold that failed stops the reader (its batches go nowhere): its error is the one to
+    // report; otherwise the reader's own.
+    let read = match reader.await {
+        Ok(read) => read,
+        // Never aborted past this point: it panicked.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    };
+    let folded = folded?;
+    let read = read?;
+    if let Some(ungrouped) = read.ungrouped.iter().find(|t| projection.reads(t)) {
+        return Err(ProjectionError::Ungrouped {
+            projection: live,
+            aggregate_type: ungrouped.clone(),
+        });
+    }
+    let applied: i64 = folded.iter().map(|f| f.applied).sum();
+    let read_wait = folded.iter().map(|f| f.read_wait).max().unwrap_or_default();
+    pool.execute(sqlx::raw_sql(&save_sql(&copy, read.reached, applied)))
+        .await?;
+    // The secondary indexes, built once over the folded rows rather than row by row, side by
+    // side (on a small log each build is mostly its own flush to disk).
+    futures::future::try_join_all(
+        deferred
+            .iter()
+            .map(|index| sqlx::query(index).execute(pool)),
+    )
+    .await?;
+    let fold_took = started.elapsed() - copy_took;
+
+    let (checkpoint, caught_up) = catch_up_and_swap(pool, projection, &copy).await?;
+    Ok(RebuildReport {
+        events: read.events + caught_up,
+        checkpoint,
+        copy: copy_took,
+        fold: fold_took,
+        fold_read_wait: read_wait,
+        swap: started.elapsed() - copy_took - fold_took,
+    })
+}
+
+/// Creates the empty copy of the live schema (dropping a leftover one), its checkpoint at the
+/// start of the log, in one transaction (one flush instead of one per statement). Returns the
+/// secondary indexes to build after the fold.
+async fn copy_schema(
+    pool: &PgPool,
+    live: &str,
+    copy: &str,
+) -> Result<Vec<String>, ProjectionError> {
+    let (q_live, q_copy) = (quote_ident(live), quote_ident(copy));
+    let mut conn = pool.begin().await?;
+    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE"))
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!("CREATE SCHEMA {q_copy}"))
+        .execute(&mut *conn)
+        .await?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
+    )
+    .bind(live)
+    .fetch_all(&mut *conn)
+    .await?;
+    for table in &tables {
+        let t = quote_ident(table);
+        sqlx::query(&format!(
+            "CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL EXCLUDING INDEXES)"
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
+        .execute(&mut *conn)
+        .await?;
+    let deferred = copy_indexes_but_secondary(&mut conn, live, copy).await?;
+    conn.commit().await?;
+    Ok(deferred)
+}
+
+/// What the reading of the log found.
+struct LogRead {
+    /// Events read.
+    events: usize,
+    /// The last one's place.
+    reached: Cursor,
+    /// Aggregate types met that are in none of the projection's rebuild groups (their events are
+    /// not folded: the projection must not read them).
+    ungrouped: BTreeSet<String>,
+}
+
+/// Reads the log to its end and hands it on in batches to `groups`' folds (with no groups,
+/// everything to the only one), each group receiving its events in log order.
+///
+/// One statement streams the whole log (gap-safely, as [`read_committed_after`]): Postgres
+/// orders it once, where batch after batch it would find each batch's start again. It takes no
+/// transaction id, so it holds back no one's horizon.
+async fn read_log(
+    pool: PgPool,
+    groups: &'static [&'static [&'static str]],
+    folds: Vec<mpsc::Sender<Vec<CommittedEvent>>>,
+) -> sqlx::Result<LogRead> {
+    let group_of: HashMap<&str, usize> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(i, types)| types.iter().map(move |t| (*t, i)))
+        .collect();
+    let mut read = LogRead {
+        events: 0,
+        reached: Cursor::START,
+        ungrouped: BTreeSet::new(),
+    };
+    let sql = committed_after_sql("'0'::xid8", "0", "ALL");
+    let mut events = sqlx::query_as::<_, CommittedEvent>(&sql).fetch(&pool);
+    let mut parts = vec![Vec::new(); folds.len()];
+    let (mut held, mut batch) = (0, BATCHES.0);
+    while let Some(event) = events.try_next().await? {
+        read.events += 1;
+        read.reached = event.cursor();
+        let group = match group_of.get(event.aggregate_type.as_str()) {
+            _ if groups.is_empty() => 0,
+            Some(&group) => group,
+            None => {
+                if !read.ungrouped.contains(&event.aggregate_type) {
+                    read.ungrouped.insert(event.aggregate_type);
+                }
+                continue;
+            }
+        };
+        parts[group].push(event);
+        held += 1;
+        if held == batch {
+            if !hand_on(&mut parts, &folds).await {
+                return Ok(read);
+            }
+            held = 0;
+            batch = (batch * 2).min(BATCHES.1);
+        }
+    }
+    hand_on(&mut parts, &folds).await;
+    Ok(read)
+}
+
+/// Sends each group's events held in `parts` to its fold; `false` if a fold has stopped (it
+/// failed: its error is the rebuild's).
+async fn hand_on(
+    parts: &mut [Vec<CommittedEvent>],
+    folds: &[mpsc::Sender<Vec<CommittedEvent>>],
+) -> bool {
+    for (part, fold) in parts.iter_mut().zip(folds) {
+        if !part.is_empty() && fold.send(std::mem::take(part)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// What one group's fold did.
+struct Folded {
+    applied: i64,
+    read_wait: Duration,
+}
+
+/// Folds the batches of one group into the copy, one transaction per batch.
+async fn fold_group(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    copy: &str,
+    mut batches: mpsc::Receiver<Vec<CommittedEvent>>,
+) -> Result<Folded, ProjectionError> {
+    let settings = format!("SELECT {}", fold_settings(copy));
+    let mut folded = Folded {
+        applied: 0,
+        read_wait: Duration::ZERO,
+    };
+    loop {
+        let waiting = Instant::now();
+        let Some(batch) = batches.recv().await else {
+            return Ok(folded);
+        };
+        folded.read_wait += waiting.elapsed();
+        let mut tx = pool.begin().await?;
+        tx.execute(sqlx::raw_sql(&settings)).await?;
+        let (_, applied) = fold(&mut tx, projection, Cursor::START, &batch).await?;
+        tx.commit().await?;
+        folded.applied += applied;
+    }
+}
+
+/// Under the live checkpoint's lock (which waits for the live projector's transaction and holds
+/// back the next one), folds into the copy what was committed since its checkpoint and swaps
+/// the schemas. Returns the copy's final checkpoint and how many events it folded.
+async fn catch_up_and_swap(
+    pool: &PgPool,
+    projection: &dyn Projection,
+    copy: &str,
+) -> Result<(Cursor, usize), ProjectionError> {
+    let live = projection.name();
+    let old = format!("{live}_old");
+    let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(copy), quote_ident(&old));
+    let mut events = 0;
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let checkpoint = loop {
+        let from = lock_checkpoint(&mut tx, copy).await?;
+        let batch = read_committed_after(&mut *tx, from, CATCH_UP_BATCH).await?;
+        events += batch.len();
+        let (reached, applied) = fold(&mut tx, projection, from, &batch).await?;
+        if batch.is_empty() {
+            break reached;
+        }
+        save_checkpoint(&mut tx, copy, reached, applied).await?;
+    };
+    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE"))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((checkpoint, events))
+}
+
+/// Locks the checkpoint row of `schema` and sets the transaction up for folding
+/// ([`crate::checkpoint_tx::lock_sql`]), inside the caller's transaction.
+async fn lock_checkpoint(conn: &mut PgConnection, schema: &str) -> sqlx::Result<Cursor> {
+    let row = conn.fetch_one(sqlx::raw_sql(&lock_sql(schema))).await?;
+    Ok(Cursor {
+        txid: row.try_get(0)?,
+        position: row.try_get(1)?,
+    })
+}
+
+/// Moves the checkpoint of `schema` ([`crate::checkpoint_tx::save_sql`]), inside the caller's
+/// transaction.
+async fn save_checkpoint(
+    conn: &mut PgConnection,
+    schema: &str,
+    to: Cursor,
+    applied: i64,
+) -> sqlx::Result<()> {
+    conn.execute(sqlx::raw_sql(&save_sql(schema, to, applied)))
+        .await?;
+    Ok(())
+}
+
+/// Folds `events` (in log order) into the schema whose checkpoint the caller locked at `start`,
+/// inside the caller's transaction. Events at or before `start` are skipped. Returns the
+/// checkpoint to store and how many events were applied (the caller stores it).
+async fn fold(
+    conn: &mut PgConnection,
+    projection: &dyn Projection,
+    start: Cursor,
+    events: &[CommittedEvent],
+) -> Result<(Cursor, i64), ProjectionError> {
+    let fresh: Vec<&CommittedEvent> = events.iter().filter(|e| e.cursor() > start).collect();
+    let Some(checkpoint) = fresh.last().map(|e| e.cursor()) else {
+        return Ok((start, 0));
+    };
+    let read: Vec<&CommittedEvent> = fresh
+        .into_iter()
+        .filter(|e| projection.reads(&e.aggregate_type))
+        .collect();
+    projection.apply_batch(conn, &read).await?;
+    Ok((checkpoint, read.len() as i64))
+}
+
+/// Gives the copy's tables (made `EXCLUDING INDEXES`) the live schema's constraints and indexes
+/// under their own names (`LIKE … INCLUDING INDEXES` would name them afresh, and a later
+/// migration naming one would not find it): the index-backed constraints (primary keys, unique,
+/// exclusion) and the other unique indexes now, for the fold's lookups and conflicts; the rest are
+/// returned, to be built after the fold.
+async fn copy_indexes_but_secondary(
+    conn: &mut PgConnection,
+    live: &str,
+    copy: &str,
+) -> Result<Vec<String>, ProjectionError> {
+    let constraints: Vec<String> = sqlx::query_scalar(
+        "SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
+                       $2::text, c.relname, k.conname, pg_get_constraintdef(k.oid))
+           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND k.contype IN ('p', 'u', 'x')
+          ORDER BY c.relname, k.conname",
+    )
+    .bind(live)
+    .bind(copy)
+    .fetch_all(&mut *conn)
+    .await?;
+    for constraint in &constraints {
+        sqlx::query(constraint).execute(&mut *conn).await?;
+    }
+    let definitions: Vec<(bool, String)> = sqlx::query_as(
+        "SELECT i.indisunique,
+                replace(pg_get_indexdef(i.indexrelid),
+                        ' ON ' || quote_ident($1) || '.', ' ON ' || quote_ident($2) || '.')
+           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1
+            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+          ORDER BY c.relname",
+    )
+    .bind(live)
+    .bind(copy)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut deferred = Vec::new();
+    for (unique, definition) in definitions {
+        if unique {
+            sqlx::query(&definition).execute(&mut *conn).await?;
+        } else {
+            deferred.push(definition);
+        }
+    }
+    Ok(deferred)
+}

@@ -57,6 +57,9 @@ pub enum ProjectionError {
         event_version: String,
         reason: String,
     },
+    /// Another rebuild of the projection is running (it holds [`crate::rebuild::lock_key`]).
+    #[error("a rebuild of {0} is already running: wait for it to end")]
+    RebuildRunning(&'static str),
     /// A rebuild met events the projection reads but its rebuild groups do not name.
     #[error(
         "{projection} reads {aggregate_type} events, which none of its rebuild groups names: \

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 
 use projections::Cursor;
-use sqlx::{Executor, PgConnection, PgPool, Row};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use tokio::sync::mpsc;
 
 use crate::checkpoint_tx::{fold_settings, lock_sql, quote_ident, save_sql};
@@ -51,6 +51,36 @@ pub struct RebuildReport {
 /// Rebuilds `projection` from the start of the log into a fresh copy of its schema, then swaps
 /// the copy in (see the module's documentation).
 pub async fn rebuild(
+    pool: &PgPool,
+    projection: &dyn Projection,
+) -> Result<RebuildReport, ProjectionError> {
+    // One rebuild of a projection at a time (a second would drop the first's copy mid-fold): a
+    // session lock, on a connection taken out of the pool, so that it is closed (and the lock
+    // released) should this future be dropped midway.
+    let live = projection.name();
+    let mut lock = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(lock_key(live))
+        .fetch_one(&mut lock)
+        .await?;
+    if !locked {
+        return Err(ProjectionError::RebuildRunning(live));
+    }
+    let rebuilt = rebuild_locked(pool, projection).await;
+    // Released now rather than once the server notices the closed connection: the next rebuild
+    // may follow at once.
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(lock_key(live))
+        .execute(&mut lock)
+        .await;
+    lock.close().await.ok();
+    let rebuilt = rebuilt?;
+    unlocked?;
+    Ok(rebuilt)
+}
+
+/// [`rebuild`], its lock held.
+async fn rebuild_locked(
     pool: &PgPool,
     projection: &dyn Projection,
 ) -> Result<RebuildReport, ProjectionError> {
@@ -116,6 +146,16 @@ pub async fn rebuild(
         fold_read_wait: read_wait,
         swap: started.elapsed() - copy_took - fold_took,
     })
+}
+
+/// The session advisory lock a rebuild of `projection` holds while it runs.
+pub fn lock_key(projection: &str) -> i64 {
+    // A stable 64-bit FNV-1a of a name of its own (advisory locks share one key space).
+    format!("cohort360 rebuild {projection}")
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        }) as i64
 }
 
 /// Creates the empty copy of the live schema (dropping a leftover one), its checkpoint at the

@@ -1120,3 +1120,40 @@ async fn a_rebuild_whose_groups_miss_a_type_the_projection_reads_stops_and_keeps
     assert_eq!(dump_schema(&app.pool, "workspace").await, live);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_rebuild_of_a_projection_is_refused_while_one_runs() {
+    let app = TestApp::spawn().await;
+    app.post("/cohort/folders/", "carol", json!({"name": "A"}))
+        .await;
+    app.settle().await;
+    let live = dump_schema(&app.pool, "workspace").await;
+    // What a running rebuild holds, held here.
+    let mut running = app.pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(infra::rebuild::lock_key("workspace"))
+        .execute(&mut *running)
+        .await
+        .unwrap();
+    match infra::rebuild::rebuild(&app.pool, &WorkspaceProjection).await {
+        Err(infra::projector::ProjectionError::RebuildRunning(name)) => {
+            assert_eq!(name, "workspace")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(infra::rebuild::lock_key("workspace"))
+        .execute(&mut *running)
+        .await
+        .unwrap();
+    drop(running);
+    // Once it ended, a rebuild runs, and so does the next (each releases the lock).
+    for _ in 0..2 {
+        infra::rebuild::rebuild(&app.pool, &WorkspaceProjection)
+            .await
+            .expect("rebuild");
+    }
+    assert_eq!(dump_schema(&app.pool, "workspace").await, live);
+    app.stop().await;
+}

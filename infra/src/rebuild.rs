@@ -269,9 +269,7 @@ async fn read_log(
                     _ if groups.is_empty() => 0,
                     Some(&group) => group,
                     None => {
-                        if !read.ungrouped.contains(&event.aggregate_type) {
-                            read.ungrouped.insert(event.aggregate_type);
-                        }
+                        read.ungrouped.insert(event.aggregate_type);
                         continue;
                     }
                 };

@@ -34,6 +34,46 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A reader's `select` (`SELECT … FROM <table> <alias> …`) made to find its row by primary key
+/// before anything else, split around the key's placeholder: the statement is
+/// `head`, the key, then `rest` (to which the caller adds its other conditions).
+///
+/// Why: a point lookup says `uuid = $1 AND owner = $2 AND deleted_at IS NULL`, and the owner's
+/// index is partial on `deleted_at IS NULL`. On a table without statistics (a fresh database, a
+/// read model just rebuilt, until autovacuum's first ANALYZE) Postgres costs that index and the
+/// primary key alike and takes the index, reading every row of the owner to return one: 0.5 ms
+/// at 1 700 folders of one user, growing with them. A materialized CTE on the key leaves it no
+/// choice.
+pub(crate) fn by_primary_key(select: &str, table: &str, alias: &str) -> KeyFirst {
+    let from = format!("FROM {table} {alias}");
+    let rest = select.replacen(&from, &format!("FROM by_key {alias}"), 1);
+    debug_assert_ne!(rest, select, "`{from}` is not in the reader's select");
+    KeyFirst {
+        head: format!("WITH by_key AS MATERIALIZED (SELECT * FROM {table} WHERE uuid = "),
+        rest: format!(") {rest}"),
+    }
+}
+
+/// See [`by_primary_key`].
+pub(crate) struct KeyFirst {
+    pub head: String,
+    pub rest: String,
+}
+
+impl KeyFirst {
+    /// The statement with the key as `$1`.
+    pub fn with_first_bind(&self) -> String {
+        format!("{}$1{}", self.head, self.rest)
+    }
+
+    /// A builder holding the statement up to its conditions, the key bound first.
+    pub fn builder<'a>(&self, key: uuid::Uuid) -> QueryBuilder<'a, Postgres> {
+        let mut qb = QueryBuilder::new(&self.head);
+        qb.push_bind(key).push(&self.rest);
+        qb
+    }
+}
+
 /// Escapes `%`, `_` and `\` for a LIKE pattern, and wraps it for "contains".
 pub(crate) fn contains_pattern(s: &str) -> String {
     let escaped = s

@@ -18,7 +18,7 @@ use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::sql::{contains_pattern, fetch_page, push_window, read_error};
+use crate::sql::{by_primary_key, contains_pattern, fetch_page, push_window, read_error};
 
 /// Reads the cohorts schema.
 #[derive(Debug, Clone)]
@@ -360,9 +360,8 @@ impl CohortReader for PgCohorts {
 
     async fn cohort(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<CohortView>, ReadError> {
         let filter = CohortFilter::default();
-        let mut qb = QueryBuilder::new(COHORT_SELECT);
+        let mut qb = by_primary_key(COHORT_SELECT, "cohorts.cohorts", "c").builder(id);
         push_cohort_where(&mut qb, reader, &filter);
-        qb.push(" AND c.uuid = ").push_bind(id);
         let rows: Vec<CohortRow> = qb
             .build_query_as()
             .fetch_all(&self.pool)
@@ -427,11 +426,9 @@ impl CohortReader for PgCohorts {
         owner: &str,
         id: Uuid,
     ) -> Result<Option<FhirFilterView>, ReadError> {
-        let mut qb = QueryBuilder::new(FHIR_FILTER_SELECT);
+        let mut qb = by_primary_key(FHIR_FILTER_SELECT, "cohorts.fhir_filters", "f").builder(id);
         qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ")
-            .push_bind(owner)
-            .push(" AND f.uuid = ")
-            .push_bind(id);
+            .push_bind(owner);
         let row: Option<FhirFilterRow> = qb
             .build_query_as()
             .fetch_optional(&self.pool)
@@ -511,9 +508,8 @@ impl CohortReader for PgCohorts {
 
     async fn schedule(&self, owner: &str, id: Uuid) -> Result<Option<ScheduleView>, ReadError> {
         let filter = ScheduleFilter::default();
-        let mut qb = QueryBuilder::new(SCHEDULE_SELECT);
+        let mut qb = by_primary_key(SCHEDULE_SELECT, "cohorts.refresh_schedules", "s").builder(id);
         push_schedule_where(&mut qb, owner, &filter);
-        qb.push(" AND s.uuid = ").push_bind(id);
         let row: Option<ScheduleRow> = qb
             .build_query_as()
             .fetch_optional(&self.pool)

@@ -13,7 +13,7 @@ use projections::{Page, ReadError, SortKey, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::sql::{contains_pattern, push_window, read_error};
+use crate::sql::{by_primary_key, contains_pattern, push_window, read_error};
 
 /// Reads the workspace schema.
 #[derive(Debug, Clone)]
@@ -82,6 +82,14 @@ const FOLDER_SELECT: &str = "SELECT f.uuid, f.owner, f.name, f.description, f.cr
         (SELECT count(*) FROM workspace.requests r WHERE r.parent_folder = f.uuid AND r.deleted_at IS NULL) AS requests_count
    FROM workspace.folders f";
 
+/// The statement reading one live folder of an owner: `$1` its uuid, `$2` the owner.
+pub fn folder_lookup_sql() -> String {
+    format!(
+        "{} WHERE f.owner = $2 AND f.deleted_at IS NULL",
+        by_primary_key(FOLDER_SELECT, "workspace.folders", "f").with_first_bind()
+    )
+}
+
 fn push_folder_where<'a>(
     qb: &mut QueryBuilder<'a, Postgres>,
     owner: &'a str,
@@ -125,6 +133,14 @@ const REQUEST_SELECT: &str =
         f.name AS folder_name, f.description AS folder_description, r.shared_by,
         r.created_at, r.modified_at, r.updated_at
    FROM workspace.requests r LEFT JOIN workspace.folders f ON f.uuid = r.parent_folder";
+
+/// The statement reading one live request of an owner: `$1` its uuid, `$2` the owner.
+pub fn request_lookup_sql() -> String {
+    format!(
+        "{} WHERE r.owner = $2 AND r.deleted_at IS NULL",
+        by_primary_key(REQUEST_SELECT, "workspace.requests", "r").with_first_bind()
+    )
+}
 
 fn push_request_where<'a>(
     qb: &mut QueryBuilder<'a, Postgres>,
@@ -207,6 +223,14 @@ const SNAPSHOT_SELECT: &str =
     "SELECT s.uuid, s.owner, s.name, s.version, s.created_at, s.modified_at, s.request,
         s.previous_snapshot, s.serialized_query, s.perimeters_ids, s.shared_by
    FROM workspace.query_snapshots s";
+
+/// The statement reading one live query snapshot of an owner: `$1` its uuid, `$2` the owner.
+pub fn snapshot_lookup_sql() -> String {
+    format!(
+        "{} WHERE s.owner = $2 AND s.deleted_at IS NULL",
+        by_primary_key(SNAPSHOT_SELECT, "workspace.query_snapshots", "s").with_first_bind()
+    )
+}
 
 fn push_snapshot_where<'a>(
     qb: &mut QueryBuilder<'a, Postgres>,
@@ -361,14 +385,12 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn folder(&self, owner: &str, id: Uuid) -> Result<Option<FolderView>, ReadError> {
-        let row: Option<FolderRow> = sqlx::query_as(&format!(
-            "{FOLDER_SELECT} WHERE f.uuid = $1 AND f.owner = $2 AND f.deleted_at IS NULL"
-        ))
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let row: Option<FolderRow> = sqlx::query_as(&folder_lookup_sql())
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(row.map(FolderView::from))
     }
 
@@ -396,14 +418,12 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn request(&self, owner: &str, id: Uuid) -> Result<Option<RequestView>, ReadError> {
-        let rows: Vec<RequestRow> = sqlx::query_as(&format!(
-            "{REQUEST_SELECT} WHERE r.uuid = $1 AND r.owner = $2 AND r.deleted_at IS NULL"
-        ))
-        .bind(id)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let rows: Vec<RequestRow> = sqlx::query_as(&request_lookup_sql())
+            .bind(id)
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(self.with_snapshots(rows).await?.pop())
     }
 
@@ -431,14 +451,12 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn snapshot(&self, owner: &str, id: Uuid) -> Result<Option<SnapshotView>, ReadError> {
-        let row: Option<SnapshotRow> = sqlx::query_as(&format!(
-            "{SNAPSHOT_SELECT} WHERE s.uuid = $1 AND s.owner = $2 AND s.deleted_at IS NULL"
-        ))
-        .bind(id)
-        .bind(owner)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(read_error)?;
+        let row: Option<SnapshotRow> = sqlx::query_as(&snapshot_lookup_sql())
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(read_error)?;
         Ok(row.map(SnapshotView::from))
     }
 }

@@ -1063,6 +1063,74 @@ async fn reading_the_log_after_a_cursor_follows_its_index_and_sorts_nothing() {
     cleanup(&id, &s).await;
 }
 
+#[tokio::test]
+async fn one_row_of_an_owner_is_found_by_its_key_on_tables_without_statistics() {
+    // A fresh database, or a read model just rebuilt, has no statistics until autovacuum's first
+    // ANALYZE. Then Postgres costs the owner's partial index like the primary key, and a lookup
+    // through it reads every row of the owner to return one.
+    let (id, s, pool, _js) = bare_pipeline().await;
+    let many = 2_000;
+    for statement in [
+        "INSERT INTO workspace.folders (uuid, owner, name, created_at, modified_at)
+         SELECT gen_random_uuid(), 'carol', 'f' || i, now(), now() FROM generate_series(1, $1) i",
+        "INSERT INTO workspace.requests (uuid, owner, name, favorite, parent_folder, created_at,
+                                         modified_at, updated_at)
+         SELECT gen_random_uuid(), 'carol', 'r' || i, false, gen_random_uuid(), now(), now(), now()
+           FROM generate_series(1, $1) i",
+        "INSERT INTO workspace.query_snapshots (uuid, request, owner, version, serialized_query,
+                                                perimeters_ids, created_at, modified_at)
+         SELECT gen_random_uuid(), gen_random_uuid(), 'carol', 1, '{}', '{}', now(), now()
+           FROM generate_series(1, $1) i",
+    ] {
+        sqlx::query(statement)
+            .bind(many)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    use infra::workspace::reader::{folder_lookup_sql, request_lookup_sql, snapshot_lookup_sql};
+    for (lookup, table) in [
+        (folder_lookup_sql(), "folders"),
+        (request_lookup_sql(), "requests"),
+        (snapshot_lookup_sql(), "query_snapshots"),
+    ] {
+        let key: uuid::Uuid = sqlx::query_scalar(&format!(
+            "SELECT uuid FROM workspace.{table} ORDER BY uuid LIMIT 1"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let plan: serde_json::Value =
+            sqlx::query_scalar(&format!("EXPLAIN (FORMAT JSON) {lookup}"))
+                .bind(key)
+                .bind("carol")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let plan = plan.to_string();
+        assert!(plan.contains(&format!("\"{table}_pkey\"")), "{plan}");
+        assert!(!plan.contains(&format!("\"{table}_owner\"")), "{plan}");
+        let found: Option<uuid::Uuid> =
+            sqlx::query_scalar(&format!("SELECT uuid FROM ({lookup}) AS found"))
+                .bind(key)
+                .bind("carol")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        assert_eq!(found, Some(key), "{table}");
+        let foreign: Option<uuid::Uuid> =
+            sqlx::query_scalar(&format!("SELECT uuid FROM ({lookup}) AS found"))
+                .bind(key)
+                .bind("dave")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        assert_eq!(foreign, None, "{table}: another owner's row");
+    }
+    pool.close().await;
+    cleanup(&id, &s).await;
+}
+
 /// The workspace's fold whose rebuild groups forget the requests it reads.
 struct MisgroupedWorkspace;
 

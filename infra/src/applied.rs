@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -73,6 +74,65 @@ impl AppliedLog {
     }
 }
 
+/// Numbers a projector's reads of the log as they begin, and says which have ended (with what
+/// they read recorded in its [`AppliedLog`]). A waiting command notes the number before waking
+/// the projector: a read numbered after it began after the commit, so if it ends without the
+/// command's event, that event is held back behind an older transaction still running, and only
+/// then is it worth waking the projector again. A read already under way when the command
+/// committed is no reason to: the wake is kept for when it ends.
+pub struct LogReads {
+    begun: AtomicU64,
+    ended: watch::Sender<u64>,
+}
+
+impl Default for LogReads {
+    fn default() -> Self {
+        Self {
+            begun: AtomicU64::new(0),
+            ended: watch::channel(0).0,
+        }
+    }
+}
+
+impl LogReads {
+    /// How many reads have begun.
+    pub fn begun(&self) -> u64 {
+        self.begun.load(Ordering::SeqCst)
+    }
+
+    /// Numbers a read about to begin; it counts as ended when the returned guard drops.
+    pub fn begin(&self) -> ReadUnderWay<'_> {
+        ReadUnderWay {
+            reads: self,
+            number: self.begun.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+
+    /// The highest number of an ended read, changing as reads end.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+}
+
+/// A read of the log under way (see [`LogReads::begin`]).
+pub struct ReadUnderWay<'a> {
+    reads: &'a LogReads,
+    number: u64,
+}
+
+impl Drop for ReadUnderWay<'_> {
+    fn drop(&mut self) {
+        let number = self.number;
+        self.reads.ended.send_if_modified(|ended| {
+            let later = number > *ended;
+            if later {
+                *ended = number;
+            }
+            later
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +160,22 @@ mod tests {
         assert!(!log.has("Folder", "a", 3));
         assert!(log.has("Folder", &format!("y{}", GENERATION - 1), 1));
         assert!(changes.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_read_ends_when_its_guard_drops_and_the_highest_ended_number_is_kept() {
+        let reads = LogReads::default();
+        let mut ended = reads.subscribe();
+        let before = reads.begun();
+        let first = reads.begin();
+        let second = reads.begin();
+        assert_eq!(reads.begun(), before + 2);
+        drop(second);
+        assert!(ended.has_changed().unwrap());
+        assert_eq!(*ended.borrow_and_update(), before + 2);
+        // The earlier read ending later changes nothing: a later one has ended.
+        drop(first);
+        assert!(!ended.has_changed().unwrap());
+        assert_eq!(*ended.borrow(), before + 2);
     }
 }

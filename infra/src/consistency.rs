@@ -21,12 +21,16 @@ use crate::projector::ProjectorHandle;
 /// How long to wait on the applied log before looking the event's cursor up.
 const CURSOR_FALLBACK: Duration = Duration::from_millis(250);
 
-/// How soon a waiting command wakes its projectors again, then doubling up to [`REWAKE_MAX`]:
-/// a read of the log skips events behind an older transaction still running (another command,
-/// a request log flush, a checkpoint), which usually ends within a millisecond but sends no
-/// signal of its own.
+/// How soon a waiting command wakes a projector again after one of its reads that began after
+/// the commit ended without the command's event, then doubling up to [`REWAKE_MAX`]: the event
+/// is held back behind an older transaction still running (another command, a request log
+/// flush, a checkpoint), which usually ends within a millisecond but sends no signal of its own.
 const REWAKE: Duration = Duration::from_millis(1);
 const REWAKE_MAX: Duration = Duration::from_millis(16);
+
+/// How long a wake may go unanswered (no read of the log ends) before the command wakes the
+/// projector again: a read that failed, or a projector busy elsewhere.
+const UNANSWERED: Duration = Duration::from_millis(16);
 
 /// Waits on the progress of this process's projectors, for at most `timeout`: only those whose
 /// tables the committed aggregates affect.
@@ -46,17 +50,23 @@ impl ProjectorConsistency {
     }
 
     /// Waits until `projector` has applied event `sequence` of the aggregate, or `deadline`.
+    /// `begun` is how many reads of the log the projector had begun when it was woken.
     async fn wait_one(
         &self,
         projector: &ProjectorHandle,
         committed: &Committed,
         sequence: i64,
+        mut begun: u64,
         deadline: tokio::time::Instant,
     ) -> bool {
         let (kind, id) = (committed.aggregate_type, committed.aggregate_id.as_str());
         let mut changed = projector.applied.subscribe();
+        let mut ended = projector.reads.subscribe();
         let fallback_at = tokio::time::Instant::now() + CURSOR_FALLBACK;
         let mut rewake = REWAKE;
+        // Set once a read that began after the wake ended without the event.
+        let mut held_back_until = None;
+        let mut unanswered_at = tokio::time::Instant::now() + UNANSWERED;
         loop {
             if projector.applied.has(kind, id, sequence) {
                 return true;
@@ -70,12 +80,22 @@ impl ProjectorConsistency {
                     .follow_progress(projector, committed, sequence, deadline)
                     .await;
             }
-            let tick = (now + rewake).min(deadline);
+            if held_back_until.is_none() && *ended.borrow_and_update() > begun {
+                held_back_until = Some(now + rewake);
+            }
+            let wake_at = held_back_until.unwrap_or(unanswered_at);
             tokio::select! {
                 _ = changed.changed() => {}
-                () = tokio::time::sleep_until(tick) => {
-                    projector.wake.notify_one();
-                    rewake = (rewake * 2).min(REWAKE_MAX);
+                _ = ended.changed() => {}
+                () = tokio::time::sleep_until(wake_at.min(deadline).min(fallback_at)) => {
+                    if tokio::time::Instant::now() >= wake_at {
+                        if held_back_until.take().is_some() {
+                            rewake = (rewake * 2).min(REWAKE_MAX);
+                        }
+                        begun = projector.reads.begun();
+                        projector.wake.notify_one();
+                        unanswered_at = tokio::time::Instant::now() + UNANSWERED;
+                    }
                 }
             }
         }
@@ -130,16 +150,21 @@ impl Consistency for ProjectorConsistency {
                     .any(|(c, _)| p.projection.reads(c.aggregate_type))
             })
             .collect();
+        // Reads numbered after these begin after the commit.
+        let begun: Vec<u64> = affected.iter().map(|p| p.reads.begun()).collect();
         for projector in &affected {
             projector.wake.notify_one();
         }
         let deadline = tokio::time::Instant::now() + self.timeout;
-        for projector in affected {
+        for (projector, begun) in affected.into_iter().zip(begun) {
             for (c, sequence) in &written {
                 if !projector.projection.reads(c.aggregate_type) {
                     continue;
                 }
-                if !self.wait_one(projector, c, *sequence, deadline).await {
+                if !self
+                    .wait_one(projector, c, *sequence, begun, deadline)
+                    .await
+                {
                     tracing::warn!(
                         projection = projector.projection.name(),
                         aggregate = c.aggregate_type,
@@ -161,7 +186,7 @@ mod tests {
     use tokio::sync::{Notify, watch};
 
     use super::*;
-    use crate::applied::AppliedLog;
+    use crate::applied::{AppliedLog, LogReads};
     use crate::log::CommittedEvent;
     use crate::log::test_event as event;
     use crate::projector::{Projection, ProjectionError};
@@ -199,6 +224,7 @@ mod tests {
             progress: watch::channel(projections::Cursor::START).1,
             applied,
             wake,
+            reads: Arc::new(LogReads::default()),
         }
     }
 
@@ -232,6 +258,40 @@ mod tests {
         // Already applied: at once. Not read by any projection: nothing to wait for.
         assert!(consistency.wait_for(&[committed("Folder", "f1", 1)]).await);
         assert!(consistency.wait_for(&[committed("Request", "r1", 7)]).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_read_begun_after_the_commit_that_misses_the_event_wakes_the_projector_again() {
+        let applied = Arc::new(AppliedLog::default());
+        let wake = Arc::new(Notify::new());
+        let projector = handle(applied.clone(), wake.clone());
+        let reads = projector.reads.clone();
+        let consistency = Arc::new(ProjectorConsistency::new(
+            unusable_pool(),
+            vec![projector],
+            Duration::from_secs(30),
+        ));
+        let under_way = reads.begin();
+        let waiting = tokio::spawn({
+            let consistency = consistency.clone();
+            async move { consistency.wait_for(&[committed("Folder", "f3", 1)]).await }
+        });
+        wake.notified().await;
+        // A read that began before the commit ends without the event: the wake is still pending
+        // with the projector, so it is not repeated.
+        drop(under_way);
+        let again = tokio::time::timeout(Duration::from_millis(10), wake.notified()).await;
+        assert!(
+            again.is_err(),
+            "woken again for a read that began before the commit"
+        );
+        // One that began after it and misses the event: held back, woken again shortly.
+        drop(reads.begin());
+        tokio::time::timeout(REWAKE * 2, wake.notified())
+            .await
+            .expect("woken again");
+        applied.record([&event("f3", 1)]);
+        assert!(waiting.await.unwrap());
     }
 
     #[tokio::test]

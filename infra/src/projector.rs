@@ -32,7 +32,7 @@ use projections::Cursor;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 
-use crate::applied::AppliedLog;
+use crate::applied::{AppliedLog, LogReads};
 use crate::checkpoint_tx::{CheckpointTx, Locked, quote_ident};
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
@@ -227,6 +227,7 @@ pub struct Projector {
     /// Signalled by this process's commands: catch up from the table now.
     wake: Arc<Notify>,
     applied: Arc<AppliedLog>,
+    reads: Arc<LogReads>,
 }
 
 /// What read-your-writes needs of a running projector.
@@ -239,6 +240,8 @@ pub struct ProjectorHandle {
     pub applied: Arc<AppliedLog>,
     /// Makes it read the event table at once (after a local commit).
     pub wake: Arc<Notify>,
+    /// Its reads of the event table, numbered as they begin.
+    pub reads: Arc<LogReads>,
 }
 
 impl Projector {
@@ -254,6 +257,7 @@ impl Projector {
             checked_at: Mutex::new(Instant::now()),
             wake: Arc::new(Notify::new()),
             applied: Arc::new(AppliedLog::default()),
+            reads: Arc::new(LogReads::default()),
         }
     }
 
@@ -274,6 +278,7 @@ impl Projector {
             progress: self.progress(),
             applied: self.applied.clone(),
             wake: self.wake.clone(),
+            reads: self.reads.clone(),
         }
     }
 
@@ -376,6 +381,8 @@ impl Projector {
         loop {
             let place = self.known_place().await?;
             let from = place.seen;
+            // Ends (for read-your-writes) once what it read is folded and recorded.
+            let _read = self.reads.begin();
             let Locked { tx, stored, events } = CheckpointTx::begin(
                 &self.pool,
                 self.projection.name(),

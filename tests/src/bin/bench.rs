@@ -4,6 +4,10 @@
 //! Needs the same services as the tests (TEST_DATABASE_URL, NATS_URL). Prints a Markdown report;
 //! `BENCH_SECONDS` (default 5) sets each HTTP phase's duration.
 
+// The service binary's allocator, so that the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

@@ -5,6 +5,10 @@
 //! as plain SQL on the same Postgres, in the same run. Prints a Markdown report; both sides must
 //! give the same count or the run fails.
 
+// The service binary's allocator, so that the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;

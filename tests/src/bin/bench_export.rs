@@ -8,6 +8,10 @@
 //! Archives go under `BENCH_EXPORT_DIR` (default: the system's temporary directory) and are
 //! deleted once measured, unless `BENCH_EXPORT_KEEP` is set (to inspect them).
 
+// The service binary's allocator, so that the figures are the service's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -164,42 +164,72 @@ pub fn lock_key(projection: &str) -> i64 {
         }) as i64
 }
 
+/// What makes the copy of a live schema (`$1`) named `$2`, read from the live one's catalog, by
+/// step: 0 its tables (columns, defaults, checks; made `EXCLUDING INDEXES`), 1 the index-backed
+/// constraints (primary keys, unique, exclusion), 2 the other unique indexes (the fold's lookups
+/// and conflicts need both), 3 the secondary indexes, built after the fold. Constraints and
+/// indexes keep the live names (`LIKE … INCLUDING INDEXES` would name them afresh, and a later
+/// migration naming one would not find it).
+const COPY_PLAN: &str = "
+    SELECT 0 AS step,
+           format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING ALL EXCLUDING INDEXES)',
+                  $2::text, c.relname, $1::text, c.relname) AS statement
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+    UNION ALL
+    SELECT 1, format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
+                     $2::text, c.relname, k.conname, pg_get_constraintdef(k.oid))
+      FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND k.contype IN ('p', 'u', 'x')
+    UNION ALL
+    SELECT CASE WHEN i.indisunique THEN 2 ELSE 3 END,
+           replace(pg_get_indexdef(i.indexrelid),
+                   ' ON ' || quote_ident($1) || '.', ' ON ' || quote_ident($2) || '.')
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1
+       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
+     ORDER BY 1, 2";
+
 /// Creates the empty copy of the live schema (dropping a leftover one), its checkpoint at the
-/// start of the log, in one transaction (one flush instead of one per statement). Returns the
-/// secondary indexes to build after the fold.
+/// start of the log, and returns the secondary indexes to build after the fold. One query reads
+/// what to create ([`COPY_PLAN`]); everything is then sent as one simple query, which Postgres
+/// runs as one transaction: one flush, and one round trip instead of one per statement.
 async fn copy_schema(
     pool: &PgPool,
     live: &str,
     copy: &str,
 ) -> Result<Vec<String>, ProjectionError> {
-    let (q_live, q_copy) = (quote_ident(live), quote_ident(copy));
-    let mut conn = pool.begin().await?;
-    sqlx::query(&format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE"))
-        .execute(&mut *conn)
+    let q_copy = quote_ident(copy);
+    let plan: Vec<(i32, String)> = sqlx::query_as(COPY_PLAN)
+        .bind(live)
+        .bind(copy)
+        .fetch_all(pool)
         .await?;
-    sqlx::query(&format!("CREATE SCHEMA {q_copy}"))
-        .execute(&mut *conn)
-        .await?;
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT table_name::text FROM information_schema.tables
-          WHERE table_schema = $1 AND table_type = 'BASE TABLE' ORDER BY table_name",
-    )
-    .bind(live)
-    .fetch_all(&mut *conn)
-    .await?;
-    for table in &tables {
-        let t = quote_ident(table);
-        sqlx::query(&format!(
-            "CREATE TABLE {q_copy}.{t} (LIKE {q_live}.{t} INCLUDING ALL EXCLUDING INDEXES)"
-        ))
-        .execute(&mut *conn)
-        .await?;
+    let mut ddl = format!("DROP SCHEMA IF EXISTS {q_copy} CASCADE; CREATE SCHEMA {q_copy};\n");
+    let mut deferred = Vec::new();
+    let mut tables_made = false;
+    for (step, statement) in plan {
+        if step > 0 && !tables_made {
+            ddl.push_str(&format!(
+                "INSERT INTO {q_copy}.checkpoint DEFAULT VALUES;\n"
+            ));
+            tables_made = true;
+        }
+        if step == 3 {
+            deferred.push(statement);
+        } else {
+            ddl.push_str(&statement);
+            ddl.push_str(";\n");
+        }
     }
-    sqlx::query(&format!("INSERT INTO {q_copy}.checkpoint DEFAULT VALUES"))
-        .execute(&mut *conn)
-        .await?;
-    let deferred = copy_indexes_but_secondary(&mut conn, live, copy).await?;
-    conn.commit().await?;
+    if !tables_made {
+        ddl.push_str(&format!(
+            "INSERT INTO {q_copy}.checkpoint DEFAULT VALUES;\n"
+        ));
+    }
+    pool.execute(sqlx::raw_sql(&ddl)).await?;
     Ok(deferred)
 }
 
@@ -349,10 +379,12 @@ async fn catch_up_and_swap(
     let (q_live, q_copy, q_old) = (quote_ident(live), quote_ident(copy), quote_ident(&old));
     let mut events = 0;
     let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE"
-    ))
-    .execute(&mut *tx)
+    // The catch-up reads up to `CATCH_UP_BATCH` events at once: on a log without statistics yet,
+    // Postgres would plan that many as a bitmap scan and a sort of the whole rest of the log
+    // rather than follow its index (as `read_log`'s stream does).
+    tx.execute(sqlx::raw_sql(&format!(
+        "LOCK TABLE {q_live}.checkpoint IN ACCESS EXCLUSIVE MODE; SET LOCAL enable_sort = off"
+    )))
     .await?;
     let checkpoint = loop {
         let from = lock_checkpoint(&mut tx, copy).await?;
@@ -364,15 +396,11 @@ async fn catch_up_and_swap(
         }
         save_checkpoint(&mut tx, copy, reached, applied).await?;
     };
-    sqlx::query(&format!("ALTER SCHEMA {q_live} RENAME TO {q_old}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("ALTER SCHEMA {q_copy} RENAME TO {q_live}"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!("DROP SCHEMA {q_old} CASCADE"))
-        .execute(&mut *tx)
-        .await?;
+    tx.execute(sqlx::raw_sql(&format!(
+        "ALTER SCHEMA {q_live} RENAME TO {q_old}; ALTER SCHEMA {q_copy} RENAME TO {q_live};
+         DROP SCHEMA {q_old} CASCADE"
+    )))
+    .await?;
     tx.commit().await?;
     Ok((checkpoint, events))
 }
@@ -419,54 +447,4 @@ async fn fold(
         .collect();
     projection.apply_batch(conn, &read).await?;
     Ok((checkpoint, read.len() as i64))
-}
-
-/// Gives the copy's tables (made `EXCLUDING INDEXES`) the live schema's constraints and indexes
-/// under their own names (`LIKE … INCLUDING INDEXES` would name them afresh, and a later
-/// migration naming one would not find it): the index-backed constraints (primary keys, unique,
-/// exclusion) and the other unique indexes now, for the fold's lookups and conflicts; the rest are
-/// returned, to be built after the fold.
-async fn copy_indexes_but_secondary(
-    conn: &mut PgConnection,
-    live: &str,
-    copy: &str,
-) -> Result<Vec<String>, ProjectionError> {
-    let constraints: Vec<String> = sqlx::query_scalar(
-        "SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s',
-                       $2::text, c.relname, k.conname, pg_get_constraintdef(k.oid))
-           FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1 AND k.contype IN ('p', 'u', 'x')
-          ORDER BY c.relname, k.conname",
-    )
-    .bind(live)
-    .bind(copy)
-    .fetch_all(&mut *conn)
-    .await?;
-    for constraint in &constraints {
-        sqlx::query(constraint).execute(&mut *conn).await?;
-    }
-    let definitions: Vec<(bool, String)> = sqlx::query_as(
-        "SELECT i.indisunique,
-                replace(pg_get_indexdef(i.indexrelid),
-                        ' ON ' || quote_ident($1) || '.', ' ON ' || quote_ident($2) || '.')
-           FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = $1
-            AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid)
-          ORDER BY c.relname",
-    )
-    .bind(live)
-    .bind(copy)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut deferred = Vec::new();
-    for (unique, definition) in definitions {
-        if unique {
-            sqlx::query(&definition).execute(&mut *conn).await?;
-        } else {
-            deferred.push(definition);
-        }
-    }
-    Ok(deferred)
 }

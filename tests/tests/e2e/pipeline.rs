@@ -1110,22 +1110,19 @@ async fn one_row_of_an_owner_is_found_by_its_key_on_tables_without_statistics() 
         let plan = plan.to_string();
         assert!(plan.contains(&format!("\"{table}_pkey\"")), "{plan}");
         assert!(!plan.contains(&format!("\"{table}_owner\"")), "{plan}");
-        let found: Option<uuid::Uuid> =
-            sqlx::query_scalar(&format!("SELECT uuid FROM ({lookup}) AS found"))
+        let found_sql = format!("SELECT uuid FROM ({lookup}) AS found");
+        let found = |owner: &'static str| {
+            sqlx::query_scalar::<_, uuid::Uuid>(&found_sql)
                 .bind(key)
-                .bind("carol")
+                .bind(owner)
                 .fetch_optional(&pool)
-                .await
-                .unwrap();
-        assert_eq!(found, Some(key), "{table}");
-        let foreign: Option<uuid::Uuid> =
-            sqlx::query_scalar(&format!("SELECT uuid FROM ({lookup}) AS found"))
-                .bind(key)
-                .bind("dave")
-                .fetch_optional(&pool)
-                .await
-                .unwrap();
-        assert_eq!(foreign, None, "{table}: another owner's row");
+        };
+        assert_eq!(found("carol").await.unwrap(), Some(key), "{table}");
+        assert_eq!(
+            found("dave").await.unwrap(),
+            None,
+            "{table}: another owner's row"
+        );
     }
     pool.close().await;
     cleanup(&id, &s).await;

@@ -4,8 +4,8 @@
 //! caller's, the request a snapshot is routed to, the cascade of a folder deletion), then runs
 //! the aggregate commands and waits for the read models.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use domain::folder::{Folder, FolderCommand, FolderError};
 use domain::request::{Request, RequestCommand, RequestError};
@@ -95,6 +95,34 @@ pub struct Workspace {
     requests: Arc<dyn Execute<Request>>,
     directory: Arc<dyn WorkspaceDirectory>,
     consistency: Arc<dyn Consistency>,
+    snapshot_requests: SnapshotRequests,
+}
+
+/// Snapshots remembered per generation; two generations are kept.
+const SNAPSHOT_GENERATION: usize = 10_000;
+
+/// The request of each snapshot this process saved or looked up lately. A snapshot never moves
+/// to another request, so this cannot go stale; it spares the query that finds the request of
+/// the previous version each time a user saves a new one (`previous_snapshot`), as the
+/// front-end does at every save.
+#[derive(Default)]
+struct SnapshotRequests {
+    generations: Mutex<[HashMap<Uuid, Uuid>; 2]>,
+}
+
+impl SnapshotRequests {
+    fn get(&self, snapshot: Uuid) -> Option<Uuid> {
+        let generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        generations.iter().find_map(|g| g.get(&snapshot).copied())
+    }
+
+    fn remember(&self, snapshot: Uuid, request: Uuid) {
+        let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
+        if generations[0].len() >= SNAPSHOT_GENERATION {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(snapshot, request);
+    }
 }
 
 impl Workspace {
@@ -109,6 +137,7 @@ impl Workspace {
             requests,
             directory,
             consistency,
+            snapshot_requests: SnapshotRequests::default(),
         }
     }
 
@@ -309,10 +338,16 @@ impl Workspace {
     }
 
     async fn request_of_snapshot(&self, snapshot: Uuid) -> Result<Uuid, WorkspaceError> {
-        self.directory
+        if let Some(request) = self.snapshot_requests.get(snapshot) {
+            return Ok(request);
+        }
+        let request = self
+            .directory
             .request_of_snapshot(snapshot)
             .await?
-            .ok_or(WorkspaceError::Request(RequestError::SnapshotNotFound))
+            .ok_or(WorkspaceError::Request(RequestError::SnapshotNotFound))?;
+        self.snapshot_requests.remember(snapshot, request);
+        Ok(request)
     }
 
     /// Saves a new version of a request's query. Returns the new snapshot's id.
@@ -361,6 +396,7 @@ impl Workspace {
                 Some(_) => Self::as_snapshot_error(e.into()),
                 None => e.into(),
             })?;
+        self.snapshot_requests.remember(snapshot_id, request);
         self.settle(snapshot_id, &[c]).await
     }
 
@@ -523,6 +559,24 @@ mod tests {
         );
         assert!(parse_recipients(" , ").is_err());
         assert!(parse_recipients("bob,not valid").is_err());
+    }
+
+    #[test]
+    fn snapshot_requests_keep_at_least_one_generation() {
+        let known = SnapshotRequests::default();
+        let (first, request) = (Uuid::new_v4(), Uuid::new_v4());
+        known.remember(first, request);
+        assert_eq!(known.get(first), Some(request));
+        assert_eq!(known.get(Uuid::new_v4()), None);
+        // A full generation later it is still known; two later, forgotten.
+        for _ in 0..SNAPSHOT_GENERATION {
+            known.remember(Uuid::new_v4(), request);
+        }
+        assert_eq!(known.get(first), Some(request));
+        for _ in 0..SNAPSHOT_GENERATION {
+            known.remember(Uuid::new_v4(), request);
+        }
+        assert_eq!(known.get(first), None);
     }
 
     #[test]

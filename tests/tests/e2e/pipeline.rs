@@ -37,6 +37,23 @@ async fn append_folders(pool: &PgPool, batches: usize, per_batch: i64) {
     }
 }
 
+/// Creates a folder of `user` and a request in it; returns the request's uuid.
+async fn folder_with_request(app: &TestApp, user: &str) -> String {
+    let folder = app
+        .post("/cohort/folders/", user, json!({"name": "F"}))
+        .await
+        .uuid();
+    let request = app
+        .post(
+            "/cohort/requests/",
+            user,
+            json!({"name": "R", "parent_folder": folder}),
+        )
+        .await;
+    assert_eq!(request.status, StatusCode::CREATED, "{}", request.body);
+    request.uuid()
+}
+
 /// How many events of the aggregates the workspace projection reads (folders and requests): what
 /// its checkpoint counts as applied.
 async fn workspace_events(pool: &PgPool) -> i64 {
@@ -568,21 +585,12 @@ async fn a_rebuilt_projection_is_identical_row_for_row() {
 #[tokio::test]
 async fn concurrent_commands_on_one_request_lose_no_update() {
     let app = Arc::new(TestApp::spawn().await);
-    let f = app
-        .post("/cohort/folders/", "erin", json!({"name": "F"}))
-        .await;
-    let r = app
-        .post(
-            "/cohort/requests/",
-            "erin",
-            json!({"name": "R", "parent_folder": f.body["uuid"]}),
-        )
-        .await;
+    let request = folder_with_request(&app, "erin").await;
     let v1 = app
         .post(
             "/cohort/request-query-snapshots/",
             "erin",
-            json!({"request": r.body["uuid"], "serialized_query": query(&["1"])}),
+            json!({"request": request, "serialized_query": query(&["1"])}),
         )
         .await;
     let v1_id = v1.uuid();
@@ -616,10 +624,7 @@ async fn concurrent_commands_on_one_request_lose_no_update() {
     );
     let listed = app
         .get(
-            &format!(
-                "/cohort/requests/{}/query-snapshots/",
-                r.body["uuid"].as_str().unwrap()
-            ),
+            &format!("/cohort/requests/{request}/query-snapshots/"),
             "erin",
         )
         .await;
@@ -1157,17 +1162,7 @@ impl infra::projector::Projection for MisgroupedWorkspace {
 #[tokio::test]
 async fn a_rebuild_whose_groups_miss_a_type_the_projection_reads_stops_and_keeps_the_live_tables() {
     let app = TestApp::spawn().await;
-    let f = app
-        .post("/cohort/folders/", "carol", json!({"name": "A"}))
-        .await;
-    let r = app
-        .post(
-            "/cohort/requests/",
-            "carol",
-            json!({"name": "R", "parent_folder": f.body["uuid"]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
+    folder_with_request(&app, "carol").await;
     app.settle().await;
     let live = dump_schema(&app.pool, "workspace").await;
     let refused = infra::rebuild::rebuild(&app.pool, &MisgroupedWorkspace).await;

@@ -1,6 +1,7 @@
 //! Queries of the `cohorts` read model, and the lookups the cohorts service needs.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -18,7 +19,7 @@ use projections::{Page, ReadError, Window};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::sql::{by_primary_key, contains_pattern, fetch_page, push_window, read_error};
+use crate::sql::{KeyFirst, by_primary_key, contains_pattern, fetch_page, push_window, read_error};
 
 /// Reads the cohorts schema.
 #[derive(Debug, Clone)]
@@ -360,7 +361,9 @@ impl CohortReader for PgCohorts {
 
     async fn cohort(&self, reader: Reader<'_>, id: Uuid) -> Result<Option<CohortView>, ReadError> {
         let filter = CohortFilter::default();
-        let mut qb = by_primary_key(COHORT_SELECT, "cohorts.cohorts", "c").builder(id);
+        static BY_KEY: LazyLock<KeyFirst> =
+            LazyLock::new(|| by_primary_key(COHORT_SELECT, "cohorts.cohorts", "c"));
+        let mut qb = BY_KEY.builder(id);
         push_cohort_where(&mut qb, reader, &filter);
         let rows: Vec<CohortRow> = qb
             .build_query_as()
@@ -426,7 +429,9 @@ impl CohortReader for PgCohorts {
         owner: &str,
         id: Uuid,
     ) -> Result<Option<FhirFilterView>, ReadError> {
-        let mut qb = by_primary_key(FHIR_FILTER_SELECT, "cohorts.fhir_filters", "f").builder(id);
+        static BY_KEY: LazyLock<KeyFirst> =
+            LazyLock::new(|| by_primary_key(FHIR_FILTER_SELECT, "cohorts.fhir_filters", "f"));
+        let mut qb = BY_KEY.builder(id);
         qb.push(" WHERE f.deleted_at IS NULL AND f.owner = ")
             .push_bind(owner);
         let row: Option<FhirFilterRow> = qb
@@ -508,7 +513,9 @@ impl CohortReader for PgCohorts {
 
     async fn schedule(&self, owner: &str, id: Uuid) -> Result<Option<ScheduleView>, ReadError> {
         let filter = ScheduleFilter::default();
-        let mut qb = by_primary_key(SCHEDULE_SELECT, "cohorts.refresh_schedules", "s").builder(id);
+        static BY_KEY: LazyLock<KeyFirst> =
+            LazyLock::new(|| by_primary_key(SCHEDULE_SELECT, "cohorts.refresh_schedules", "s"));
+        let mut qb = BY_KEY.builder(id);
         push_schedule_where(&mut qb, owner, &filter);
         let row: Option<ScheduleRow> = qb
             .build_query_as()

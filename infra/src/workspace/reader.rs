@@ -1,6 +1,7 @@
 //! Owner-scoped queries of the `workspace` read model, and the lookups the command side needs.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -83,11 +84,14 @@ const FOLDER_SELECT: &str = "SELECT f.uuid, f.owner, f.name, f.description, f.cr
    FROM workspace.folders f";
 
 /// The statement reading one live folder of an owner: `$1` its uuid, `$2` the owner.
-pub fn folder_lookup_sql() -> String {
-    format!(
-        "{} WHERE f.owner = $2 AND f.deleted_at IS NULL",
-        by_primary_key(FOLDER_SELECT, "workspace.folders", "f").with_first_bind()
-    )
+pub fn folder_lookup_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{} WHERE f.owner = $2 AND f.deleted_at IS NULL",
+            by_primary_key(FOLDER_SELECT, "workspace.folders", "f").with_first_bind()
+        )
+    });
+    &SQL
 }
 
 fn push_folder_where<'a>(
@@ -135,11 +139,14 @@ const REQUEST_SELECT: &str =
    FROM workspace.requests r LEFT JOIN workspace.folders f ON f.uuid = r.parent_folder";
 
 /// The statement reading one live request of an owner: `$1` its uuid, `$2` the owner.
-pub fn request_lookup_sql() -> String {
-    format!(
-        "{} WHERE r.owner = $2 AND r.deleted_at IS NULL",
-        by_primary_key(REQUEST_SELECT, "workspace.requests", "r").with_first_bind()
-    )
+pub fn request_lookup_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{} WHERE r.owner = $2 AND r.deleted_at IS NULL",
+            by_primary_key(REQUEST_SELECT, "workspace.requests", "r").with_first_bind()
+        )
+    });
+    &SQL
 }
 
 fn push_request_where<'a>(
@@ -225,11 +232,14 @@ const SNAPSHOT_SELECT: &str =
    FROM workspace.query_snapshots s";
 
 /// The statement reading one live query snapshot of an owner: `$1` its uuid, `$2` the owner.
-pub fn snapshot_lookup_sql() -> String {
-    format!(
-        "{} WHERE s.owner = $2 AND s.deleted_at IS NULL",
-        by_primary_key(SNAPSHOT_SELECT, "workspace.query_snapshots", "s").with_first_bind()
-    )
+pub fn snapshot_lookup_sql() -> &'static str {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "{} WHERE s.owner = $2 AND s.deleted_at IS NULL",
+            by_primary_key(SNAPSHOT_SELECT, "workspace.query_snapshots", "s").with_first_bind()
+        )
+    });
+    &SQL
 }
 
 fn push_snapshot_where<'a>(
@@ -385,7 +395,7 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn folder(&self, owner: &str, id: Uuid) -> Result<Option<FolderView>, ReadError> {
-        let row: Option<FolderRow> = sqlx::query_as(&folder_lookup_sql())
+        let row: Option<FolderRow> = sqlx::query_as(folder_lookup_sql())
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
@@ -418,7 +428,7 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn request(&self, owner: &str, id: Uuid) -> Result<Option<RequestView>, ReadError> {
-        let rows: Vec<RequestRow> = sqlx::query_as(&request_lookup_sql())
+        let rows: Vec<RequestRow> = sqlx::query_as(request_lookup_sql())
             .bind(id)
             .bind(owner)
             .fetch_all(&self.pool)
@@ -451,7 +461,7 @@ impl WorkspaceReader for PgWorkspace {
     }
 
     async fn snapshot(&self, owner: &str, id: Uuid) -> Result<Option<SnapshotView>, ReadError> {
-        let row: Option<SnapshotRow> = sqlx::query_as(&snapshot_lookup_sql())
+        let row: Option<SnapshotRow> = sqlx::query_as(snapshot_lookup_sql())
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)

@@ -1,5 +1,5 @@
-//! Following the event log: catch up from the events table, then take live events from
-//! JetStream, falling back to the table on gaps, silence and outages.
+//! Following the event log: catch up from the events table, then take live events from the
+//! process's [`LiveFeed`], falling back to the table on gaps, silence and outages.
 //!
 //! Projectors (read models) and reactors (side effects) both consume the log this way; they
 //! differ in what "offer an event" and "catch up" do, which [`LogConsumer`] abstracts.
@@ -7,15 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
 use projections::Cursor;
 use tokio::sync::Notify;
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio_util::sync::CancellationToken;
 
+use crate::live_feed::{Delivery, LiveFeed};
 use crate::log::CommittedEvent;
-use crate::nats::{Envelope, NatsSettings};
 
 /// What happened to one event offered to a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,28 +31,19 @@ pub enum Outcome {
 pub trait LogConsumer: Send + Sync + 'static {
     /// Its name.
     fn name(&self) -> &str;
-    /// The name of its durable JetStream consumer on `stream`. Each log consumer needs one of
-    /// its own: two sharing a durable consumer would split its messages between them (each then
-    /// waits for its poll to find the other half in Postgres).
-    fn durable_name(&self, stream: &str) -> String {
-        format!("{stream}_{}", self.name())
-    }
-    /// How often to check the event table when NATS brings nothing.
+    /// How often to check the event table when the live feed brings nothing.
     fn poll_interval(&self) -> Duration;
     /// Handles everything committed after the checkpoint. Returns how many events it read.
     async fn catch_up(&self) -> Result<usize, String>;
     /// Live events, each with its predecessor in the log, in log order. [`Outcome::Gap`] when
     /// one's predecessor was not handled: the caller then catches up.
-    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String>;
+    async fn offer(&self, batch: &[(&CommittedEvent, Cursor)]) -> Result<Outcome, String>;
     /// Signalled when this process committed events the consumer should read from the table at
     /// once, rather than wait for the relay and NATS.
     fn wake(&self) -> Option<Arc<Notify>> {
         None
     }
 }
-
-/// Live messages handled in one go: those JetStream already delivered to this client.
-const LIVE_BATCH: usize = 500;
 
 /// Resolves when `wake` is signalled; never without one.
 async fn woken(wake: Option<&Notify>) {
@@ -63,45 +53,29 @@ async fn woken(wake: Option<&Notify>) {
     }
 }
 
-/// Runs `consumer` until `shutdown`: catches up, then follows JetStream (its durable consumer,
-/// [`LogConsumer::durable_name`]); without JetStream, polls the table.
-pub async fn run<C: LogConsumer>(
-    consumer: C,
-    js: Option<jetstream::Context>,
-    nats: NatsSettings,
-    shutdown: CancellationToken,
-) {
+/// Runs `consumer` until `shutdown`: catches up, then follows the process's live `feed`; without
+/// one, polls the table.
+pub async fn run<C: LogConsumer>(consumer: C, feed: Option<LiveFeed>, shutdown: CancellationToken) {
     loop {
         if shutdown.is_cancelled() {
             return;
         }
-        if let Err(e) = consumer.catch_up().await {
-            crate::pipeline_signals::record_error(consumer.name(), &e);
-            tracing::error!(consumer = consumer.name(), error = %e, "catch-up failed");
-            if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
-                return;
-            }
-            continue;
-        }
-        let followed = match &js {
-            Some(js) => follow(&consumer, js, &nats, &shutdown).await,
-            None => poll(&consumer, &shutdown).await,
+        // Subscribed before the catch-up: what arrives meanwhile waits in the channel.
+        let deliveries = feed.as_ref().map(LiveFeed::subscribe);
+        let followed = match consumer.catch_up().await {
+            Err(e) => Err(format!("catch-up failed: {e}")),
+            Ok(_) => match deliveries {
+                Some(deliveries) => follow(&consumer, deliveries, &shutdown).await,
+                None => poll(&consumer, &shutdown).await,
+            },
         };
         match followed {
             Ok(()) => return,
             Err(e) => {
                 crate::pipeline_signals::record_error(consumer.name(), &e);
-                tracing::warn!(consumer = consumer.name(), error = %e, "live feed interrupted; polling the event table meanwhile");
-                // Keep up from Postgres while NATS is away.
-                let until = tokio::time::Instant::now() + Duration::from_secs(2);
-                while tokio::time::Instant::now() < until {
-                    if let Err(e) = consumer.catch_up().await {
-                        crate::pipeline_signals::record_error(consumer.name(), &e);
-                        tracing::warn!(consumer = consumer.name(), error = %e, "catch-up failed");
-                    }
-                    if sleep_or_stop(&shutdown, consumer.poll_interval()).await {
-                        return;
-                    }
+                tracing::error!(consumer = consumer.name(), error = %e, "following the log failed; starting again from the table");
+                if sleep_or_stop(&shutdown, Duration::from_secs(1)).await {
+                    return;
                 }
             }
         }
@@ -120,48 +94,13 @@ async fn poll<C: LogConsumer>(consumer: &C, shutdown: &CancellationToken) -> Res
     }
 }
 
-/// Subscribes the durable consumer named `durable`.
-async fn subscribe(
-    durable: String,
-    js: &jetstream::Context,
-    nats: &NatsSettings,
-) -> Result<consumer::pull::Stream, String> {
-    let stream = js
-        .get_stream(&nats.stream)
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer: consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &durable,
-            consumer::pull::Config {
-                durable_name: Some(durable.clone()),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ack_policy: consumer::AckPolicy::Explicit,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    consumer
-        .stream()
-        .heartbeat(Duration::from_secs(2))
-        .expires(Duration::from_secs(10))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())
-}
-
+/// Takes the feed's deliveries as they come; reads the table when woken, when the feed is
+/// silent for a poll interval, and when the consumer fell behind the feed's channel.
 async fn follow<C: LogConsumer>(
     consumer: &C,
-    js: &jetstream::Context,
-    nats: &NatsSettings,
+    mut deliveries: broadcast::Receiver<Arc<Delivery>>,
     shutdown: &CancellationToken,
 ) -> Result<(), String> {
-    // Subscribing waits on NATS; keep up from Postgres meanwhile.
-    let mut messages = tokio::select! {
-        subscribed = subscribe(consumer.durable_name(&nats.stream), js, nats) => subscribed?,
-        polled = poll(consumer, shutdown) => return polled,
-    };
     let wake = consumer.wake();
     loop {
         let next = tokio::select! {
@@ -170,68 +109,57 @@ async fn follow<C: LogConsumer>(
                 consumer.catch_up().await?;
                 continue;
             }
-            next = tokio::time::timeout(consumer.poll_interval(), messages.next()) => next,
+            next = tokio::time::timeout(consumer.poll_interval(), deliveries.recv()) => next,
         };
         let first = match next {
-            // Silence: make sure nothing was missed while NATS was quiet.
-            Err(_) => {
+            // Silence: make sure nothing was missed while the feed was quiet (or NATS away).
+            Err(_) | Ok(Err(RecvError::Lagged(_))) => {
                 consumer.catch_up().await?;
                 continue;
             }
-            Ok(None) => return Err("the consumer stream ended".into()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(m))) => m,
+            // The feed stopped (the process is stopping): the table alone.
+            Ok(Err(RecvError::Closed)) => return poll(consumer, shutdown).await,
+            Ok(Ok(delivery)) => delivery,
         };
-        // With it, whatever else has already arrived.
+        // With it, whatever else is waiting.
         let mut held = vec![first];
-        let mut interrupted = None;
-        while held.len() < LIVE_BATCH {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => held.push(m),
-                Some(Some(Err(e))) => {
-                    interrupted = Some(e.to_string());
+        let mut read_the_table = false;
+        loop {
+            match deliveries.try_recv() {
+                Ok(delivery) => held.push(delivery),
+                Err(TryRecvError::Lagged(_)) => {
+                    read_the_table = true;
                     break;
                 }
-                Some(None) => {
-                    interrupted = Some("the consumer stream ended".into());
-                    break;
-                }
-                None => break,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
             }
         }
-        handle_messages(consumer, &held).await?;
-        for message in held {
-            message.ack().await.map_err(|e| e.to_string())?;
-        }
-        if let Some(e) = interrupted {
-            return Err(e);
-        }
+        handle_deliveries(consumer, &held, read_the_table).await?;
     }
 }
 
-/// Offers the events of `messages` in one batch; an envelope without its payload (too large
-/// for NATS) or a gap sends the consumer to the table instead.
-async fn handle_messages<C: LogConsumer>(
+/// Offers the events of `held` in one batch; a delivery that says to read the table, or a gap,
+/// sends the consumer to the table instead.
+async fn handle_deliveries<C: LogConsumer>(
     consumer: &C,
-    messages: &[jetstream::Message],
+    held: &[Arc<Delivery>],
+    read_the_table: bool,
 ) -> Result<(), String> {
-    let mut batch = Vec::with_capacity(messages.len());
-    for message in messages {
-        match serde_json::from_slice::<Envelope>(&message.payload) {
-            Ok(envelope) if envelope.payload_omitted => {
+    let mut batch = Vec::new();
+    for delivery in held {
+        match delivery.as_ref() {
+            Delivery::ReadTheTable => {
                 consumer.catch_up().await?;
                 return Ok(());
             }
-            Ok(envelope) => {
-                let previous = envelope.previous;
-                batch.push((envelope.into_event(), previous));
-            }
-            Err(e) => {
-                tracing::error!(consumer = consumer.name(), error = %e, "undecodable message ignored")
-            }
+            Delivery::Events(events) => batch.extend(events.iter().map(|(e, p)| (e, *p))),
         }
     }
-    if !batch.is_empty() && consumer.offer(batch).await? == Outcome::Gap {
+    if read_the_table {
+        consumer.catch_up().await?;
+        return Ok(());
+    }
+    if !batch.is_empty() && consumer.offer(&batch).await? == Outcome::Gap {
         consumer.catch_up().await?;
     }
     Ok(())

@@ -31,6 +31,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identity;
 pub mod identity_providers;
+pub mod live_feed;
 pub mod log;
 pub mod mail;
 pub mod nats;

@@ -399,7 +399,7 @@ impl Projector {
             if read == 0 {
                 tx.rollback().await?;
             } else if self
-                .fold_locked(tx, place, stored, chain(from, events))
+                .fold_locked(tx, place, stored, chain(from, &events))
                 .await?
                 == Outcome::Gap
             {
@@ -415,7 +415,7 @@ impl Projector {
     /// Offers live events, each with its predecessor in the log, in log order.
     pub async fn offer(
         &self,
-        batch: Vec<(CommittedEvent, Cursor)>,
+        batch: &[(&CommittedEvent, Cursor)],
     ) -> Result<Outcome, ProjectionError> {
         self.take(batch).await
     }
@@ -427,11 +427,12 @@ impl Projector {
     /// Otherwise, under the checkpoint's lock, each event whose predecessor is covered is
     /// applied (if read) and the checkpoint written once; the first event whose predecessor is
     /// not covered stops the batch with [`Outcome::Gap`].
-    async fn take(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, ProjectionError> {
+    async fn take(&self, batch: &[(&CommittedEvent, Cursor)]) -> Result<Outcome, ProjectionError> {
         let place = self.known_place().await?;
-        let fresh: Vec<(CommittedEvent, Cursor)> = batch
-            .into_iter()
+        let fresh: Vec<(&CommittedEvent, Cursor)> = batch
+            .iter()
             .filter(|(e, _)| e.cursor() > place.seen)
+            .copied()
             .collect();
         if fresh.is_empty() {
             self.observe(place.seen);
@@ -473,7 +474,7 @@ impl Projector {
         mut tx: CheckpointTx,
         place: Place,
         stored: Cursor,
-        fresh: Vec<(CommittedEvent, Cursor)>,
+        fresh: Vec<(&CommittedEvent, Cursor)>,
     ) -> Result<Outcome, ProjectionError> {
         let schema = self.projection.name();
         // Another instance may have gone further than what this one has seen.
@@ -495,7 +496,7 @@ impl Projector {
                 break;
             }
             if self.projection.reads(&event.aggregate_type) {
-                to_apply.push(event);
+                to_apply.push(*event);
             }
             at = event.cursor();
             covered += 1;
@@ -517,14 +518,14 @@ impl Projector {
         let done = &fresh[..covered];
         self.applied.record(
             done.iter()
-                .map(|(e, _)| e)
+                .map(|(e, _)| *e)
                 .filter(|e| self.projection.reads(&e.aggregate_type)),
         );
         crate::pipeline_signals::observe_lag(
             "cohort360_projection_lag_seconds",
             "projection",
             schema,
-            done.iter().map(|(e, _)| e),
+            done.iter().map(|(e, _)| *e),
         );
         Ok(if gap {
             Outcome::Gap
@@ -570,10 +571,10 @@ impl Projector {
 }
 
 /// `events` read after `from`, each with its predecessor.
-fn chain(from: Cursor, events: Vec<CommittedEvent>) -> Vec<(CommittedEvent, Cursor)> {
+fn chain(from: Cursor, events: &[CommittedEvent]) -> Vec<(&CommittedEvent, Cursor)> {
     let mut previous = from;
     events
-        .into_iter()
+        .iter()
         .map(|e| {
             let p = previous;
             previous = e.cursor();
@@ -583,15 +584,14 @@ fn chain(from: Cursor, events: Vec<CommittedEvent>) -> Vec<(CommittedEvent, Curs
 }
 
 impl Projector {
-    /// Runs until `shutdown`, following the log (see [`crate::follow::run`]); the durable
-    /// JetStream consumer is `<stream>_<projection>`.
+    /// Runs until `shutdown`, following the log (see [`crate::follow::run`]) with the process's
+    /// live feed, or polling the table without one.
     pub async fn run(
         self,
-        js: Option<async_nats::jetstream::Context>,
-        nats: crate::nats::NatsSettings,
+        feed: Option<crate::live_feed::LiveFeed>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        crate::follow::run(self, js, nats, shutdown).await
+        crate::follow::run(self, feed, shutdown).await
     }
 }
 
@@ -617,7 +617,7 @@ impl LogConsumer for Projector {
         Some(self.wake.clone())
     }
 
-    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String> {
+    async fn offer(&self, batch: &[(&CommittedEvent, Cursor)]) -> Result<Outcome, String> {
         Projector::offer(self, batch).await.map_err(|e| {
             self.forget_place();
             e.to_string()

@@ -27,7 +27,7 @@ const CATCH_UP_BATCH: i64 = 200;
 /// One kind of side effect.
 #[async_trait]
 pub trait Reaction: Send + Sync + 'static {
-    /// The reactor's name (its checkpoint row and, prefixed, its durable consumer).
+    /// The reactor's name (its checkpoint row).
     fn name(&self) -> &'static str;
     /// Whether this reaction does something for `event` (a cheap test of its type).
     fn handles(&self, event: &CommittedEvent) -> bool;
@@ -198,12 +198,6 @@ impl LogConsumer for Reactor {
         self.reaction.name()
     }
 
-    /// `<stream>_reactor_<name>`: reactors and projections may share a name (`exports`), never
-    /// a durable consumer.
-    fn durable_name(&self, stream: &str) -> String {
-        format!("{stream}_reactor_{}", self.reaction.name())
-    }
-
     fn poll_interval(&self) -> Duration {
         self.settings.poll_interval
     }
@@ -239,9 +233,9 @@ impl LogConsumer for Reactor {
         }
     }
 
-    async fn offer(&self, batch: Vec<(CommittedEvent, Cursor)>) -> Result<Outcome, String> {
+    async fn offer(&self, batch: &[(&CommittedEvent, Cursor)]) -> Result<Outcome, String> {
         let mut outcome = Outcome::Duplicate;
-        for (event, previous) in &batch {
+        for (event, previous) in batch {
             match self.offer_one(event, *previous).await? {
                 Outcome::Gap => return Ok(Outcome::Gap),
                 Outcome::Applied => outcome = Outcome::Applied,
@@ -299,13 +293,13 @@ pub async fn checkpoints(pool: &PgPool) -> sqlx::Result<Vec<(String, Cursor)>> {
 }
 
 impl Reactor {
-    /// Runs until `shutdown`, following the log (durable consumer `<stream>_reactor_<name>`).
+    /// Runs until `shutdown`, following the log with the process's live feed (see
+    /// [`crate::follow::run`]), or polling the table without one.
     pub async fn run(
         self,
-        js: Option<async_nats::jetstream::Context>,
-        nats: crate::nats::NatsSettings,
+        feed: Option<crate::live_feed::LiveFeed>,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
-        crate::follow::run(self, js, nats, shutdown).await
+        crate::follow::run(self, feed, shutdown).await
     }
 }

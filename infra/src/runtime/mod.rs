@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use self::config::Settings;
 use self::contexts::{ProgressByName, Shared, projections};
 use crate::consistency::ProjectorConsistency;
+use crate::live_feed::LiveFeed;
 use crate::nats::NatsSettings;
 use crate::projector::{Projector, ProjectorSettings};
 use crate::reactor::{Reactor, ReactorSettings};
@@ -140,6 +141,9 @@ impl Runtime {
             shutdown.clone(),
         ));
 
+        // One JetStream consumer for the whole process, which every projector and reactor follows.
+        let feed = LiveFeed::default();
+        tasks.spawn(feed.clone().run(js.clone(), nats.clone(), shutdown.clone()));
         let mut progress = ProgressByName::new();
         let mut followed = Vec::new();
         for projection in projections() {
@@ -152,7 +156,7 @@ impl Runtime {
             );
             progress.insert(projection.name(), projector.progress());
             followed.push(projector.handle());
-            tasks.spawn(projector.run(Some(js.clone()), nats.clone(), shutdown.clone()));
+            tasks.spawn(projector.run(Some(feed.clone()), shutdown.clone()));
         }
         let consistency: Arc<dyn Consistency> = Arc::new(ProjectorConsistency::new(
             pool.clone(),
@@ -203,7 +207,9 @@ impl Runtime {
                 shutdown.clone(),
             ));
         }
+        let mut reaction_names = Vec::new();
         for (reaction, after) in cohorts.reactions.into_iter().chain(exports.reactions) {
+            reaction_names.push(reaction.name());
             let reactor = Reactor::new(
                 pool.clone(),
                 reaction,
@@ -214,8 +220,17 @@ impl Runtime {
                 },
             );
             reactor.start().await?;
-            tasks.spawn(reactor.run(Some(js.clone()), nats.clone(), shutdown.clone()));
+            tasks.spawn(reactor.run(Some(feed.clone()), shutdown.clone()));
         }
+        let legacy = crate::live_feed::legacy_durable_names(
+            &nats.stream,
+            &projections().iter().map(|p| p.name()).collect::<Vec<_>>(),
+            &reaction_names,
+        );
+        tasks.spawn({
+            let (js, nats) = (js.clone(), nats.clone());
+            async move { crate::live_feed::retire_durable_consumers(&js, &nats, &legacy).await }
+        });
 
         let (request_logs, request_log_queue) =
             crate::request_logs::PgRequestLogs::new(pool.clone());

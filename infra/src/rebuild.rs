@@ -28,6 +28,10 @@ use crate::projector::{Projection, ProjectionError};
 /// early, and each next one twice as large, up to the last.
 const BATCHES: (usize, usize) = (500, 5_000);
 
+/// Batches a group's channel holds: the log is read on while the copy's schema is being made
+/// (each fold waits for it), so that the folds then find their next batches ready.
+const HANDED_AHEAD: usize = 4;
+
 /// Rows decoded by one task.
 const DECODED_TOGETHER: usize = 250;
 
@@ -96,7 +100,7 @@ async fn rebuild_locked(
 
     let groups = projection.rebuild_groups();
     let (batches, ready): (Vec<_>, Vec<_>) = (0..groups.len().max(1))
-        .map(|_| mpsc::channel::<Vec<CommittedEvent>>(1))
+        .map(|_| mpsc::channel::<Vec<CommittedEvent>>(HANDED_AHEAD))
         .unzip();
     let reader = tokio::spawn(read_log(pool.clone(), groups, batches));
     let deferred = match copy_schema(pool, live, &copy).await {

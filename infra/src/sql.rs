@@ -1,4 +1,4 @@
-//! SQL helpers shared by the read-model readers.
+//! SQL helpers shared by the read-model readers and folds.
 
 use projections::{ReadError, SortKey, Window};
 use sqlx::postgres::PgRow;
@@ -164,4 +164,49 @@ where
         .await
         .map_err(read_error)?;
     Ok((count, rows))
+}
+
+/// The text form of a Postgres `text[]` holding `items` (`{"a","b\"c"}`), which `::text[]`
+/// reads back exactly: every element quoted, `"` and `\` escaped. A set-based fold sends one per
+/// row in a `text[]` column, since an array of arrays does not survive `UNNEST`; reading it costs
+/// Postgres less than unpacking JSON in a subquery per row.
+pub(crate) fn text_array_literal(items: &[String]) -> String {
+    let mut literal = String::with_capacity(2 + items.iter().map(|i| i.len() + 3).sum::<usize>());
+    literal.push('{');
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            literal.push(',');
+        }
+        literal.push('"');
+        for c in item.chars() {
+            if c == '"' || c == '\\' {
+                literal.push('\\');
+            }
+            literal.push(c);
+        }
+        literal.push('"');
+    }
+    literal.push('}');
+    literal
+}
+
+#[cfg(test)]
+mod tests {
+    use super::text_array_literal;
+
+    #[test]
+    fn a_text_array_literal_quotes_every_element_and_escapes_quotes_and_backslashes() {
+        let items = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(text_array_literal(&[]), "{}");
+        assert_eq!(text_array_literal(&items(&["1", "22"])), r#"{"1","22"}"#);
+        // NULL, an empty string, separators and braces are plain text once quoted.
+        assert_eq!(
+            text_array_literal(&items(&["NULL", "", "a,b", "{c}", " d "])),
+            r#"{"NULL","","a,b","{c}"," d "}"#
+        );
+        assert_eq!(
+            text_array_literal(&items(&[r#"e"f"#, r"g\h"])),
+            r#"{"e\"f","g\\h"}"#
+        );
+    }
 }

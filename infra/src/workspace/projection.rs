@@ -266,8 +266,7 @@ async fn insert_snapshots(
             versions.push(i32::try_from(version).unwrap_or(i32::MAX));
             previous.push(previous_snapshot);
             queries.push(serialized_query);
-            // An array of arrays does not survive UNNEST: each list travels as JSON.
-            perimeters.push(serde_json::to_string(&perimeters_ids).unwrap_or_else(|_| "[]".into()));
+            perimeters.push(crate::sql::text_array_literal(&perimeters_ids));
             shared.push(shared_by);
             ats.push(at);
         }
@@ -282,7 +281,7 @@ async fn insert_snapshots(
                                           serialized_query, perimeters_ids, shared_by, created_at,
                                           modified_at)
              SELECT s.id, r.uuid, r.owner, s.name, s.version, s.previous, s.query,
-                    ARRAY(SELECT json_array_elements_text(s.perimeters::json)), s.shared_by,
+                    s.perimeters::text[], s.shared_by,
                     s.at, s.at
                FROM saves s JOIN requests r ON r.uuid = s.request
              {on_conflict})

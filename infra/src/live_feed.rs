@@ -32,8 +32,9 @@ pub const FEED: &str = "live_feed";
 const LIVE_BATCH: usize = 500;
 
 /// Deliveries the channel holds for a log consumer that is busy: one further behind catches up
-/// from the table.
-const CHANNEL_DEPTH: usize = 256;
+/// from the table. Each delivery holds up to [`LIVE_BATCH`] events, so this bounds what a stuck
+/// consumer keeps in memory (a bulk import fills deliveries; live commands make small ones).
+const CHANNEL_DEPTH: usize = 64;
 
 /// How long the feed waits before subscribing again after NATS failed it.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);

@@ -83,14 +83,19 @@ const FOLDER_SELECT: &str = "SELECT f.uuid, f.owner, f.name, f.description, f.cr
         (SELECT count(*) FROM workspace.requests r WHERE r.parent_folder = f.uuid AND r.deleted_at IS NULL) AS requests_count
    FROM workspace.folders f";
 
+/// `select` (from `table` as `alias`) reading one live row of an owner, found by its primary
+/// key first: `$1` its uuid, `$2` the owner.
+fn live_of_owner(select: &str, table: &str, alias: &str) -> String {
+    format!(
+        "{} WHERE {alias}.owner = $2 AND {alias}.deleted_at IS NULL",
+        by_primary_key(select, table, alias).with_first_bind()
+    )
+}
+
 /// The statement reading one live folder of an owner: `$1` its uuid, `$2` the owner.
 pub fn folder_lookup_sql() -> &'static str {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "{} WHERE f.owner = $2 AND f.deleted_at IS NULL",
-            by_primary_key(FOLDER_SELECT, "workspace.folders", "f").with_first_bind()
-        )
-    });
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| live_of_owner(FOLDER_SELECT, "workspace.folders", "f"));
     &SQL
 }
 
@@ -140,12 +145,8 @@ const REQUEST_SELECT: &str =
 
 /// The statement reading one live request of an owner: `$1` its uuid, `$2` the owner.
 pub fn request_lookup_sql() -> &'static str {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "{} WHERE r.owner = $2 AND r.deleted_at IS NULL",
-            by_primary_key(REQUEST_SELECT, "workspace.requests", "r").with_first_bind()
-        )
-    });
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| live_of_owner(REQUEST_SELECT, "workspace.requests", "r"));
     &SQL
 }
 
@@ -233,12 +234,8 @@ const SNAPSHOT_SELECT: &str =
 
 /// The statement reading one live query snapshot of an owner: `$1` its uuid, `$2` the owner.
 pub fn snapshot_lookup_sql() -> &'static str {
-    static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "{} WHERE s.owner = $2 AND s.deleted_at IS NULL",
-            by_primary_key(SNAPSHOT_SELECT, "workspace.query_snapshots", "s").with_first_bind()
-        )
-    });
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| live_of_owner(SNAPSHOT_SELECT, "workspace.query_snapshots", "s"));
     &SQL
 }
 

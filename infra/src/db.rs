@@ -126,6 +126,14 @@ impl Default for PoolLimits {
     }
 }
 
+/// How long a pooled connection may have sat unused before it is checked (one round trip) when
+/// it is taken again: a connection that idle may have been closed by the server meanwhile (a
+/// restart, `idle_session_timeout`, a middlebox); the check replaces it unseen. sqlx checks every
+/// connection it hands out by default, which cost a command about three round trips of its
+/// dozen. A connection in steady use is not checked: should the server end it, the next statement
+/// on it fails as Postgres being unavailable (503) and the connection is discarded.
+pub const CHECK_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Opens a pool on `url`, failing fast (with what to do) if Postgres cannot be reached.
 pub async fn connect(url: &str, limits: PoolLimits) -> Result<PgPool, DbError> {
     let mut opts = options(url)?;
@@ -139,6 +147,15 @@ pub async fn connect(url: &str, limits: PoolLimits) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
         .max_connections(limits.max_connections)
         .acquire_timeout(limits.acquire_timeout)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(opts)
         .await
         .map_err(|source| DbError::Unreachable { target, source })

@@ -20,6 +20,7 @@ mod operations;
 mod operator;
 mod outage;
 mod pipeline;
+mod pool;
 mod rights;
 mod schemathesis;
 mod secrets;

@@ -6,6 +6,7 @@
 //! keeps the previous text as a numbered patch.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;
@@ -213,7 +214,11 @@ pub struct RequestState {
     pub parent_folder: Uuid,
     pub shared_by: Option<String>,
     pub deleted: bool,
-    pub snapshots: BTreeMap<Uuid, SnapshotState>,
+    /// Shared between copies of the state and copied only when one of them changes it: a
+    /// command on a request with hundreds of versions (each holding its query) starts from a
+    /// copy of the state held in memory, and its events are then applied to the held one
+    /// alone. Serialized as the map itself.
+    pub snapshots: Arc<BTreeMap<Uuid, SnapshotState>>,
 }
 
 /// One version of the request's query.
@@ -472,7 +477,7 @@ impl Aggregate for Request {
                 parent_folder,
                 shared_by,
                 deleted: false,
-                snapshots: BTreeMap::new(),
+                snapshots: Arc::default(),
             });
             return;
         }
@@ -494,7 +499,7 @@ impl Aggregate for Request {
                 name,
                 ..
             } => {
-                s.snapshots.insert(
+                Arc::make_mut(&mut s.snapshots).insert(
                     snapshot_id,
                     SnapshotState {
                         version,
@@ -508,7 +513,7 @@ impl Aggregate for Request {
             RequestEvent::QuerySnapshotRenamed {
                 snapshot_id, name, ..
             } => {
-                if let Some(snap) = s.snapshots.get_mut(&snapshot_id) {
+                if let Some(snap) = Arc::make_mut(&mut s.snapshots).get_mut(&snapshot_id) {
                     snap.name = name;
                 }
             }
@@ -518,7 +523,7 @@ impl Aggregate for Request {
                 serialized_query,
                 ..
             } => {
-                if let Some(snap) = s.snapshots.get_mut(&snapshot_id) {
+                if let Some(snap) = Arc::make_mut(&mut s.snapshots).get_mut(&snapshot_id) {
                     snap.serialized_query = serialized_query;
                     snap.patches = patch_version;
                 }

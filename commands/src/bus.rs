@@ -81,6 +81,15 @@ pub trait Execute<A: Aggregate>: Send + Sync {
 /// reading anything ([`Execute::execute_new`]); `None`: it cannot, the aggregate is loaded.
 pub trait FreshContext<A: Aggregate>: EventStore<A> {
     fn fresh_context(&self, id: &str) -> Option<Self::AC>;
+
+    /// The context of `id` as this store last knew it, read from nowhere, if it holds one. It
+    /// may be behind the log (another instance wrote since): a decision taken on it that appends
+    /// events is checked by the append's optimistic lock (it conflicts, and the bus loads), and
+    /// whatever else it gives (a refusal, nothing to append) the bus decides again on a loaded
+    /// context. `None` (the default): the bus loads.
+    fn held_context(&self, _id: &str) -> Option<Self::AC> {
+        None
+    }
 }
 
 impl<R, A> FreshContext<A> for cqrs_es::persist::PersistedEventStore<R, A>
@@ -239,8 +248,10 @@ impl<ES> CommandBus<ES> {
         None
     }
 
-    /// Load (unless `fresh`, the first time), decide, commit; retried on optimistic-lock
-    /// conflicts, loading.
+    /// Load (unless `fresh`, or held by the store, the first time), decide, commit; retried on
+    /// optimistic-lock conflicts, loading. A decision on a held context that appends nothing
+    /// (refused, or a no-op) is taken again on a loaded one, without counting as an attempt: the
+    /// held state may be behind, and only an append would have shown it.
     async fn try_execute<A>(
         &self,
         id: &str,
@@ -255,28 +266,42 @@ impl<ES> CommandBus<ES> {
         ES::AC: Send,
     {
         let mut attempt = 0;
+        let mut first = true;
         loop {
             attempt += 1;
-            let fresh_context = if fresh && attempt == 1 {
-                self.store.fresh_context(id)
-            } else {
-                None
+            let unread = match (first, fresh) {
+                (true, true) => self.store.fresh_context(id).map(|c| (c, false)),
+                (true, false) => self.store.held_context(id).map(|c| (c, true)),
+                (false, _) => None,
             };
-            let mut context = match fresh_context {
-                Some(context) => context,
-                None => self
-                    .store
-                    .load_aggregate(id)
-                    .await
-                    .map_err(from_aggregate_error)?,
+            first = false;
+            let (mut context, held) = match unread {
+                Some(unread) => unread,
+                None => (
+                    self.store
+                        .load_aggregate(id)
+                        .await
+                        .map_err(from_aggregate_error)?,
+                    false,
+                ),
             };
             let sink = EventSink::<A>::default();
-            context
+            let decided = context
                 .aggregate()
                 .handle(command.clone(), &(), &sink)
-                .await
-                .map_err(CommandError::Rejected)?;
+                .await;
+            match decided {
+                Err(_) if held => {
+                    attempt -= 1;
+                    continue;
+                }
+                refused => refused.map_err(CommandError::Rejected)?,
+            }
             let events = sink.collect().await;
+            if held && events.is_empty() {
+                attempt -= 1;
+                continue;
+            }
             if events.is_empty() {
                 return Ok(Committed {
                     aggregate_type: A::TYPE,
@@ -353,6 +378,8 @@ mod tests {
         /// After the conflicts: commits answer a connection error, having stored (`Some(true)`)
         /// or not (`Some(false)`) the events.
         connection_lost: Option<bool>,
+        /// What [`FreshContext::held_context`] answers: a state and its sequence.
+        held: std::sync::Mutex<Option<(Folder, usize)>>,
     }
 
     impl EventStore<Folder> for Conflicting {
@@ -405,6 +432,15 @@ mod tests {
         fn fresh_context(&self, id: &str) -> Option<Self::AC> {
             self.inner.fresh_context(id)
         }
+
+        fn held_context(&self, id: &str) -> Option<Self::AC> {
+            let (aggregate, current_sequence) = self.held.lock().unwrap().clone()?;
+            Some(cqrs_es::mem_store::MemStoreAggregateContext {
+                aggregate_id: id.to_string(),
+                aggregate,
+                current_sequence,
+            })
+        }
     }
 
     fn store(conflicts: usize) -> Conflicting {
@@ -414,6 +450,7 @@ mod tests {
             commits_tried: AtomicUsize::new(0),
             loads: AtomicUsize::new(0),
             connection_lost: None,
+            held: std::sync::Mutex::new(None),
         }
     }
 
@@ -524,5 +561,48 @@ mod tests {
         let noop = bus.execute("f", same_name, &ctx()).await.unwrap();
         assert_eq!(noop.last_sequence, None);
         assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_held_state_appends_without_a_load_and_what_it_refuses_or_leaves_unchanged_is_decided_again_loaded()
+     {
+        let rename = |name: &str| FolderCommand::Update {
+            by: "alice".into(),
+            name: Some(name.into()),
+            description: None,
+            at: ctx().at,
+        };
+        let bus = CommandBus::new(store(0), 5);
+        bus.execute_new("f", create(), &ctx()).await.unwrap();
+        let created = bus.load("f").await.unwrap();
+        *bus.store.held.lock().unwrap() = Some((created.clone(), 1));
+        let loads = || bus.store.loads.load(Ordering::SeqCst);
+        let loaded = loads();
+        // Held and current: decided and appended without reading anything.
+        let renamed = bus.execute("f", rename("G"), &ctx()).await.unwrap();
+        assert_eq!(renamed.last_sequence, Some(2));
+        assert_eq!(loads(), loaded);
+        // Held as created, before that rename: nothing to do for "F" there; loaded, it renames.
+        let back = bus.execute("f", rename("F"), &ctx()).await.unwrap();
+        assert_eq!(back.last_sequence, Some(3));
+        assert_eq!(loads(), loaded + 1);
+        // Held from before the folder existed: refused there, done on the stored state.
+        *bus.store.held.lock().unwrap() = Some((Folder::default(), 0));
+        let again = bus.execute("f", rename("H"), &ctx()).await.unwrap();
+        assert_eq!(again.last_sequence, Some(4));
+        // Refused on the stored state too: the refusal is the answer.
+        let foreign = FolderCommand::Update {
+            by: "bob".into(),
+            name: Some("B".into()),
+            description: None,
+            at: ctx().at,
+        };
+        let refused = bus.execute("f", foreign, &ctx()).await.unwrap_err();
+        assert!(matches!(
+            refused,
+            CommandError::Rejected(domain::folder::FolderError::NotFound)
+        ));
+        // Each command appended once; the re-decisions took no attempt.
+        assert_eq!(bus.store.commits_tried.load(Ordering::SeqCst), 4);
     }
 }

@@ -7,6 +7,10 @@
 //! no event was stored after it (by another instance, or a command that failed after its
 //! append). Otherwise, and for aggregates it does not hold, it loads as usual.
 //!
+//! The command bus skips even that query ([`FreshContext::held_context`]): it decides on the
+//! held state, lets the append's optimistic lock catch a state that was behind, and decides
+//! again on a loaded state a command the held one refused or found nothing to do for.
+//!
 //! A successful commit moves the held state forward with the committed events (as the store
 //! folds them) and counts the snapshot the commit wrote, if any, as the wrapped store does; a
 //! failed commit drops it. The decision is still checked by the append's optimistic lock: a
@@ -197,6 +201,13 @@ impl<A: Aggregate + Clone> FreshContext<A> for CachedStore<A> {
         // Held from its first event on, so that the next command finds it.
         self.hold(&context);
         Some(context)
+    }
+
+    /// The held state, without asking whether events were stored after it: a command's
+    /// decision to append is checked by the append's optimistic lock, and the bus decides again
+    /// on a loaded state whatever a held one refuses or leaves unchanged.
+    fn held_context(&self, id: &str) -> Option<Self::AC> {
+        self.copy(id)
     }
 }
 

@@ -1044,6 +1044,92 @@ async fn requests_held_in_memory_see_other_instances_writes_and_keep_the_snapsho
 }
 
 #[tokio::test]
+async fn a_command_bus_deciding_on_a_held_request_behind_the_log_loses_and_refuses_nothing() {
+    use commands::Execute;
+    use commands::bus::CommandBus;
+    use cqrs_es::persist::PersistedEventStore;
+    use domain::request::{Request, RequestCommand};
+    use infra::aggregate_cache::CachedStore;
+    use infra::event_repository::EventRepository;
+
+    let (id, s, pool, _js) = bare_pipeline().await;
+    let every = infra::stores::SNAPSHOT_EVERY;
+    let uncached = || {
+        PersistedEventStore::<_, Request>::new_snapshot_store(
+            EventRepository::new(pool.clone()),
+            every,
+        )
+    };
+    // This instance decides on the request it holds without asking the log; another instance
+    // writes the same request meanwhile.
+    let held = CommandBus::new(CachedStore::new(uncached(), pool.clone(), every, 4), 5);
+    let other = CommandBus::new(uncached(), 5);
+    let ctx = commands::CommandContext {
+        user: "held".into(),
+        impersonator: None,
+        correlation_id: "c".into(),
+        causation_id: "c".into(),
+        at: chrono::Utc::now(),
+    };
+    let request = uuid::Uuid::new_v4();
+    let rid = request.to_string();
+    let save = |snapshot: uuid::Uuid, previous: Option<uuid::Uuid>| RequestCommand::SaveSnapshot {
+        by: "held".into(),
+        snapshot_id: snapshot,
+        previous_snapshot: previous,
+        serialized_query: query(&["1"]),
+        name: None,
+        shared_by: None,
+        at: ctx.at,
+    };
+    held.execute_new(
+        &rid,
+        RequestCommand::Create {
+            request_id: request,
+            owner: "held".into(),
+            name: "R".into(),
+            description: None,
+            favorite: false,
+            parent_folder: uuid::Uuid::new_v4(),
+            shared_by: None,
+            at: ctx.at,
+        },
+        &ctx,
+    )
+    .await
+    .unwrap();
+    let mut saved = Vec::new();
+    for i in 0..2 * every {
+        let previous = saved.last().copied();
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        // The other instance saves a version; this one, behind it, then saves either from that
+        // version (unknown to its held state: refused there, decided again loaded) or from its
+        // own last one (accepted there: the append's optimistic lock makes it load).
+        other.execute(&rid, save(a, previous), &ctx).await.unwrap();
+        let from = if i % 2 == 0 { Some(a) } else { previous };
+        held.execute(&rid, save(b, from), &ctx)
+            .await
+            .unwrap_or_else(|e| panic!("save {i} from {from:?}: {e}"));
+        saved.extend([a, b]);
+    }
+    let stored = held.load(&rid).await.unwrap();
+    let versions = stored.state.as_ref().unwrap().snapshots.len();
+    assert_eq!(
+        versions,
+        saved.len(),
+        "every version of both instances is kept"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(&rid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 1 + saved.len() as i64, "nothing written twice");
+    pool.close().await;
+    cleanup(&id, &s).await;
+}
+
+#[tokio::test]
 async fn a_long_run_of_creations_with_a_taken_key_folds_as_one_by_one() {
     let (id, s, pool, _js) = bare_pipeline().await;
     // A run of 601 creations whose 301st creates the first folder again: no aggregate writes

@@ -101,6 +101,10 @@ where
     fn fresh_context(&self, id: &str) -> Option<Self::AC> {
         self.0.fresh_context(id)
     }
+
+    fn held_context(&self, id: &str) -> Option<Self::AC> {
+        self.0.held_context(id)
+    }
 }
 
 /// Brings stored events to the version this build writes, for the aggregates
@@ -269,6 +273,30 @@ pub fn identity(pool: &PgPool) -> commands::identity::IdentityBuses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_classified_store_hands_the_bus_what_the_cache_holds() {
+        use commands::bus::FreshContext;
+        // Nothing here reads the database.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("lazy pool");
+        let store = ClassifiedStore(CachedStore::<Request>::new(
+            PersistedEventStore::new_snapshot_store(
+                EventRepository::new(pool.clone()),
+                SNAPSHOT_EVERY,
+            ),
+            pool,
+            SNAPSHOT_EVERY,
+            4,
+        ));
+        assert!(store.held_context("r").is_none());
+        store.fresh_context("r").expect("a fresh context");
+        assert!(
+            store.held_context("r").is_some(),
+            "the bus decides on the held request without a query"
+        );
+    }
 
     #[test]
     fn pool_exhaustion_becomes_a_connection_error_and_bugs_stay_unexpected() {

@@ -1049,7 +1049,6 @@ async fn a_command_bus_deciding_on_a_held_request_behind_the_log_loses_and_refus
     use commands::bus::CommandBus;
     use cqrs_es::persist::PersistedEventStore;
     use domain::request::{Request, RequestCommand};
-    use infra::aggregate_cache::CachedStore;
     use infra::event_repository::EventRepository;
 
     let (id, s, pool, _js) = bare_pipeline().await;
@@ -1060,9 +1059,9 @@ async fn a_command_bus_deciding_on_a_held_request_behind_the_log_loses_and_refus
             every,
         )
     };
-    // This instance decides on the request it holds without asking the log; another instance
-    // writes the same request meanwhile.
-    let held = CommandBus::new(CachedStore::new(uncached(), pool.clone(), every, 4), 5);
+    // This instance decides on the request it holds without asking the log (its bus as the
+    // service composes it); another instance writes the same request meanwhile.
+    let held = infra::stores::requests(&pool);
     let other = CommandBus::new(uncached(), 5);
     let ctx = commands::CommandContext {
         user: "held".into(),

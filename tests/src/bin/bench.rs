@@ -20,6 +20,7 @@ use hdrhistogram::Histogram;
 use infra::workspace::{PgWorkspace, WorkspaceProjection};
 use projections::audit::AuditReader;
 use serde_json::json;
+use sqlx::{Executor, Row};
 use tests::pg_cost::{Cost, PgCost, or_na};
 use tests::{TestApp, query, settings, unique_id};
 
@@ -186,6 +187,85 @@ async fn raw_inserts(
         }));
     }
     measure_run(&stop, tasks, duration, Some(meter)).await
+}
+
+/// Phase D3, one client: the least that read-your-writes (architecture guarantee 5) asks of
+/// Postgres per command with this pipeline, as bare statements on scratch tables, without HTTP,
+/// authorization, decision or decoding: the append (one statement, committed synchronously),
+/// the projection's transaction (lock its checkpoint and read what follows it, in one round
+/// trip; write the row; move the checkpoint and commit asynchronously, in one) and the answer's
+/// read. Five round trips, one flush to disk: what a command costs before the service does
+/// anything of its own.
+async fn pipeline_floor(pool: &sqlx::PgPool, duration: Duration) -> Run {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_floor_log (id bigserial PRIMARY KEY, payload json NOT NULL);
+         CREATE TABLE IF NOT EXISTS bench_floor_rows (id bigint PRIMARY KEY, payload json NOT NULL);
+         CREATE TABLE IF NOT EXISTS bench_floor_checkpoint (singleton boolean PRIMARY KEY DEFAULT true, at bigint NOT NULL);
+         INSERT INTO bench_floor_checkpoint (at) VALUES (0) ON CONFLICT DO NOTHING",
+    )
+    .execute(pool)
+    .await
+    .expect("scratch tables");
+    let payload = json!({"FolderCreated": {"name": "bench", "owner": "bench1x0"}});
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut n, mut hist) = (0u64, Histogram::<u64>::new(3).expect("histogram"));
+            let mut at: i64 = sqlx::query_scalar("SELECT at FROM bench_floor_checkpoint")
+                .fetch_one(&pool)
+                .await
+                .expect("checkpoint");
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO bench_floor_log (payload) VALUES ($1) RETURNING id",
+                )
+                .bind(&payload)
+                .fetch_one(&pool)
+                .await
+                .expect("append");
+                let mut conn = pool.acquire().await.expect("connection");
+                let read = conn
+                    .fetch_all(sqlx::raw_sql(&format!(
+                        "BEGIN; SET LOCAL synchronous_commit = off;
+                         SELECT at FROM bench_floor_checkpoint FOR UPDATE;
+                         SELECT id, payload FROM bench_floor_log WHERE id > {at} ORDER BY id"
+                    )))
+                    .await
+                    .expect("lock and read");
+                let (ids, payloads): (Vec<i64>, Vec<serde_json::Value>) = read
+                    .iter()
+                    .skip(1)
+                    .map(|row| (row.get::<i64, _>(0), row.get::<serde_json::Value, _>(1)))
+                    .unzip();
+                sqlx::query(
+                    "INSERT INTO bench_floor_rows SELECT * FROM UNNEST($1::bigint[], $2::json[])",
+                )
+                .bind(&ids)
+                .bind(&payloads)
+                .execute(&mut *conn)
+                .await
+                .expect("project");
+                at = ids.last().copied().unwrap_or(at);
+                conn.execute(sqlx::raw_sql(&format!(
+                    "UPDATE bench_floor_checkpoint SET at = {at}; COMMIT"
+                )))
+                .await
+                .expect("checkpoint and commit");
+                drop(conn);
+                sqlx::query("SELECT payload FROM bench_floor_rows WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("answer");
+                hist.record(t.elapsed().as_micros() as u64).ok();
+                n += 1;
+            }
+            (n, hist)
+        })
+    };
+    measure_run(&stop, vec![task], duration, None).await.0
 }
 
 /// A tree of about 10 000 perimeters: root, 10 groups, 100 hospitals, 1 000 poles, 9 000 units.
@@ -548,6 +628,8 @@ async fn main() -> anyhow::Result<()> {
          |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut details = String::new();
+    // Folder commands/s and raw INSERT+COMMIT/s at one client, for the floor below.
+    let mut one_client = (0.0, 0.0);
     for command in ["create snapshot", "create folder"] {
         for clients in CONCURRENCY {
             let (run, cost) = if command == "create snapshot" {
@@ -568,6 +650,9 @@ async fn main() -> anyhow::Result<()> {
                 or_na(raw_cost.cpu_ms_per(raw.operations), 2),
                 run.rate / raw.rate
             ));
+            if clients == 1 && command == "create folder" {
+                one_client = (run.rate, raw.rate);
+            }
             if clients == 16 && command == "create folder" {
                 details.push_str(&format!(
                     "\n`POST /cohort/folders/` at 16 connections: {:.0} req/s, {:.1}× upstream's {UPSTREAM_FOLDER_POSTS_PER_S} req/s \
@@ -593,6 +678,19 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     report.push_str(&details);
+    let floor = pipeline_floor(&pool, duration).await;
+    report.push_str(&format!(
+        "\n## The pipeline's floor at one client\n\n\
+         The statements read-your-writes needs per command, bare (the append, the projection's \
+         lock-and-read, row and checkpoint-and-commit, the answer's read: five round trips, one \
+         flush), on scratch tables: what any command costs before HTTP and the service's own work.\n\n\
+         | floor/s | floor p50 ms | floor / raw INSERT+COMMIT | create folder / floor |\n|---|---|---|---|\n\
+         | {:.0} | {:.2} | {:.3} | {:.3} |\n",
+        floor.rate,
+        ms(floor.latency.value_at_quantile(0.5)),
+        floor.rate / one_client.1,
+        one_client.0 / floor.rate,
+    ));
 
     // B: commit -> read-model lag, commands through the bus without waiting.
     let progress = app.progress();

@@ -10,12 +10,14 @@
 //! Those two simple queries carry no parameters: what they embed is a schema name (quoted) and
 //! integers, formatted here. The transaction is not sqlx's, so the connection is guarded: dropped
 //! before its `COMMIT` or `ROLLBACK` went through (an error, a cancelled future), it is closed
-//! rather than returned to the pool, and Postgres rolls the transaction back.
+//! rather than kept, and Postgres rolls the transaction back.
+//!
+//! It runs on the projector's own connection ([`HeldConnection`]), given back when it ends.
 
 use projections::Cursor;
-use sqlx::pool::PoolConnection;
-use sqlx::{Executor, FromRow, PgConnection, PgPool, Postgres, Row};
+use sqlx::{Executor, FromRow, PgConnection, Row};
 
+use crate::held_connection::HeldConnection;
 use crate::log::{CommittedEvent, committed_after_sql};
 
 /// `name` as a quoted SQL identifier.
@@ -63,30 +65,32 @@ pub(crate) fn save_sql(schema: &str, to: Cursor, applied: i64) -> String {
 /// An open transaction holding the lock of a projection schema's checkpoint, with
 /// `search_path` set to the schema then `public`, and asynchronous commit (see
 /// [`crate::projector`]).
-pub(crate) struct CheckpointTx {
+pub(crate) struct CheckpointTx<'a> {
     /// `None` once the transaction ended.
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<PgConnection>,
+    /// Where the connection goes back when the transaction ends.
+    home: &'a HeldConnection,
     schema: String,
 }
 
 /// What [`CheckpointTx::begin`] found.
-pub(crate) struct Locked {
-    pub tx: CheckpointTx,
+pub(crate) struct Locked<'a> {
+    pub tx: CheckpointTx<'a>,
     /// The stored checkpoint.
     pub stored: Cursor,
     /// The committed events read after the cursor asked for, in log order.
     pub events: Vec<CommittedEvent>,
 }
 
-impl CheckpointTx {
-    /// Begins the transaction and locks the checkpoint of `schema`; with `read`, also reads up
-    /// to that many committed events after that cursor (gap-safely, as
+impl<'a> CheckpointTx<'a> {
+    /// Begins the transaction on `conn`'s connection and locks the checkpoint of `schema`; with
+    /// `read`, also reads up to that many committed events after that cursor (gap-safely, as
     /// [`crate::log::read_committed_after`]). One round trip.
     pub async fn begin(
-        pool: &PgPool,
+        conn: &'a HeldConnection,
         schema: &str,
         read: Option<(Cursor, i64)>,
-    ) -> sqlx::Result<Locked> {
+    ) -> sqlx::Result<Locked<'a>> {
         let mut sql = format!("BEGIN; {};", lock_sql(schema));
         if let Some((after, limit)) = read {
             sql.push_str(&committed_after_sql(
@@ -96,7 +100,8 @@ impl CheckpointTx {
             ));
         }
         let mut tx = Self {
-            conn: Some(pool.acquire().await?),
+            conn: Some(conn.take().await?),
+            home: conn,
             schema: schema.to_string(),
         };
         // The first row is the checkpoint's; the others, the events'.
@@ -121,26 +126,29 @@ impl CheckpointTx {
     }
 
     /// Moves the checkpoint to `to` (`applied` more events folded) and commits. One round trip.
-    pub async fn commit_at(mut self, to: Cursor, applied: i64) -> sqlx::Result<()> {
+    pub async fn commit_at(self, to: Cursor, applied: i64) -> sqlx::Result<()> {
         let sql = format!("{}; COMMIT", save_sql(&self.schema, to, applied));
-        self.conn().execute(sqlx::raw_sql(&sql)).await?;
-        self.conn = None;
-        Ok(())
+        self.end(&sql).await
     }
 
     /// Ends the transaction without changing anything.
-    pub async fn rollback(mut self) -> sqlx::Result<()> {
-        self.conn().execute(sqlx::raw_sql("ROLLBACK")).await?;
-        self.conn = None;
+    pub async fn rollback(self) -> sqlx::Result<()> {
+        self.end("ROLLBACK").await
+    }
+
+    /// Runs `sql`, which ends the transaction, and gives the connection back.
+    async fn end(mut self, sql: &str) -> sqlx::Result<()> {
+        self.conn().execute(sqlx::raw_sql(sql)).await?;
+        if let Some(conn) = self.conn.take() {
+            self.home.give_back(conn);
+        }
         Ok(())
     }
 }
 
-impl Drop for CheckpointTx {
+impl Drop for CheckpointTx<'_> {
     fn drop(&mut self) {
-        // Still open: close the connection (Postgres rolls back) rather than pool it mid-way.
-        if let Some(conn) = self.conn.take() {
-            drop(conn.detach());
-        }
+        // Still open: the connection closes (Postgres rolls back) rather than being kept mid-way.
+        drop(self.conn.take());
     }
 }

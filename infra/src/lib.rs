@@ -28,6 +28,7 @@ pub mod event_repository;
 pub mod exports;
 pub mod follow;
 pub mod health;
+pub mod held_connection;
 pub mod idempotency;
 pub mod identity;
 pub mod identity_providers;

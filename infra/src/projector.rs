@@ -36,6 +36,7 @@ use crate::applied::{AppliedLog, LogReads};
 use crate::checkpoint_tx::{CheckpointTx, Locked, quote_ident};
 use crate::follow::LogConsumer;
 pub use crate::follow::Outcome;
+use crate::held_connection::HeldConnection;
 use crate::log::CommittedEvent;
 
 /// Events folded per catch-up transaction.
@@ -215,6 +216,8 @@ struct Place {
 /// Runs one projection.
 pub struct Projector {
     pool: PgPool,
+    /// The connection its folds run on.
+    conn: HeldConnection,
     projection: Arc<dyn Projection>,
     progress: watch::Sender<Cursor>,
     settings: ProjectorSettings,
@@ -248,6 +251,7 @@ impl Projector {
     pub fn new(pool: PgPool, projection: Arc<dyn Projection>, settings: ProjectorSettings) -> Self {
         let (progress, _) = watch::channel(Cursor::START);
         Self {
+            conn: HeldConnection::new(pool.clone()),
             pool,
             projection,
             progress,
@@ -384,7 +388,7 @@ impl Projector {
             // Ends (for read-your-writes) once what it read is folded and recorded.
             let _read = self.reads.begin();
             let Locked { tx, stored, events } = CheckpointTx::begin(
-                &self.pool,
+                &self.conn,
                 self.projection.name(),
                 Some((from, CATCH_UP_BATCH)),
             )
@@ -457,7 +461,7 @@ impl Projector {
         }
 
         let Locked { tx, stored, .. } =
-            CheckpointTx::begin(&self.pool, self.projection.name(), None).await?;
+            CheckpointTx::begin(&self.conn, self.projection.name(), None).await?;
         if self.regressed(place, stored) {
             tx.rollback().await?;
             return Ok(Outcome::Gap);
@@ -471,7 +475,7 @@ impl Projector {
     /// not covered stops the batch with [`Outcome::Gap`].
     async fn fold_locked(
         &self,
-        mut tx: CheckpointTx,
+        mut tx: CheckpointTx<'_>,
         place: Place,
         stored: Cursor,
         fresh: Vec<(&CommittedEvent, Cursor)>,
@@ -546,7 +550,7 @@ impl Projector {
             return Ok(());
         }
         let Locked { tx, stored, .. } =
-            CheckpointTx::begin(&self.pool, self.projection.name(), None).await?;
+            CheckpointTx::begin(&self.conn, self.projection.name(), None).await?;
         if self.regressed(place, stored) {
             tx.rollback().await?;
             return Ok(());

@@ -24,6 +24,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::held_connection::HeldConnection;
 use crate::log::read_committed_after;
 use crate::nats::{Envelope, NatsSettings};
 
@@ -80,6 +81,8 @@ struct Round {
 /// Publishes the event log to JetStream.
 pub struct Relay {
     pool: PgPool,
+    /// The connection its rounds read and write on.
+    conn: HeldConnection,
     js: jetstream::Context,
     nats: NatsSettings,
     settings: RelaySettings,
@@ -96,6 +99,7 @@ impl Relay {
         settings: RelaySettings,
     ) -> Self {
         Self {
+            conn: HeldConnection::new(pool.clone()),
             pool,
             js,
             nats,
@@ -145,7 +149,9 @@ impl Relay {
     /// Publishes one batch after the checkpoint.
     async fn publish_round(&self) -> Result<Round, RelayError> {
         let from = self.position().await?;
-        let events = read_committed_after(&self.pool, from, self.settings.batch_size).await?;
+        let mut conn = self.conn.take().await?;
+        let events = read_committed_after(&mut conn, from, self.settings.batch_size).await?;
+        self.conn.give_back(conn);
         let Some(last) = events.last().map(|e| e.cursor()) else {
             return Ok(Round {
                 published: 0,
@@ -178,31 +184,7 @@ impl Relay {
         for ack in acks {
             ack.await.map_err(|e| RelayError::Publish(e.to_string()))?;
         }
-        // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
-        // the relay publish again messages that JetStream and the consumers drop as duplicates.
-        // The same statement says whether events lie beyond it (see `publish_loop`), as
-        // `crate::log::any_after` asks it.
-        static SAVE_AND_ASK: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "WITH saved AS (
-                 INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
-                 SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
-                   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
-                 ON CONFLICT (relay) DO UPDATE
-                    SET txid = excluded.txid, position = excluded.position,
-                        published = relay_checkpoints.published + excluded.published,
-                        updated_at = now())
-             SELECT {}",
-                crate::log::any_after_sql("$2", "$3")
-            )
-        });
-        let stored: sqlx::Result<bool> = sqlx::query_scalar(SAVE_AND_ASK.as_str())
-            .bind(&self.settings.name)
-            .bind(last.txid)
-            .bind(last.position)
-            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await;
+        let stored = self.save_and_ask(last, events.len()).await;
         let more = match stored {
             Ok(more) => more,
             Err(e) => {
@@ -221,6 +203,39 @@ impl Relay {
             published: events.len(),
             more: Some(more),
         })
+    }
+
+    /// Stores the checkpoint at `last` (`published` more events) and asks whether events lie
+    /// beyond it.
+    async fn save_and_ask(&self, last: Cursor, published: usize) -> sqlx::Result<bool> {
+        // Committed asynchronously (no WAL flush wait): a checkpoint lost in a crash only makes
+        // the relay publish again messages that JetStream and the consumers drop as duplicates.
+        // The same statement says whether events lie beyond it (see `publish_loop`), as
+        // `crate::log::any_after` asks it.
+        static SAVE_AND_ASK: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "WITH saved AS (
+                 INSERT INTO relay_checkpoints (relay, txid, position, published, updated_at)
+                 SELECT $1, ($2::bigint)::text::xid8, $3, $4, now()
+                   FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit
+                 ON CONFLICT (relay) DO UPDATE
+                    SET txid = excluded.txid, position = excluded.position,
+                        published = relay_checkpoints.published + excluded.published,
+                        updated_at = now())
+             SELECT {}",
+                crate::log::any_after_sql("$2", "$3")
+            )
+        });
+        let mut conn = self.conn.take().await?;
+        let more = sqlx::query_scalar(SAVE_AND_ASK.as_str())
+            .bind(&self.settings.name)
+            .bind(last.txid)
+            .bind(last.position)
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
+            .fetch_one(&mut conn)
+            .await?;
+        self.conn.give_back(conn);
+        Ok(more)
     }
 
     /// Publishes until nothing is left; returns how many events it published.

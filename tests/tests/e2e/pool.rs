@@ -41,3 +41,71 @@ async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_unseen() {
     pool.close().await;
     admin.close().await;
 }
+
+/// The connection a projector or the relay keeps to itself: reused while in steady use,
+/// replaced when the server closed it while idle, never reused after being dropped mid-way.
+mod held {
+    use super::*;
+    use infra::held_connection::HeldConnection;
+
+    async fn pid_of(conn: &mut sqlx::PgConnection) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+            .expect("pid")
+    }
+
+    async fn pool() -> PgPool {
+        connect(&server_url(), PoolLimits::default())
+            .await
+            .expect("pool")
+    }
+
+    #[tokio::test]
+    async fn a_connection_given_back_is_the_one_taken_next() {
+        let held = HeldConnection::new(pool().await);
+        let mut conn = held.take().await.expect("take");
+        let first = pid_of(&mut conn).await;
+        held.give_back(conn);
+        let mut conn = held.take().await.expect("take again");
+        assert_eq!(pid_of(&mut conn).await, first);
+    }
+
+    #[tokio::test]
+    async fn a_connection_dropped_in_use_is_not_kept() {
+        let held = HeldConnection::new(pool().await);
+        let mut conn = held.take().await.expect("take");
+        sqlx::query("BEGIN")
+            .execute(&mut conn)
+            .await
+            .expect("begin");
+        let first = pid_of(&mut conn).await;
+        drop(conn);
+        let mut conn = held.take().await.expect("take again");
+        // Another backend: the dropped one (and its open transaction) ended with its socket.
+        assert_ne!(pid_of(&mut conn).await, first);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_unseen() {
+        let pool = pool().await;
+        let held = HeldConnection::new(pool.clone());
+        let mut conn = held.take().await.expect("take");
+        let first = pid_of(&mut conn).await;
+        held.give_back(conn);
+
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+            .bind(first)
+            .fetch_one(&pool)
+            .await
+            .expect("terminate");
+        assert!(terminated, "backend {first} did not end");
+        tokio::time::sleep(CHECK_IF_IDLE_FOR + Duration::from_millis(100)).await;
+
+        let mut conn = held
+            .take()
+            .await
+            .expect("the closed connection is replaced when taken, not handed out");
+        assert_ne!(pid_of(&mut conn).await, first);
+    }
+}

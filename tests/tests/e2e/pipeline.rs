@@ -1342,3 +1342,66 @@ async fn a_second_rebuild_of_a_projection_is_refused_while_one_runs() {
     assert_eq!(dump_schema(&app.pool, "workspace").await, live);
     app.stop().await;
 }
+
+/// A request's aggregate snapshot (every one of its versions, rewritten every few events) is
+/// compressed with lz4 where the server has it, and loads back whole.
+#[tokio::test]
+async fn request_snapshots_are_stored_with_lz4_where_postgres_has_it_and_load_back() {
+    use cqrs_es::persist::PersistedEventStore;
+    use cqrs_es::{AggregateContext, EventStore};
+    use domain::request::Request;
+    use infra::event_repository::EventRepository;
+
+    let app = TestApp::spawn().await;
+    let user = "snapper";
+    let request = folder_with_request(&app, user).await;
+    let every = infra::stores::SNAPSHOT_EVERY;
+    let mut last = None::<String>;
+    // Past two snapshot intervals, each version a few hundred bytes: the stored state is well
+    // past the size from which Postgres compresses a value.
+    for i in 0..2 * every {
+        let body = match &last {
+            None => json!({"request": request, "serialized_query": query(&[&i.to_string()])}),
+            Some(prev) => {
+                json!({"previous_snapshot": prev, "serialized_query": query(&[&i.to_string()])})
+            }
+        };
+        let s = app
+            .post("/cohort/request-query-snapshots/", user, body)
+            .await;
+        assert_eq!(s.status, StatusCode::CREATED, "{:?}", s.body);
+        last = Some(s.uuid());
+    }
+    let lz4_available: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_settings
+                         WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals))",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let compression: Option<String> = sqlx::query_scalar(
+        "SELECT pg_column_compression(payload) FROM snapshots
+          WHERE aggregate_type = 'Request' AND aggregate_id = $1",
+    )
+    .bind(&request)
+    .fetch_one(&app.pool)
+    .await
+    .expect("the request has a stored snapshot");
+    let expected = if lz4_available { "lz4" } else { "pglz" };
+    assert_eq!(compression.as_deref(), Some(expected));
+
+    // Loaded from the store (no cache): the snapshot, then the events after it.
+    let store = PersistedEventStore::<_, Request>::new_snapshot_store(
+        EventRepository::new(app.pool.clone()),
+        every,
+    );
+    let mut loaded = store.load_aggregate(&request).await.expect("loads");
+    let versions = loaded
+        .aggregate()
+        .state
+        .as_ref()
+        .expect("the request exists")
+        .snapshots
+        .len();
+    assert_eq!(versions, 2 * every);
+}

@@ -377,26 +377,24 @@ impl CohortReader for PgCohorts {
         &self,
         snapshots: &[Uuid],
     ) -> Result<(Vec<DatedMeasureView>, Vec<CohortView>), ReadError> {
-        let mut qb = QueryBuilder::new(DATED_MEASURE_SELECT);
-        qb.push(" WHERE d.request_query_snapshot = ANY(")
+        let mut measures = QueryBuilder::new(DATED_MEASURE_SELECT);
+        measures
+            .push(" WHERE d.request_query_snapshot = ANY(")
             .push_bind(snapshots)
             .push(") ORDER BY d.created_at DESC");
-        let measures: Vec<DatedMeasureRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
-        let mut qb = QueryBuilder::new(COHORT_SELECT);
-        qb.push(
-            " WHERE c.deleted_at IS NULL AND NOT c.is_subset AND c.request_query_snapshot = ANY(",
+        let mut cohorts = QueryBuilder::new(COHORT_SELECT);
+        cohorts
+            .push(
+                " WHERE c.deleted_at IS NULL AND NOT c.is_subset AND c.request_query_snapshot = ANY(",
+            )
+            .push_bind(snapshots)
+            .push(") ORDER BY c.created_at DESC");
+        // Side by side, on two connections: one round trip of waiting instead of two.
+        let (measures, cohorts): (Vec<DatedMeasureRow>, Vec<CohortRow>) = tokio::try_join!(
+            measures.build_query_as().fetch_all(&self.pool),
+            cohorts.build_query_as().fetch_all(&self.pool),
         )
-        .push_bind(snapshots)
-        .push(") ORDER BY c.created_at DESC");
-        let cohorts: Vec<CohortRow> = qb
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(read_error)?;
+        .map_err(read_error)?;
         Ok((
             measures.into_iter().map(Into::into).collect(),
             self.with_samples(cohorts).await?,

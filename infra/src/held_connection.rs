@@ -33,11 +33,6 @@ impl HeldConnection {
         }
     }
 
-    /// The pool it opens connections from (for statements that do not need this one).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Takes the connection for a statement or a transaction: the kept one (checked first if it
     /// sat idle long enough for the server to have closed it), else a new one from the pool.
     pub async fn take(&self) -> sqlx::Result<PgConnection> {

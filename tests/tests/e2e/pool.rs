@@ -13,6 +13,16 @@ async fn backend_pid(pool: &PgPool) -> sqlx::Result<i32> {
         .await
 }
 
+/// Ends backend `pid` from `admin`, waiting until it is gone.
+async fn terminate(admin: &PgPool, pid: i32) {
+    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(admin)
+        .await
+        .expect("terminate");
+    assert!(terminated, "backend {pid} did not end");
+}
+
 #[tokio::test]
 async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_unseen() {
     let limits = PoolLimits {
@@ -25,12 +35,7 @@ async fn a_connection_the_server_closed_while_it_sat_idle_is_replaced_unseen() {
         .expect("admin pool");
     let first = backend_pid(&pool).await.expect("first statement");
 
-    let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
-        .bind(first)
-        .fetch_one(&admin)
-        .await
-        .expect("terminate");
-    assert!(terminated, "backend {first} did not end");
+    terminate(&admin, first).await;
     // Idle at least that long (waiting longer changes nothing).
     tokio::time::sleep(CHECK_IF_IDLE_FOR + Duration::from_millis(100)).await;
 
@@ -94,12 +99,7 @@ mod held {
         let first = pid_of(&mut conn).await;
         held.give_back(conn);
 
-        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
-            .bind(first)
-            .fetch_one(&pool)
-            .await
-            .expect("terminate");
-        assert!(terminated, "backend {first} did not end");
+        terminate(&pool, first).await;
         tokio::time::sleep(CHECK_IF_IDLE_FOR + Duration::from_millis(100)).await;
 
         let mut conn = held

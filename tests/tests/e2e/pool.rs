@@ -7,9 +7,9 @@ use infra::db::{CHECK_IF_IDLE_FOR, PoolLimits, connect};
 use sqlx::PgPool;
 use tests::server_url;
 
-async fn backend_pid(pool: &PgPool) -> sqlx::Result<i32> {
+async fn backend_pid<'e>(on: impl sqlx::PgExecutor<'e>) -> sqlx::Result<i32> {
     sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(pool)
+        .fetch_one(on)
         .await
 }
 
@@ -53,13 +53,6 @@ mod held {
     use super::*;
     use infra::held_connection::HeldConnection;
 
-    async fn pid_of(conn: &mut sqlx::PgConnection) -> i32 {
-        sqlx::query_scalar("SELECT pg_backend_pid()")
-            .fetch_one(conn)
-            .await
-            .expect("pid")
-    }
-
     async fn pool() -> PgPool {
         connect(&server_url(), PoolLimits::default())
             .await
@@ -70,10 +63,10 @@ mod held {
     async fn a_connection_given_back_is_the_one_taken_next() {
         let held = HeldConnection::new(pool().await);
         let mut conn = held.take().await.expect("take");
-        let first = pid_of(&mut conn).await;
+        let first = backend_pid(&mut conn).await.expect("pid");
         held.give_back(conn);
         let mut conn = held.take().await.expect("take again");
-        assert_eq!(pid_of(&mut conn).await, first);
+        assert_eq!(backend_pid(&mut conn).await.expect("pid"), first);
     }
 
     #[tokio::test]
@@ -84,11 +77,11 @@ mod held {
             .execute(&mut conn)
             .await
             .expect("begin");
-        let first = pid_of(&mut conn).await;
+        let first = backend_pid(&mut conn).await.expect("pid");
         drop(conn);
         let mut conn = held.take().await.expect("take again");
         // Another backend: the dropped one (and its open transaction) ended with its socket.
-        assert_ne!(pid_of(&mut conn).await, first);
+        assert_ne!(backend_pid(&mut conn).await.expect("pid"), first);
     }
 
     #[tokio::test]
@@ -96,7 +89,7 @@ mod held {
         let pool = pool().await;
         let held = HeldConnection::new(pool.clone());
         let mut conn = held.take().await.expect("take");
-        let first = pid_of(&mut conn).await;
+        let first = backend_pid(&mut conn).await.expect("pid");
         held.give_back(conn);
 
         terminate(&pool, first).await;
@@ -106,6 +99,6 @@ mod held {
             .take()
             .await
             .expect("the closed connection is replaced when taken, not handed out");
-        assert_ne!(pid_of(&mut conn).await, first);
+        assert_ne!(backend_pid(&mut conn).await.expect("pid"), first);
     }
 }
